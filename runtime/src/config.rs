@@ -1,0 +1,373 @@
+//! The manifest (`gridfn.toml`): its types, its defaults, and the checks that
+//! run before anything starts, so a mistake is reported once, naming its key,
+//! instead of surfacing as a failed delivery later.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::filter::Filter;
+
+/// Where `gridfn serve` listens unless the manifest or `--listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7071";
+
+/// A manifest that has been read and checked: every path is absolute, every
+/// key is resolved, every handler is valid.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub server: Server,
+    pub dedup: Dedup,
+    pub deadletter: DeadLetter,
+    pub handlers: Vec<Handler>,
+}
+
+/// `[server]`: the HTTP endpoint and who may call it.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// `listen`: address to bind; default `127.0.0.1:7071`.
+    pub listen: SocketAddr,
+    /// `keys`: accepted as `?code=KEY`, `aeg-sas-key` or `x-functions-key`.
+    /// Each entry is a literal key or `env:NAME`; resolved at start.
+    pub keys: Vec<String>,
+    /// `allow_anonymous`: accept requests without a key. Off by default; the
+    /// log warns at start when it is on.
+    pub allow_anonymous: bool,
+    /// `max_body`: largest request body accepted (default 1 MiB + 64 KiB,
+    /// Event Grid's 1 MiB batch limit plus headroom); larger gets 413.
+    pub max_body: usize,
+    /// `state_dir`: where gridfn keeps what it writes by default (compiled
+    /// handler cache); default `.gridfn` beside the manifest.
+    pub state_dir: PathBuf,
+}
+
+/// `[dedup]`: how gridfn remembers which (handler, event) pairs are done.
+#[derive(Debug, Clone)]
+pub struct Dedup {
+    /// `ttl`: how long a done pair is remembered; default 24h, Event Grid's
+    /// longest retry window.
+    pub ttl: Duration,
+}
+
+/// `[deadletter]`: where rejected events are written.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// `path`: folder for dead-letter blobs, in Event Grid's layout;
+    /// default `.gridfn/deadletter` beside the manifest.
+    pub path: PathBuf,
+}
+
+/// `[[handler]]`: one WebAssembly component and what it may use.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    /// `name`: used in URLs (`/api/events/{name}`), metrics and logs.
+    pub name: String,
+    /// `module`: path to the component (`.wasm`), relative to the manifest.
+    pub module: PathBuf,
+    /// `timeout`: wall-clock deadline per event; default 10s.
+    pub timeout: Duration,
+    /// `memory`: linear-memory cap per instance; default 64MiB.
+    pub memory: usize,
+    /// `filter`: Event Grid subscription filter; absent = every event.
+    pub filter: Option<Filter>,
+}
+
+/// Everything wrong with a manifest, each problem naming its key.
+#[derive(Debug)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} has {} problem(s):", self.file.display(), self.problems.len())?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+impl Manifest {
+    /// Reads and checks the manifest at `path`; relative paths in it are
+    /// relative to its folder.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let fail = |problem: String| ManifestError { file: path.to_owned(), problems: vec![problem] };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        Manifest::parse(&text, &base, &|name| std::env::var(name).ok()).map_err(|problems| {
+            ManifestError { file: path.to_owned(), problems }
+        })
+    }
+
+    /// Parses and checks manifest text; `env` resolves `env:NAME` keys.
+    pub fn parse(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Manifest, Vec<String>> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
+        let mut problems = Vec::new();
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let server = raw.server.unwrap_or_default();
+        let listen = match server.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse() {
+            Ok(addr) => addr,
+            Err(e) => {
+                problems.push(format!("server.listen: {e} (expected host:port, e.g. {DEFAULT_LISTEN})"));
+                DEFAULT_LISTEN.parse().expect("default listen address parses")
+            }
+        };
+        let mut keys = Vec::new();
+        for (i, key) in server.keys.iter().enumerate() {
+            match key.strip_prefix("env:") {
+                Some(var) => match env(var) {
+                    Some(value) if !value.is_empty() => keys.push(value),
+                    _ => problems.push(format!(
+                        "server.keys[{i}]: environment variable {var} is not set (export it, or list the key itself)"
+                    )),
+                },
+                None if key.is_empty() => problems.push(format!("server.keys[{i}]: empty key")),
+                None => keys.push(key.clone()),
+            }
+        }
+        if server.keys.is_empty() && !server.allow_anonymous {
+            problems.push(
+                "server.keys: no key configured; add one (e.g. keys = [\"env:GRIDFN_KEY\"]) or set allow_anonymous = true"
+                    .into(),
+            );
+        }
+        let max_body = match server.max_body.as_deref().map(parse_size).transpose() {
+            Ok(size) => size.unwrap_or(1024 * 1024 + 64 * 1024),
+            Err(e) => {
+                problems.push(format!("server.max_body: {e}"));
+                0
+            }
+        };
+        let state_dir = resolve(server.state_dir.unwrap_or_else(|| ".gridfn".into()));
+
+        let dedup = raw.dedup.unwrap_or_default();
+        if let Some(store) = dedup.store.as_deref().filter(|s| *s != "memory") {
+            problems.push(format!("dedup.store: \"{store}\" is not available in this version; use \"memory\""));
+        }
+        let ttl = duration_or(dedup.ttl.as_deref(), Duration::from_secs(24 * 3600), "dedup.ttl", &mut problems);
+
+        let deadletter = raw.deadletter.unwrap_or_default();
+        if let Some(store) = deadletter.store.as_deref().filter(|s| *s != "dir") {
+            problems.push(format!("deadletter.store: \"{store}\" is not available in this version; use \"dir\""));
+        }
+        let deadletter_path = resolve(deadletter.path.unwrap_or_else(|| state_dir.join("deadletter")));
+
+        let mut names = HashSet::new();
+        let mut handlers = Vec::new();
+        if raw.handler.is_empty() {
+            problems.push("handler: no [[handler]] listed; gridfn has nothing to run".into());
+        }
+        for (i, h) in raw.handler.into_iter().enumerate() {
+            let at = format!("handler[{i}] ({})", h.name);
+            if !valid_name(&h.name) {
+                problems.push(format!(
+                    "{at}.name: use lowercase letters, digits, '-' and '_' (it appears in URLs and file names)"
+                ));
+            }
+            if !names.insert(h.name.clone()) {
+                problems.push(format!("{at}.name: another handler has this name"));
+            }
+            let module = resolve(h.module);
+            if !module.is_file() {
+                problems.push(format!(
+                    "{at}.module: {} does not exist (build the handler first)",
+                    module.display()
+                ));
+            }
+            let timeout = duration_or(h.timeout.as_deref(), Duration::from_secs(10), &format!("{at}.timeout"), &mut problems);
+            let memory = match h.memory.as_deref().map(parse_size).transpose() {
+                Ok(size) => size.unwrap_or(64 << 20),
+                Err(e) => {
+                    problems.push(format!("{at}.memory: {e}"));
+                    0
+                }
+            };
+            if let Some(filter) = &h.filter {
+                for problem in filter.problems() {
+                    problems.push(format!("{at}.filter.{problem}"));
+                }
+            }
+            handlers.push(Handler { name: h.name, module, timeout, memory, filter: h.filter });
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Manifest {
+            server: Server { listen, keys, allow_anonymous: server.allow_anonymous, max_body, state_dir },
+            dedup: Dedup { ttl },
+            deadletter: DeadLetter { path: deadletter_path },
+            handlers,
+        })
+    }
+
+    pub fn handler(&self, name: &str) -> Option<&Handler> {
+        self.handlers.iter().find(|h| h.name == name)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn duration_or(text: Option<&str>, default: Duration, key: &str, problems: &mut Vec<String>) -> Duration {
+    match text.map(humantime::parse_duration).transpose() {
+        Ok(Some(d)) if d.is_zero() => {
+            problems.push(format!("{key}: must be more than zero"));
+            default
+        }
+        Ok(d) => d.unwrap_or(default),
+        Err(e) => {
+            problems.push(format!("{key}: {e} (write e.g. \"500ms\", \"10s\", \"24h\")"));
+            default
+        }
+    }
+}
+
+/// Parses sizes like `64MiB`, `512KiB`, `1GiB`, `65536` (bytes).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().map_err(|_| format!("\"{text}\" is not a size (write e.g. \"64MiB\")"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1 << 10,
+        "MiB" | "MB" | "M" => 1 << 20,
+        "GiB" | "GB" | "G" => 1 << 30,
+        other => return Err(format!("unknown unit \"{other}\" in \"{text}\" (use B, KiB, MiB or GiB)")),
+    };
+    let size = number.checked_mul(scale).ok_or_else(|| format!("\"{text}\" is too large"))?;
+    if size == 0 {
+        return Err("must be more than zero".into());
+    }
+    Ok(size)
+}
+
+fn toml_problem(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().replace('\n', "\n    ")
+}
+
+// What the file says, before defaults and checks.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    server: Option<RawServer>,
+    dedup: Option<RawDedup>,
+    deadletter: Option<RawDeadLetter>,
+    #[serde(default)]
+    handler: Vec<RawHandler>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    allow_anonymous: bool,
+    max_body: Option<String>,
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDedup {
+    store: Option<String>,
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDeadLetter {
+    store: Option<String>,
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHandler {
+    name: String,
+    module: PathBuf,
+    timeout: Option<String>,
+    memory: Option<String>,
+    filter: Option<Filter>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("h.wasm"), b"").unwrap();
+        match Manifest::parse(text, dir.path(), &|name| (name == "KEY").then(|| "secret".to_string())) {
+            Ok(_) => vec![],
+            Err(problems) => problems,
+        }
+    }
+
+    #[test]
+    fn a_minimal_manifest_gets_the_documented_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("h.wasm"), b"").unwrap();
+        let text = "[server]\nkeys = [\"env:KEY\"]\n[[handler]]\nname = \"h\"\nmodule = \"h.wasm\"\n";
+        let m = Manifest::parse(text, dir.path(), &|_| Some("secret".into())).unwrap();
+        assert_eq!(m.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(m.server.keys, vec!["secret".to_string()]);
+        assert_eq!(m.dedup.ttl, Duration::from_secs(86400));
+        assert_eq!(m.handlers[0].timeout, Duration::from_secs(10));
+        assert_eq!(m.handlers[0].memory, 64 << 20);
+        assert_eq!(m.deadletter.path, dir.path().join(".gridfn/deadletter"));
+    }
+
+    #[test]
+    fn each_bad_manifest_names_its_key() {
+        let cases = [
+            ("[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "server.keys: no key configured"),
+            ("[server]\nkeys=[\"env:NOPE\"]\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "server.keys[0]: environment variable NOPE is not set"),
+            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"missing.wasm\"\n", "handler[0] (h).module:"),
+            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"H h\"\nmodule=\"h.wasm\"\n", "handler[0] (H h).name: use lowercase"),
+            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\ntimeout=\"soon\"\n", "handler[0] (h).timeout:"),
+            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nmemory=\"64 parsecs\"\n", "handler[0] (h).memory: unknown unit"),
+            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "handler[1] (h).name: another handler"),
+            ("[server]\nallow_anonymous=true\nlisten=\"nowhere\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "server.listen:"),
+            ("[server]\nallow_anonymous=true\nport=1\n", "unknown field `port`"),
+            ("[server]\nallow_anonymous=true\n[dedup]\nstore=\"etcd\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "dedup.store: \"etcd\""),
+            ("[server]\nallow_anonymous=true\n", "handler: no [[handler]] listed"),
+        ];
+        for (text, expected) in cases {
+            let found = problems(text);
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "manifest:\n{text}\nexpected a problem containing {expected:?}, got {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0MiB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+}

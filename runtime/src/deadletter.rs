@@ -1,0 +1,136 @@
+//! Writes rejected events where Event Grid would have put them: one blob per
+//! rejection, `<SUBSCRIPTION>/<yyyy>/<m>/<d>/<h>/<uuid>.json` (UTC, not
+//! zero-padded), holding a JSON array with the original event plus Event
+//! Grid's dead-letter attributes. Tools that read Event Grid's dead-letter
+//! container (and `gridfn replay`) read these alike.
+//!
+//! A write is durable (written, synced, renamed into place) before it counts:
+//! a rejected event is acknowledged to Event Grid only once it is safe here.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::event::{Event, Schema};
+
+/// Why and how an event ended up dead-lettered.
+pub struct Rejection<'a> {
+    /// The Event Grid subscription (or, without one, the handler name).
+    pub subscription: &'a str,
+    pub handler: &'a str,
+    /// The handler's own words.
+    pub reason: &'a str,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    /// When gridfn received the delivery.
+    pub received: OffsetDateTime,
+}
+
+/// The folder store.
+pub struct DeadLetterDir {
+    root: PathBuf,
+}
+
+impl DeadLetterDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DeadLetterDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes one blob for `event`; returns its path once it is durable.
+    pub fn write(&self, event: &Event, rejection: &Rejection) -> std::io::Result<PathBuf> {
+        let now = OffsetDateTime::now_utc();
+        let folder = self.root.join(blob_folder(rejection.subscription, now));
+        std::fs::create_dir_all(&folder)?;
+        let path = folder.join(format!("{}.json", uuid::Uuid::new_v4()));
+        let body = serde_json::to_vec_pretty(&[record(event, rejection, now)?])?;
+
+        let partial = path.with_extension("json.partial");
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &path)?;
+        std::fs::File::open(&folder)?.sync_all()?;
+        Ok(path)
+    }
+}
+
+/// `<SUBSCRIPTION-IN-UPPER-CASE>/<yyyy>/<m>/<d>/<h>`, as Event Grid names them.
+fn blob_folder(subscription: &str, at: OffsetDateTime) -> PathBuf {
+    let subscription: String = subscription
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_uppercase() } else { '-' })
+        .collect();
+    PathBuf::from(subscription)
+        .join(at.year().to_string())
+        .join(u8::from(at.month()).to_string())
+        .join(at.day().to_string())
+        .join(at.hour().to_string())
+}
+
+/// The original event with Event Grid's dead-letter attributes added
+/// (camelCase for the Event Grid schema, lower case for CloudEvents, as Event
+/// Grid writes them), plus the handler and its reason.
+fn record(event: &Event, rejection: &Rejection, now: OffsetDateTime) -> std::io::Result<Value> {
+    let mut record: Map<String, Value> = serde_json::from_str(event.raw.get())?;
+    let stamp = |t: OffsetDateTime| Value::String(t.format(&Rfc3339).unwrap_or_default());
+    let fields = [
+        ("deadLetterReason", Value::from("HandlerRejected")),
+        ("deadLetterDescription", Value::from(rejection.reason)),
+        ("deliveryAttempts", Value::from(rejection.attempts)),
+        ("lastDeliveryOutcome", Value::from("Rejected")),
+        ("publishTime", stamp(rejection.received)),
+        ("lastDeliveryAttemptTime", stamp(now)),
+        ("gridfnHandler", Value::from(rejection.handler)),
+    ];
+    for (name, value) in fields {
+        let name = match event.schema {
+            Schema::EventGrid => name.to_owned(),
+            Schema::CloudEvents => name.to_ascii_lowercase(),
+        };
+        record.insert(name, value);
+    }
+    Ok(Value::Object(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode_event_grid;
+
+    #[test]
+    fn a_rejection_is_written_in_event_grid_layout_and_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterDir::new(dir.path());
+        let body = br#"[{"id":"e1","eventType":"t","subject":"s","topic":"/x","data":{"n":1},"eventTime":"2024-01-01T00:00:00Z","dataVersion":"1","metadataVersion":"1"}]"#;
+        let event = &decode_event_grid(body).unwrap()[0];
+        let received = OffsetDateTime::now_utc();
+        let rejection = Rejection { subscription: "orders-sub", handler: "h", reason: "bad order", attempts: 2, received };
+        let path = store.write(event, &rejection).unwrap();
+
+        let relative = path.strip_prefix(dir.path()).unwrap();
+        let parts: Vec<_> = relative.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        assert_eq!(parts[0], "ORDERS-SUB");
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(parts[1], now.year().to_string());
+        assert_eq!(parts[2], u8::from(now.month()).to_string(), "month is not zero-padded");
+        assert!(parts[5].ends_with(".json") && uuid::Uuid::parse_str(parts[5].trim_end_matches(".json")).is_ok());
+
+        let blob: Vec<Value> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let record = &blob[0];
+        assert_eq!(record["id"], "e1");
+        assert_eq!(record["data"], serde_json::json!({"n": 1}));
+        assert_eq!(record["deadLetterReason"], "HandlerRejected");
+        assert_eq!(record["deadLetterDescription"], "bad order");
+        assert_eq!(record["deliveryAttempts"], 2);
+        assert!(OffsetDateTime::parse(record["publishTime"].as_str().unwrap(), &Rfc3339).is_ok());
+        assert!(OffsetDateTime::parse(record["lastDeliveryAttemptTime"].as_str().unwrap(), &Rfc3339).is_ok());
+        assert!(std::fs::read_dir(path.parent().unwrap()).unwrap().count() == 1, "no partial file left");
+    }
+}

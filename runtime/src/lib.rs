@@ -1,0 +1,31 @@
+//! gridfn: runs Azure Event Grid push deliveries (Event Grid schema) through
+//! sandboxed WebAssembly handlers, and answers Event Grid with the status that
+//! makes it forget, retry or dead-letter each delivery.
+//!
+//! # Layout
+//!
+//! - [`config`]: the `gridfn.toml` manifest, its defaults and its checks.
+//! - [`server`]: HTTP routes and `serve(listener, host, shutdown)`.
+//! - [`delivery`]: the delivery path, top to bottom, and the batch verdict.
+//! - [`webhook`]: Event Grid's webhook protocol: keys, `aeg-*` headers, the
+//!   validation handshake.
+//! - [`event`]: the one event model, and decoding pushed bodies into it.
+//! - [`filter`]: subscription filters, evaluated as Event Grid does.
+//! - [`dedup`]: which (handler, event) pairs are done, so none runs twice.
+//! - [`sandbox`]: wasmtime engine, one pre-linked component per handler, a
+//!   fresh instance per event with a deadline and a memory cap.
+//! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`error`]: the request error type and the status each variant means.
+
+pub mod config;
+pub mod deadletter;
+pub mod dedup;
+pub mod delivery;
+pub mod error;
+pub mod event;
+pub mod filter;
+pub mod metrics;
+pub mod sandbox;
+pub mod server;
+pub mod webhook;

@@ -1,0 +1,97 @@
+//! The `gridfn` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use gridfn::config::Manifest;
+use gridfn::delivery::Host;
+
+#[derive(Parser)]
+#[command(name = "gridfn", version, about = "Runs Azure Event Grid deliveries through sandboxed WebAssembly handlers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive Event Grid deliveries over HTTP and run them through the handlers.
+    Serve {
+        /// The manifest listing the handlers.
+        #[arg(long, short, default_value = "gridfn.toml")]
+        config: PathBuf,
+        /// Address to listen on; overrides `server.listen` (default 127.0.0.1:7071).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Check a manifest and print every problem with its key, without serving.
+    Check {
+        #[arg(long, short, default_value = "gridfn.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve(config, listen),
+        Command::Check { config } => Manifest::load(&config).map(|m| {
+            println!("{}: ok ({} handler(s))", config.display(), m.handlers.len());
+        }).map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let manifest = Manifest::load(&config)?;
+    let started = std::time::Instant::now();
+    let host = Arc::new(Host::start(&manifest)?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let addr = listen.unwrap_or(manifest.server.listen);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let handlers: Vec<_> = host.handler_names().collect();
+        tracing::info!(
+            "gridfn listening on http://{} with handlers [{}] (ready in {} ms)",
+            listener.local_addr()?,
+            handlers.join(", "),
+            started.elapsed().as_millis()
+        );
+        gridfn::server::serve(listener, host, shutdown_signal()).await?;
+        tracing::info!("gridfn stopped");
+        Ok(())
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,435 @@
+//! The WebAssembly sandbox: everything expensive is built once (engine,
+//! linker, one pre-instantiated component per handler, the epoch ticker), and
+//! each event gets a fresh instance with a deadline and a memory cap.
+//!
+//! A handler cannot hurt the host: a trap, a timeout or a memory grab ends its
+//! instance and becomes a [`Outcome::Retry`], logged with the event id.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config;
+use crate::event::Event;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "handler",
+    });
+}
+
+use bindings::gridfn::handler::{log, types as wit};
+
+/// How often the deadline clock ticks; deadlines are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Concurrent instances the pooling allocator reserves room for.
+pub const MAX_INSTANCES: u32 = 256;
+
+/// Bytes of log output (log import plus stdout/stderr) kept per event; the
+/// rest is counted and dropped, so a chatty handler cannot flood the host log.
+const LOG_BUDGET: usize = 64 * 1024;
+
+/// What a handler made of an event (or what gridfn made of its failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Transient: run it again later, no sooner than `after` if given.
+    Retry { reason: String, after: Option<Duration> },
+    /// Permanent: dead-letter it.
+    Reject { reason: String },
+}
+
+/// How an event reached its handler; handlers see it as `delivery`.
+#[derive(Debug, Clone)]
+pub struct DeliveryInfo {
+    pub attempt: u32,
+    pub subscription: Option<String>,
+    pub replay: bool,
+}
+
+/// The engine and linker shared by every handler.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    _ticker: EpochTicker,
+}
+
+/// One handler, compiled and linked, ready to instantiate per event.
+pub struct LoadedHandler {
+    pub name: Arc<str>,
+    pre: bindings::HandlerPre<HostState>,
+    timeout: Duration,
+    memory: usize,
+}
+
+impl Sandbox {
+    /// Builds the engine: pooling allocator sized for `max_memory` per
+    /// instance (falling back to on-demand allocation where the machine
+    /// refuses the reservation), epoch deadlines, and a compile cache in
+    /// `cache_dir` so restarts skip compilation.
+    pub fn new(max_memory: usize, cache_dir: &Path) -> anyhow::Result<Sandbox> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        std::fs::create_dir_all(cache_dir)
+            .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;
+        let cache_dir = std::path::absolute(cache_dir)?;
+        let cache = Cache::new(CacheConfig::new().with_directory(cache_dir).clone())
+            .map_err(|e| anyhow!("setting up the compile cache: {e}"))?;
+        config.cache(Some(cache));
+
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 4)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 4)
+            .max_memory_size(max_memory)
+            // Keeping the first pages of a slot resident spares fresh
+            // instances the page faults that dominate a short call.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!("pooling allocator unavailable ({e}); allocating instances on demand");
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                Engine::new(&config).map_err(|e| anyhow!("creating the wasmtime engine: {e}"))?
+            }
+        };
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        bindings::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| anyhow!("linking the gridfn imports: {e}"))?;
+
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Sandbox { engine, linker, _ticker: ticker })
+    }
+
+    /// Compiles a handler's component (or takes it from the cache) and checks
+    /// that it implements the `gridfn:handler` world.
+    pub fn load(&self, handler: &config::Handler) -> anyhow::Result<LoadedHandler> {
+        let path = &handler.module;
+        let component = Component::from_file(&self.engine, path)
+            .map_err(|e| anyhow!("handler {}: cannot load {}: {e:#}", handler.name, path.display()))?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow!(
+                "handler {}: {} does not fit gridfn's handler contract (gridfn:handler@0.1.0): {e:#}",
+                handler.name,
+                path.display()
+            )
+        })?;
+        let pre = bindings::HandlerPre::new(instance_pre).map_err(|e| {
+            anyhow!(
+                "handler {}: {} does not export `handle` from gridfn:handler@0.1.0: {e:#}",
+                handler.name,
+                path.display()
+            )
+        })?;
+        Ok(LoadedHandler {
+            name: handler.name.as_str().into(),
+            pre,
+            timeout: handler.timeout,
+            memory: handler.memory,
+        })
+    }
+}
+
+impl LoadedHandler {
+    /// The handler's deadline per event.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs one event in a fresh instance. Blocks for up to the handler's
+    /// timeout: call it from a blocking thread, never an async task.
+    pub fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Outcome {
+        let output = CapturedOutput::default();
+        let wasi = WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap { limit: self.memory, exceeded: false },
+            log: GuestLog { handler: self.name.clone(), event_id: event.id.clone(), budget: LOG_BUDGET },
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(ticks(self.timeout));
+
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|handler| handler.call_handle(&mut store, &to_wit_event(event), &self.to_wit_delivery(delivery)));
+        output.flush_to_log(&store.data().log);
+        match result {
+            Ok(outcome) => from_wit_outcome(outcome),
+            Err(error) => {
+                let reason = self.failure_reason(&error, &store.data().memory);
+                tracing::warn!(handler = %self.name, event_id = %event.id, "{reason}");
+                Outcome::Retry { reason, after: None }
+            }
+        }
+    }
+
+    /// Says why an instance failed, in words a handler author can act on.
+    fn failure_reason(&self, error: &wasmtime::Error, memory: &MemoryCap) -> String {
+        if memory.exceeded {
+            return format!("handler exceeded its memory limit of {} MiB", self.memory >> 20);
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                format!("handler timed out after {}", humantime::format_duration(self.timeout))
+            }
+            _ => format!("handler trapped: {error:?}"),
+        }
+    }
+
+    fn to_wit_delivery(&self, delivery: &DeliveryInfo) -> wit::Delivery {
+        wit::Delivery {
+            attempt: delivery.attempt,
+            handler: self.name.to_string(),
+            subscription: delivery.subscription.clone(),
+            replay: delivery.replay,
+        }
+    }
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64
+}
+
+fn to_wit_event(event: &Event) -> wit::Event {
+    wit::Event {
+        id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        source: event.source.clone(),
+        subject: event.subject.clone(),
+        time: event.time.clone(),
+        data_content_type: event.data_content_type.clone(),
+        data_version: event.data_version.clone(),
+        data: event.data.clone(),
+        extensions: event.extensions.clone(),
+    }
+}
+
+fn from_wit_outcome(outcome: wit::Outcome) -> Outcome {
+    match outcome {
+        wit::Outcome::Success => Outcome::Success,
+        wit::Outcome::Retry(retry) => {
+            Outcome::Retry { reason: retry.reason, after: retry.after_ms.map(Duration::from_millis) }
+        }
+        wit::Outcome::Reject(reason) => Outcome::Reject { reason },
+    }
+}
+
+/// Per-instance state: WASI with nothing granted, the memory cap, and the
+/// log context.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    log: GuestLog,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory, and remembers that it did, so the failure is reported
+/// as "out of memory" rather than as an anonymous trap.
+struct MemoryCap {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!("memory limit of {} bytes exceeded", self.limit));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Where a handler's log lines go: the host log, tagged with handler and
+/// event, within a byte budget.
+struct GuestLog {
+    handler: Arc<str>,
+    event_id: String,
+    budget: usize,
+}
+
+impl GuestLog {
+    fn emit(&mut self, level: log::Level, message: &str) {
+        if self.budget == 0 {
+            return;
+        }
+        let message = truncate(message, self.budget);
+        self.budget -= message.len();
+        let (handler, event_id) = (&*self.handler, &self.event_id);
+        match level {
+            log::Level::Trace => tracing::trace!(target: "handler", handler, event_id, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "handler", handler, event_id, "{message}"),
+            log::Level::Info => tracing::info!(target: "handler", handler, event_id, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "handler", handler, event_id, "{message}"),
+            log::Level::Error => tracing::error!(target: "handler", handler, event_id, "{message}"),
+        }
+        if self.budget == 0 {
+            tracing::warn!(handler, event_id, "handler log budget of {LOG_BUDGET} bytes used up; further output dropped");
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        self.log.emit(level, &message);
+    }
+}
+
+impl wit::Host for HostState {}
+
+/// A guest's stdout and stderr, captured (up to the log budget) and written to
+/// the host log after the call.
+#[derive(Clone, Default)]
+struct CapturedOutput(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedOutput {
+    fn append(&self, bytes: &[u8]) {
+        let mut buffer = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = LOG_BUDGET.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn flush_to_log(&self, log: &GuestLog) {
+        let buffer = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if buffer.is_empty() {
+            return;
+        }
+        let (handler, event_id) = (&*log.handler, &log.event_id);
+        for line in String::from_utf8_lossy(&buffer).lines() {
+            tracing::info!(target: "handler::stdio", handler, event_id, "{line}");
+        }
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CapturedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CapturedOutput {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for CapturedOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(LOG_BUDGET)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for CapturedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for CapturedOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.append(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`], which is what makes
+/// deadlines fire; stops when dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("gridfn-epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    let mut next = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        next += EPOCH_TICK;
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

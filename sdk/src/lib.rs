@@ -1,0 +1,219 @@
+//! Write gridfn event handlers as plain Rust functions.
+//!
+//! A handler is a function from an [`Event`] (and its [`Delivery`]) to an
+//! [`Outcome`], registered with [`export_handler!`] and built for
+//! `wasm32-wasip2`:
+//!
+//! ```ignore
+//! use gridfn_sdk::{Delivery, Event, Outcome, export_handler, log};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct BlobCreated { url: String }
+//!
+//! fn handle(event: &Event, _delivery: &Delivery) -> Outcome {
+//!     match event.data_json::<BlobCreated>() {
+//!         Ok(blob) => { log::info(&format!("new blob {}", blob.url)); Outcome::Success }
+//!         Err(err) => Outcome::reject(format!("not a BlobCreated payload: {err}")),
+//!     }
+//! }
+//!
+//! export_handler!(handle);
+//! ```
+//!
+//! The WIT contract behind this lives in `sdk/wit/handler.wit`; nothing here
+//! needs it to get started.
+
+use std::time::Duration;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "handler",
+        pub_export_macro: true,
+        default_bindings_module: "gridfn_sdk::bindings",
+    });
+}
+
+use bindings::gridfn::handler::types as wit;
+
+/// One event, whatever schema it arrived in (Event Grid or CloudEvents 1.0).
+#[derive(Debug, Clone)]
+pub struct Event(wit::Event);
+
+impl Event {
+    /// Unique per source; gridfn deduplicates on (handler, source, id).
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// `eventType` (Event Grid) or `type` (CloudEvents).
+    pub fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+
+    /// `topic` (Event Grid) or `source` (CloudEvents).
+    pub fn source(&self) -> &str {
+        &self.0.source
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        self.0.subject.as_deref()
+    }
+
+    /// When it happened, as sent (RFC 3339 text).
+    pub fn time(&self) -> Option<&str> {
+        self.0.time.as_deref()
+    }
+
+    pub fn data_content_type(&self) -> Option<&str> {
+        self.0.data_content_type.as_deref()
+    }
+
+    pub fn data_version(&self) -> Option<&str> {
+        self.0.data_version.as_deref()
+    }
+
+    /// The payload exactly as received (JSON text for JSON data).
+    pub fn data(&self) -> &[u8] {
+        &self.0.data
+    }
+
+    /// The payload as text, if it is UTF-8.
+    pub fn data_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0.data).ok()
+    }
+
+    /// The payload parsed as JSON into `T`.
+    pub fn data_json<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.0.data)
+    }
+
+    /// A CloudEvents extension attribute, by name.
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.0.extensions.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// All CloudEvents extension attributes, as (name, value) pairs.
+    pub fn extensions(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.extensions.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+/// How the event reached the handler.
+#[derive(Debug, Clone)]
+pub struct Delivery(wit::Delivery);
+
+impl Delivery {
+    /// 0 on the first attempt; Event Grid's delivery count plus local retries.
+    pub fn attempt(&self) -> u32 {
+        self.0.attempt
+    }
+
+    /// The handler's name in gridfn.toml.
+    pub fn handler(&self) -> &str {
+        &self.0.handler
+    }
+
+    /// The Event Grid subscription that delivered the event, when known.
+    pub fn subscription(&self) -> Option<&str> {
+        self.0.subscription.as_deref()
+    }
+
+    /// True when the event is replayed from a dead-letter store.
+    pub fn is_replay(&self) -> bool {
+        self.0.replay
+    }
+}
+
+/// What the handler made of the event; gridfn turns it into Event Grid's
+/// forget / retry / dead-letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: never run again for this event.
+    Success,
+    /// Transient failure: try again later, no sooner than `after`.
+    Retry { reason: String, after: Option<Duration> },
+    /// Permanent failure: dead-letter the event with this reason.
+    Reject { reason: String },
+}
+
+impl Outcome {
+    /// Try again later, when Event Grid redelivers.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Outcome::Retry { reason: reason.into(), after: None }
+    }
+
+    /// Try again, no sooner than `after`.
+    pub fn retry_after(reason: impl Into<String>, after: Duration) -> Self {
+        Outcome::Retry { reason: reason.into(), after: Some(after) }
+    }
+
+    /// Dead-letter the event; it will not be retried.
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Outcome::Reject { reason: reason.into() }
+    }
+}
+
+impl From<Outcome> for wit::Outcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Success => wit::Outcome::Success,
+            Outcome::Retry { reason, after } => wit::Outcome::Retry(wit::Retry {
+                reason,
+                after_ms: after.map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+            }),
+            Outcome::Reject { reason } => wit::Outcome::Reject(reason),
+        }
+    }
+}
+
+/// Logging into the host's log; the host tags each line with the handler and
+/// the event id.
+pub mod log {
+    use crate::bindings::gridfn::handler::log::{Level, log};
+
+    pub fn trace(message: &str) {
+        log(Level::Trace, message)
+    }
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+#[doc(hidden)]
+pub fn __handle(
+    event: wit::Event,
+    delivery: wit::Delivery,
+    handler: fn(&Event, &Delivery) -> Outcome,
+) -> wit::Outcome {
+    handler(&Event(event), &Delivery(delivery)).into()
+}
+
+/// Makes `fn(&Event, &Delivery) -> Outcome` the component's `handle` export.
+#[macro_export]
+macro_rules! export_handler {
+    ($handler:path) => {
+        struct __GridfnHandler;
+
+        impl $crate::bindings::Guest for __GridfnHandler {
+            fn handle(
+                event: $crate::bindings::gridfn::handler::types::Event,
+                delivery: $crate::bindings::gridfn::handler::types::Delivery,
+            ) -> $crate::bindings::gridfn::handler::types::Outcome {
+                $crate::__handle(event, delivery, $handler)
+            }
+        }
+
+        $crate::bindings::export!(__GridfnHandler with_types_in $crate::bindings);
+    };
+}
