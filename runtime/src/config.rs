@@ -39,9 +39,12 @@ pub struct Server {
     /// `max_body`: largest request body accepted (default 1 MiB + 64 KiB,
     /// Event Grid's 1 MiB batch limit plus headroom); larger gets 413.
     pub max_body: usize,
-    /// `state_dir`: where gridfn keeps what it writes by default (compiled
-    /// handler cache); default `.gridfn` beside the manifest.
+    /// `state_dir`: where gridfn keeps what it writes unless told otherwise
+    /// (dead letters, compile cache); default `.gridfn` beside the manifest.
     pub state_dir: PathBuf,
+    /// `cache_dir`: compiled handlers, keyed by engine and module hash, so a
+    /// restart skips compilation; default `<state_dir>/cache`.
+    pub cache_dir: PathBuf,
 }
 
 /// `[dedup]`: how gridfn remembers which (handler, event) pairs are done.
@@ -84,7 +87,12 @@ pub struct ManifestError {
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} has {} problem(s):", self.file.display(), self.problems.len())?;
+        writeln!(
+            f,
+            "{} has {} problem(s):",
+            self.file.display(),
+            self.problems.len()
+        )?;
         for problem in &self.problems {
             writeln!(f, "  - {problem}")?;
         }
@@ -98,12 +106,23 @@ impl Manifest {
     /// Reads and checks the manifest at `path`; relative paths in it are
     /// relative to its folder.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let fail = |problem: String| ManifestError { file: path.to_owned(), problems: vec![problem] };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let fail = |problem: String| ManifestError {
+            file: path.to_owned(),
+            problems: vec![problem],
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         Manifest::parse(&text, &base, &|name| std::env::var(name).ok()).map_err(|problems| {
-            ManifestError { file: path.to_owned(), problems }
+            ManifestError {
+                file: path.to_owned(),
+                problems,
+            }
         })
     }
 
@@ -121,8 +140,12 @@ impl Manifest {
         let listen = match server.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse() {
             Ok(addr) => addr,
             Err(e) => {
-                problems.push(format!("server.listen: {e} (expected host:port, e.g. {DEFAULT_LISTEN})"));
-                DEFAULT_LISTEN.parse().expect("default listen address parses")
+                problems.push(format!(
+                    "server.listen: {e} (expected host:port, e.g. {DEFAULT_LISTEN})"
+                ));
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("default listen address parses")
             }
         };
         let mut keys = Vec::new();
@@ -152,18 +175,32 @@ impl Manifest {
             }
         };
         let state_dir = resolve(server.state_dir.unwrap_or_else(|| ".gridfn".into()));
+        let cache_dir = resolve(server.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
 
         let dedup = raw.dedup.unwrap_or_default();
         if let Some(store) = dedup.store.as_deref().filter(|s| *s != "memory") {
-            problems.push(format!("dedup.store: \"{store}\" is not available in this version; use \"memory\""));
+            problems.push(format!(
+                "dedup.store: \"{store}\" is not available in this version; use \"memory\""
+            ));
         }
-        let ttl = duration_or(dedup.ttl.as_deref(), Duration::from_secs(24 * 3600), "dedup.ttl", &mut problems);
+        let ttl = duration_or(
+            dedup.ttl.as_deref(),
+            Duration::from_secs(24 * 3600),
+            "dedup.ttl",
+            &mut problems,
+        );
 
         let deadletter = raw.deadletter.unwrap_or_default();
         if let Some(store) = deadletter.store.as_deref().filter(|s| *s != "dir") {
-            problems.push(format!("deadletter.store: \"{store}\" is not available in this version; use \"dir\""));
+            problems.push(format!(
+                "deadletter.store: \"{store}\" is not available in this version; use \"dir\""
+            ));
         }
-        let deadletter_path = resolve(deadletter.path.unwrap_or_else(|| state_dir.join("deadletter")));
+        let deadletter_path = resolve(
+            deadletter
+                .path
+                .unwrap_or_else(|| state_dir.join("deadletter")),
+        );
 
         let mut names = HashSet::new();
         let mut handlers = Vec::new();
@@ -187,7 +224,12 @@ impl Manifest {
                     module.display()
                 ));
             }
-            let timeout = duration_or(h.timeout.as_deref(), Duration::from_secs(10), &format!("{at}.timeout"), &mut problems);
+            let timeout = duration_or(
+                h.timeout.as_deref(),
+                Duration::from_secs(10),
+                &format!("{at}.timeout"),
+                &mut problems,
+            );
             let memory = match h.memory.as_deref().map(parse_size).transpose() {
                 Ok(size) => size.unwrap_or(64 << 20),
                 Err(e) => {
@@ -200,16 +242,31 @@ impl Manifest {
                     problems.push(format!("{at}.filter.{problem}"));
                 }
             }
-            handlers.push(Handler { name: h.name, module, timeout, memory, filter: h.filter });
+            handlers.push(Handler {
+                name: h.name,
+                module,
+                timeout,
+                memory,
+                filter: h.filter,
+            });
         }
 
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Manifest {
-            server: Server { listen, keys, allow_anonymous: server.allow_anonymous, max_body, state_dir },
+            server: Server {
+                listen,
+                keys,
+                allow_anonymous: server.allow_anonymous,
+                max_body,
+                state_dir,
+                cache_dir,
+            },
             dedup: Dedup { ttl },
-            deadletter: DeadLetter { path: deadletter_path },
+            deadletter: DeadLetter {
+                path: deadletter_path,
+            },
             handlers,
         })
     }
@@ -222,10 +279,17 @@ impl Manifest {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn duration_or(text: Option<&str>, default: Duration, key: &str, problems: &mut Vec<String>) -> Duration {
+fn duration_or(
+    text: Option<&str>,
+    default: Duration,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Duration {
     match text.map(humantime::parse_duration).transpose() {
         Ok(Some(d)) if d.is_zero() => {
             problems.push(format!("{key}: must be more than zero"));
@@ -233,7 +297,9 @@ fn duration_or(text: Option<&str>, default: Duration, key: &str, problems: &mut 
         }
         Ok(d) => d.unwrap_or(default),
         Err(e) => {
-            problems.push(format!("{key}: {e} (write e.g. \"500ms\", \"10s\", \"24h\")"));
+            problems.push(format!(
+                "{key}: {e} (write e.g. \"500ms\", \"10s\", \"24h\")"
+            ));
             default
         }
     }
@@ -242,17 +308,27 @@ fn duration_or(text: Option<&str>, default: Duration, key: &str, problems: &mut 
 /// Parses sizes like `64MiB`, `512KiB`, `1GiB`, `65536` (bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: usize = number.parse().map_err(|_| format!("\"{text}\" is not a size (write e.g. \"64MiB\")"))?;
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a size (write e.g. \"64MiB\")"))?;
     let scale: usize = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "KB" | "K" => 1 << 10,
         "MiB" | "MB" | "M" => 1 << 20,
         "GiB" | "GB" | "G" => 1 << 30,
-        other => return Err(format!("unknown unit \"{other}\" in \"{text}\" (use B, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "unknown unit \"{other}\" in \"{text}\" (use B, KiB, MiB or GiB)"
+            ));
+        }
     };
-    let size = number.checked_mul(scale).ok_or_else(|| format!("\"{text}\" is too large"))?;
+    let size = number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("\"{text}\" is too large"))?;
     if size == 0 {
         return Err("must be more than zero".into());
     }
@@ -285,6 +361,7 @@ struct RawServer {
     allow_anonymous: bool,
     max_body: Option<String>,
     state_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -318,7 +395,9 @@ mod tests {
     fn problems(text: &str) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("h.wasm"), b"").unwrap();
-        match Manifest::parse(text, dir.path(), &|name| (name == "KEY").then(|| "secret".to_string())) {
+        match Manifest::parse(text, dir.path(), &|name| {
+            (name == "KEY").then(|| "secret".to_string())
+        }) {
             Ok(_) => vec![],
             Err(problems) => problems,
         }
@@ -328,7 +407,8 @@ mod tests {
     fn a_minimal_manifest_gets_the_documented_defaults() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("h.wasm"), b"").unwrap();
-        let text = "[server]\nkeys = [\"env:KEY\"]\n[[handler]]\nname = \"h\"\nmodule = \"h.wasm\"\n";
+        let text =
+            "[server]\nkeys = [\"env:KEY\"]\n[[handler]]\nname = \"h\"\nmodule = \"h.wasm\"\n";
         let m = Manifest::parse(text, dir.path(), &|_| Some("secret".into())).unwrap();
         assert_eq!(m.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(m.server.keys, vec!["secret".to_string()]);
@@ -341,17 +421,50 @@ mod tests {
     #[test]
     fn each_bad_manifest_names_its_key() {
         let cases = [
-            ("[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "server.keys: no key configured"),
-            ("[server]\nkeys=[\"env:NOPE\"]\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "server.keys[0]: environment variable NOPE is not set"),
-            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"missing.wasm\"\n", "handler[0] (h).module:"),
-            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"H h\"\nmodule=\"h.wasm\"\n", "handler[0] (H h).name: use lowercase"),
-            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\ntimeout=\"soon\"\n", "handler[0] (h).timeout:"),
-            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nmemory=\"64 parsecs\"\n", "handler[0] (h).memory: unknown unit"),
-            ("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "handler[1] (h).name: another handler"),
-            ("[server]\nallow_anonymous=true\nlisten=\"nowhere\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "server.listen:"),
-            ("[server]\nallow_anonymous=true\nport=1\n", "unknown field `port`"),
-            ("[server]\nallow_anonymous=true\n[dedup]\nstore=\"etcd\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "dedup.store: \"etcd\""),
-            ("[server]\nallow_anonymous=true\n", "handler: no [[handler]] listed"),
+            (
+                "[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.keys: no key configured",
+            ),
+            (
+                "[server]\nkeys=[\"env:NOPE\"]\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.keys[0]: environment variable NOPE is not set",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"missing.wasm\"\n",
+                "handler[0] (h).module:",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"H h\"\nmodule=\"h.wasm\"\n",
+                "handler[0] (H h).name: use lowercase",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\ntimeout=\"soon\"\n",
+                "handler[0] (h).timeout:",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nmemory=\"64 parsecs\"\n",
+                "handler[0] (h).memory: unknown unit",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "handler[1] (h).name: another handler",
+            ),
+            (
+                "[server]\nallow_anonymous=true\nlisten=\"nowhere\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.listen:",
+            ),
+            (
+                "[server]\nallow_anonymous=true\nport=1\n",
+                "unknown field `port`",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[dedup]\nstore=\"etcd\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "dedup.store: \"etcd\"",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n",
+                "handler: no [[handler]] listed",
+            ),
         ];
         for (text, expected) in cases {
             let found = problems(text);

@@ -65,15 +65,27 @@ impl Host {
     /// Compiles every handler (or takes it from the compile cache) and sets up
     /// the stores. Fails if any handler does not fit the contract.
     pub fn start(manifest: &Manifest) -> anyhow::Result<Host> {
-        let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
-        let sandbox = Sandbox::new(max_memory, &manifest.server.state_dir.join("cache"))?;
+        let max_memory = manifest
+            .handlers
+            .iter()
+            .map(|h| h.memory)
+            .max()
+            .unwrap_or(64 << 20);
+        let sandbox = Sandbox::new(max_memory, &manifest.server.cache_dir)?;
         let routes = manifest
             .handlers
             .iter()
-            .map(|h| Ok(Route { handler: Arc::new(sandbox.load(h)?), filter: h.filter.clone() }))
+            .map(|h| {
+                Ok(Route {
+                    handler: Arc::new(sandbox.load(h)?),
+                    filter: h.filter.clone(),
+                })
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         if manifest.server.allow_anonymous && manifest.server.keys.is_empty() {
-            tracing::warn!("ANONYMOUS ACCESS: server.allow_anonymous is set and no key is configured; anyone who can reach this port can deliver events");
+            tracing::warn!(
+                "ANONYMOUS ACCESS: server.allow_anonymous is set and no key is configured; anyone who can reach this port can deliver events"
+            );
         }
         Ok(Host {
             keys: Keys::new(&manifest.server.keys, manifest.server.allow_anonymous),
@@ -149,27 +161,53 @@ impl Host {
         received: OffsetDateTime,
     ) -> PairResult {
         let handler = route.handler.clone();
-        let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
+        let key = DedupKey {
+            handler: handler.name.clone(),
+            source: event.source.clone(),
+            id: event.id.clone(),
+        };
         // A copy already running gets as long as its deadline to finish.
         let wait = handler.timeout() + Duration::from_secs(1);
         let lease = match self.dedup.claim(key, wait).await {
-            Claim::Done => return self.record(index, &event, &handler, PairOutcome::Duplicate, None),
+            Claim::Done => {
+                return self.record(index, &event, &handler, PairOutcome::Duplicate, None);
+            }
             Claim::Busy => {
                 let reason = "another copy of this event is still running".to_owned();
-                return self.record(index, &event, &handler, PairOutcome::Retry, Some(Outcome::Retry { reason, after: None }));
+                return self.record(
+                    index,
+                    &event,
+                    &handler,
+                    PairOutcome::Retry,
+                    Some(Outcome::Retry {
+                        reason,
+                        after: None,
+                    }),
+                );
             }
             Claim::Run(lease) => lease,
         };
 
-        let _slot = self.instance_slots.acquire().await.expect("the instance semaphore is never closed");
+        let _slot = self
+            .instance_slots
+            .acquire()
+            .await
+            .expect("the instance semaphore is never closed");
         let run = {
-            let (event, handler, delivery, deadletter) = (event.clone(), handler.clone(), delivery.clone(), self.deadletter.clone());
+            let (event, handler, delivery, deadletter) = (
+                event.clone(),
+                handler.clone(),
+                delivery.clone(),
+                self.deadletter.clone(),
+            );
             tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let outcome = handler.invoke(&event, &delivery);
                 let elapsed = started.elapsed();
                 let outcome = match outcome {
-                    Outcome::Reject { reason } => dead_letter(&deadletter, &event, &handler, &delivery, &reason, received),
+                    Outcome::Reject { reason } => {
+                        dead_letter(&deadletter, &event, &handler, &delivery, &reason, received)
+                    }
                     other => other,
                 };
                 (outcome, elapsed)
@@ -177,10 +215,14 @@ impl Host {
         };
         let outcome = match run.await {
             Ok((outcome, elapsed)) => {
-                self.metrics.observe_run(&handler.name, elapsed.as_secs_f64());
+                self.metrics
+                    .observe_run(&handler.name, elapsed.as_secs_f64());
                 outcome
             }
-            Err(panic) => Outcome::Retry { reason: format!("gridfn failed running the handler: {panic}"), after: None },
+            Err(panic) => Outcome::Retry {
+                reason: format!("gridfn failed running the handler: {panic}"),
+                after: None,
+            },
         };
         match outcome {
             Outcome::Success => {
@@ -208,15 +250,23 @@ impl Host {
     ) -> PairResult {
         self.metrics.count(&handler.name, result);
         if let Some(Outcome::Retry { reason, .. }) = &outcome {
-            tracing::info!(handler = %handler.name, event_id = %event.id, "event will be retried: {reason}");
+            tracing::warn!(handler = %handler.name, event_id = %event.id, "event will be retried: {reason}");
         }
-        PairResult { index, event_id: event.id.clone(), handler: handler.name.to_string(), result, outcome }
+        PairResult {
+            index,
+            event_id: event.id.clone(),
+            handler: handler.name.to_string(),
+            result,
+            outcome,
+        }
     }
 }
 
 impl Route {
     fn wants(&self, event: &Event) -> bool {
-        let Some(filter) = &self.filter else { return true };
+        let Some(filter) = &self.filter else {
+            return true;
+        };
         match serde_json::from_str::<serde_json::Value>(event.raw.get()) {
             Ok(json) => filter.matches(&json, event.schema),
             Err(_) => false,
@@ -244,12 +294,20 @@ fn dead_letter(
     match store.write(event, &rejection) {
         Ok(path) => {
             tracing::warn!(handler = %handler.name, event_id = %event.id, blob = %path.display(), "event rejected and dead-lettered: {reason}");
-            Outcome::Reject { reason: reason.to_owned() }
+            Outcome::Reject {
+                reason: reason.to_owned(),
+            }
         }
         Err(e) => {
-            let reason = format!("handler rejected the event ({reason}) but writing it to {} failed: {e}", store.root().display());
+            let reason = format!(
+                "handler rejected the event ({reason}) but writing it to {} failed: {e}",
+                store.root().display()
+            );
             tracing::error!(handler = %handler.name, event_id = %event.id, "{reason}");
-            Outcome::Retry { reason, after: None }
+            Outcome::Retry {
+                reason,
+                after: None,
+            }
         }
     }
 }
@@ -297,7 +355,12 @@ impl Verdict {
             if let Some(Outcome::Retry { reason, after }) = pair.outcome {
                 let after = after.unwrap_or(DEFAULT_RETRY_AFTER);
                 verdict.retry_after = Some(verdict.retry_after.map_or(after, |a| a.max(after)));
-                verdict.retry.push(RetryItem { event_index: pair.index, id: pair.event_id, handler: pair.handler, reason });
+                verdict.retry.push(RetryItem {
+                    event_index: pair.index,
+                    id: pair.event_id,
+                    handler: pair.handler,
+                    reason,
+                });
             }
         }
         verdict
@@ -310,8 +373,14 @@ impl IntoResponse for Verdict {
             None => (StatusCode::OK, Json(self)).into_response(),
             Some(after) => {
                 let seconds = after.as_millis().div_ceil(1000).max(1).to_string();
-                let retry_after = HeaderValue::from_str(&seconds).expect("digits are a valid header value");
-                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, retry_after)], Json(self)).into_response()
+                let retry_after =
+                    HeaderValue::from_str(&seconds).expect("digits are a valid header value");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, retry_after)],
+                    Json(self),
+                )
+                    .into_response()
             }
         }
     }

@@ -12,7 +12,9 @@ use crate::event::DecodeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    #[error("missing or wrong key: send it as ?code=KEY, an aeg-sas-key header or an x-functions-key header")]
+    #[error(
+        "missing or wrong key: send it as ?code=KEY, an aeg-sas-key header or an x-functions-key header"
+    )]
     Unauthorized,
     #[error("no handler named {0:?} in this gridfn")]
     UnknownHandler(String),
@@ -74,7 +76,14 @@ impl IntoResponse for RequestError {
             }
             other => (other.to_string(), None, None),
         };
-        let body = ErrorBody { error: ErrorDetail { code: self.code(), message, event_index, field } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message,
+                event_index,
+                field,
+            },
+        };
         (self.status(), Json(body)).into_response()
     }
 }

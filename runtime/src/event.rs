@@ -59,11 +59,19 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn body(message: impl Into<String>) -> Self {
-        DecodeError { message: message.into(), event_index: None, field: None }
+        DecodeError {
+            message: message.into(),
+            event_index: None,
+            field: None,
+        }
     }
 
     fn field(index: usize, field: &str, message: impl Into<String>) -> Self {
-        DecodeError { message: message.into(), event_index: Some(index), field: Some(field.into()) }
+        DecodeError {
+            message: message.into(),
+            event_index: Some(index),
+            field: Some(field.into()),
+        }
     }
 }
 
@@ -84,10 +92,13 @@ impl std::error::Error for DecodeError {}
 /// Splits a body into its events' raw JSON objects: an array of events, or one
 /// bare event object (which Event Grid never sends but curl users do).
 pub fn split_batch(body: &[u8]) -> Result<Vec<Box<RawValue>>, DecodeError> {
-    let text = std::str::from_utf8(body).map_err(|e| DecodeError::body(format!("body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| DecodeError::body(format!("body is not UTF-8: {e}")))?;
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
-        return Err(DecodeError::body("body is empty; expected a JSON array of events"));
+        return Err(DecodeError::body(
+            "body is empty; expected a JSON array of events",
+        ));
     }
     let events = if trimmed.starts_with('[') {
         serde_json::from_str::<Vec<Box<RawValue>>>(text)
@@ -96,7 +107,9 @@ pub fn split_batch(body: &[u8]) -> Result<Vec<Box<RawValue>>, DecodeError> {
     }
     .map_err(|e| DecodeError::body(format!("body is not valid JSON: {e}")))?;
     if events.is_empty() {
-        return Err(DecodeError::body("the batch is an empty array; expected at least one event"));
+        return Err(DecodeError::body(
+            "the batch is an empty array; expected at least one event",
+        ));
     }
     Ok(events)
 }
@@ -118,7 +131,10 @@ fn decode_event_grid_event(index: usize, raw: Box<RawValue>) -> Result<Event, De
     let subject = fields.optional_string("subject")?;
     let time = fields.optional_string("eventTime")?;
     let data_version = fields.optional_string("dataVersion")?;
-    let data = fields.raw("data").map(|d| d.get().as_bytes().to_vec()).unwrap_or_default();
+    let data = fields
+        .raw("data")
+        .map(|d| d.get().as_bytes().to_vec())
+        .unwrap_or_default();
     let data = if data == b"null" { Vec::new() } else { data };
     Ok(Event {
         id,
@@ -161,7 +177,11 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
             Some(raw) => serde_json::from_str(raw.get()).map(Some).map_err(|_| {
-                DecodeError::field(self.index, name, format!("must be a string, found {}", json_kind(raw.get())))
+                DecodeError::field(
+                    self.index,
+                    name,
+                    format!("must be a string, found {}", json_kind(raw.get())),
+                )
             }),
         }
     }
@@ -204,13 +224,23 @@ impl ValidationRequest {
             validation_code: Option<String>,
             validation_url: Option<String>,
         }
-        let data: Data = serde_json::from_slice(&event.data)
-            .map_err(|e| DecodeError::field(0, "data", format!("validation data is not an object: {e}")))?;
+        let data: Data = serde_json::from_slice(&event.data).map_err(|e| {
+            DecodeError::field(0, "data", format!("validation data is not an object: {e}"))
+        })?;
         let code = data
             .validation_code
             .filter(|c| !c.is_empty())
-            .ok_or_else(|| DecodeError::field(0, "data.validationCode", "is required in a validation event"))?;
-        Ok(ValidationRequest { code, url: data.validation_url })
+            .ok_or_else(|| {
+                DecodeError::field(
+                    0,
+                    "data.validationCode",
+                    "is required in a validation event",
+                )
+            })?;
+        Ok(ValidationRequest {
+            code,
+            url: data.validation_url,
+        })
     }
 }
 
@@ -224,7 +254,12 @@ mod tests {
             .expect("shared/vectors beside the checkout")
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
             .collect();
         files.sort();
         files
@@ -241,7 +276,11 @@ mod tests {
             assert_eq!(events.len(), expected.len(), "{name}");
             for (event, json) in events.iter().zip(&expected) {
                 assert_eq!(event.id, json["id"].as_str().unwrap(), "{name}");
-                assert_eq!(event.event_type, json["eventType"].as_str().unwrap(), "{name}");
+                assert_eq!(
+                    event.event_type,
+                    json["eventType"].as_str().unwrap(),
+                    "{name}"
+                );
                 assert_eq!(event.source, json["topic"].as_str().unwrap_or(""), "{name}");
                 assert_eq!(event.subject.as_deref(), json["subject"].as_str(), "{name}");
                 let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
@@ -256,7 +295,8 @@ mod tests {
 
     #[test]
     fn data_is_kept_byte_for_byte() {
-        let body = br#"[{"id":"1","eventType":"t","subject":"s","data":{"b": 1.50, "a":"\u00e9"}}]"#;
+        let body =
+            br#"[{"id":"1","eventType":"t","subject":"s","data":{"b": 1.50, "a":"\u00e9"}}]"#;
         let events = decode_event_grid(body).unwrap();
         assert_eq!(events[0].data, br#"{"b": 1.50, "a":"\u00e9"}"#);
     }
@@ -270,31 +310,63 @@ mod tests {
 
     #[test]
     fn problems_name_the_event_and_field() {
-        let cases: [(&[u8], Option<usize>, Option<&str>, &str); 7] = [
+        type Case<'a> = (&'a [u8], Option<usize>, Option<&'a str>, &'a str);
+        let cases: [Case; 7] = [
             (b"", None, None, "body is empty"),
             (b"[{\"id\": ", None, None, "not valid JSON"),
             (b"[]", None, None, "empty array"),
-            (b"[42]", Some(0), None, "expected a JSON object, found a number"),
-            (br#"[{"id":"1","eventType":"t"},{"eventType":"t"}]"#, Some(1), Some("id"), "is required"),
-            (br#"[{"id":7,"eventType":"t"}]"#, Some(0), Some("id"), "must be a string, found a number"),
-            (br#"[{"id":"1","eventType":""}]"#, Some(0), Some("eventType"), "must not be empty"),
+            (
+                b"[42]",
+                Some(0),
+                None,
+                "expected a JSON object, found a number",
+            ),
+            (
+                br#"[{"id":"1","eventType":"t"},{"eventType":"t"}]"#,
+                Some(1),
+                Some("id"),
+                "is required",
+            ),
+            (
+                br#"[{"id":7,"eventType":"t"}]"#,
+                Some(0),
+                Some("id"),
+                "must be a string, found a number",
+            ),
+            (
+                br#"[{"id":"1","eventType":""}]"#,
+                Some(0),
+                Some("eventType"),
+                "must not be empty",
+            ),
         ];
         for (body, index, field, message) in cases {
             let err = decode_event_grid(body).unwrap_err();
             assert_eq!(err.event_index, index, "{err}");
             assert_eq!(err.field.as_deref(), field, "{err}");
-            assert!(err.message.contains(message), "{err} should contain {message:?}");
+            assert!(
+                err.message.contains(message),
+                "{err} should contain {message:?}"
+            );
         }
     }
 
     #[test]
     fn the_docs_validation_event_yields_its_code() {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/eventgrid/handshake/");
+        let root = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/vectors/eventgrid/handshake/"
+        );
         let body = std::fs::read(format!("{root}docs-SubscriptionValidationEvent.json")).unwrap();
         let events = decode_event_grid(&body).unwrap();
         assert_eq!(events[0].event_type, SUBSCRIPTION_VALIDATION_EVENT);
         let request = ValidationRequest::from_event(&events[0]).unwrap();
         assert_eq!(request.code, "512d38b6-c7b8-40c8-89fe-f46f9e9622b6");
-        assert!(request.url.unwrap().starts_with("https://rp-eastus2.eventgrid.azure.net"));
+        assert!(
+            request
+                .url
+                .unwrap()
+                .starts_with("https://rp-eastus2.eventgrid.azure.net")
+        );
     }
 }

@@ -10,7 +10,11 @@ use gridfn::config::Manifest;
 use gridfn::delivery::Host;
 
 #[derive(Parser)]
-#[command(name = "gridfn", version, about = "Runs Azure Event Grid deliveries through sandboxed WebAssembly handlers")]
+#[command(
+    name = "gridfn",
+    version,
+    about = "Runs Azure Event Grid deliveries through sandboxed WebAssembly handlers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,13 +44,16 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
-        Command::Check { config } => Manifest::load(&config).map(|m| {
-            println!("{}: ok ({} handler(s))", config.display(), m.handlers.len());
-        }).map_err(Into::into),
+        Command::Check { config } => Manifest::load(&config)
+            .map(|m| {
+                println!("{}: ok ({} handler(s))", config.display(), m.handlers.len());
+            })
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

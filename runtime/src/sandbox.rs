@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    Trap,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config;
@@ -43,9 +46,14 @@ const LOG_BUDGET: usize = 64 * 1024;
 pub enum Outcome {
     Success,
     /// Transient: run it again later, no sooner than `after` if given.
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     /// Permanent: dead-letter it.
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
 }
 
 /// How an event reached its handler; handlers see it as `delivery`.
@@ -100,27 +108,39 @@ impl Sandbox {
         let engine = match Engine::new(&config) {
             Ok(engine) => engine,
             Err(e) => {
-                tracing::warn!("pooling allocator unavailable ({e}); allocating instances on demand");
+                tracing::warn!(
+                    "pooling allocator unavailable ({e}); allocating instances on demand"
+                );
                 config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
                 Engine::new(&config).map_err(|e| anyhow!("creating the wasmtime engine: {e}"))?
             }
         };
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow!("linking WASI: {e}"))?;
         bindings::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow!("linking the gridfn imports: {e}"))?;
 
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Sandbox { engine, linker, _ticker: ticker })
+        Ok(Sandbox {
+            engine,
+            linker,
+            _ticker: ticker,
+        })
     }
 
     /// Compiles a handler's component (or takes it from the cache) and checks
     /// that it implements the `gridfn:handler` world.
     pub fn load(&self, handler: &config::Handler) -> anyhow::Result<LoadedHandler> {
         let path = &handler.module;
-        let component = Component::from_file(&self.engine, path)
-            .map_err(|e| anyhow!("handler {}: cannot load {}: {e:#}", handler.name, path.display()))?;
+        let component = Component::from_file(&self.engine, path).map_err(|e| {
+            anyhow!(
+                "handler {}: cannot load {}: {e:#}",
+                handler.name,
+                path.display()
+            )
+        })?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
                 "handler {}: {} does not fit gridfn's handler contract (gridfn:handler@0.1.0): {e:#}",
@@ -154,28 +174,43 @@ impl LoadedHandler {
     /// timeout: call it from a blocking thread, never an async task.
     pub fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Outcome {
         let output = CapturedOutput::default();
-        let wasi = WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build();
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryCap { limit: self.memory, exceeded: false },
-            log: GuestLog { handler: self.name.clone(), event_id: event.id.clone(), budget: LOG_BUDGET },
+            memory: MemoryCap {
+                limit: self.memory,
+                exceeded: false,
+            },
+            log: GuestLog {
+                handler: self.name.clone(),
+                event_id: event.id.clone(),
+                budget: LOG_BUDGET,
+            },
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(ticks(self.timeout));
 
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|handler| handler.call_handle(&mut store, &to_wit_event(event), &self.to_wit_delivery(delivery)));
+        let result = self.pre.instantiate(&mut store).and_then(|handler| {
+            handler.call_handle(
+                &mut store,
+                &to_wit_event(event),
+                &self.to_wit_delivery(delivery),
+            )
+        });
         output.flush_to_log(&store.data().log);
         match result {
             Ok(outcome) => from_wit_outcome(outcome),
             Err(error) => {
-                let reason = self.failure_reason(&error, &store.data().memory);
-                tracing::warn!(handler = %self.name, event_id = %event.id, "{reason}");
-                Outcome::Retry { reason, after: None }
+                // The delivery path logs it with the event id.
+                Outcome::Retry {
+                    reason: self.failure_reason(&error, &store.data().memory),
+                    after: None,
+                }
             }
         }
     }
@@ -183,11 +218,17 @@ impl LoadedHandler {
     /// Says why an instance failed, in words a handler author can act on.
     fn failure_reason(&self, error: &wasmtime::Error, memory: &MemoryCap) -> String {
         if memory.exceeded {
-            return format!("handler exceeded its memory limit of {} MiB", self.memory >> 20);
+            return format!(
+                "handler exceeded its memory limit of {} MiB",
+                self.memory >> 20
+            );
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
-                format!("handler timed out after {}", humantime::format_duration(self.timeout))
+                format!(
+                    "handler timed out after {}",
+                    humantime::format_duration(self.timeout)
+                )
             }
             _ => format!("handler trapped: {error:?}"),
         }
@@ -224,9 +265,10 @@ fn to_wit_event(event: &Event) -> wit::Event {
 fn from_wit_outcome(outcome: wit::Outcome) -> Outcome {
     match outcome {
         wit::Outcome::Success => Outcome::Success,
-        wit::Outcome::Retry(retry) => {
-            Outcome::Retry { reason: retry.reason, after: retry.after_ms.map(Duration::from_millis) }
-        }
+        wit::Outcome::Retry(retry) => Outcome::Retry {
+            reason: retry.reason,
+            after: retry.after_ms.map(Duration::from_millis),
+        },
         wit::Outcome::Reject(reason) => Outcome::Reject { reason },
     }
 }
@@ -242,7 +284,10 @@ struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -254,15 +299,28 @@ struct MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
-            return Err(wasmtime::format_err!("memory limit of {} bytes exceeded", self.limit));
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes exceeded",
+                self.limit
+            ));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -291,7 +349,11 @@ impl GuestLog {
             log::Level::Error => tracing::error!(target: "handler", handler, event_id, "{message}"),
         }
         if self.budget == 0 {
-            tracing::warn!(handler, event_id, "handler log budget of {LOG_BUDGET} bytes used up; further output dropped");
+            tracing::warn!(
+                handler,
+                event_id,
+                "handler log budget of {LOG_BUDGET} bytes used up; further output dropped"
+            );
         }
     }
 }
@@ -385,7 +447,10 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -421,7 +486,10 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch thread");
-        EpochTicker { stop, thread: Some(thread) }
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

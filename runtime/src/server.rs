@@ -30,7 +30,11 @@ pub fn app(host: Arc<Host>) -> Router {
 
 /// Serves `host` on `listener` until `shutdown` completes, then lets requests
 /// in flight finish.
-pub async fn serve(listener: TcpListener, host: Arc<Host>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    host: Arc<Host>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let sweeper = tokio::spawn({
         let host = host.clone();
         async move {
@@ -41,14 +45,21 @@ pub async fn serve(listener: TcpListener, host: Arc<Host>, shutdown: impl Future
             }
         }
     });
-    let result = axum::serve(listener, app(host)).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app(host))
+        .with_graceful_shutdown(shutdown)
+        .await;
     sweeper.abort();
     result
 }
 
 type Params = Query<HashMap<String, String>>;
 
-async fn all_handlers(State(host): State<Arc<Host>>, Query(params): Params, headers: HeaderMap, body: Body) -> Response {
+async fn all_handlers(
+    State(host): State<Arc<Host>>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     deliver(&host, Target::All, &params, &headers, body).await
 }
 
@@ -64,22 +75,50 @@ async fn one_handler(
 
 /// Azure Functions' URL shape, so a subscription made for a Function App can
 /// point at gridfn unchanged: `?functionName=NAME`.
-async fn functions_style(State(host): State<Arc<Host>>, Query(params): Params, headers: HeaderMap, body: Body) -> Response {
+async fn functions_style(
+    State(host): State<Arc<Host>>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Some(handler) = params.get("functionName").cloned() else {
-        return RequestError::BadRequest("the functionName query parameter is required".into()).into_response();
+        return RequestError::BadRequest("the functionName query parameter is required".into())
+            .into_response();
     };
     deliver(&host, Target::Handler(&handler), &params, &headers, body).await
 }
 
-async fn deliver(host: &Host, target: Target<'_>, params: &HashMap<String, String>, headers: &HeaderMap, body: Body) -> Response {
+async fn deliver(
+    host: &Host,
+    target: Target<'_>,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let body = match axum::body::to_bytes(body, host.max_body).await {
         Ok(body) => body,
-        Err(_) => return RequestError::TooLarge { limit: host.max_body }.into_response(),
+        Err(_) => {
+            return RequestError::TooLarge {
+                limit: host.max_body,
+            }
+            .into_response();
+        }
     };
-    match host.deliver(target, headers, params.get("code").map(String::as_str), body).await {
+    match host
+        .deliver(
+            target,
+            headers,
+            params.get("code").map(String::as_str),
+            body,
+        )
+        .await
+    {
         Ok(response) => response,
         Err(error) => {
-            tracing::info!(status = error.status().as_u16(), "refused a delivery: {error}");
+            tracing::info!(
+                status = error.status().as_u16(),
+                "refused a delivery: {error}"
+            );
             error.into_response()
         }
     }
@@ -88,7 +127,10 @@ async fn deliver(host: &Host, target: Target<'_>, params: &HashMap<String, Strin
 async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         host.metrics.render(),
     )
 }

@@ -22,9 +22,14 @@ pub enum RequestKind {
 
 impl RequestKind {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, RequestError> {
-        match headers.get("aeg-event-type").map(|v| v.to_str().unwrap_or("")) {
+        match headers
+            .get("aeg-event-type")
+            .map(|v| v.to_str().unwrap_or(""))
+        {
             None => Ok(RequestKind::Notification),
-            Some(kind) if kind.eq_ignore_ascii_case("Notification") => Ok(RequestKind::Notification),
+            Some(kind) if kind.eq_ignore_ascii_case("Notification") => {
+                Ok(RequestKind::Notification)
+            }
             Some(kind) if kind.eq_ignore_ascii_case("SubscriptionValidation") => {
                 Ok(RequestKind::SubscriptionValidation)
             }
@@ -44,12 +49,19 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(keys: &[String], allow_anonymous: bool) -> Self {
-        Keys { keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(), allow_anonymous }
+        Keys {
+            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            allow_anonymous,
+        }
     }
 
     /// Accepts a key sent as `?code=`, `aeg-sas-key` or `x-functions-key`,
     /// comparing in constant time so timing reveals nothing about the key.
-    pub fn authenticate(&self, headers: &HeaderMap, code: Option<&str>) -> Result<(), RequestError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        code: Option<&str>,
+    ) -> Result<(), RequestError> {
         if self.allow_anonymous && self.keys.is_empty() {
             return Ok(());
         }
@@ -94,14 +106,24 @@ pub fn validation_response(events: &[Event]) -> Result<ValidationResponse, Reque
         validation_url = request.url.as_deref().unwrap_or("-"),
         "answered Event Grid's subscription validation handshake"
     );
-    Ok(ValidationResponse { validation_response: request.code })
+    Ok(ValidationResponse {
+        validation_response: request.code,
+    })
 }
 
 /// The delivery metadata Event Grid sends in headers.
 pub fn delivery_info(headers: &HeaderMap) -> DeliveryInfo {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
     DeliveryInfo {
-        attempt: text("aeg-delivery-count").and_then(|n| n.parse().ok()).unwrap_or(0),
+        attempt: text("aeg-delivery-count")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
         subscription: text("aeg-subscription-name").map(str::to_owned),
         replay: false,
     }
@@ -124,10 +146,19 @@ mod tests {
     fn a_key_is_accepted_in_any_of_the_three_places() {
         let keys = Keys::new(&["k1".into(), "k2".into()], false);
         assert!(keys.authenticate(&headers(&[]), Some("k2")).is_ok());
-        assert!(keys.authenticate(&headers(&[("aeg-sas-key", "k1")]), None).is_ok());
-        assert!(keys.authenticate(&headers(&[("x-functions-key", "k1")]), None).is_ok());
+        assert!(
+            keys.authenticate(&headers(&[("aeg-sas-key", "k1")]), None)
+                .is_ok()
+        );
+        assert!(
+            keys.authenticate(&headers(&[("x-functions-key", "k1")]), None)
+                .is_ok()
+        );
         assert!(keys.authenticate(&headers(&[]), None).is_err());
-        assert!(keys.authenticate(&headers(&[("aeg-sas-key", "k3")]), Some("k")).is_err());
+        assert!(
+            keys.authenticate(&headers(&[("aeg-sas-key", "k3")]), Some("k"))
+                .is_err()
+        );
         assert!(keys.authenticate(&headers(&[]), Some("k1x")).is_err());
     }
 
@@ -136,21 +167,36 @@ mod tests {
         let open = Keys::new(&[], true);
         assert!(open.authenticate(&headers(&[]), None).is_ok());
         let mixed = Keys::new(&["k".into()], true);
-        assert!(mixed.authenticate(&headers(&[]), None).is_ok(), "no key at all is anonymous");
-        assert!(mixed.authenticate(&headers(&[]), Some("wrong")).is_err(), "a wrong key is still wrong");
+        assert!(
+            mixed.authenticate(&headers(&[]), None).is_ok(),
+            "no key at all is anonymous"
+        );
+        assert!(
+            mixed.authenticate(&headers(&[]), Some("wrong")).is_err(),
+            "a wrong key is still wrong"
+        );
     }
 
     #[test]
     fn request_kind_comes_from_aeg_event_type() {
-        assert_eq!(RequestKind::from_headers(&headers(&[])).unwrap(), RequestKind::Notification);
+        assert_eq!(
+            RequestKind::from_headers(&headers(&[])).unwrap(),
+            RequestKind::Notification
+        );
         let validation = headers(&[("aeg-event-type", "SubscriptionValidation")]);
-        assert_eq!(RequestKind::from_headers(&validation).unwrap(), RequestKind::SubscriptionValidation);
+        assert_eq!(
+            RequestKind::from_headers(&validation).unwrap(),
+            RequestKind::SubscriptionValidation
+        );
         assert!(RequestKind::from_headers(&headers(&[("aeg-event-type", "Gossip")])).is_err());
     }
 
     #[test]
     fn delivery_metadata_comes_from_headers() {
-        let info = delivery_info(&headers(&[("aeg-delivery-count", "3"), ("aeg-subscription-name", "SUB")]));
+        let info = delivery_info(&headers(&[
+            ("aeg-delivery-count", "3"),
+            ("aeg-subscription-name", "SUB"),
+        ]));
         assert_eq!(info.attempt, 3);
         assert_eq!(info.subscription.as_deref(), Some("SUB"));
         assert_eq!(delivery_info(&headers(&[])).attempt, 0);

@@ -1,0 +1,210 @@
+//! Starts `gridfn serve` on port 0 with a manifest written for the test, and
+//! speaks to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use reqwest::blocking::{Client, Response};
+
+pub const KEY: &str = "test-key";
+
+/// A built handler component, by crate name.
+pub fn component(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the components first (scripts/test does), e.g. \
+         cargo build --release --target wasm32-wasip2 -p audit-log -p scripted",
+        path.display()
+    );
+    path
+}
+
+/// The shared test vectors (`../shared/vectors` beside the checkout).
+pub fn vector(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors")
+        .join(relative)
+}
+
+/// One compile cache for every test's gridfn, so each start after the first
+/// loads compiled handlers instead of compiling them.
+fn shared_cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gridfn-e2e-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub struct Gridfn {
+    child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+    client: Client,
+}
+
+impl Gridfn {
+    /// Starts gridfn with `[server] keys = [KEY]` and the given `[[handler]]`
+    /// tables (and any other sections), and waits until it listens.
+    pub fn start(manifest_tail: &str) -> Gridfn {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = format!(
+            "[server]\nkeys = [\"{KEY}\"]\ncache_dir = {:?}\nstate_dir = {:?}\n\n{manifest_tail}",
+            shared_cache(),
+            dir.path().join("state")
+        );
+        let config = dir.path().join("gridfn.toml");
+        std::fs::write(&config, manifest).unwrap();
+        Self::spawn(dir, &config)
+    }
+
+    fn spawn(dir: tempfile::TempDir, config: &Path) -> Gridfn {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gridfn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting gridfn");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let _ = ready_tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
+        let addr = match ready_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "gridfn did not start; its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let client = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Gridfn {
+            child,
+            base: format!("http://{addr}"),
+            dir,
+            log,
+            client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs an Event Grid notification with the key, as Event Grid would.
+    pub fn notify(&self, path: &str, body: impl Into<Vec<u8>>) -> Response {
+        self.post(
+            path,
+            body,
+            &[("aeg-event-type", "Notification"), ("aeg-sas-key", KEY)],
+        )
+    }
+
+    pub fn post(&self, path: &str, body: impl Into<Vec<u8>>, headers: &[(&str, &str)]) -> Response {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.into());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().expect("gridfn answers")
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .expect("gridfn answers")
+    }
+
+    /// The value of one metric sample, e.g.
+    /// `gridfn_events_total{handler="h",outcome="success"}`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics").text().unwrap();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub fn events(&self, handler: &str, outcome: &str) -> f64 {
+        self.metric(&format!(
+            "gridfn_events_total{{handler=\"{handler}\",outcome=\"{outcome}\"}}"
+        ))
+    }
+
+    /// Log lines containing `needle`, waiting briefly for the log to catch up.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::thread::sleep(Duration::from_millis(100));
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Gridfn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Event Grid schema event with the given id and data.
+pub fn event(id: &str, data: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "topic": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/acct",
+        "subject": format!("/blobServices/default/containers/docs/blobs/{id}.md"),
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "eventTime": "2026-11-21T10:00:00Z",
+        "data": data,
+        "dataVersion": "1",
+        "metadataVersion": "1"
+    })
+}
+
+pub fn batch(events: &[serde_json::Value]) -> Vec<u8> {
+    serde_json::to_vec(events).unwrap()
+}
