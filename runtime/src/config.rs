@@ -274,6 +274,38 @@ impl Manifest {
     pub fn handler(&self, name: &str) -> Option<&Handler> {
         self.handlers.iter().find(|h| h.name == name)
     }
+
+    /// Only the routing part of a manifest: each handler's name and filter,
+    /// with the filters checked. For `gridfn explain`, which needs neither
+    /// built modules nor keys.
+    pub fn load_routes(path: &Path) -> Result<Vec<(String, Option<Filter>)>, ManifestError> {
+        let fail = |problems: Vec<String>| ManifestError {
+            file: path.to_owned(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(vec![format!("cannot read it: {e}")]))?;
+        let raw: RawManifest = toml::from_str(&text).map_err(|e| fail(vec![toml_problem(&e)]))?;
+        let problems: Vec<String> = raw
+            .handler
+            .iter()
+            .enumerate()
+            .flat_map(|(i, h)| {
+                let filter_problems = h.filter.as_ref().map(Filter::problems).unwrap_or_default();
+                filter_problems
+                    .into_iter()
+                    .map(move |p| format!("handler[{i}] ({}).filter.{p}", h.name))
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        Ok(raw
+            .handler
+            .into_iter()
+            .map(|h| (h.name, h.filter))
+            .collect())
+    }
 }
 
 fn valid_name(name: &str) -> bool {

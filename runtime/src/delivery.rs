@@ -32,6 +32,9 @@ use crate::webhook::{self, Keys, RequestKind};
 /// first retry interval.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
+/// The `handler` label of events the shared endpoint routed to no handler.
+pub const UNMATCHED_LABEL: &str = "*";
+
 /// Everything a delivery needs, built once at start.
 pub struct Host {
     keys: Keys,
@@ -128,14 +131,28 @@ impl Host {
 
         let delivery = webhook::delivery_info(headers);
         let mut pairs = Vec::new();
+        let mut unmatched = 0;
         for (index, event) in events.into_iter().map(Arc::new).enumerate() {
-            for route in &routes {
-                if route.wants(&event) {
-                    pairs.push(self.run_pair(index, event.clone(), route, &delivery, received));
-                }
+            let wanted_by: Vec<&Route> = routes
+                .iter()
+                .copied()
+                .filter(|route| route.wants(&event))
+                .collect();
+            if wanted_by.is_empty() {
+                unmatched += 1;
+                let label = match target {
+                    Target::All => UNMATCHED_LABEL,
+                    Target::Handler(name) => name,
+                };
+                self.metrics.count(label, PairOutcome::Unmatched);
+            }
+            for route in wanted_by {
+                pairs.push(self.run_pair(index, event.clone(), route, &delivery, received));
             }
         }
-        Ok(Verdict::from_pairs(join_all(pairs).await).into_response())
+        let mut verdict = Verdict::from_pairs(join_all(pairs).await);
+        verdict.unmatched = unmatched;
+        Ok(verdict.into_response())
     }
 
     fn routes_for(&self, target: &Target) -> Result<Vec<&Route>, RequestError> {
@@ -327,6 +344,8 @@ struct Verdict {
     succeeded: usize,
     duplicates: usize,
     rejected: usize,
+    /// Events no handler's filter wanted: acknowledged, not run.
+    unmatched: usize,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     retry: Vec<RetryItem>,
     #[serde(skip)]
@@ -348,6 +367,7 @@ impl Verdict {
             succeeded: count(PairOutcome::Success),
             duplicates: count(PairOutcome::Duplicate),
             rejected: count(PairOutcome::Reject),
+            unmatched: 0,
             retry: Vec::new(),
             retry_after: None,
         };

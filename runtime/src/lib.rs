@@ -11,6 +11,7 @@
 //!   validation handshake.
 //! - [`event`]: the one event model, and decoding pushed bodies into it.
 //! - [`filter`]: subscription filters, evaluated as Event Grid does.
+//! - [`explain`]: `gridfn explain`, each filter's decision for each event.
 //! - [`dedup`]: which (handler, event) pairs are done, so none runs twice.
 //! - [`sandbox`]: wasmtime engine, one pre-linked component per handler, a
 //!   fresh instance per event with a deadline and a memory cap.
@@ -24,6 +25,7 @@ pub mod dedup;
 pub mod delivery;
 pub mod error;
 pub mod event;
+pub mod explain;
 pub mod filter;
 pub mod metrics;
 pub mod sandbox;

@@ -1,7 +1,7 @@
 //! The `gridfn` command line.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -36,6 +36,17 @@ enum Command {
         #[arg(long, short, default_value = "gridfn.toml")]
         config: PathBuf,
     },
+    /// Say, for each event in a file and each handler, whether the handler's
+    /// filter matches and, if not, the first condition that failed.
+    Explain {
+        #[arg(long, short, default_value = "gridfn.toml")]
+        config: PathBuf,
+        /// Event Grid or CloudEvents JSON: one event or an array.
+        event_file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,11 +60,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
-        Command::Check { config } => Manifest::load(&config)
-            .map(|m| {
-                println!("{}: ok ({} handler(s))", config.display(), m.handlers.len());
-            })
-            .map_err(Into::into),
+        Command::Check { config } => check(&config),
+        Command::Explain {
+            config,
+            event_file,
+            json,
+        } => explain(&config, &event_file, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +74,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check(config: &Path) -> anyhow::Result<()> {
+    let manifest = Manifest::load(config)?;
+    println!(
+        "{}: ok, {} handler(s)",
+        config.display(),
+        manifest.handlers.len()
+    );
+    Ok(())
+}
+
+fn explain(config: &Path, event_file: &Path, json: bool) -> anyhow::Result<()> {
+    let routes = Manifest::load_routes(config)?;
+    let text = std::fs::read_to_string(event_file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event_file.display()))?;
+    let events = gridfn::explain::parse_events(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", event_file.display()))?;
+    let routings = gridfn::explain::explain(&routes, &events);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&routings)?);
+    } else {
+        print!("{}", gridfn::explain::render_text(&routings));
+    }
+    Ok(())
 }
 
 fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {

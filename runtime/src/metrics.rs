@@ -15,6 +15,8 @@ pub enum PairOutcome {
     Reject,
     /// Done before: not run again.
     Duplicate,
+    /// No handler's filter wanted the event; acknowledged without running.
+    Unmatched,
 }
 
 impl PairOutcome {
@@ -24,6 +26,7 @@ impl PairOutcome {
             PairOutcome::Retry => "retry",
             PairOutcome::Reject => "reject",
             PairOutcome::Duplicate => "duplicate",
+            PairOutcome::Unmatched => "unmatched",
         }
     }
 }
@@ -51,7 +54,7 @@ impl Default for Metrics {
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "gridfn_events",
-            "Events by handler and outcome (success, retry, reject, duplicate)",
+            "Events by handler and outcome (success, retry, reject, duplicate, unmatched; handler \"*\" for events no handler wanted)",
             events.clone(),
         );
         let handler_seconds = Family::<HandlerLabels, Histogram>::new_with_constructor(|| {

@@ -208,3 +208,35 @@ pub fn event(id: &str, data: serde_json::Value) -> serde_json::Value {
 pub fn batch(events: &[serde_json::Value]) -> Vec<u8> {
     serde_json::to_vec(events).unwrap()
 }
+
+/// The repository's own folder (for samples/).
+pub fn repo(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// Starts the sample app (samples/gridfn.toml) as written, except for the
+/// test's key, port, cache and state folder.
+pub fn start_sample() -> Gridfn {
+    let text = std::fs::read_to_string(repo("samples/gridfn.toml")).unwrap();
+    let mut manifest: toml::Table = toml::from_str(&text).unwrap();
+    manifest.remove("server");
+    for handler in manifest["handler"].as_array_mut().unwrap() {
+        let module = handler["module"].as_str().unwrap();
+        let absolute = repo("samples").join(module);
+        handler.as_table_mut().unwrap().insert(
+            "module".into(),
+            absolute.to_string_lossy().into_owned().into(),
+        );
+    }
+    Gridfn::start(&toml::to_string(&manifest).unwrap())
+}
+
+/// Runs a gridfn subcommand to completion.
+pub fn gridfn_command(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gridfn"))
+        .args(args)
+        .output()
+        .expect("running gridfn")
+}
