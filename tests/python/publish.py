@@ -31,65 +31,82 @@ On success prints exactly one JSON line to stdout, ``{"sent": N, "batches":
 B}``, and exits 0. On failure prints the HTTP status and response body (or the
 connection error) to stderr and exits 1; bad arguments exit 2 (argparse).
 
-What the SDK sends (observed with azure-eventgrid 4.22.1 / azure-core 1.41.0
-against a loopback capture server; see tests/python/requirements.txt)
+What the SDK sends (observed with azure-eventgrid 4.22.1 / azure-core 1.41.0 /
+requests 2.34.2 against a loopback capture server; see requirements.txt)
 -----------------------------------------------------------------------------
-Both schemas, one request per ``send()`` call:
+Both schemas, one HTTP/1.1 request per ``send()`` call (per batch):
 
-* ``POST <endpoint path>?api-version=2018-01-01``. The SDK appends the query
-  string to whatever endpoint URL it is given, and does not add anything to
-  the path. (A query already in the endpoint is kept, and ``api-version`` is
-  added after it.) HTTP/1.1, through ``requests``/urllib3.
-* Headers (the SDK sets them all):
+* ``POST <endpoint path>?api-version=2018-01-01``. Nothing is added to the
+  path; the query parameter is always added. If the endpoint already has a
+  query, ``api-version`` is put *first*: endpoint ``/hook?functionName=f``
+  becomes ``/hook?api-version=2018-01-01&functionName=f``.
+* Headers, in the order they arrive (nothing else is sent):
 
-  - ``aeg-sas-key: <key>`` (the raw key, from ``AzureKeyCredential``)
+  - ``Host: 127.0.0.1:<port>``
+  - ``User-Agent: azsdk-python-eventgrid/4.10.0 Python/3.11.7
+    (Linux-...-glibc2.36)``. Note 4.10.0: the basic-tier client still
+    reports its old internal version, not 4.22.1.
+  - ``Accept-Encoding: gzip, deflate``, ``Accept: */*``,
+    ``Connection: keep-alive`` (one pooled connection, reused across
+    batches because this script uses one client)
   - ``Content-Type``: ``application/json; charset=utf-8`` (Event Grid
     schema) or ``application/cloudevents-batch+json; charset=utf-8``
     (CloudEvents). Note the ``; charset=utf-8`` parameter.
-  - ``Content-Length``
-  - ``x-ms-client-request-id: <uuid1>``, new for each send() call and
-    the same on every retry of that call.
-  - ``User-Agent: azsdk-python-eventgrid/4.22.1 Python/3.11.7 (<platform>)``
-  - ``Accept: application/json``, ``Accept-Encoding: gzip, deflate``,
-    ``Connection: keep-alive``. Only one connection is kept open for the
-    client; this script reuses one client for all batches.
-  - No other ``aeg-*`` header. ``aeg-channel-name`` would only be sent for
-    partner topics (``channel_name=``), which this script never uses. No
-    ``traceparent`` unless distributed tracing is set up.
+  - ``Content-Length: <n>`` (never chunked)
+  - ``x-ms-client-request-id: <uuid1>``, new for each send() call and the
+    same on every retry of that call
+  - ``aeg-sas-key: <key>``: the raw key from ``AzureKeyCredential``, sent
+    on every attempt
+  - No other ``aeg-*`` header. In particular, **no** ``aeg-event-type``
+    (``Notification``/``SubscriptionValidation``), which the Event Grid
+    *service* adds when it delivers to a webhook, so gridfn must not require
+    it for SDK-published requests. ``aeg-channel-name`` is only sent for
+    partner topics (``channel_name=``), which this script never uses. There
+    is no ``traceparent`` unless distributed tracing is set up.
 
-* Body: compact JSON array (``json.dumps`` with ``", "``/``": "`` separators),
+* Body: a JSON array (``json.dumps`` default separators ``", "``/``": "``),
   one element per event, even for a batch of one. The SDK never sends
   structured-mode ``application/cloudevents+json`` (a single object) to a
   basic topic, so test gridfn's single-event path without this script.
 
-  - Event Grid schema element keys, in order: ``id, topic`` (only when set),
-    ``subject, data, eventType, eventTime, dataVersion``. ``eventTime`` is
-    ISO-8601 UTC with microseconds and ``Z``, e.g.
-    ``2026-01-01T12:00:00.123456Z``. No ``metadataVersion``.
-  - CloudEvents element keys, in order: ``id, source, data, type, time,
-    specversion, subject``. ``specversion`` is ``"1.0"``; ``time`` looks like
-    ``eventTime`` above; ``datacontenttype``/``dataschema`` are left out when
-    not set. ``data`` is inline JSON (``data_base64`` is only used for bytes).
+  - Event Grid schema element keys, in order: ``id``, ``topic`` (only when
+    set), ``subject``, ``data``, ``eventType``, ``eventTime``,
+    ``dataVersion``. ``eventTime`` is UTC with microseconds and ``Z``,
+    e.g. ``2026-11-21T09:22:29.395388Z``. No ``metadataVersion``.
+  - CloudEvents element keys, in order: ``id``, ``source``, ``data``,
+    ``type``, ``time``, ``specversion`` (``"1.0"``), ``subject``. ``time``
+    looks like ``eventTime`` above. ``datacontenttype``/``dataschema``
+    are left out when not set. ``data`` is inline JSON (``data_base64`` is
+    only used for bytes).
 
-Retries and timeouts (azure-core ``RetryPolicy`` defaults)
-----------------------------------------------------------
-* A POST is retried only on **500, 503 and 504** (408/429/502 are not retried
-  for POST), or on *any* status >= 400 that has a ``Retry-After`` header.
-  At most ``retry_status=3`` status retries, so at most **4 requests** per
-  send() call, each with the same body and ``x-ms-client-request-id``.
-* Delays between attempts (exponential, backoff factor 0.8, each times a
-  random jitter between 0.8 and 1.2): attempt 2 follows almost at once
-  (observed ~0 s), attempt 3 after ~1.6 s, attempt 4 after ~3.2 s. So a
-  persistent 503 costs about 5 s before the error comes back. A
-  ``Retry-After: N`` header (seconds) is used instead of the backoff.
-* Connection errors are retried too (``retry_connect=3``).
-* Timeouts: ``connection_timeout`` and ``read_timeout`` of 300 s each, and no
-  overall deadline except the retry policy's ``timeout`` of 604800 s.
+* Success means **exactly 200**. Any other status, including 201/202/204,
+  raises ``HttpResponseError``, so this script exits 1. The response body is
+  ignored on 200.
+
+Retries and timeouts (azure-core ``RetryPolicy`` defaults, observed)
+--------------------------------------------------------------------
+* Statuses: a POST is retried on **500, 503 and 504** only. 408, 429, 502
+  and other 4xx are *not* retried, **unless the reply has a ``Retry-After``
+  header**. Then *any* status >= 400 (even 401) is retried, after exactly
+  ``Retry-After`` seconds.
+* At most ``retry_status=3`` retries, so at most **4 requests** per send(),
+  each with the same body, ``aeg-sas-key`` and ``x-ms-client-request-id``.
+* Backoff without Retry-After: exponential, factor 0.8, times a random jitter
+  in [0.8, 1.2]. Observed for a persistent 503: attempts at +0.00 s, +0.00 s,
+  +1.65 s and +4.86 s, then the error comes back (about 5.3 s for the whole
+  run). 503,503,200 succeeds after about 1.7 s. With ``Retry-After: 2``,
+  attempts come at +0, +2, +4 and +6 s.
+* Transport errors are **not** retried for POST: connection refused
+  (``ServiceRequestError``) and read timeout (``ServiceResponseTimeoutError``)
+  fail at once.
+* Timeouts: ``connection_timeout`` and ``read_timeout`` are 300 s each by
+  default, so a server that hangs holds this script for 5 minutes. Tests
+  should pass ``--timeout``.
 * ``EventGridPublisherClient`` for a basic topic silently **ignores**
-  constructor keyword arguments (``retry_total``, ``connection_timeout``, ...):
-  they are not passed on to the inner client. They work as per-call
+  constructor keyword arguments (``retry_total``, ``connection_timeout``,
+  ...): they are not passed on to the inner client. They work as per-call
   keyword arguments of ``send()``, which is how ``--retry-total`` and
-  ``--timeout`` below are applied.
+  ``--timeout`` are applied.
 
 Plain ``http://`` endpoints
 ---------------------------
