@@ -45,7 +45,32 @@ pub struct Server {
     /// `cache_dir`: compiled handlers, keyed by engine and module hash, so a
     /// restart skips compilation; default `<state_dir>/cache`.
     pub cache_dir: PathBuf,
+    /// `validation`: how Event Grid's subscription handshake is answered;
+    /// default `sync`.
+    pub validation: Validation,
+    /// `event_grid_domains`: the domains Event Grid calls from. The
+    /// CloudEvents OPTIONS handshake allows origins in them, and
+    /// `validation = "auto-url"` only GETs URLs on them. Default
+    /// `eventgrid.azure.net`, `eventgrid.azure.us`, `eventgrid.azure.cn`.
+    pub event_grid_domains: Vec<String>,
 }
+
+/// How gridfn answers a `SubscriptionValidation` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Validation {
+    /// Answer 200 with `{"validationResponse": code}` (the default).
+    Sync,
+    /// Answer 200 without a body and log the `validationUrl` for a person to
+    /// open: for endpoints that must not validate on their own.
+    Manual,
+    /// Answer 200 without a body and GET the `validationUrl` from gridfn,
+    /// only if its host is in `event_grid_domains`.
+    AutoUrl,
+}
+
+/// Event Grid's public, US Government and China clouds.
+pub const EVENT_GRID_DOMAINS: [&str; 3] = ["eventgrid.azure.net", "eventgrid.azure.us", "eventgrid.azure.cn"];
 
 /// `[dedup]`: how gridfn remembers which (handler, event) pairs are done.
 #[derive(Debug, Clone)]
@@ -87,12 +112,7 @@ pub struct ManifestError {
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} has {} problem(s):",
-            self.file.display(),
-            self.problems.len()
-        )?;
+        writeln!(f, "{} has {} problem(s):", self.file.display(), self.problems.len())?;
         for problem in &self.problems {
             writeln!(f, "  - {problem}")?;
         }
@@ -106,32 +126,16 @@ impl Manifest {
     /// Reads and checks the manifest at `path`; relative paths in it are
     /// relative to its folder.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let fail = |problem: String| ManifestError {
-            file: path.to_owned(),
-            problems: vec![problem],
-        };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let fail = |problem: String| ManifestError { file: path.to_owned(), problems: vec![problem] };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base
-        };
-        Manifest::parse(&text, &base, &|name| std::env::var(name).ok()).map_err(|problems| {
-            ManifestError {
-                file: path.to_owned(),
-                problems,
-            }
-        })
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        Manifest::parse(&text, &base, &|name| std::env::var(name).ok())
+            .map_err(|problems| ManifestError { file: path.to_owned(), problems })
     }
 
     /// Parses and checks manifest text; `env` resolves `env:NAME` keys.
-    pub fn parse(
-        text: &str,
-        base: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Manifest, Vec<String>> {
+    pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest, Vec<String>> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
         let mut problems = Vec::new();
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
@@ -140,12 +144,8 @@ impl Manifest {
         let listen = match server.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse() {
             Ok(addr) => addr,
             Err(e) => {
-                problems.push(format!(
-                    "server.listen: {e} (expected host:port, e.g. {DEFAULT_LISTEN})"
-                ));
-                DEFAULT_LISTEN
-                    .parse()
-                    .expect("default listen address parses")
+                problems.push(format!("server.listen: {e} (expected host:port, e.g. {DEFAULT_LISTEN})"));
+                DEFAULT_LISTEN.parse().expect("default listen address parses")
             }
         };
         let mut keys = Vec::new();
@@ -176,31 +176,25 @@ impl Manifest {
         };
         let state_dir = resolve(server.state_dir.unwrap_or_else(|| ".gridfn".into()));
         let cache_dir = resolve(server.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
+        let event_grid_domains =
+            server.event_grid_domains.unwrap_or_else(|| EVENT_GRID_DOMAINS.iter().map(|d| d.to_string()).collect());
+        for (i, domain) in event_grid_domains.iter().enumerate() {
+            if domain.is_empty() || domain.contains('/') || domain.contains(':') {
+                problems.push(format!("server.event_grid_domains[{i}]: {domain:?} is not a domain name"));
+            }
+        }
 
         let dedup = raw.dedup.unwrap_or_default();
         if let Some(store) = dedup.store.as_deref().filter(|s| *s != "memory") {
-            problems.push(format!(
-                "dedup.store: \"{store}\" is not available in this version; use \"memory\""
-            ));
+            problems.push(format!("dedup.store: \"{store}\" is not available in this version; use \"memory\""));
         }
-        let ttl = duration_or(
-            dedup.ttl.as_deref(),
-            Duration::from_secs(24 * 3600),
-            "dedup.ttl",
-            &mut problems,
-        );
+        let ttl = duration_or(dedup.ttl.as_deref(), Duration::from_secs(24 * 3600), "dedup.ttl", &mut problems);
 
         let deadletter = raw.deadletter.unwrap_or_default();
         if let Some(store) = deadletter.store.as_deref().filter(|s| *s != "dir") {
-            problems.push(format!(
-                "deadletter.store: \"{store}\" is not available in this version; use \"dir\""
-            ));
+            problems.push(format!("deadletter.store: \"{store}\" is not available in this version; use \"dir\""));
         }
-        let deadletter_path = resolve(
-            deadletter
-                .path
-                .unwrap_or_else(|| state_dir.join("deadletter")),
-        );
+        let deadletter_path = resolve(deadletter.path.unwrap_or_else(|| state_dir.join("deadletter")));
 
         let mut names = HashSet::new();
         let mut handlers = Vec::new();
@@ -219,17 +213,10 @@ impl Manifest {
             }
             let module = resolve(h.module);
             if !module.is_file() {
-                problems.push(format!(
-                    "{at}.module: {} does not exist (build the handler first)",
-                    module.display()
-                ));
+                problems.push(format!("{at}.module: {} does not exist (build the handler first)", module.display()));
             }
-            let timeout = duration_or(
-                h.timeout.as_deref(),
-                Duration::from_secs(10),
-                &format!("{at}.timeout"),
-                &mut problems,
-            );
+            let timeout =
+                duration_or(h.timeout.as_deref(), Duration::from_secs(10), &format!("{at}.timeout"), &mut problems);
             let memory = match h.memory.as_deref().map(parse_size).transpose() {
                 Ok(size) => size.unwrap_or(64 << 20),
                 Err(e) => {
@@ -242,13 +229,7 @@ impl Manifest {
                     problems.push(format!("{at}.filter.{problem}"));
                 }
             }
-            handlers.push(Handler {
-                name: h.name,
-                module,
-                timeout,
-                memory,
-                filter: h.filter,
-            });
+            handlers.push(Handler { name: h.name, module, timeout, memory, filter: h.filter });
         }
 
         if !problems.is_empty() {
@@ -262,11 +243,11 @@ impl Manifest {
                 max_body,
                 state_dir,
                 cache_dir,
+                validation: server.validation.unwrap_or(Validation::Sync),
+                event_grid_domains,
             },
             dedup: Dedup { ttl },
-            deadletter: DeadLetter {
-                path: deadletter_path,
-            },
+            deadletter: DeadLetter { path: deadletter_path },
             handlers,
         })
     }
@@ -279,12 +260,8 @@ impl Manifest {
     /// with the filters checked. For `gridfn explain`, which needs neither
     /// built modules nor keys.
     pub fn load_routes(path: &Path) -> Result<Vec<(String, Option<Filter>)>, ManifestError> {
-        let fail = |problems: Vec<String>| ManifestError {
-            file: path.to_owned(),
-            problems,
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(vec![format!("cannot read it: {e}")]))?;
+        let fail = |problems: Vec<String>| ManifestError { file: path.to_owned(), problems };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(vec![format!("cannot read it: {e}")]))?;
         let raw: RawManifest = toml::from_str(&text).map_err(|e| fail(vec![toml_problem(&e)]))?;
         let problems: Vec<String> = raw
             .handler
@@ -292,36 +269,23 @@ impl Manifest {
             .enumerate()
             .flat_map(|(i, h)| {
                 let filter_problems = h.filter.as_ref().map(Filter::problems).unwrap_or_default();
-                filter_problems
-                    .into_iter()
-                    .map(move |p| format!("handler[{i}] ({}).filter.{p}", h.name))
+                filter_problems.into_iter().map(move |p| format!("handler[{i}] ({}).filter.{p}", h.name))
             })
             .collect();
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        Ok(raw
-            .handler
-            .into_iter()
-            .map(|h| (h.name, h.filter))
-            .collect())
+        Ok(raw.handler.into_iter().map(|h| (h.name, h.filter)).collect())
     }
 }
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn duration_or(
-    text: Option<&str>,
-    default: Duration,
-    key: &str,
-    problems: &mut Vec<String>,
-) -> Duration {
+fn duration_or(text: Option<&str>, default: Duration, key: &str, problems: &mut Vec<String>) -> Duration {
     match text.map(humantime::parse_duration).transpose() {
         Ok(Some(d)) if d.is_zero() => {
             problems.push(format!("{key}: must be more than zero"));
@@ -329,9 +293,7 @@ fn duration_or(
         }
         Ok(d) => d.unwrap_or(default),
         Err(e) => {
-            problems.push(format!(
-                "{key}: {e} (write e.g. \"500ms\", \"10s\", \"24h\")"
-            ));
+            problems.push(format!("{key}: {e} (write e.g. \"500ms\", \"10s\", \"24h\")"));
             default
         }
     }
@@ -340,27 +302,19 @@ fn duration_or(
 /// Parses sizes like `64MiB`, `512KiB`, `1GiB`, `65536` (bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: usize = number
-        .parse()
-        .map_err(|_| format!("\"{text}\" is not a size (write e.g. \"64MiB\")"))?;
+    let number: usize = number.parse().map_err(|_| format!("\"{text}\" is not a size (write e.g. \"64MiB\")"))?;
     let scale: usize = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "KB" | "K" => 1 << 10,
         "MiB" | "MB" | "M" => 1 << 20,
         "GiB" | "GB" | "G" => 1 << 30,
         other => {
-            return Err(format!(
-                "unknown unit \"{other}\" in \"{text}\" (use B, KiB, MiB or GiB)"
-            ));
+            return Err(format!("unknown unit \"{other}\" in \"{text}\" (use B, KiB, MiB or GiB)"));
         }
     };
-    let size = number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("\"{text}\" is too large"))?;
+    let size = number.checked_mul(scale).ok_or_else(|| format!("\"{text}\" is too large"))?;
     if size == 0 {
         return Err("must be more than zero".into());
     }
@@ -394,6 +348,8 @@ struct RawServer {
     max_body: Option<String>,
     state_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
+    validation: Option<Validation>,
+    event_grid_domains: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -427,9 +383,7 @@ mod tests {
     fn problems(text: &str) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("h.wasm"), b"").unwrap();
-        match Manifest::parse(text, dir.path(), &|name| {
-            (name == "KEY").then(|| "secret".to_string())
-        }) {
+        match Manifest::parse(text, dir.path(), &|name| (name == "KEY").then(|| "secret".to_string())) {
             Ok(_) => vec![],
             Err(problems) => problems,
         }
@@ -439,8 +393,7 @@ mod tests {
     fn a_minimal_manifest_gets_the_documented_defaults() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("h.wasm"), b"").unwrap();
-        let text =
-            "[server]\nkeys = [\"env:KEY\"]\n[[handler]]\nname = \"h\"\nmodule = \"h.wasm\"\n";
+        let text = "[server]\nkeys = [\"env:KEY\"]\n[[handler]]\nname = \"h\"\nmodule = \"h.wasm\"\n";
         let m = Manifest::parse(text, dir.path(), &|_| Some("secret".into())).unwrap();
         assert_eq!(m.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(m.server.keys, vec!["secret".to_string()]);
@@ -453,10 +406,7 @@ mod tests {
     #[test]
     fn each_bad_manifest_names_its_key() {
         let cases = [
-            (
-                "[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
-                "server.keys: no key configured",
-            ),
+            ("[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n", "server.keys: no key configured"),
             (
                 "[server]\nkeys=[\"env:NOPE\"]\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
                 "server.keys[0]: environment variable NOPE is not set",
@@ -485,18 +435,12 @@ mod tests {
                 "[server]\nallow_anonymous=true\nlisten=\"nowhere\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
                 "server.listen:",
             ),
-            (
-                "[server]\nallow_anonymous=true\nport=1\n",
-                "unknown field `port`",
-            ),
+            ("[server]\nallow_anonymous=true\nport=1\n", "unknown field `port`"),
             (
                 "[server]\nallow_anonymous=true\n[dedup]\nstore=\"etcd\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
                 "dedup.store: \"etcd\"",
             ),
-            (
-                "[server]\nallow_anonymous=true\n",
-                "handler: no [[handler]] listed",
-            ),
+            ("[server]\nallow_anonymous=true\n", "handler: no [[handler]] listed"),
         ];
         for (text, expected) in cases {
             let found = problems(text);

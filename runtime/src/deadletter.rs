@@ -65,13 +65,7 @@ impl DeadLetterDir {
 fn blob_folder(subscription: &str, at: OffsetDateTime) -> PathBuf {
     let subscription: String = subscription
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c.to_ascii_uppercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_uppercase() } else { '-' })
         .collect();
     PathBuf::from(subscription)
         .join(at.year().to_string())
@@ -117,32 +111,17 @@ mod tests {
         let body = br#"[{"id":"e1","eventType":"t","subject":"s","topic":"/x","data":{"n":1},"eventTime":"2024-01-01T00:00:00Z","dataVersion":"1","metadataVersion":"1"}]"#;
         let event = &decode_event_grid(body).unwrap()[0];
         let received = OffsetDateTime::now_utc();
-        let rejection = Rejection {
-            subscription: "orders-sub",
-            handler: "h",
-            reason: "bad order",
-            attempts: 2,
-            received,
-        };
+        let rejection =
+            Rejection { subscription: "orders-sub", handler: "h", reason: "bad order", attempts: 2, received };
         let path = store.write(event, &rejection).unwrap();
 
         let relative = path.strip_prefix(dir.path()).unwrap();
-        let parts: Vec<_> = relative
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        let parts: Vec<_> = relative.iter().map(|p| p.to_string_lossy().into_owned()).collect();
         assert_eq!(parts[0], "ORDERS-SUB");
         let now = OffsetDateTime::now_utc();
         assert_eq!(parts[1], now.year().to_string());
-        assert_eq!(
-            parts[2],
-            u8::from(now.month()).to_string(),
-            "month is not zero-padded"
-        );
-        assert!(
-            parts[5].ends_with(".json")
-                && uuid::Uuid::parse_str(parts[5].trim_end_matches(".json")).is_ok()
-        );
+        assert_eq!(parts[2], u8::from(now.month()).to_string(), "month is not zero-padded");
+        assert!(parts[5].ends_with(".json") && uuid::Uuid::parse_str(parts[5].trim_end_matches(".json")).is_ok());
 
         let blob: Vec<Value> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let record = &blob[0];
@@ -152,16 +131,7 @@ mod tests {
         assert_eq!(record["deadLetterDescription"], "bad order");
         assert_eq!(record["deliveryAttempts"], 2);
         assert!(OffsetDateTime::parse(record["publishTime"].as_str().unwrap(), &Rfc3339).is_ok());
-        assert!(
-            OffsetDateTime::parse(
-                record["lastDeliveryAttemptTime"].as_str().unwrap(),
-                &Rfc3339
-            )
-            .is_ok()
-        );
-        assert!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count() == 1,
-            "no partial file left"
-        );
+        assert!(OffsetDateTime::parse(record["lastDeliveryAttemptTime"].as_str().unwrap(), &Rfc3339).is_ok());
+        assert!(std::fs::read_dir(path.parent().unwrap()).unwrap().count() == 1, "no partial file left");
     }
 }

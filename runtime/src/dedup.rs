@@ -59,10 +59,7 @@ pub struct Lease {
 
 impl MemoryDedup {
     pub fn new(ttl: Duration) -> Arc<Self> {
-        Arc::new(MemoryDedup {
-            entries: DashMap::new(),
-            ttl,
-        })
+        Arc::new(MemoryDedup { entries: DashMap::new(), ttl })
     }
 
     /// Claims `key`, waiting up to `wait` for a copy already running.
@@ -87,10 +84,7 @@ impl MemoryDedup {
             };
             // `changed` fails as soon as the holder's sender is gone, even if
             // it went before we got here: no lost wake-ups.
-            if tokio::time::timeout_at(deadline, running.changed())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, running.changed()).await.is_err() {
                 return Claim::Busy;
             }
         }
@@ -98,22 +92,13 @@ impl MemoryDedup {
 
     fn lease(self: &Arc<Self>, key: DedupKey) -> (Lease, watch::Receiver<()>) {
         let (sender, receiver) = watch::channel(());
-        (
-            Lease {
-                store: self.clone(),
-                key,
-                _running: sender,
-                finished: false,
-            },
-            receiver,
-        )
+        (Lease { store: self.clone(), key, _running: sender, finished: false }, receiver)
     }
 
     /// Forgets done pairs older than the TTL; call it now and then.
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.entries
-            .retain(|_, state| !matches!(state, State::Done(until) if *until <= now));
+        self.entries.retain(|_, state| !matches!(state, State::Done(until) if *until <= now));
     }
 
     pub fn len(&self) -> usize {
@@ -129,9 +114,7 @@ impl Lease {
     /// Records the pair as done: later copies are duplicates until the TTL.
     pub fn done(mut self) {
         let until = Instant::now() + self.store.ttl;
-        self.store
-            .entries
-            .insert(self.key.clone(), State::Done(until));
+        self.store.entries.insert(self.key.clone(), State::Done(until));
         self.finished = true;
     }
 }
@@ -149,100 +132,54 @@ mod tests {
     use super::*;
 
     fn key(id: &str) -> DedupKey {
-        DedupKey {
-            handler: "h".into(),
-            source: "/s".into(),
-            id: id.into(),
-        }
+        DedupKey { handler: "h".into(), source: "/s".into(), id: id.into() }
     }
 
     #[tokio::test]
     async fn a_done_pair_is_a_duplicate_and_a_released_one_runs_again() {
         let store = MemoryDedup::new(Duration::from_secs(60));
-        let Claim::Run(lease) = store.claim(key("1"), Duration::ZERO).await else {
-            panic!("first claim runs")
-        };
+        let Claim::Run(lease) = store.claim(key("1"), Duration::ZERO).await else { panic!("first claim runs") };
         lease.done();
-        assert!(matches!(
-            store.claim(key("1"), Duration::ZERO).await,
-            Claim::Done
-        ));
+        assert!(matches!(store.claim(key("1"), Duration::ZERO).await, Claim::Done));
 
-        let Claim::Run(lease) = store.claim(key("2"), Duration::ZERO).await else {
-            panic!()
-        };
+        let Claim::Run(lease) = store.claim(key("2"), Duration::ZERO).await else { panic!() };
         drop(lease);
-        assert!(matches!(
-            store.claim(key("2"), Duration::ZERO).await,
-            Claim::Run(_)
-        ));
+        assert!(matches!(store.claim(key("2"), Duration::ZERO).await, Claim::Run(_)));
     }
 
     #[tokio::test]
     async fn other_handlers_and_sources_are_other_pairs() {
         let store = MemoryDedup::new(Duration::from_secs(60));
-        let Claim::Run(lease) = store.claim(key("1"), Duration::ZERO).await else {
-            panic!()
-        };
+        let Claim::Run(lease) = store.claim(key("1"), Duration::ZERO).await else { panic!() };
         lease.done();
-        let other_handler = DedupKey {
-            handler: "g".into(),
-            ..key("1")
-        };
-        let other_source = DedupKey {
-            source: "/t".into(),
-            ..key("1")
-        };
-        assert!(matches!(
-            store.claim(other_handler, Duration::ZERO).await,
-            Claim::Run(_)
-        ));
-        assert!(matches!(
-            store.claim(other_source, Duration::ZERO).await,
-            Claim::Run(_)
-        ));
+        let other_handler = DedupKey { handler: "g".into(), ..key("1") };
+        let other_source = DedupKey { source: "/t".into(), ..key("1") };
+        assert!(matches!(store.claim(other_handler, Duration::ZERO).await, Claim::Run(_)));
+        assert!(matches!(store.claim(other_source, Duration::ZERO).await, Claim::Run(_)));
     }
 
     #[tokio::test]
     async fn a_copy_waits_for_the_running_one() {
         let store = MemoryDedup::new(Duration::from_secs(60));
-        let Claim::Run(lease) = store.claim(key("1"), Duration::ZERO).await else {
-            panic!()
-        };
-        assert!(matches!(
-            store.claim(key("1"), Duration::from_millis(20)).await,
-            Claim::Busy
-        ));
+        let Claim::Run(lease) = store.claim(key("1"), Duration::ZERO).await else { panic!() };
+        assert!(matches!(store.claim(key("1"), Duration::from_millis(20)).await, Claim::Busy));
         let waiter = tokio::spawn({
             let store = store.clone();
-            async move {
-                matches!(
-                    store.claim(key("1"), Duration::from_secs(5)).await,
-                    Claim::Done
-                )
-            }
+            async move { matches!(store.claim(key("1"), Duration::from_secs(5)).await, Claim::Done) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         lease.done();
-        assert!(
-            waiter.await.unwrap(),
-            "the waiting copy sees the first one's success"
-        );
+        assert!(waiter.await.unwrap(), "the waiting copy sees the first one's success");
     }
 
     #[tokio::test]
     async fn done_pairs_expire_after_the_ttl() {
         let store = MemoryDedup::new(Duration::from_millis(10));
-        let Claim::Run(lease) = store.claim(key("1"), Duration::ZERO).await else {
-            panic!()
-        };
+        let Claim::Run(lease) = store.claim(key("1"), Duration::ZERO).await else { panic!() };
         lease.done();
         std::thread::sleep(Duration::from_millis(20));
         store.sweep();
         assert!(store.is_empty());
-        assert!(matches!(
-            store.claim(key("1"), Duration::ZERO).await,
-            Claim::Run(_)
-        ));
+        assert!(matches!(store.claim(key("1"), Duration::ZERO).await, Claim::Run(_)));
     }
 }

@@ -19,14 +19,15 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use crate::config::Manifest;
+use crate::config::Validation;
 use crate::deadletter::{DeadLetterDir, Rejection};
 use crate::dedup::{Claim, DedupKey, MemoryDedup};
 use crate::error::RequestError;
-use crate::event::{self, Event};
+use crate::event::{Event, SUBSCRIPTION_DELETED_EVENT};
 use crate::filter::Filter;
 use crate::metrics::{Metrics, PairOutcome};
 use crate::sandbox::{DeliveryInfo, LoadedHandler, MAX_INSTANCES, Outcome, Sandbox};
-use crate::webhook::{self, Keys, RequestKind};
+use crate::webhook::{self, EventGridDomains, Keys, RequestKind};
 
 /// Retry-After when no handler asked for a specific delay: Event Grid's own
 /// first retry interval.
@@ -46,6 +47,8 @@ pub struct Host {
     /// room for; events beyond it wait here rather than fail to instantiate.
     instance_slots: Semaphore,
     pub max_body: usize,
+    validation: Validation,
+    pub event_grid_domains: EventGridDomains,
     // Keeps the engine (and its epoch ticker) alive as long as the host.
     _sandbox: Sandbox,
 }
@@ -68,22 +71,12 @@ impl Host {
     /// Compiles every handler (or takes it from the compile cache) and sets up
     /// the stores. Fails if any handler does not fit the contract.
     pub fn start(manifest: &Manifest) -> anyhow::Result<Host> {
-        let max_memory = manifest
-            .handlers
-            .iter()
-            .map(|h| h.memory)
-            .max()
-            .unwrap_or(64 << 20);
+        let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
         let sandbox = Sandbox::new(max_memory, &manifest.server.cache_dir)?;
         let routes = manifest
             .handlers
             .iter()
-            .map(|h| {
-                Ok(Route {
-                    handler: Arc::new(sandbox.load(h)?),
-                    filter: h.filter.clone(),
-                })
-            })
+            .map(|h| Ok(Route { handler: Arc::new(sandbox.load(h)?), filter: h.filter.clone() }))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if manifest.server.allow_anonymous && manifest.server.keys.is_empty() {
             tracing::warn!(
@@ -98,6 +91,8 @@ impl Host {
             metrics: Metrics::default(),
             instance_slots: Semaphore::new(MAX_INSTANCES as usize),
             max_body: manifest.server.max_body,
+            validation: manifest.server.validation,
+            event_grid_domains: EventGridDomains::new(&manifest.server.event_grid_domains),
             _sandbox: sandbox,
         })
     }
@@ -123,21 +118,24 @@ impl Host {
         self.keys.authenticate(headers, code)?;
         let kind = RequestKind::from_headers(headers)?;
         let routes = self.routes_for(&target)?;
-        let events = event::decode_event_grid(&body)?;
-
+        if kind == RequestKind::SubscriptionDeletion {
+            tracing::warn!(subscription = ?headers.get("aeg-subscription-name"), "Event Grid says the subscription is being deleted");
+            return Ok(StatusCode::OK.into_response());
+        }
+        let events = webhook::decode(headers, &body)?;
         if kind == RequestKind::SubscriptionValidation {
-            return Ok(Json(webhook::validation_response(&events)?).into_response());
+            return webhook::validate_subscription(&events, self.validation, &self.event_grid_domains);
         }
 
         let delivery = webhook::delivery_info(headers);
         let mut pairs = Vec::new();
         let mut unmatched = 0;
         for (index, event) in events.into_iter().map(Arc::new).enumerate() {
-            let wanted_by: Vec<&Route> = routes
-                .iter()
-                .copied()
-                .filter(|route| route.wants(&event))
-                .collect();
+            if event.event_type == SUBSCRIPTION_DELETED_EVENT {
+                tracing::warn!(topic = %event.source, subject = ?event.subject, "Event Grid says a subscription was deleted; not dispatched to handlers");
+                continue;
+            }
+            let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event)).collect();
             if wanted_by.is_empty() {
                 unmatched += 1;
                 let label = match target {
@@ -178,11 +176,7 @@ impl Host {
         received: OffsetDateTime,
     ) -> PairResult {
         let handler = route.handler.clone();
-        let key = DedupKey {
-            handler: handler.name.clone(),
-            source: event.source.clone(),
-            id: event.id.clone(),
-        };
+        let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
         // A copy already running gets as long as its deadline to finish.
         let wait = handler.timeout() + Duration::from_secs(1);
         let lease = match self.dedup.claim(key, wait).await {
@@ -196,27 +190,16 @@ impl Host {
                     &event,
                     &handler,
                     PairOutcome::Retry,
-                    Some(Outcome::Retry {
-                        reason,
-                        after: None,
-                    }),
+                    Some(Outcome::Retry { reason, after: None }),
                 );
             }
             Claim::Run(lease) => lease,
         };
 
-        let _slot = self
-            .instance_slots
-            .acquire()
-            .await
-            .expect("the instance semaphore is never closed");
+        let _slot = self.instance_slots.acquire().await.expect("the instance semaphore is never closed");
         let run = {
-            let (event, handler, delivery, deadletter) = (
-                event.clone(),
-                handler.clone(),
-                delivery.clone(),
-                self.deadletter.clone(),
-            );
+            let (event, handler, delivery, deadletter) =
+                (event.clone(), handler.clone(), delivery.clone(), self.deadletter.clone());
             tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let outcome = handler.invoke(&event, &delivery);
@@ -232,14 +215,10 @@ impl Host {
         };
         let outcome = match run.await {
             Ok((outcome, elapsed)) => {
-                self.metrics
-                    .observe_run(&handler.name, elapsed.as_secs_f64());
+                self.metrics.observe_run(&handler.name, elapsed.as_secs_f64());
                 outcome
             }
-            Err(panic) => Outcome::Retry {
-                reason: format!("gridfn failed running the handler: {panic}"),
-                after: None,
-            },
+            Err(panic) => Outcome::Retry { reason: format!("gridfn failed running the handler: {panic}"), after: None },
         };
         match outcome {
             Outcome::Success => {
@@ -269,13 +248,7 @@ impl Host {
         if let Some(Outcome::Retry { reason, .. }) = &outcome {
             tracing::warn!(handler = %handler.name, event_id = %event.id, "event will be retried: {reason}");
         }
-        PairResult {
-            index,
-            event_id: event.id.clone(),
-            handler: handler.name.to_string(),
-            result,
-            outcome,
-        }
+        PairResult { index, event_id: event.id.clone(), handler: handler.name.to_string(), result, outcome }
     }
 }
 
@@ -311,9 +284,7 @@ fn dead_letter(
     match store.write(event, &rejection) {
         Ok(path) => {
             tracing::warn!(handler = %handler.name, event_id = %event.id, blob = %path.display(), "event rejected and dead-lettered: {reason}");
-            Outcome::Reject {
-                reason: reason.to_owned(),
-            }
+            Outcome::Reject { reason: reason.to_owned() }
         }
         Err(e) => {
             let reason = format!(
@@ -321,10 +292,7 @@ fn dead_letter(
                 store.root().display()
             );
             tracing::error!(handler = %handler.name, event_id = %event.id, "{reason}");
-            Outcome::Retry {
-                reason,
-                after: None,
-            }
+            Outcome::Retry { reason, after: None }
         }
     }
 }
@@ -393,14 +361,8 @@ impl IntoResponse for Verdict {
             None => (StatusCode::OK, Json(self)).into_response(),
             Some(after) => {
                 let seconds = after.as_millis().div_ceil(1000).max(1).to_string();
-                let retry_after =
-                    HeaderValue::from_str(&seconds).expect("digits are a valid header value");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, retry_after)],
-                    Json(self),
-                )
-                    .into_response()
+                let retry_after = HeaderValue::from_str(&seconds).expect("digits are a valid header value");
+                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, retry_after)], Json(self)).into_response()
             }
         }
     }

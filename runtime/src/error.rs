@@ -12,9 +12,7 @@ use crate::event::DecodeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    #[error(
-        "missing or wrong key: send it as ?code=KEY, an aeg-sas-key header or an x-functions-key header"
-    )]
+    #[error("missing or wrong key: send it as ?code=KEY, an aeg-sas-key header or an x-functions-key header")]
     Unauthorized,
     #[error("no handler named {0:?} in this gridfn")]
     UnknownHandler(String),
@@ -24,6 +22,11 @@ pub enum RequestError {
     Decode(#[from] DecodeError),
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error(
+        "content type {0:?} is not supported; send application/json (Event Grid schema), \
+         application/cloudevents+json, application/cloudevents-batch+json, or a binary-mode CloudEvent (ce-* headers)"
+    )]
+    UnsupportedMediaType(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -35,6 +38,7 @@ impl RequestError {
             RequestError::UnknownHandler(_) => StatusCode::NOT_FOUND,
             RequestError::BadRequest(_) | RequestError::Decode(_) => StatusCode::BAD_REQUEST,
             RequestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -46,6 +50,7 @@ impl RequestError {
             RequestError::BadRequest(_) => "bad_request",
             RequestError::Decode(_) => "invalid_event",
             RequestError::TooLarge { .. } => "too_large",
+            RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
             RequestError::Internal(_) => "internal",
         }
     }
@@ -76,14 +81,7 @@ impl IntoResponse for RequestError {
             }
             other => (other.to_string(), None, None),
         };
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code(),
-                message,
-                event_index,
-                field,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code(), message, event_index, field } };
         (self.status(), Json(body)).into_response()
     }
 }

@@ -39,11 +39,7 @@ pub fn parse_events(text: &str) -> Result<Vec<(Value, Schema)>, String> {
         .enumerate()
         .map(|(index, event)| match &event {
             Value::Object(map) => {
-                let schema = if map.contains_key("specversion") {
-                    Schema::CloudEvents
-                } else {
-                    Schema::EventGrid
-                };
+                let schema = if map.contains_key("specversion") { Schema::CloudEvents } else { Schema::EventGrid };
                 Ok((event, schema))
             }
             _ => Err(format!("event {index} is not a JSON object")),
@@ -52,20 +48,13 @@ pub fn parse_events(text: &str) -> Result<Vec<(Value, Schema)>, String> {
 }
 
 /// Evaluates every handler's filter against every event.
-pub fn explain(
-    routes: &[(String, Option<Filter>)],
-    events: &[(Value, Schema)],
-) -> Vec<EventRouting> {
+pub fn explain(routes: &[(String, Option<Filter>)], events: &[(Value, Schema)]) -> Vec<EventRouting> {
     events
         .iter()
         .enumerate()
         .map(|(event_index, (event, schema))| {
             let attribute = |eg: &str, ce: &str| {
-                let name = if *schema == Schema::CloudEvents {
-                    ce
-                } else {
-                    eg
-                };
+                let name = if *schema == Schema::CloudEvents { ce } else { eg };
                 event.get(name).and_then(Value::as_str).map(str::to_owned)
             };
             EventRouting {
@@ -77,9 +66,7 @@ pub fn explain(
                     .iter()
                     .map(|(handler, filter)| HandlerRouting {
                         handler: handler.clone(),
-                        verdict: filter
-                            .as_ref()
-                            .map_or(Verdict::Match, |f| f.evaluate(event, *schema)),
+                        verdict: filter.as_ref().map_or(Verdict::Match, |f| f.evaluate(event, *schema)),
                     })
                     .collect(),
             }
@@ -89,12 +76,7 @@ pub fn explain(
 
 /// The human-readable report.
 pub fn render_text(routings: &[EventRouting]) -> String {
-    let width = routings
-        .iter()
-        .flat_map(|r| &r.handlers)
-        .map(|h| h.handler.len())
-        .max()
-        .unwrap_or(0);
+    let width = routings.iter().flat_map(|r| &r.handlers).map(|h| h.handler.len()).max().unwrap_or(0);
     let mut out = String::new();
     for routing in routings {
         out.push_str(&format!(

@@ -201,16 +201,10 @@ impl Filter {
         if filter_count > MAX_ADVANCED_FILTERS {
             problems.push(FilterProblem {
                 path: "advancedFilters".to_owned(),
-                message: format!(
-                    "at most {MAX_ADVANCED_FILTERS} advanced filters are allowed; found {filter_count}"
-                ),
+                message: format!("at most {MAX_ADVANCED_FILTERS} advanced filters are allowed; found {filter_count}"),
             });
         }
-        let value_count: usize = self
-            .advanced_filters
-            .iter()
-            .map(AdvancedFilter::value_count)
-            .sum();
+        let value_count: usize = self.advanced_filters.iter().map(AdvancedFilter::value_count).sum();
         if value_count > MAX_ADVANCED_FILTER_VALUES {
             problems.push(FilterProblem {
                 path: "advancedFilters".to_owned(),
@@ -229,20 +223,13 @@ impl Filter {
         }
         let miss = |detail: String| Verdict::miss("includedEventTypes", detail);
         match member(event, schema.event_type_attribute()) {
-            Some(Value::String(actual))
-                if wanted.iter().any(|t| equal_ignoring_case(t, actual)) =>
-            {
-                Ok(())
-            }
+            Some(Value::String(actual)) if wanted.iter().any(|t| equal_ignoring_case(t, actual)) => Ok(()),
             Some(Value::String(actual)) => Err(miss(format!(
                 "event type {} is not one of [{}]",
                 truncate(actual.clone()),
                 truncate(wanted.join(", "))
             ))),
-            Some(other) => Err(miss(format!(
-                "event type is {}, not a string",
-                describe(other)
-            ))),
+            Some(other) => Err(miss(format!("event type is {}, not a string", describe(other)))),
             None => Err(miss("event type is missing".to_owned())),
         }
     }
@@ -251,15 +238,13 @@ impl Filter {
         let prefix = non_empty(self.subject_begins_with.as_deref());
         let suffix = non_empty(self.subject_ends_with.as_deref());
         if let Some(prefix) = prefix {
-            let subject =
-                subject_of(event).map_err(|detail| Verdict::miss("subjectBeginsWith", detail))?;
+            let subject = subject_of(event).map_err(|detail| Verdict::miss("subjectBeginsWith", detail))?;
             if !self.subject_test(subject, prefix, |s, p| s.starts_with(p)) {
                 return Err(self.subject_miss("subjectBeginsWith", subject, "begin with", prefix));
             }
         }
         if let Some(suffix) = suffix {
-            let subject =
-                subject_of(event).map_err(|detail| Verdict::miss("subjectEndsWith", detail))?;
+            let subject = subject_of(event).map_err(|detail| Verdict::miss("subjectEndsWith", detail))?;
             if !self.subject_test(subject, suffix, |s, p| s.ends_with(p)) {
                 return Err(self.subject_miss("subjectEndsWith", subject, "end with", suffix));
             }
@@ -275,23 +260,9 @@ impl Filter {
         }
     }
 
-    fn subject_miss(
-        &self,
-        condition: &str,
-        subject: &str,
-        relation: &str,
-        pattern: &str,
-    ) -> Verdict {
-        let case_note = if self.is_subject_case_sensitive {
-            " (case-sensitive)"
-        } else {
-            ""
-        };
-        let detail = format!(
-            "subject {} does not {relation} {}{case_note}",
-            quote(subject),
-            quote(pattern)
-        );
+    fn subject_miss(&self, condition: &str, subject: &str, relation: &str, pattern: &str) -> Verdict {
+        let case_note = if self.is_subject_case_sensitive { " (case-sensitive)" } else { "" };
+        let detail = format!("subject {} does not {relation} {}{case_note}", quote(subject), quote(pattern));
         Verdict::miss(condition, detail)
     }
 
@@ -334,10 +305,7 @@ impl Schema {
 
 impl Verdict {
     fn miss(condition: impl Into<String>, detail: impl Into<String>) -> Verdict {
-        Verdict::Miss {
-            condition: condition.into(),
-            detail: detail.into(),
-        }
+        Verdict::Miss { condition: condition.into(), detail: detail.into() }
     }
 
     /// Whether the event passed.
@@ -541,44 +509,22 @@ impl fmt::Display for Operator {
 impl AdvancedFilter {
     /// A filter with a `values` list (every operator but the single-operand
     /// and null-check ones).
-    pub fn with_values(
-        operator_type: Operator,
-        key: impl Into<String>,
-        values: Vec<Value>,
-    ) -> Self {
-        AdvancedFilter {
-            operator_type,
-            key: key.into(),
-            value: None,
-            values: Some(Value::Array(values)),
-        }
+    pub fn with_values(operator_type: Operator, key: impl Into<String>, values: Vec<Value>) -> Self {
+        AdvancedFilter { operator_type, key: key.into(), value: None, values: Some(Value::Array(values)) }
     }
 
     /// A filter with a single `value` (`NumberLessThan`…, `BoolEquals`).
     pub fn with_value(operator_type: Operator, key: impl Into<String>, value: Value) -> Self {
-        AdvancedFilter {
-            operator_type,
-            key: key.into(),
-            value: Some(value),
-            values: None,
-        }
+        AdvancedFilter { operator_type, key: key.into(), value: Some(value), values: None }
     }
 
     /// A filter without operands (`IsNullOrUndefined`, `IsNotNull`).
     pub fn without_operands(operator_type: Operator, key: impl Into<String>) -> Self {
-        AdvancedFilter {
-            operator_type,
-            key: key.into(),
-            value: None,
-            values: None,
-        }
+        AdvancedFilter { operator_type, key: key.into(), value: None, values: None }
     }
 
     fn condition_name(&self, index: usize) -> String {
-        format!(
-            "advancedFilters[{index}] {} {}",
-            self.operator_type, self.key
-        )
+        format!("advancedFilters[{index}] {} {}", self.operator_type, self.key)
     }
 
     /// How many values this filter spends of the subscription-wide budget.
@@ -613,10 +559,7 @@ impl AdvancedFilter {
         if self.key.is_empty() {
             sink.push(".key", "key must not be empty".to_owned());
         } else if self.key.split('.').any(str::is_empty) {
-            sink.push(
-                ".key",
-                format!("key {} has an empty segment", quote(&self.key)),
-            );
+            sink.push(".key", format!("key {} has an empty segment", quote(&self.key)));
         }
     }
 
@@ -657,9 +600,7 @@ impl AdvancedFilter {
             Operator::IsNotNull => return self.check_not_null(&lookup),
             _ => {}
         }
-        let predicate = self
-            .compile(0)
-            .map_err(|problems| invalid_filter_detail(&problems))?;
+        let predicate = self.compile(0).map_err(|problems| invalid_filter_detail(&problems))?;
         let value = match lookup {
             Lookup::Found(value) => value,
             Lookup::Missing { .. } if self.operator_type.matches_missing_key() => return Ok(()),
@@ -667,9 +608,7 @@ impl AdvancedFilter {
         };
         let negated = self.operator_type.is_negated();
         match value {
-            Value::Array(items) if arrays_enabled => {
-                predicate.check_elements(value, items, negated)
-            }
+            Value::Array(items) if arrays_enabled => predicate.check_elements(value, items, negated),
             Value::Array(_) => Err(format!(
                 "{} is an array {}; set enableAdvancedFilteringOnArrays to filter on its elements",
                 self.key,
@@ -677,12 +616,7 @@ impl AdvancedFilter {
             )),
             scalar => match Candidate::of_kind(scalar, predicate.kind()) {
                 Some(candidate) => predicate.check_scalar(&candidate, negated),
-                None => Err(format!(
-                    "{} is {}, not a {}",
-                    self.key,
-                    describe(scalar),
-                    predicate.kind()
-                )),
+                None => Err(format!("{} is {}, not a {}", self.key, describe(scalar), predicate.kind())),
             },
         }
     }
@@ -726,12 +660,8 @@ impl AdvancedFilter {
             Operator::NumberLessThan => self.comparison(Comparison::Less, sink)?,
             Operator::NumberLessThanOrEquals => self.comparison(Comparison::LessOrEqual, sink)?,
             Operator::NumberGreaterThan => self.comparison(Comparison::Greater, sink)?,
-            Operator::NumberGreaterThanOrEquals => {
-                self.comparison(Comparison::GreaterOrEqual, sink)?
-            }
-            Operator::NumberInRange | Operator::NumberNotInRange => {
-                Test::InRange(self.range_list(sink)?)
-            }
+            Operator::NumberGreaterThanOrEquals => self.comparison(Comparison::GreaterOrEqual, sink)?,
+            Operator::NumberInRange | Operator::NumberNotInRange => Test::InRange(self.range_list(sink)?),
             Operator::BoolEquals => Test::BoolEquals(self.single_bool(sink)?),
             Operator::StringContains | Operator::StringNotContains => {
                 Test::Text(TextRelation::Contains, self.string_list(sink)?)
@@ -742,9 +672,7 @@ impl AdvancedFilter {
             Operator::StringEndsWith | Operator::StringNotEndsWith => {
                 Test::Text(TextRelation::EndsWith, self.string_list(sink)?)
             }
-            Operator::StringIn | Operator::StringNotIn => {
-                Test::Text(TextRelation::Equals, self.string_list(sink)?)
-            }
+            Operator::StringIn | Operator::StringNotIn => Test::Text(TextRelation::Equals, self.string_list(sink)?),
             Operator::IsNullOrUndefined | Operator::IsNotNull => return None,
         };
         Some(test)
@@ -759,10 +687,7 @@ impl AdvancedFilter {
     fn single_operand(&self, sink: &mut ProblemSink) -> Option<&Value> {
         let operator = self.operator_type;
         if self.values.is_some() {
-            sink.push(
-                ".values",
-                format!("{operator} takes a single `value`, not `values`"),
-            );
+            sink.push(".values", format!("{operator} takes a single `value`, not `values`"));
         }
         if self.value.is_none() {
             sink.push(".value", format!("{operator} needs a `value`"));
@@ -774,10 +699,7 @@ impl AdvancedFilter {
     fn operand_list(&self, sink: &mut ProblemSink) -> Option<&[Value]> {
         let operator = self.operator_type;
         if self.value.is_some() {
-            sink.push(
-                ".value",
-                format!("{operator} takes a list in `values`, not a single `value`"),
-            );
+            sink.push(".value", format!("{operator} takes a list in `values`, not a single `value`"));
         }
         match &self.values {
             None => {
@@ -790,13 +712,7 @@ impl AdvancedFilter {
             }
             Some(Value::Array(items)) => Some(items),
             Some(other) => {
-                sink.push(
-                    ".values",
-                    format!(
-                        "{operator} needs `values` to be a list; found {}",
-                        describe(other)
-                    ),
-                );
+                sink.push(".values", format!("{operator} needs `values` to be a list; found {}", describe(other)));
                 None
             }
         }
@@ -806,14 +722,7 @@ impl AdvancedFilter {
         let operand = self.single_operand(sink)?;
         let number = Decimal::from_value(operand);
         if number.is_none() {
-            sink.push(
-                ".value",
-                format!(
-                    "{} needs a number; found {}",
-                    self.operator_type,
-                    describe(operand)
-                ),
-            );
+            sink.push(".value", format!("{} needs a number; found {}", self.operator_type, describe(operand)));
         }
         Some((number?, operand))
     }
@@ -822,14 +731,7 @@ impl AdvancedFilter {
         let operand = self.single_operand(sink)?;
         let flag = operand.as_bool();
         if flag.is_none() {
-            sink.push(
-                ".value",
-                format!(
-                    "{} needs true or false; found {}",
-                    self.operator_type,
-                    describe(operand)
-                ),
-            );
+            sink.push(".value", format!("{} needs true or false; found {}", self.operator_type, describe(operand)));
         }
         flag
     }
@@ -842,11 +744,7 @@ impl AdvancedFilter {
                 Some(number) => numbers.push((number, item)),
                 None => sink.push(
                     &format!(".values[{index}]"),
-                    format!(
-                        "{} needs numbers; found {}",
-                        self.operator_type,
-                        describe(item)
-                    ),
+                    format!("{} needs numbers; found {}", self.operator_type, describe(item)),
                 ),
             }
         }
@@ -861,11 +759,7 @@ impl AdvancedFilter {
                 Value::String(text) => strings.push((fold_case(text), item)),
                 other => sink.push(
                     &format!(".values[{index}]"),
-                    format!(
-                        "{} needs strings; found {}",
-                        self.operator_type,
-                        describe(other)
-                    ),
+                    format!("{} needs strings; found {}", self.operator_type, describe(other)),
                 ),
             }
         }
@@ -900,17 +794,11 @@ struct ProblemSink {
 
 impl ProblemSink {
     fn new(filter_index: usize) -> Self {
-        ProblemSink {
-            prefix: format!("advancedFilters[{filter_index}]"),
-            problems: Vec::new(),
-        }
+        ProblemSink { prefix: format!("advancedFilters[{filter_index}]"), problems: Vec::new() }
     }
 
     fn push(&mut self, suffix: &str, message: String) {
-        self.problems.push(FilterProblem {
-            path: format!("{}{suffix}", self.prefix),
-            message,
-        });
+        self.problems.push(FilterProblem { path: format!("{}{suffix}", self.prefix), message });
     }
 }
 
@@ -961,29 +849,16 @@ impl<'f> NumberRange<'f> {
         let bounds = match item {
             Value::Array(bounds) if bounds.len() == 2 => bounds,
             other => {
-                return Err(format!(
-                    "a range must be [low, high]; found {}",
-                    describe(other)
-                ));
+                return Err(format!("a range must be [low, high]; found {}", describe(other)));
             }
         };
-        let (Some(low), Some(high)) = (
-            Decimal::from_value(&bounds[0]),
-            Decimal::from_value(&bounds[1]),
-        ) else {
-            return Err(format!(
-                "range bounds must be numbers; found {}",
-                show(item)
-            ));
+        let (Some(low), Some(high)) = (Decimal::from_value(&bounds[0]), Decimal::from_value(&bounds[1])) else {
+            return Err(format!("range bounds must be numbers; found {}", show(item)));
         };
         if low > high {
             return Err(format!("range {} has low > high", show(item)));
         }
-        Ok(NumberRange {
-            low,
-            high,
-            source: item,
-        })
+        Ok(NumberRange { low, high, source: item })
     }
 
     fn contains(&self, number: &Decimal) -> bool {
@@ -1049,13 +924,11 @@ impl Predicate<'_> {
             (Test::Compare(comparison, operand, _), Form::Number(number)) => {
                 comparison.holds(number.cmp(operand)).then_some(0)
             }
-            (Test::InRange(ranges), Form::Number(number)) => {
-                ranges.iter().position(|range| range.contains(number))
-            }
+            (Test::InRange(ranges), Form::Number(number)) => ranges.iter().position(|range| range.contains(number)),
             (Test::BoolEquals(operand), Form::Bool(flag)) => (operand == flag).then_some(0),
-            (Test::Text(relation, operands), Form::Text(text)) => operands
-                .iter()
-                .position(|(operand, _)| relation.holds(text, operand)),
+            (Test::Text(relation, operands), Form::Text(text)) => {
+                operands.iter().position(|(operand, _)| relation.holds(text, operand))
+            }
             _ => None,
         }
     }
@@ -1080,17 +953,10 @@ impl Predicate<'_> {
             .find_map(|candidate| self.first_hit(&candidate).map(|hit| (candidate, hit)));
         match (negated, hit) {
             (false, Some(_)) | (true, None) => Ok(()),
-            (false, None) => Err(format!(
-                "no {kind} element of {} {}",
-                show(array),
-                self.describe_success()
-            )),
-            (true, Some((candidate, hit))) => Err(format!(
-                "element {} of {} {}",
-                show(candidate.source),
-                show(array),
-                self.describe_hit(hit)
-            )),
+            (false, None) => Err(format!("no {kind} element of {} {}", show(array), self.describe_success())),
+            (true, Some((candidate, hit))) => {
+                Err(format!("element {} of {} {}", show(candidate.source), show(array), self.describe_hit(hit)))
+            }
         }
     }
 
@@ -1103,20 +969,13 @@ impl Predicate<'_> {
             Test::Compare(comparison, _, source) => {
                 format!("is {} {}", comparison.symbol(), show(source))
             }
-            Test::InRange(ranges) => format!(
-                "is in one of {}",
-                show_operands(ranges.iter().map(|r| r.source))
-            ),
+            Test::InRange(ranges) => format!("is in one of {}", show_operands(ranges.iter().map(|r| r.source))),
             Test::BoolEquals(operand) => format!("is {operand}"),
             Test::Text(TextRelation::Equals, operands) => {
                 format!("is one of {}", show_operands(operands.iter().map(|o| o.1)))
             }
             Test::Text(relation, operands) => {
-                format!(
-                    "{} one of {}",
-                    relation.verb(),
-                    show_operands(operands.iter().map(|o| o.1))
-                )
+                format!("{} one of {}", relation.verb(), show_operands(operands.iter().map(|o| o.1)))
             }
         }
     }
@@ -1124,30 +983,17 @@ impl Predicate<'_> {
     /// Why a value fails the positive operator.
     fn describe_failure(&self) -> String {
         match &self.test {
-            Test::NumberIn(operands) => format!(
-                "is not one of {}",
-                show_operands(operands.iter().map(|o| o.1))
-            ),
+            Test::NumberIn(operands) => format!("is not one of {}", show_operands(operands.iter().map(|o| o.1))),
             Test::Compare(comparison, _, source) => {
                 format!("is not {} {}", comparison.symbol(), show(source))
             }
-            Test::InRange(ranges) => format!(
-                "is not in any of {}",
-                show_operands(ranges.iter().map(|r| r.source))
-            ),
+            Test::InRange(ranges) => format!("is not in any of {}", show_operands(ranges.iter().map(|r| r.source))),
             Test::BoolEquals(operand) => format!("is not {operand}"),
             Test::Text(TextRelation::Equals, operands) => {
-                format!(
-                    "is not one of {}",
-                    show_operands(operands.iter().map(|o| o.1))
-                )
+                format!("is not one of {}", show_operands(operands.iter().map(|o| o.1)))
             }
             Test::Text(relation, operands) => {
-                format!(
-                    "{} none of {}",
-                    relation.verb(),
-                    show_operands(operands.iter().map(|o| o.1))
-                )
+                format!("{} none of {}", relation.verb(), show_operands(operands.iter().map(|o| o.1)))
             }
         }
     }
@@ -1193,10 +1039,7 @@ impl<'e> Candidate<'e> {
             (Kind::Boolean, Value::Bool(flag)) => Form::Bool(*flag),
             _ => return None,
         };
-        Some(Candidate {
-            source: value,
-            form,
-        })
+        Some(Candidate { source: value, form })
     }
 }
 
@@ -1222,16 +1065,11 @@ fn resolve_key<'e>(event: &'e Value, key: &str, schema: Schema) -> Lookup<'e> {
     let mut segments = key.split('.');
     let first = segments.next().unwrap_or_default();
     let attribute = match schema {
-        Schema::EventGrid => match EVENT_GRID_KEYS
-            .iter()
-            .find(|name| name.eq_ignore_ascii_case(first))
-        {
+        Schema::EventGrid => match EVENT_GRID_KEYS.iter().find(|name| name.eq_ignore_ascii_case(first)) {
             Some(name) => *name,
             None => {
                 return Lookup::Missing {
-                    note: Some(
-                        "Event Grid schema keys are id, topic, subject, eventType, dataVersion and data.…",
-                    ),
+                    note: Some("Event Grid schema keys are id, topic, subject, eventType, dataVersion and data.…"),
                 };
             }
         },
@@ -1250,12 +1088,9 @@ fn resolve_key<'e>(event: &'e Value, key: &str, schema: Schema) -> Lookup<'e> {
 /// An object member by exact name, else by name ignoring case.
 fn member<'e>(value: &'e Value, name: &str) -> Option<&'e Value> {
     let object = value.as_object()?;
-    object.get(name).or_else(|| {
-        object
-            .iter()
-            .find(|(candidate, _)| equal_ignoring_case(candidate, name))
-            .map(|(_, value)| value)
-    })
+    object
+        .get(name)
+        .or_else(|| object.iter().find(|(candidate, _)| equal_ignoring_case(candidate, name)).map(|(_, value)| value))
 }
 
 // ---------------------------------------------------------------------------
@@ -1265,10 +1100,7 @@ fn member<'e>(value: &'e Value, name: &str) -> Option<&'e Value> {
 /// Case-fold for comparison: upper-case then lower-case each character, so
 /// that characters with several lower-case forms (`σ`/`ς`) compare equal.
 fn fold_case(text: &str) -> String {
-    text.chars()
-        .flat_map(char::to_uppercase)
-        .flat_map(char::to_lowercase)
-        .collect()
+    text.chars().flat_map(char::to_uppercase).flat_map(char::to_lowercase).collect()
 }
 
 fn equal_ignoring_case(left: &str, right: &str) -> bool {
@@ -1328,11 +1160,7 @@ impl Decimal {
             Some(exponent) => parse_exponent(exponent)?,
             None => 0,
         };
-        let digits: Vec<u8> = integer
-            .bytes()
-            .chain(fraction.bytes())
-            .map(|b| b - b'0')
-            .collect();
+        let digits: Vec<u8> = integer.bytes().chain(fraction.bytes()).map(|b| b - b'0').collect();
         let point = i64::try_from(integer.len()).ok()?.checked_add(exponent)?;
         Decimal::normalised(negative, digits, point)
     }
@@ -1341,21 +1169,13 @@ impl Decimal {
     fn normalised(negative: bool, mut digits: Vec<u8>, point: i64) -> Option<Decimal> {
         let leading_zeros = digits.iter().take_while(|&&d| d == 0).count();
         if leading_zeros == digits.len() {
-            return Some(Decimal {
-                negative: false,
-                digits: Vec::new(),
-                exponent: 0,
-            });
+            return Some(Decimal { negative: false, digits: Vec::new(), exponent: 0 });
         }
         let trailing_zeros = digits.iter().rev().take_while(|&&d| d == 0).count();
         digits.truncate(digits.len() - trailing_zeros);
         digits.drain(..leading_zeros);
         let exponent = point.checked_sub(i64::try_from(leading_zeros).ok()?)?;
-        Some(Decimal {
-            negative,
-            digits,
-            exponent,
-        })
+        Some(Decimal { negative, digits, exponent })
     }
 
     fn is_zero(&self) -> bool {
@@ -1371,9 +1191,7 @@ impl Decimal {
     }
 
     fn cmp_magnitude(&self, other: &Decimal) -> Ordering {
-        self.exponent
-            .cmp(&other.exponent)
-            .then_with(|| self.digits.cmp(&other.digits))
+        self.exponent.cmp(&other.exponent).then_with(|| self.digits.cmp(&other.digits))
     }
 }
 
@@ -1397,11 +1215,7 @@ impl Ord for Decimal {
             return by_sign;
         }
         let by_magnitude = self.cmp_magnitude(other);
-        if self.negative {
-            by_magnitude.reverse()
-        } else {
-            by_magnitude
-        }
+        if self.negative { by_magnitude.reverse() } else { by_magnitude }
     }
 }
 
@@ -1478,10 +1292,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    const CASES_PATH: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/filters/cases.json"
-    );
+    const CASES_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/filters/cases.json");
 
     #[derive(Deserialize)]
     struct Case {
@@ -1493,10 +1304,9 @@ mod tests {
     }
 
     fn load_cases() -> Vec<Case> {
-        let text = std::fs::read_to_string(CASES_PATH)
-            .unwrap_or_else(|error| panic!("cannot read {CASES_PATH}: {error}"));
-        serde_json::from_str(&text)
-            .unwrap_or_else(|error| panic!("cannot parse {CASES_PATH}: {error}"))
+        let text =
+            std::fs::read_to_string(CASES_PATH).unwrap_or_else(|error| panic!("cannot read {CASES_PATH}: {error}"));
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("cannot parse {CASES_PATH}: {error}"))
     }
 
     // ---- shared vectors ----------------------------------------------------
@@ -1504,38 +1314,22 @@ mod tests {
     #[test]
     fn every_shared_vector_case_passes() {
         let cases = load_cases();
-        assert_eq!(
-            cases.len(),
-            76,
-            "cases.json changed size; update this count deliberately"
-        );
+        assert_eq!(cases.len(), 76, "cases.json changed size; update this count deliberately");
         let mut failures = Vec::new();
         for case in &cases {
             let filter: Filter = match serde_json::from_value(case.filter.clone()) {
                 Ok(filter) => filter,
                 Err(error) => {
-                    failures.push(format!(
-                        "{}: filter does not deserialise: {error}",
-                        case.name
-                    ));
+                    failures.push(format!("{}: filter does not deserialise: {error}", case.name));
                     continue;
                 }
             };
             let verdict = filter.evaluate(&case.event, case.schema);
             if verdict.is_match() != case.expected {
-                failures.push(format!(
-                    "{}: expected {}, got {verdict}",
-                    case.name, case.expected
-                ));
+                failures.push(format!("{}: expected {}, got {verdict}", case.name, case.expected));
             }
         }
-        assert!(
-            failures.is_empty(),
-            "{} of {} cases failed:\n{}",
-            failures.len(),
-            cases.len(),
-            failures.join("\n")
-        );
+        assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
     }
 
     #[test]
@@ -1567,10 +1361,7 @@ mod tests {
     }
 
     fn advanced(filters: Vec<AdvancedFilter>) -> Filter {
-        Filter {
-            advanced_filters: filters,
-            ..Filter::default()
-        }
+        Filter { advanced_filters: filters, ..Filter::default() }
     }
 
     fn matches_one(filter: AdvancedFilter, data: Value) -> bool {
@@ -1589,17 +1380,8 @@ mod tests {
             AdvancedFilter::with_values(Operator::StringIn, "data.kind", vec![json!("face")]),
             AdvancedFilter::with_value(Operator::NumberGreaterThan, "data.confidence", json!(0.8)),
         ]);
-        let verdict = filter.evaluate(
-            &event_with_data(json!({"kind": "face", "confidence": 0.42})),
-            Schema::EventGrid,
-        );
-        assert_eq!(
-            verdict,
-            Verdict::miss(
-                "advancedFilters[1] NumberGreaterThan data.confidence",
-                "0.42 is not > 0.8"
-            )
-        );
+        let verdict = filter.evaluate(&event_with_data(json!({"kind": "face", "confidence": 0.42})), Schema::EventGrid);
+        assert_eq!(verdict, Verdict::miss("advancedFilters[1] NumberGreaterThan data.confidence", "0.42 is not > 0.8"));
         assert_eq!(
             verdict.to_string(),
             "miss: advancedFilters[1] NumberGreaterThan data.confidence: 0.42 is not > 0.8"
@@ -1609,10 +1391,8 @@ mod tests {
     #[test]
     fn miss_explains_event_type_subject_and_missing_key() {
         let event = event_with_data(json!({}));
-        let types = Filter {
-            included_event_types: Some(vec!["Microsoft.Storage.BlobCreated".into()]),
-            ..Filter::default()
-        };
+        let types =
+            Filter { included_event_types: Some(vec!["Microsoft.Storage.BlobCreated".into()]), ..Filter::default() };
         assert_eq!(
             types.evaluate(&event, Schema::EventGrid),
             Verdict::miss(
@@ -1620,51 +1400,30 @@ mod tests {
                 "event type Microsoft.Storage.BlobDeleted is not one of [Microsoft.Storage.BlobCreated]"
             )
         );
-        let suffix = Filter {
-            subject_ends_with: Some(".md".into()),
-            ..Filter::default()
-        };
+        let suffix = Filter { subject_ends_with: Some(".md".into()), ..Filter::default() };
         assert_eq!(
             suffix.evaluate(&event, Schema::EventGrid),
-            Verdict::miss(
-                "subjectEndsWith",
-                r#"subject "/a/b.txt" does not end with ".md""#
-            )
+            Verdict::miss("subjectEndsWith", r#"subject "/a/b.txt" does not end with ".md""#)
         );
-        let missing = advanced(vec![AdvancedFilter::with_values(
-            Operator::StringContains,
-            "data.x",
-            vec![json!("a")],
-        )]);
+        let missing = advanced(vec![AdvancedFilter::with_values(Operator::StringContains, "data.x", vec![json!("a")])]);
         assert_eq!(
             missing.evaluate(&event, Schema::EventGrid),
-            Verdict::miss(
-                "advancedFilters[0] StringContains data.x",
-                "data.x is missing"
-            )
+            Verdict::miss("advancedFilters[0] StringContains data.x", "data.x is missing")
         );
     }
 
     #[test]
     fn miss_explains_negated_hits_arrays_and_types() {
         let detail = |filter: AdvancedFilter, arrays: bool, data: Value| {
-            let filter = Filter {
-                enable_advanced_filtering_on_arrays: arrays,
-                ..advanced(vec![filter])
-            };
-            filter
-                .evaluate(&event_with_data(data), Schema::EventGrid)
-                .detail()
-                .map(str::to_owned)
+            let filter = Filter { enable_advanced_filtering_on_arrays: arrays, ..advanced(vec![filter]) };
+            filter.evaluate(&event_with_data(data), Schema::EventGrid).detail().map(str::to_owned)
         };
-        let not_contains =
-            AdvancedFilter::with_values(Operator::StringNotContains, "data.k", vec![json!("DATA")]);
+        let not_contains = AdvancedFilter::with_values(Operator::StringNotContains, "data.k", vec![json!("DATA")]);
         assert_eq!(
             detail(not_contains, false, json!({"k": "Azure Data Factory"})).as_deref(),
             Some(r#""Azure Data Factory" contains "DATA""#)
         );
-        let not_in =
-            AdvancedFilter::with_values(Operator::NumberNotIn, "data.n", vec![json!(3500)]);
+        let not_in = AdvancedFilter::with_values(Operator::NumberNotIn, "data.n", vec![json!(3500)]);
         assert_eq!(
             detail(not_in, true, json!({"n": [1, "x", 3500]})).as_deref(),
             Some(r#"element 3500 of [1, "x", 3500] equals 3500"#)
@@ -1676,9 +1435,7 @@ mod tests {
         );
         assert_eq!(
             detail(number_in.clone(), false, json!({"n": [1, 50]})).as_deref(),
-            Some(
-                "data.n is an array [1, 50]; set enableAdvancedFilteringOnArrays to filter on its elements"
-            )
+            Some("data.n is an array [1, 50]; set enableAdvancedFilteringOnArrays to filter on its elements")
         );
         assert_eq!(
             detail(number_in, false, json!({"n": "2"})).as_deref(),
@@ -1688,10 +1445,7 @@ mod tests {
 
     #[test]
     fn verdict_serialises_with_a_tag() {
-        assert_eq!(
-            serde_json::to_value(Verdict::Match).ok(),
-            Some(json!({"verdict": "match"}))
-        );
+        assert_eq!(serde_json::to_value(Verdict::Match).ok(), Some(json!({"verdict": "match"})));
         assert_eq!(
             serde_json::to_value(Verdict::miss("subjectEndsWith", "d")).ok(),
             Some(json!({"verdict": "miss", "condition": "subjectEndsWith", "detail": "d"}))
@@ -1703,24 +1457,14 @@ mod tests {
     #[test]
     fn numbers_compare_exactly() {
         let is_in = |value: Value, operand: Value| {
-            matches_one(
-                AdvancedFilter::with_values(Operator::NumberIn, "data.n", vec![operand]),
-                json!({"n": value}),
-            )
+            matches_one(AdvancedFilter::with_values(Operator::NumberIn, "data.n", vec![operand]), json!({"n": value}))
         };
         assert!(!is_in(json!(0.1 + 0.2), json!(0.3)));
         assert!(is_in(json!(5), json!(5.0)));
-        assert!(is_in(
-            serde_json::from_str("0.30").unwrap_or_default(),
-            json!(0.3)
-        ));
-        assert!(!is_in(
-            json!(9_007_199_254_740_993_u64),
-            json!(9_007_199_254_740_992_u64)
-        ));
+        assert!(is_in(serde_json::from_str("0.30").unwrap_or_default(), json!(0.3)));
+        assert!(!is_in(json!(9_007_199_254_740_993_u64), json!(9_007_199_254_740_992_u64)));
         assert!(is_in(json!(-0.0), json!(0)));
-        let greater =
-            AdvancedFilter::with_value(Operator::NumberGreaterThan, "data.n", json!(-1e300));
+        let greater = AdvancedFilter::with_value(Operator::NumberGreaterThan, "data.n", json!(-1e300));
         assert!(matches_one(greater, json!({"n": -1e299})));
     }
 
@@ -1731,31 +1475,18 @@ mod tests {
         assert_eq!(parse("0.0100"), parse("1E-2"));
         assert_eq!(parse("-0"), parse("0"));
         assert!(parse("1e999999999999999999999").is_none());
-        assert!(
-            parse("abc").is_none()
-                && parse("").is_none()
-                && parse("-").is_none()
-                && parse(".").is_none()
-        );
+        assert!(parse("abc").is_none() && parse("").is_none() && parse("-").is_none() && parse(".").is_none());
         assert!(parse("12.5") < parse("12.50001") && parse("-3") < parse("-2.9"));
     }
 
     #[test]
     fn event_grid_keys_ignore_case_and_other_envelope_fields_are_missing() {
         let event = event_with_data(json!({"Key1": "v"}));
-        let filter = |operator, key: &str| {
-            advanced(vec![AdvancedFilter::with_values(
-                operator,
-                key,
-                vec![json!("v")],
-            )])
-        };
+        let filter = |operator, key: &str| advanced(vec![AdvancedFilter::with_values(operator, key, vec![json!("v")])]);
         assert!(filter(Operator::StringIn, "DATA.key1").matches(&event, Schema::EventGrid));
         assert!(filter(Operator::StringNotIn, "eventTime").matches(&event, Schema::EventGrid));
         assert_eq!(
-            filter(Operator::StringIn, "eventTime")
-                .evaluate(&event, Schema::EventGrid)
-                .detail(),
+            filter(Operator::StringIn, "eventTime").evaluate(&event, Schema::EventGrid).detail(),
             Some(
                 "eventTime is missing (Event Grid schema keys are id, topic, subject, eventType, dataVersion and data.…)"
             )
@@ -1764,12 +1495,8 @@ mod tests {
 
     #[test]
     fn cloudevents_uses_type_for_included_event_types() {
-        let event =
-            json!({"specversion": "1.0", "type": "com.example.a", "source": "/s", "id": "1"});
-        let filter = Filter {
-            included_event_types: Some(vec!["COM.EXAMPLE.A".into()]),
-            ..Filter::default()
-        };
+        let event = json!({"specversion": "1.0", "type": "com.example.a", "source": "/s", "id": "1"});
+        let filter = Filter { included_event_types: Some(vec!["COM.EXAMPLE.A".into()]), ..Filter::default() };
         assert!(filter.matches(&event, Schema::CloudEvents));
         assert!(!filter.matches(&event, Schema::EventGrid));
     }
@@ -1777,10 +1504,7 @@ mod tests {
     #[test]
     fn subject_case_sensitivity_is_honoured() {
         let event = event_with_data(json!({}));
-        let mut filter = Filter {
-            subject_begins_with: Some("/A/".into()),
-            ..Filter::default()
-        };
+        let mut filter = Filter { subject_begins_with: Some("/A/".into()), ..Filter::default() };
         assert!(filter.matches(&event, Schema::EventGrid));
         filter.is_subject_case_sensitive = true;
         assert_eq!(
@@ -1791,22 +1515,10 @@ mod tests {
 
     #[test]
     fn non_object_events_and_invalid_filters_never_panic() {
-        let filter = advanced(vec![AdvancedFilter::with_values(
-            Operator::NumberIn,
-            "data.n",
-            vec![json!("x")],
-        )]);
+        let filter = advanced(vec![AdvancedFilter::with_values(Operator::NumberIn, "data.n", vec![json!("x")])]);
         let verdict = filter.evaluate(&event_with_data(json!({"n": 1})), Schema::EventGrid);
-        assert_eq!(
-            verdict.detail(),
-            Some(r#"the filter is invalid (NumberIn needs numbers; found a string "x")"#)
-        );
-        for event in [
-            json!(null),
-            json!([1, 2]),
-            json!("text"),
-            json!({"data": 3}),
-        ] {
+        assert_eq!(verdict.detail(), Some(r#"the filter is invalid (NumberIn needs numbers; found a string "x")"#));
+        for event in [json!(null), json!([1, 2]), json!("text"), json!({"data": 3})] {
             assert!(!filter.matches(&event, Schema::CloudEvents));
             assert!(Filter::default().matches(&event, Schema::EventGrid));
         }
@@ -1817,11 +1529,7 @@ mod tests {
     #[test]
     fn problems_accepts_a_well_formed_filter() {
         let filter = advanced(vec![
-            AdvancedFilter::with_values(
-                Operator::NumberInRange,
-                "data.n",
-                vec![json!([1, 2]), json!([3, 3])],
-            ),
+            AdvancedFilter::with_values(Operator::NumberInRange, "data.n", vec![json!([1, 2]), json!([3, 3])]),
             AdvancedFilter::with_value(Operator::BoolEquals, "data.b", json!(true)),
             AdvancedFilter::without_operands(Operator::IsNotNull, "data.c"),
         ]);
@@ -1831,38 +1539,20 @@ mod tests {
     #[test]
     fn problems_reports_limits() {
         let many_filters = advanced(
-            (0..26)
-                .map(|i| {
-                    AdvancedFilter::without_operands(Operator::IsNotNull, format!("data.k{i}"))
-                })
-                .collect(),
+            (0..26).map(|i| AdvancedFilter::without_operands(Operator::IsNotNull, format!("data.k{i}"))).collect(),
         );
         let problems = many_filters.problems();
         assert_eq!(paths(&problems), ["advancedFilters"]);
-        assert_eq!(
-            problems[0].message,
-            "at most 25 advanced filters are allowed; found 26"
-        );
+        assert_eq!(problems[0].message, "at most 25 advanced filters are allowed; found 26");
 
         let many_values = advanced(vec![
-            AdvancedFilter::with_values(
-                Operator::NumberIn,
-                "data.a",
-                (0..20).map(|i| json!(i)).collect(),
-            ),
-            AdvancedFilter::with_values(
-                Operator::StringIn,
-                "data.b",
-                (0..5).map(|i| json!(i.to_string())).collect(),
-            ),
+            AdvancedFilter::with_values(Operator::NumberIn, "data.a", (0..20).map(|i| json!(i)).collect()),
+            AdvancedFilter::with_values(Operator::StringIn, "data.b", (0..5).map(|i| json!(i.to_string())).collect()),
             AdvancedFilter::with_value(Operator::NumberLessThan, "data.c", json!(1)),
         ]);
         let problems = many_values.problems();
         assert_eq!(paths(&problems), ["advancedFilters"]);
-        assert_eq!(
-            problems[0].message,
-            "at most 25 filter values are allowed across all advanced filters; found 26"
-        );
+        assert_eq!(problems[0].message, "at most 25 filter values are allowed across all advanced filters; found 26");
 
         let long = "x".repeat(MAX_STRING_VALUE_CHARS + 1);
         let long_value = advanced(vec![AdvancedFilter::with_values(
@@ -1889,11 +1579,7 @@ mod tests {
                 "data.c",
                 vec![json!([5, 1]), json!([1]), json!(["1", 2])],
             ),
-            AdvancedFilter::with_values(
-                Operator::NumberNotIn,
-                "data.d",
-                vec![json!(1), json!("2")],
-            ),
+            AdvancedFilter::with_values(Operator::NumberNotIn, "data.d", vec![json!(1), json!("2")]),
             AdvancedFilter::with_value(Operator::BoolEquals, "data.e", json!("true")),
             AdvancedFilter::with_values(Operator::StringIn, "", vec![]),
             AdvancedFilter::with_value(Operator::IsNullOrUndefined, "data..f", json!(1)),
@@ -1949,9 +1635,8 @@ mod tests {
             AdvancedFilter::with_value(Operator::BoolEquals, "data.isEnabled", json!(true))
         );
         assert_eq!(filter.problems(), Vec::new());
-        let round_trip: Filter = serde_json::to_value(&filter)
-            .and_then(serde_json::from_value)
-            .unwrap_or_else(|error| panic!("{error}"));
+        let round_trip: Filter =
+            serde_json::to_value(&filter).and_then(serde_json::from_value).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(round_trip, filter);
     }
 
@@ -1973,8 +1658,7 @@ mod tests {
         "#;
         let filter: Filter = toml::from_str(text).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(filter.problems(), Vec::new());
-        let event =
-            json!({"subject": "/x.JPG", "eventType": "A", "data": {"size": 1024.5, "count": 2}});
+        let event = json!({"subject": "/x.JPG", "eventType": "A", "data": {"size": 1024.5, "count": 2}});
         assert_eq!(filter.evaluate(&event, Schema::EventGrid), Verdict::Match);
     }
 
@@ -1988,10 +1672,7 @@ mod tests {
         .unwrap_or_default();
         assert!(error.contains("unknown variant `NumberEquals`"), "{error}");
         for operator in Operator::ALL {
-            assert!(
-                error.contains(&format!("`{operator}`")),
-                "{error} does not name {operator}"
-            );
+            assert!(error.contains(&format!("`{operator}`")), "{error} does not name {operator}");
         }
     }
 
@@ -2029,12 +1710,7 @@ mod tests {
                 let divisor = 10i64.pow(scale);
                 let sign = if mantissa < 0 { "-" } else { "" };
                 let magnitude = mantissa.abs();
-                format!(
-                    "{sign}{}.{:0width$}",
-                    magnitude / divisor,
-                    magnitude % divisor,
-                    width = scale as usize
-                )
+                format!("{sign}{}.{:0width$}", magnitude / divisor, magnitude % divisor, width = scale as usize)
             };
             serde_json::from_str(&text).unwrap_or(Value::Null)
         })
@@ -2083,14 +1759,10 @@ mod tests {
     fn filter_for(operator: Operator, key: &str, operands: Vec<Value>) -> AdvancedFilter {
         match operator.operand_shape() {
             OperandShape::Nothing => AdvancedFilter::without_operands(operator, key),
-            OperandShape::Single => AdvancedFilter::with_value(
-                operator,
-                key,
-                operands.into_iter().next().unwrap_or(Value::Null),
-            ),
-            OperandShape::List | OperandShape::Ranges => {
-                AdvancedFilter::with_values(operator, key, operands)
+            OperandShape::Single => {
+                AdvancedFilter::with_value(operator, key, operands.into_iter().next().unwrap_or(Value::Null))
             }
+            OperandShape::List | OperandShape::Ranges => AdvancedFilter::with_values(operator, key, operands),
         }
     }
 
@@ -2104,41 +1776,24 @@ mod tests {
     /// A negatable pair with operands and an event value of the right type.
     fn negatable_case() -> impl Strategy<Value = (Operator, Operator, Vec<Value>, Option<Value>)> {
         prop::sample::select(NEGATABLE.to_vec()).prop_flat_map(|(positive, negated)| {
-            (
-                Just(positive),
-                Just(negated),
-                operands(positive),
-                scalar_for(positive),
-            )
+            (Just(positive), Just(negated), operands(positive), scalar_for(positive))
         })
     }
 
     /// Like [`negatable_case`] with two operand lists, for operators that take a list.
-    fn two_operand_lists_case()
-    -> impl Strategy<Value = (Operator, Operator, Vec<Value>, Vec<Value>, Option<Value>)> {
+    fn two_operand_lists_case() -> impl Strategy<Value = (Operator, Operator, Vec<Value>, Vec<Value>, Option<Value>)> {
         let with_lists: Vec<_> = NEGATABLE
             .iter()
             .copied()
             .filter(|(positive, _)| positive.operand_shape() != OperandShape::Nothing)
             .collect();
         prop::sample::select(with_lists).prop_flat_map(|(positive, negated)| {
-            (
-                Just(positive),
-                Just(negated),
-                operands(positive),
-                operands(positive),
-                scalar_for(positive),
-            )
+            (Just(positive), Just(negated), operands(positive), operands(positive), scalar_for(positive))
         })
     }
 
     fn any_leaf() -> impl Strategy<Value = Value> {
-        prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            number(),
-            text()
-        ]
+        prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::Bool), number(), text()]
     }
 
     fn any_json() -> impl Strategy<Value = Value> {

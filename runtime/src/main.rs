@@ -10,11 +10,7 @@ use gridfn::config::Manifest;
 use gridfn::delivery::Host;
 
 #[derive(Parser)]
-#[command(
-    name = "gridfn",
-    version,
-    about = "Runs Azure Event Grid deliveries through sandboxed WebAssembly handlers"
-)]
+#[command(name = "gridfn", version, about = "Runs Azure Event Grid deliveries through sandboxed WebAssembly handlers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,9 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -61,11 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Check { config } => check(&config),
-        Command::Explain {
-            config,
-            event_file,
-            json,
-        } => explain(&config, &event_file, json),
+        Command::Explain { config, event_file, json } => explain(&config, &event_file, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,11 +68,7 @@ fn main() -> ExitCode {
 
 fn check(config: &Path) -> anyhow::Result<()> {
     let manifest = Manifest::load(config)?;
-    println!(
-        "{}: ok, {} handler(s)",
-        config.display(),
-        manifest.handlers.len()
-    );
+    println!("{}: ok, {} handler(s)", config.display(), manifest.handlers.len());
     Ok(())
 }
 
@@ -90,8 +76,7 @@ fn explain(config: &Path, event_file: &Path, json: bool) -> anyhow::Result<()> {
     let routes = Manifest::load_routes(config)?;
     let text = std::fs::read_to_string(event_file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event_file.display()))?;
-    let events = gridfn::explain::parse_events(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", event_file.display()))?;
+    let events = gridfn::explain::parse_events(&text).map_err(|e| anyhow::anyhow!("{}: {e}", event_file.display()))?;
     let routings = gridfn::explain::explain(&routes, &events);
     if json {
         println!("{}", serde_json::to_string_pretty(&routings)?);
@@ -108,9 +93,8 @@ fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = listen.unwrap_or(manifest.server.listen);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let handlers: Vec<_> = host.handler_names().collect();
         tracing::info!(
             "gridfn listening on http://{} with handlers [{}] (ready in {} ms)",

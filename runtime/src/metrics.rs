@@ -59,46 +59,30 @@ impl Default for Metrics {
         );
         let handler_seconds = Family::<HandlerLabels, Histogram>::new_with_constructor(|| {
             // 10 µs to ~10 s: sandboxed calls are microseconds, timeouts seconds.
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                1e-5, 4.0, 11,
-            ))
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 4.0, 11))
         });
         registry.register(
             "gridfn_handler_duration_seconds",
             "Time to instantiate and run a handler for one event",
             handler_seconds.clone(),
         );
-        Metrics {
-            registry,
-            events,
-            handler_seconds,
-        }
+        Metrics { registry, events, handler_seconds }
     }
 }
 
 impl Metrics {
     pub fn count(&self, handler: &str, outcome: PairOutcome) {
-        self.events
-            .get_or_create(&EventLabels {
-                handler: handler.to_owned(),
-                outcome: outcome.label(),
-            })
-            .inc();
+        self.events.get_or_create(&EventLabels { handler: handler.to_owned(), outcome: outcome.label() }).inc();
     }
 
     pub fn observe_run(&self, handler: &str, seconds: f64) {
-        self.handler_seconds
-            .get_or_create(&HandlerLabels {
-                handler: handler.to_owned(),
-            })
-            .observe(seconds);
+        self.handler_seconds.get_or_create(&HandlerLabels { handler: handler.to_owned() }).observe(seconds);
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
         text
     }
 }

@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    Trap,
-};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config;
@@ -108,39 +105,27 @@ impl Sandbox {
         let engine = match Engine::new(&config) {
             Ok(engine) => engine,
             Err(e) => {
-                tracing::warn!(
-                    "pooling allocator unavailable ({e}); allocating instances on demand"
-                );
+                tracing::warn!("pooling allocator unavailable ({e}); allocating instances on demand");
                 config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
                 Engine::new(&config).map_err(|e| anyhow!("creating the wasmtime engine: {e}"))?
             }
         };
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| anyhow!("linking WASI: {e}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
         bindings::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow!("linking the gridfn imports: {e}"))?;
 
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Sandbox {
-            engine,
-            linker,
-            _ticker: ticker,
-        })
+        Ok(Sandbox { engine, linker, _ticker: ticker })
     }
 
     /// Compiles a handler's component (or takes it from the cache) and checks
     /// that it implements the `gridfn:handler` world.
     pub fn load(&self, handler: &config::Handler) -> anyhow::Result<LoadedHandler> {
         let path = &handler.module;
-        let component = Component::from_file(&self.engine, path).map_err(|e| {
-            anyhow!(
-                "handler {}: cannot load {}: {e:#}",
-                handler.name,
-                path.display()
-            )
-        })?;
+        let component = Component::from_file(&self.engine, path)
+            .map_err(|e| anyhow!("handler {}: cannot load {}: {e:#}", handler.name, path.display()))?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
                 "handler {}: {} does not fit gridfn's handler contract (gridfn:handler@0.1.0): {e:#}",
@@ -155,12 +140,7 @@ impl Sandbox {
                 path.display()
             )
         })?;
-        Ok(LoadedHandler {
-            name: handler.name.as_str().into(),
-            pre,
-            timeout: handler.timeout,
-            memory: handler.memory,
-        })
+        Ok(LoadedHandler { name: handler.name.as_str().into(), pre, timeout: handler.timeout, memory: handler.memory })
     }
 }
 
@@ -174,43 +154,27 @@ impl LoadedHandler {
     /// timeout: call it from a blocking thread, never an async task.
     pub fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Outcome {
         let output = CapturedOutput::default();
-        let wasi = WasiCtx::builder()
-            .stdout(output.clone())
-            .stderr(output.clone())
-            .build();
+        let wasi = WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryCap {
-                limit: self.memory,
-                exceeded: false,
-            },
-            log: GuestLog {
-                handler: self.name.clone(),
-                event_id: event.id.clone(),
-                budget: LOG_BUDGET,
-            },
+            memory: MemoryCap { limit: self.memory, exceeded: false },
+            log: GuestLog { handler: self.name.clone(), event_id: event.id.clone(), budget: LOG_BUDGET },
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(ticks(self.timeout));
 
-        let result = self.pre.instantiate(&mut store).and_then(|handler| {
-            handler.call_handle(
-                &mut store,
-                &to_wit_event(event),
-                &self.to_wit_delivery(delivery),
-            )
-        });
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|handler| handler.call_handle(&mut store, &to_wit_event(event), &self.to_wit_delivery(delivery)));
         output.flush_to_log(&store.data().log);
         match result {
             Ok(outcome) => from_wit_outcome(outcome),
             Err(error) => {
                 // The delivery path logs it with the event id.
-                Outcome::Retry {
-                    reason: self.failure_reason(&error, &store.data().memory),
-                    after: None,
-                }
+                Outcome::Retry { reason: self.failure_reason(&error, &store.data().memory), after: None }
             }
         }
     }
@@ -218,17 +182,11 @@ impl LoadedHandler {
     /// Says why an instance failed, in words a handler author can act on.
     fn failure_reason(&self, error: &wasmtime::Error, memory: &MemoryCap) -> String {
         if memory.exceeded {
-            return format!(
-                "handler exceeded its memory limit of {} MiB",
-                self.memory >> 20
-            );
+            return format!("handler exceeded its memory limit of {} MiB", self.memory >> 20);
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
-                format!(
-                    "handler timed out after {}",
-                    humantime::format_duration(self.timeout)
-                )
+                format!("handler timed out after {}", humantime::format_duration(self.timeout))
             }
             _ => format!("handler trapped: {error:?}"),
         }
@@ -265,10 +223,9 @@ fn to_wit_event(event: &Event) -> wit::Event {
 fn from_wit_outcome(outcome: wit::Outcome) -> Outcome {
     match outcome {
         wit::Outcome::Success => Outcome::Success,
-        wit::Outcome::Retry(retry) => Outcome::Retry {
-            reason: retry.reason,
-            after: retry.after_ms.map(Duration::from_millis),
-        },
+        wit::Outcome::Retry(retry) => {
+            Outcome::Retry { reason: retry.reason, after: retry.after_ms.map(Duration::from_millis) }
+        }
         wit::Outcome::Reject(reason) => Outcome::Reject { reason },
     }
 }
@@ -284,10 +241,7 @@ struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -299,28 +253,15 @@ struct MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
-            return Err(wasmtime::format_err!(
-                "memory limit of {} bytes exceeded",
-                self.limit
-            ));
+            return Err(wasmtime::format_err!("memory limit of {} bytes exceeded", self.limit));
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -486,10 +427,7 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch thread");
-        EpochTicker {
-            stop,
-            thread: Some(thread),
-        }
+        EpochTicker { stop, thread: Some(thread) }
     }
 }
 

@@ -20,9 +20,9 @@ use crate::error::RequestError;
 /// The routes, over a started [`Host`].
 pub fn app(host: Arc<Host>) -> Router {
     Router::new()
-        .route("/api/events", post(all_handlers))
-        .route("/api/events/{handler}", post(one_handler))
-        .route("/runtime/webhooks/eventgrid", post(functions_style))
+        .route("/api/events", post(all_handlers).options(abuse_protection))
+        .route("/api/events/{handler}", post(one_handler).options(abuse_protection))
+        .route("/runtime/webhooks/eventgrid", post(functions_style).options(abuse_protection))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .with_state(host)
@@ -45,9 +45,7 @@ pub async fn serve(
             }
         }
     });
-    let result = axum::serve(listener, app(host))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(listener, app(host)).with_graceful_shutdown(shutdown).await;
     sweeper.abort();
     result
 }
@@ -82,8 +80,7 @@ async fn functions_style(
     body: Body,
 ) -> Response {
     let Some(handler) = params.get("functionName").cloned() else {
-        return RequestError::BadRequest("the functionName query parameter is required".into())
-            .into_response();
+        return RequestError::BadRequest("the functionName query parameter is required".into()).into_response();
     };
     deliver(&host, Target::Handler(&handler), &params, &headers, body).await
 }
@@ -98,39 +95,26 @@ async fn deliver(
     let body = match axum::body::to_bytes(body, host.max_body).await {
         Ok(body) => body,
         Err(_) => {
-            return RequestError::TooLarge {
-                limit: host.max_body,
-            }
-            .into_response();
+            return RequestError::TooLarge { limit: host.max_body }.into_response();
         }
     };
-    match host
-        .deliver(
-            target,
-            headers,
-            params.get("code").map(String::as_str),
-            body,
-        )
-        .await
-    {
+    match host.deliver(target, headers, params.get("code").map(String::as_str), body).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::info!(
-                status = error.status().as_u16(),
-                "refused a delivery: {error}"
-            );
+            tracing::info!(status = error.status().as_u16(), "refused a delivery: {error}");
             error.into_response()
         }
     }
 }
 
+async fn abuse_protection(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response {
+    crate::webhook::abuse_protection(&headers, &host.event_grid_domains)
+}
+
 async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         host.metrics.render(),
     )
 }

@@ -1,13 +1,18 @@
 //! Event Grid's webhook protocol, as seen from the receiving end: who may
-//! call (keys), what kind of request it is (`aeg-event-type`), the validation
-//! handshake, and the delivery metadata headers.
+//! call (keys), what kind of request it is (`aeg-event-type`), which encoding
+//! the body uses (Event Grid schema, CloudEvents structured, batched or
+//! binary), the two handshakes (Event Grid's validation event and the
+//! CloudEvents OPTIONS abuse protection), and the delivery metadata headers.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
+use crate::config::Validation;
 use crate::error::RequestError;
-use crate::event::{Event, SUBSCRIPTION_VALIDATION_EVENT, ValidationRequest};
+use crate::event::{self, DecodeError, Event, SUBSCRIPTION_VALIDATION_EVENT, ValidationRequest};
 use crate::sandbox::DeliveryInfo;
 
 /// What `aeg-event-type` says the request is.
@@ -18,26 +23,91 @@ pub enum RequestKind {
     Notification,
     /// The subscription handshake: answer with the validation code.
     SubscriptionValidation,
+    /// The subscription is being deleted (`SubscriptionDeletion`, or
+    /// `Unsubscribe` from older API versions): acknowledge and log.
+    SubscriptionDeletion,
 }
 
 impl RequestKind {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, RequestError> {
-        match headers
-            .get("aeg-event-type")
-            .map(|v| v.to_str().unwrap_or(""))
-        {
-            None => Ok(RequestKind::Notification),
-            Some(kind) if kind.eq_ignore_ascii_case("Notification") => {
-                Ok(RequestKind::Notification)
-            }
-            Some(kind) if kind.eq_ignore_ascii_case("SubscriptionValidation") => {
-                Ok(RequestKind::SubscriptionValidation)
-            }
-            Some(other) => Err(RequestError::BadRequest(format!(
-                "aeg-event-type {other:?} is not supported; expected Notification or SubscriptionValidation"
-            ))),
+        let Some(value) = headers.get("aeg-event-type") else { return Ok(RequestKind::Notification) };
+        let kind = value.to_str().unwrap_or("");
+        [
+            ("Notification", RequestKind::Notification),
+            ("SubscriptionValidation", RequestKind::SubscriptionValidation),
+            ("SubscriptionDeletion", RequestKind::SubscriptionDeletion),
+            ("Unsubscribe", RequestKind::SubscriptionDeletion),
+        ]
+        .into_iter()
+        .find(|(name, _)| kind.eq_ignore_ascii_case(name))
+        .map(|(_, kind)| kind)
+        .ok_or_else(|| {
+            RequestError::BadRequest(format!(
+                "aeg-event-type {kind:?} is not supported; expected Notification, SubscriptionValidation or SubscriptionDeletion"
+            ))
+        })
+    }
+}
+
+/// Decodes a pushed body by its encoding: CloudEvents binary mode when
+/// `ce-specversion` is present; otherwise by `Content-Type`
+/// (`application/cloudevents+json` and `…-batch+json` are CloudEvents, one
+/// event or an array, whatever the type says; `application/json` or none is
+/// Event Grid schema, or CloudEvents if the events carry a `specversion`).
+/// `aeg-metadata-version` must be 1 when sent; `aeg-data-version` fills in
+/// the data version of events that lack one.
+pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, RequestError> {
+    if let Some(version) = header_text(headers, "aeg-metadata-version") {
+        if version != "1" {
+            return Err(RequestError::BadRequest(format!(
+                "aeg-metadata-version {version:?} is not supported; gridfn speaks metadata version 1"
+            )));
         }
     }
+    let content_type = header_text(headers, "content-type");
+    let mut events = if headers.contains_key("ce-specversion") {
+        vec![event::decode_binary_cloud_event(binary_attributes(headers)?, content_type, body)?]
+    } else {
+        let essence = content_type.map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        match essence.as_deref() {
+            Some("application/cloudevents+json" | "application/cloudevents-batch+json") => {
+                event::decode_cloudevents(body)?
+            }
+            None | Some("application/json" | "text/json") => event::decode_json(body)?,
+            Some(other) => return Err(RequestError::UnsupportedMediaType(other.to_owned())),
+        }
+    };
+    if let Some(version) = header_text(headers, "aeg-data-version") {
+        for event in events.iter_mut().filter(|e| e.data_version.is_none()) {
+            event.data_version = Some(version.to_owned());
+        }
+    }
+    Ok(events)
+}
+
+/// The `ce-*` headers of a binary-mode CloudEvent, names without the prefix,
+/// values percent-decoded as the HTTP binding requires.
+fn binary_attributes(headers: &HeaderMap) -> Result<Vec<(String, String)>, RequestError> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| name.as_str().strip_prefix("ce-").map(|attribute| (attribute, name, value)))
+        .map(|(attribute, name, value)| {
+            let text = value.to_str().ok().map(|v| percent_decode_str(v).decode_utf8());
+            match text {
+                Some(Ok(decoded)) => Ok((attribute.to_owned(), decoded.into_owned())),
+                _ => Err(DecodeError {
+                    message: "is not valid percent-encoded UTF-8".into(),
+                    event_index: Some(0),
+                    field: Some(name.as_str().to_owned()),
+                }
+                .into()),
+            }
+        })
+        .collect()
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
 }
 
 /// Who may deliver: the configured keys, or anyone when anonymous access was
@@ -49,19 +119,12 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(keys: &[String], allow_anonymous: bool) -> Self {
-        Keys {
-            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
-            allow_anonymous,
-        }
+        Keys { keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(), allow_anonymous }
     }
 
     /// Accepts a key sent as `?code=`, `aeg-sas-key` or `x-functions-key`,
     /// comparing in constant time so timing reveals nothing about the key.
-    pub fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        code: Option<&str>,
-    ) -> Result<(), RequestError> {
+    pub fn authenticate(&self, headers: &HeaderMap, code: Option<&str>) -> Result<(), RequestError> {
         if self.allow_anonymous && self.keys.is_empty() {
             return Ok(());
         }
@@ -84,15 +147,58 @@ impl Keys {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ValidationResponse {
-    pub validation_response: String,
+/// The domains Event Grid calls from, and the checks that use them.
+pub struct EventGridDomains(Vec<String>);
+
+impl EventGridDomains {
+    pub fn new(domains: &[String]) -> Self {
+        EventGridDomains(domains.iter().map(|d| d.trim_start_matches('.').to_ascii_lowercase()).collect())
+    }
+
+    /// Whether `host` is one of the domains or a subdomain of one.
+    pub fn contains(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.0.iter().any(|domain| {
+            domain == "*"
+                || host == *domain
+                || host.strip_suffix(domain.as_str()).is_some_and(|prefix| prefix.ends_with('.'))
+        })
+    }
 }
 
-/// Answers the handshake: the first event must be Event Grid's validation
-/// event, and its code goes back in the body of a 200.
-pub fn validation_response(events: &[Event]) -> Result<ValidationResponse, RequestError> {
+/// The CloudEvents webhook abuse-protection handshake (`OPTIONS`): allow the
+/// requesting origin when it is one of Event Grid's, and any rate.
+pub fn abuse_protection(headers: &HeaderMap, domains: &EventGridDomains) -> Response {
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    out.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    if let Some(origin) = header_text(headers, "webhook-request-origin") {
+        if domains.contains(origin) {
+            out.insert("webhook-allowed-origin", HeaderValue::from_str(origin).expect("came from a header"));
+            tracing::info!(origin, "answered the CloudEvents abuse-protection handshake");
+        } else {
+            tracing::warn!(origin, "refused the CloudEvents handshake from an origin outside event_grid_domains");
+        }
+    }
+    if headers.contains_key("webhook-request-rate") {
+        out.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+    }
+    response
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ValidationResponse {
+    validation_response: String,
+}
+
+/// Answers Event Grid's subscription validation as configured. The first
+/// event must be the validation event.
+pub fn validate_subscription(
+    events: &[Event],
+    mode: Validation,
+    domains: &EventGridDomains,
+) -> Result<Response, RequestError> {
     let event = &events[0];
     if event.event_type != SUBSCRIPTION_VALIDATION_EVENT {
         return Err(RequestError::BadRequest(format!(
@@ -101,30 +207,69 @@ pub fn validation_response(events: &[Event]) -> Result<ValidationResponse, Reque
         )));
     }
     let request = ValidationRequest::from_event(event)?;
-    tracing::info!(
-        topic = %event.source,
-        validation_url = request.url.as_deref().unwrap_or("-"),
-        "answered Event Grid's subscription validation handshake"
-    );
-    Ok(ValidationResponse {
-        validation_response: request.code,
-    })
+    let topic = &event.source;
+    match (mode, request.url) {
+        (Validation::Manual, Some(url)) => {
+            tracing::warn!(
+                topic,
+                "SUBSCRIPTION VALIDATION NEEDED: open this URL (a GET) within 5 minutes to confirm the subscription: {url}"
+            );
+            Ok(StatusCode::OK.into_response())
+        }
+        (Validation::AutoUrl, Some(url)) => {
+            let allowed =
+                url::Url::parse(&url).ok().and_then(|u| u.host_str().map(|h| domains.contains(h))).unwrap_or(false);
+            if allowed {
+                tokio::spawn(confirm_validation_url(url));
+            } else {
+                tracing::error!(
+                    topic,
+                    url,
+                    "refused to GET the validation URL: its host is not in event_grid_domains; validate by hand if it is genuine"
+                );
+            }
+            Ok(StatusCode::OK.into_response())
+        }
+        (mode, url) => {
+            if mode != Validation::Sync {
+                tracing::warn!(
+                    topic,
+                    "validation is {mode:?} but the event has no validationUrl; answering synchronously"
+                );
+            }
+            tracing::info!(
+                topic,
+                validation_url = url.as_deref().unwrap_or("-"),
+                "answered Event Grid's subscription validation"
+            );
+            Ok(axum::Json(ValidationResponse { validation_response: request.code }).into_response())
+        }
+    }
+}
+
+/// GETs a validation URL (after the handshake's answer went out) and logs
+/// what came of it.
+async fn confirm_validation_url(url: String) {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build();
+    let result = match client {
+        Ok(client) => client.get(&url).send().await.map(|r| r.status()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(status) if status.is_success() => tracing::info!(url, "subscription validated through its validation URL"),
+        Ok(status) => tracing::error!(url, %status, "the validation URL refused; validate by hand"),
+        Err(e) => tracing::error!(url, "could not GET the validation URL ({e}); validate by hand"),
+    }
 }
 
 /// The delivery metadata Event Grid sends in headers.
 pub fn delivery_info(headers: &HeaderMap) -> DeliveryInfo {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
     DeliveryInfo {
-        attempt: text("aeg-delivery-count")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
-        subscription: text("aeg-subscription-name").map(str::to_owned),
+        attempt: header_text(headers, "aeg-delivery-count").and_then(|n| n.parse().ok()).unwrap_or(0),
+        subscription: header_text(headers, "aeg-subscription-name").map(str::to_owned),
         replay: false,
     }
 }
@@ -132,7 +277,6 @@ pub fn delivery_info(headers: &HeaderMap) -> DeliveryInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -146,19 +290,10 @@ mod tests {
     fn a_key_is_accepted_in_any_of_the_three_places() {
         let keys = Keys::new(&["k1".into(), "k2".into()], false);
         assert!(keys.authenticate(&headers(&[]), Some("k2")).is_ok());
-        assert!(
-            keys.authenticate(&headers(&[("aeg-sas-key", "k1")]), None)
-                .is_ok()
-        );
-        assert!(
-            keys.authenticate(&headers(&[("x-functions-key", "k1")]), None)
-                .is_ok()
-        );
+        assert!(keys.authenticate(&headers(&[("aeg-sas-key", "k1")]), None).is_ok());
+        assert!(keys.authenticate(&headers(&[("x-functions-key", "k1")]), None).is_ok());
         assert!(keys.authenticate(&headers(&[]), None).is_err());
-        assert!(
-            keys.authenticate(&headers(&[("aeg-sas-key", "k3")]), Some("k"))
-                .is_err()
-        );
+        assert!(keys.authenticate(&headers(&[("aeg-sas-key", "k3")]), Some("k")).is_err());
         assert!(keys.authenticate(&headers(&[]), Some("k1x")).is_err());
     }
 
@@ -167,38 +302,66 @@ mod tests {
         let open = Keys::new(&[], true);
         assert!(open.authenticate(&headers(&[]), None).is_ok());
         let mixed = Keys::new(&["k".into()], true);
-        assert!(
-            mixed.authenticate(&headers(&[]), None).is_ok(),
-            "no key at all is anonymous"
-        );
-        assert!(
-            mixed.authenticate(&headers(&[]), Some("wrong")).is_err(),
-            "a wrong key is still wrong"
-        );
+        assert!(mixed.authenticate(&headers(&[]), None).is_ok(), "no key at all is anonymous");
+        assert!(mixed.authenticate(&headers(&[]), Some("wrong")).is_err(), "a wrong key is still wrong");
     }
 
     #[test]
     fn request_kind_comes_from_aeg_event_type() {
-        assert_eq!(
-            RequestKind::from_headers(&headers(&[])).unwrap(),
-            RequestKind::Notification
-        );
+        assert_eq!(RequestKind::from_headers(&headers(&[])).unwrap(), RequestKind::Notification);
         let validation = headers(&[("aeg-event-type", "SubscriptionValidation")]);
-        assert_eq!(
-            RequestKind::from_headers(&validation).unwrap(),
-            RequestKind::SubscriptionValidation
-        );
+        assert_eq!(RequestKind::from_headers(&validation).unwrap(), RequestKind::SubscriptionValidation);
+        let unsubscribe = headers(&[("aeg-event-type", "Unsubscribe")]);
+        assert_eq!(RequestKind::from_headers(&unsubscribe).unwrap(), RequestKind::SubscriptionDeletion);
         assert!(RequestKind::from_headers(&headers(&[("aeg-event-type", "Gossip")])).is_err());
     }
 
     #[test]
     fn delivery_metadata_comes_from_headers() {
-        let info = delivery_info(&headers(&[
-            ("aeg-delivery-count", "3"),
-            ("aeg-subscription-name", "SUB"),
-        ]));
+        let info = delivery_info(&headers(&[("aeg-delivery-count", "3"), ("aeg-subscription-name", "SUB")]));
         assert_eq!(info.attempt, 3);
         assert_eq!(info.subscription.as_deref(), Some("SUB"));
         assert_eq!(delivery_info(&headers(&[])).attempt, 0);
+    }
+
+    #[test]
+    fn event_grid_domains_match_themselves_and_subdomains_only() {
+        let domains = EventGridDomains::new(&["eventgrid.azure.net".into()]);
+        assert!(domains.contains("eventgrid.azure.net"));
+        assert!(domains.contains("rp-eastus2.EventGrid.azure.net"));
+        assert!(!domains.contains("evileventgrid.azure.net"));
+        assert!(!domains.contains("eventgrid.azure.net.evil.com"));
+    }
+
+    #[test]
+    fn the_body_encoding_follows_content_type_and_ce_headers() {
+        let eg = br#"[{"id":"1","eventType":"t","subject":"s"}]"#;
+        let ce = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+        let decoded = |pairs: &[(&'static str, &str)], body: &[u8]| decode(&headers(pairs), body);
+        assert_eq!(decoded(&[("content-type", "application/json")], eg).unwrap()[0].schema, event::Schema::EventGrid);
+        assert_eq!(decoded(&[], eg).unwrap()[0].schema, event::Schema::EventGrid);
+        let structured = decoded(&[("content-type", "application/cloudevents+json; charset=utf-8")], ce).unwrap();
+        assert_eq!(structured[0].schema, event::Schema::CloudEvents);
+        assert_eq!(decoded(&[("content-type", "application/json")], ce).unwrap()[0].schema, event::Schema::CloudEvents);
+        assert!(matches!(
+            decoded(&[("content-type", "text/xml")], eg),
+            Err(RequestError::UnsupportedMediaType(t)) if t == "text/xml"
+        ));
+        let binary = decoded(
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "b%2F1"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("content-type", "text/plain"),
+            ],
+            b"hi",
+        )
+        .unwrap();
+        assert_eq!(binary[0].id, "b/1", "ce- headers are percent-decoded");
+        assert_eq!(binary[0].data, b"hi");
+        let versioned = decoded(&[("aeg-data-version", "2.0")], eg).unwrap();
+        assert_eq!(versioned[0].data_version.as_deref(), Some("2.0"));
+        assert!(decoded(&[("aeg-metadata-version", "2")], eg).is_err());
     }
 }

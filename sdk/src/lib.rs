@@ -91,19 +91,12 @@ impl Event {
 
     /// A CloudEvents extension attribute, by name.
     pub fn extension(&self, name: &str) -> Option<&str> {
-        self.0
-            .extensions
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.0.extensions.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// All CloudEvents extension attributes, as (name, value) pairs.
     pub fn extensions(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0
-            .extensions
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
+        self.0.extensions.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 }
 
@@ -140,10 +133,7 @@ pub enum Outcome {
     /// Done: never run again for this event.
     Success,
     /// Transient failure: try again later, no sooner than `after`.
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
+    Retry { reason: String, after: Option<Duration> },
     /// Permanent failure: dead-letter the event with this reason.
     Reject { reason: String },
 }
@@ -151,25 +141,17 @@ pub enum Outcome {
 impl Outcome {
     /// Try again later, when Event Grid redelivers.
     pub fn retry(reason: impl Into<String>) -> Self {
-        Outcome::Retry {
-            reason: reason.into(),
-            after: None,
-        }
+        Outcome::Retry { reason: reason.into(), after: None }
     }
 
     /// Try again, no sooner than `after`.
     pub fn retry_after(reason: impl Into<String>, after: Duration) -> Self {
-        Outcome::Retry {
-            reason: reason.into(),
-            after: Some(after),
-        }
+        Outcome::Retry { reason: reason.into(), after: Some(after) }
     }
 
     /// Dead-letter the event; it will not be retried.
     pub fn reject(reason: impl Into<String>) -> Self {
-        Outcome::Reject {
-            reason: reason.into(),
-        }
+        Outcome::Reject { reason: reason.into() }
     }
 }
 
@@ -209,11 +191,7 @@ pub mod log {
 }
 
 #[doc(hidden)]
-pub fn __handle(
-    event: wit::Event,
-    delivery: wit::Delivery,
-    handler: fn(&Event, &Delivery) -> Outcome,
-) -> wit::Outcome {
+pub fn __handle(event: wit::Event, delivery: wit::Delivery, handler: fn(&Event, &Delivery) -> Outcome) -> wit::Outcome {
     handler(&Event(event), &Delivery(delivery)).into()
 }
 

@@ -27,84 +27,47 @@ memory = "16MiB"
 #[test]
 fn validation_handshake_answers_with_the_code_on_both_endpoints() {
     let gridfn = host();
-    let body = std::fs::read(vector(
-        "eventgrid/handshake/docs-SubscriptionValidationEvent.json",
-    ))
-    .unwrap();
+    let body = std::fs::read(vector("eventgrid/handshake/docs-SubscriptionValidationEvent.json")).unwrap();
     let expected: Value = serde_json::from_slice(
-        &std::fs::read(vector(
-            "eventgrid/handshake/docs-SubscriptionValidationResponse.expected.json",
-        ))
-        .unwrap(),
+        &std::fs::read(vector("eventgrid/handshake/docs-SubscriptionValidationResponse.expected.json")).unwrap(),
     )
     .unwrap();
-    for path in [
-        "/api/events/audit-log",
-        "/runtime/webhooks/eventgrid?functionName=audit-log&code=test-key",
-    ] {
+    for path in ["/api/events/audit-log", "/runtime/webhooks/eventgrid?functionName=audit-log&code=test-key"] {
         let headers: &[(&str, &str)] = if path.contains("code=") {
             &[("aeg-event-type", "SubscriptionValidation")]
         } else {
-            &[
-                ("aeg-event-type", "SubscriptionValidation"),
-                ("aeg-sas-key", KEY),
-            ]
+            &[("aeg-event-type", "SubscriptionValidation"), ("aeg-sas-key", KEY)]
         };
         let response = gridfn.post(path, body.clone(), headers);
         assert_eq!(response.status(), 200, "{path}");
-        assert!(
-            response.headers().get("content-length").is_some(),
-            "{path}: the answer has a Content-Length"
-        );
-        assert!(
-            response.headers().get("transfer-encoding").is_none(),
-            "{path}: never chunked"
-        );
+        assert!(response.headers().get("content-length").is_some(), "{path}: the answer has a Content-Length");
+        assert!(response.headers().get("transfer-encoding").is_none(), "{path}: never chunked");
         assert_eq!(response.json::<Value>().unwrap(), expected, "{path}");
     }
     assert_eq!(gridfn.log_count("scripted ran"), 0);
-    assert_eq!(
-        gridfn.events("audit-log", "success"),
-        0.0,
-        "the handshake is not an event"
-    );
+    assert_eq!(gridfn.events("audit-log", "success"), 0.0, "the handshake is not an event");
 }
 
 #[test]
 fn a_delivery_runs_each_event_once_and_a_redelivery_is_all_duplicates() {
     let gridfn = host();
-    let body = batch(&[
-        event("a-1", json!({"n": 1})),
-        event("a-2", json!({"n": 2})),
-        event("a-3", json!({"n": 3})),
-    ]);
+    let body = batch(&[event("a-1", json!({"n": 1})), event("a-2", json!({"n": 2})), event("a-3", json!({"n": 3}))]);
 
     let response = gridfn.notify("/api/events/audit-log", body.clone());
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().unwrap()["succeeded"], 3);
     for id in ["a-1", "a-2", "a-3"] {
-        assert_eq!(
-            gridfn.log_count(&format!("audit: Microsoft.Storage.BlobCreated {id} ")),
-            1,
-            "{id} ran once"
-        );
+        assert_eq!(gridfn.log_count(&format!("audit: Microsoft.Storage.BlobCreated {id} ")), 1, "{id} ran once");
     }
 
     let again = gridfn.notify("/api/events/audit-log", body);
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Value>().unwrap()["duplicates"], 3);
-    assert_eq!(
-        gridfn.log_count("audit: Microsoft.Storage.BlobCreated a-"),
-        3,
-        "no new runs"
-    );
+    assert_eq!(gridfn.log_count("audit: Microsoft.Storage.BlobCreated a-"), 3, "no new runs");
     assert_eq!(gridfn.events("audit-log", "success"), 3.0);
     assert_eq!(gridfn.events("audit-log", "duplicate"), 3.0);
     let metrics = gridfn.get("/metrics").text().unwrap();
-    assert!(
-        metrics.contains("gridfn_handler_duration_seconds_count{handler=\"audit-log\"} 3"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("gridfn_handler_duration_seconds_count{handler=\"audit-log\"} 3"), "{metrics}");
 }
 
 #[test]
@@ -118,15 +81,8 @@ fn a_retry_answers_503_and_the_redelivery_runs_only_that_event() {
 
     let first = gridfn.notify("/api/events/scripted", body.clone());
     assert_eq!(first.status(), 503);
-    let retry_after: u64 = first.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        retry_after >= 1,
-        "Retry-After is a positive number of seconds"
-    );
+    let retry_after: u64 = first.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1, "Retry-After is a positive number of seconds");
     let verdict: Value = first.json().unwrap();
     assert_eq!(verdict["retry"][0]["id"], "r-2");
     assert_eq!(verdict["retry"][0]["event_index"], 1);
@@ -135,19 +91,11 @@ fn a_retry_answers_503_and_the_redelivery_runs_only_that_event() {
     let second = gridfn.post(
         "/api/events/scripted",
         body,
-        &[
-            ("aeg-event-type", "Notification"),
-            ("aeg-sas-key", KEY),
-            ("aeg-delivery-count", "1"),
-        ],
+        &[("aeg-event-type", "Notification"), ("aeg-sas-key", KEY), ("aeg-delivery-count", "1")],
     );
     assert_eq!(second.status(), 200);
     assert_eq!(gridfn.log_count("scripted ran r-1 "), 1);
-    assert_eq!(
-        gridfn.log_count("scripted ran r-2 "),
-        2,
-        "only the retried event runs again"
-    );
+    assert_eq!(gridfn.log_count("scripted ran r-2 "), 2, "only the retried event runs again");
     assert_eq!(gridfn.log_count("scripted ran r-3 "), 1);
     assert_eq!(gridfn.events("scripted", "retry"), 1.0);
     assert_eq!(gridfn.events("scripted", "duplicate"), 2.0);
@@ -156,10 +104,7 @@ fn a_retry_answers_503_and_the_redelivery_runs_only_that_event() {
 #[test]
 fn a_handler_asking_for_a_delay_sets_retry_after() {
     let gridfn = host();
-    let response = gridfn.notify(
-        "/api/events/scripted",
-        batch(&[event("d-1", json!({"act": "retry"}))]),
-    );
+    let response = gridfn.notify("/api/events/scripted", batch(&[event("d-1", json!({"act": "retry"}))]));
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "2");
 }
@@ -171,11 +116,7 @@ fn a_rejected_event_is_dead_lettered_in_event_grids_format_and_acknowledged() {
     let response = gridfn.post(
         "/api/events/scripted",
         batch(&[sent.clone(), event("x-2", json!({}))]),
-        &[
-            ("aeg-event-type", "Notification"),
-            ("aeg-sas-key", KEY),
-            ("aeg-subscription-name", "orders-sub"),
-        ],
+        &[("aeg-event-type", "Notification"), ("aeg-sas-key", KEY), ("aeg-subscription-name", "orders-sub")],
     );
     assert_eq!(response.status(), 200, "a dead-lettered event is done");
     assert_eq!(response.json::<Value>().unwrap()["rejected"], 1);
@@ -183,36 +124,21 @@ fn a_rejected_event_is_dead_lettered_in_event_grids_format_and_acknowledged() {
     let root = gridfn.dir.path().join("state/deadletter");
     let blobs: Vec<_> = walk(&root);
     assert_eq!(blobs.len(), 1, "one blob: {blobs:?}");
-    let relative: Vec<String> = blobs[0]
-        .strip_prefix(&root)
-        .unwrap()
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(
-        relative.len(),
-        6,
-        "<SUB>/<yyyy>/<m>/<d>/<h>/<uuid>.json: {relative:?}"
-    );
+    let relative: Vec<String> =
+        blobs[0].strip_prefix(&root).unwrap().iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    assert_eq!(relative.len(), 6, "<SUB>/<yyyy>/<m>/<d>/<h>/<uuid>.json: {relative:?}");
     assert_eq!(relative[0], "ORDERS-SUB");
     for part in &relative[1..5] {
-        assert!(
-            part.parse::<u32>().is_ok() && !(part.starts_with('0') && part.len() > 1),
-            "{relative:?}"
-        );
+        assert!(part.parse::<u32>().is_ok() && !(part.starts_with('0') && part.len() > 1), "{relative:?}");
     }
     let records: Vec<Value> = serde_json::from_slice(&std::fs::read(&blobs[0]).unwrap()).unwrap();
     let record = records[0].as_object().unwrap();
     for (name, value) in sent.as_object().unwrap() {
         assert_eq!(&record[name], value, "original field {name} kept");
     }
-    for field in [
-        "deadLetterReason",
-        "deliveryAttempts",
-        "lastDeliveryOutcome",
-        "publishTime",
-        "lastDeliveryAttemptTime",
-    ] {
+    for field in
+        ["deadLetterReason", "deliveryAttempts", "lastDeliveryOutcome", "publishTime", "lastDeliveryAttemptTime"]
+    {
         assert!(record.contains_key(field), "{field} in {record:?}");
     }
     assert_eq!(record["deadLetterDescription"], "scripted rejection");
@@ -220,11 +146,7 @@ fn a_rejected_event_is_dead_lettered_in_event_grids_format_and_acknowledged() {
 
     let again = gridfn.notify("/api/events/scripted", batch(&[sent]));
     assert_eq!(again.status(), 200);
-    assert_eq!(
-        again.json::<Value>().unwrap()["duplicates"],
-        1,
-        "a dead-lettered event is not run again"
-    );
+    assert_eq!(again.json::<Value>().unwrap()["duplicates"], 1, "a dead-lettered event is not run again");
     assert_eq!(walk(&root).len(), 1);
 }
 
@@ -246,60 +168,22 @@ fn only_the_configured_key_gets_in() {
     let gridfn = host();
     let body = batch(&[event("k-1", json!({}))]);
     let notification = ("aeg-event-type", "Notification");
-    for headers in [
-        vec![notification],
-        vec![notification, ("aeg-sas-key", "wrong")],
-        vec![notification, ("x-functions-key", "")],
-    ] {
+    for headers in
+        [vec![notification], vec![notification, ("aeg-sas-key", "wrong")], vec![notification, ("x-functions-key", "")]]
+    {
         let response = gridfn.post("/api/events/audit-log", body.clone(), &headers);
         assert_eq!(response.status(), 401, "{headers:?}");
-        assert_eq!(
-            response.json::<Value>().unwrap()["error"]["code"],
-            "unauthorized"
-        );
+        assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "unauthorized");
     }
-    assert_eq!(
-        gridfn
-            .post(
-                "/api/events/audit-log?code=nope",
-                body.clone(),
-                &[notification]
-            )
-            .status(),
-        401
-    );
+    assert_eq!(gridfn.post("/api/events/audit-log?code=nope", body.clone(), &[notification]).status(), 401);
     assert_eq!(gridfn.log_count("audit: "), 0, "nothing ran");
 
+    assert_eq!(gridfn.post("/api/events/audit-log?code=test-key", body.clone(), &[notification]).status(), 200);
     assert_eq!(
-        gridfn
-            .post(
-                "/api/events/audit-log?code=test-key",
-                body.clone(),
-                &[notification]
-            )
-            .status(),
+        gridfn.post("/api/events/audit-log", body.clone(), &[notification, ("x-functions-key", KEY)]).status(),
         200
     );
-    assert_eq!(
-        gridfn
-            .post(
-                "/api/events/audit-log",
-                body.clone(),
-                &[notification, ("x-functions-key", KEY)]
-            )
-            .status(),
-        200
-    );
-    assert_eq!(
-        gridfn
-            .post(
-                "/api/events/audit-log",
-                body,
-                &[notification, ("aeg-sas-key", KEY)]
-            )
-            .status(),
-        200
-    );
+    assert_eq!(gridfn.post("/api/events/audit-log", body, &[notification, ("aeg-sas-key", KEY)]).status(), 200);
 }
 
 #[test]
@@ -308,27 +192,15 @@ fn bad_requests_get_400_with_the_problem_named_and_nothing_runs() {
     let malformed = gridfn.notify("/api/events/audit-log", "[{\"id\": \"m-1\", ");
     assert_eq!(malformed.status(), 400);
     let error: Value = malformed.json().unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not valid JSON"),
-        "{error}"
-    );
+    assert!(error["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{error}");
 
-    let missing_type = gridfn.notify(
-        "/api/events/audit-log",
-        r#"[{"id":"m-2","subject":"s","eventType":"t"},{"id":"m-3","subject":"s"}]"#,
-    );
+    let missing_type = gridfn
+        .notify("/api/events/audit-log", r#"[{"id":"m-2","subject":"s","eventType":"t"},{"id":"m-3","subject":"s"}]"#);
     assert_eq!(missing_type.status(), 400);
     let error: Value = missing_type.json().unwrap();
     assert_eq!(error["error"]["event_index"], 1);
     assert_eq!(error["error"]["field"], "eventType");
-    assert_eq!(
-        gridfn.log_count("audit: "),
-        0,
-        "a refused batch runs nothing, not even its good events"
-    );
+    assert_eq!(gridfn.log_count("audit: "), 0, "a refused batch runs nothing, not even its good events");
 
     let unknown_kind = gridfn.post(
         "/api/events/audit-log",
@@ -337,21 +209,8 @@ fn bad_requests_get_400_with_the_problem_named_and_nothing_runs() {
     );
     assert_eq!(unknown_kind.status(), 400);
 
-    assert_eq!(
-        gridfn
-            .notify("/api/events/nobody", batch(&[event("m-5", json!({}))]))
-            .status(),
-        404
-    );
-    assert_eq!(
-        gridfn
-            .notify(
-                "/runtime/webhooks/eventgrid",
-                batch(&[event("m-6", json!({}))])
-            )
-            .status(),
-        400
-    );
+    assert_eq!(gridfn.notify("/api/events/nobody", batch(&[event("m-5", json!({}))])).status(), 404);
+    assert_eq!(gridfn.notify("/runtime/webhooks/eventgrid", batch(&[event("m-6", json!({}))])).status(), 400);
 }
 
 #[test]
@@ -374,98 +233,53 @@ fn a_stuck_handler_is_retried_after_its_deadline_while_others_are_served() {
     let started = Instant::now();
     let other = gridfn.notify("/api/events/audit-log", batch(&[event("l-2", json!({}))]));
     assert_eq!(other.status(), 200);
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "served while the loop runs: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(900), "served while the loop runs: {:?}", started.elapsed());
 
     let (status, took) = stuck.join().unwrap();
     assert_eq!(status, 503);
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "deadline of 1s: {took:?}"
-    );
-    assert_eq!(
-        gridfn.log_count("handler timed out after 1s"),
-        1,
-        "{}",
-        gridfn.log_text()
-    );
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "deadline of 1s: {took:?}");
+    assert_eq!(gridfn.log_count("handler timed out after 1s"), 1, "{}", gridfn.log_text());
     assert_eq!(gridfn.get("/healthz").status(), 200);
 }
 
 #[test]
 fn traps_and_memory_bombs_become_retries_and_the_host_carries_on() {
     let gridfn = host();
-    let trap = gridfn.notify(
-        "/api/events/scripted",
-        batch(&[event("t-1", json!({"act": "trap"}))]),
-    );
+    let trap = gridfn.notify("/api/events/scripted", batch(&[event("t-1", json!({"act": "trap"}))]));
     assert_eq!(trap.status(), 503);
-    let reason = trap.json::<Value>().unwrap()["retry"][0]["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = trap.json::<Value>().unwrap()["retry"][0]["reason"].as_str().unwrap().to_owned();
     assert!(reason.contains("handler trapped"), "{reason}");
 
-    let oom = gridfn.notify(
-        "/api/events/scripted",
-        batch(&[event("t-2", json!({"act": "oom"}))]),
-    );
+    let oom = gridfn.notify("/api/events/scripted", batch(&[event("t-2", json!({"act": "oom"}))]));
     assert_eq!(oom.status(), 503);
-    let reason = oom.json::<Value>().unwrap()["retry"][0]["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = oom.json::<Value>().unwrap()["retry"][0]["reason"].as_str().unwrap().to_owned();
     assert!(reason.contains("memory limit of 16 MiB"), "{reason}");
 
-    let fine = gridfn.notify(
-        "/api/events/scripted",
-        batch(&[event("t-3", json!({"act": "print"}))]),
-    );
+    let fine = gridfn.notify("/api/events/scripted", batch(&[event("t-3", json!({"act": "print"}))]));
     assert_eq!(fine.status(), 200);
-    assert_eq!(
-        gridfn.log_count("to stdout from t-3"),
-        1,
-        "guest stdout reaches the host log"
-    );
+    assert_eq!(gridfn.log_count("to stdout from t-3"), 1, "guest stdout reaches the host log");
 }
 
 #[test]
 fn every_event_grid_vector_is_accepted_by_the_audit_log() {
     let gridfn = host();
     let mut total = 0;
-    let mut files: Vec<_> = std::fs::read_dir(vector("eventgrid"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(vector("eventgrid")).unwrap().flatten().map(|e| e.path()).collect();
     files.sort();
-    for path in files
-        .iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-    {
+    for path in files.iter().filter(|p| p.extension().is_some_and(|x| x == "json")) {
         let body = std::fs::read(path).unwrap();
         let count = serde_json::from_slice::<Vec<Value>>(&body).unwrap().len();
         let response = gridfn.notify("/api/events/audit-log", body);
-        assert!(
-            response.status().is_success(),
-            "{}: {}",
-            path.display(),
-            response.status()
-        );
+        assert!(response.status().is_success(), "{}: {}", path.display(), response.status());
         let verdict: Value = response.json().unwrap();
-        let handled =
-            verdict["succeeded"].as_u64().unwrap() + verdict["duplicates"].as_u64().unwrap();
-        assert_eq!(handled as usize, count, "{}: {verdict}", path.display());
+        let handled = verdict["succeeded"].as_u64().unwrap() + verdict["duplicates"].as_u64().unwrap();
+        // A subscription-deleted notice is acknowledged, never dispatched.
+        let notices = if path.ends_with("EventGridSubscriptionDeletedEvent.json") { count } else { 0 };
+        assert_eq!(handled as usize, count - notices, "{}: {verdict}", path.display());
         total += count;
     }
     assert_eq!(total, 55);
     // Several vectors share the placeholder id "<id>" with the same topic, so
     // some are duplicates; every event either ran or was recognised as done.
-    assert_eq!(
-        gridfn.events("audit-log", "success") + gridfn.events("audit-log", "duplicate"),
-        55.0
-    );
+    assert_eq!(gridfn.events("audit-log", "success") + gridfn.events("audit-log", "duplicate"), 54.0);
 }

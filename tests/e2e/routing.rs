@@ -19,22 +19,10 @@ fn the_sample_routes_moderation_results_to_the_right_handlers() {
     assert_eq!(gridfn.events("audit-log", "success"), 4.0);
     assert_eq!(gridfn.events("moderation-flagged", "success"), 2.0);
     assert_eq!(gridfn.events("moderation-approved", "success"), 2.0);
-    assert_eq!(
-        gridfn.log_count("moderation-flagged: quarantine posts/1842 (violence; confidence 0.93)"),
-        1
-    );
-    assert_eq!(
-        gridfn.log_count("moderation-flagged: quarantine comments/77"),
-        1
-    );
-    assert_eq!(
-        gridfn.log_count("moderation-approved: publish posts/1843"),
-        1
-    );
-    assert_eq!(
-        gridfn.log_count("moderation-approved: publish posts/1844"),
-        1
-    );
+    assert_eq!(gridfn.log_count("moderation-flagged: quarantine posts/1842 (violence; confidence 0.93)"), 1);
+    assert_eq!(gridfn.log_count("moderation-flagged: quarantine comments/77"), 1);
+    assert_eq!(gridfn.log_count("moderation-approved: publish posts/1843"), 1);
+    assert_eq!(gridfn.log_count("moderation-approved: publish posts/1844"), 1);
     assert_eq!(gridfn.log_count("moderation-flagged: publish"), 0);
     assert_eq!(gridfn.log_count("moderation-approved: quarantine"), 0);
 
@@ -71,17 +59,13 @@ filter = {{ subjectEndsWith = ".md", advancedFilters = [{{ operatorType = "Numbe
     assert_eq!(verdict["succeeded"], 1);
     assert_eq!(verdict["unmatched"], 1);
     assert_eq!(gridfn.events("*", "unmatched"), 1.0);
-    assert_eq!(
-        gridfn.log_count("audit: Microsoft.Storage.BlobCreated u-2 "),
-        1
-    );
+    assert_eq!(gridfn.log_count("audit: Microsoft.Storage.BlobCreated u-2 "), 1);
     assert_eq!(gridfn.log_count("u-1"), 0);
 }
 
 #[test]
 fn explain_agrees_with_every_filter_vector() {
-    let cases: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(vector("filters/cases.json")).unwrap()).unwrap();
+    let cases: Vec<Value> = serde_json::from_slice(&std::fs::read(vector("filters/cases.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut manifest = String::new();
     for (i, case) in cases.iter().enumerate() {
@@ -91,11 +75,7 @@ fn explain_agrees_with_every_filter_vector() {
         handler.insert("module".into(), "unbuilt.wasm".into());
         handler.insert("filter".into(), filter);
         manifest.push_str("[[handler]]\n");
-        manifest.push_str(
-            &toml::to_string(&handler)
-                .unwrap()
-                .replace("[filter", "[handler.filter"),
-        );
+        manifest.push_str(&toml::to_string(&handler).unwrap().replace("[filter", "[handler.filter"));
         manifest.push('\n');
     }
     let config = dir.path().join("gridfn.toml");
@@ -112,33 +92,16 @@ fn explain_agrees_with_every_filter_vector() {
             event_file.as_os_str(),
             OsStr::new("--json"),
         ]);
-        assert!(
-            output.status.success(),
-            "case {i}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "case {i}: {}", String::from_utf8_lossy(&output.stderr));
         let routings: Value = serde_json::from_slice(&output.stdout).unwrap();
-        let verdict = routings[0]["handlers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["handler"] == format!("case-{i}"))
-            .unwrap();
+        let verdict =
+            routings[0]["handlers"].as_array().unwrap().iter().find(|h| h["handler"] == format!("case-{i}")).unwrap();
         let matched = verdict["verdict"] == "match";
         if matched != case["expected"].as_bool().unwrap() {
-            failures.push(format!(
-                "{}: expected {}, explain said {verdict}",
-                case["name"], case["expected"]
-            ));
+            failures.push(format!("{}: expected {}, explain said {verdict}", case["name"], case["expected"]));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases disagree:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases disagree:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[test]
@@ -165,18 +128,11 @@ module = "x.wasm"
         r#"{"id":"e","subject":"s","eventType":"Contoso.Moderation.ContentFlagged","data":{"confidence":0.42}}"#,
     )
     .unwrap();
-    let output = gridfn_command(&[
-        OsStr::new("explain"),
-        OsStr::new("--config"),
-        config.as_os_str(),
-        event_file.as_os_str(),
-    ]);
+    let output =
+        gridfn_command(&[OsStr::new("explain"), OsStr::new("--config"), config.as_os_str(), event_file.as_os_str()]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        text.contains("advancedFilters[1] NumberGreaterThan data.confidence: 0.42 is not > 0.8"),
-        "{text}"
-    );
+    assert!(text.contains("advancedFilters[1] NumberGreaterThan data.confidence: 0.42 is not > 0.8"), "{text}");
     assert!(text.contains("everything  match"), "{text}");
 
     let unreadable = gridfn_command(&[
@@ -207,22 +163,13 @@ filter = { advancedFilters = [{ operatorType = "NumberIn", key = "data.n", value
     )
     .unwrap();
     for command in ["check", "serve"] {
-        let output = gridfn_command(&[
-            OsStr::new(command),
-            OsStr::new("--config"),
-            config.as_os_str(),
-        ]);
+        let output = gridfn_command(&[OsStr::new(command), OsStr::new("--config"), config.as_os_str()]);
         assert!(!output.status.success(), "{command} must refuse");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        for expected in [
-            "handler[0] (a).module",
-            "handler[0] (a).timeout",
-            "handler[0] (a).filter.advancedFilters[0].values[0]",
-        ] {
-            assert!(
-                stderr.contains(expected),
-                "{command}: {expected} in\n{stderr}"
-            );
+        for expected in
+            ["handler[0] (a).module", "handler[0] (a).timeout", "handler[0] (a).filter.advancedFilters[0].values[0]"]
+        {
+            assert!(stderr.contains(expected), "{command}: {expected} in\n{stderr}");
         }
     }
 }

@@ -16,9 +16,7 @@ pub fn component(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
-        .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
+    let path = target.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
     assert!(
         path.is_file(),
         "{} is missing: build the components first (scripts/test does), e.g. \
@@ -30,9 +28,7 @@ pub fn component(name: &str) -> PathBuf {
 
 /// The shared test vectors (`../shared/vectors` beside the checkout).
 pub fn vector(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/vectors")
-        .join(relative)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors").join(relative)
 }
 
 /// One compile cache for every test's gridfn, so each start after the first
@@ -55,9 +51,14 @@ impl Gridfn {
     /// Starts gridfn with `[server] keys = [KEY]` and the given `[[handler]]`
     /// tables (and any other sections), and waits until it listens.
     pub fn start(manifest_tail: &str) -> Gridfn {
+        Self::start_with_server("", manifest_tail)
+    }
+
+    /// Like [`Gridfn::start`], with more `[server]` keys.
+    pub fn start_with_server(server: &str, manifest_tail: &str) -> Gridfn {
         let dir = tempfile::tempdir().unwrap();
         let manifest = format!(
-            "[server]\nkeys = [\"{KEY}\"]\ncache_dir = {:?}\nstate_dir = {:?}\n\n{manifest_tail}",
+            "[server]\nkeys = [\"{KEY}\"]\ncache_dir = {:?}\nstate_dir = {:?}\n{server}\n\n{manifest_tail}",
             shared_cache(),
             dir.path().join("state")
         );
@@ -84,11 +85,7 @@ impl Gridfn {
             move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
+                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
                         let _ = ready_tx.send(addr);
                     }
                     log.lock().unwrap().push(line);
@@ -99,23 +96,11 @@ impl Gridfn {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "gridfn did not start; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+                panic!("gridfn did not start; its log:\n{}", log.lock().unwrap().join("\n"));
             }
         };
-        let client = Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        Gridfn {
-            child,
-            base: format!("http://{addr}"),
-            dir,
-            log,
-            client,
-        }
+        let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        Gridfn { child, base: format!("http://{addr}"), dir, log, client }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -124,19 +109,14 @@ impl Gridfn {
 
     /// POSTs an Event Grid notification with the key, as Event Grid would.
     pub fn notify(&self, path: &str, body: impl Into<Vec<u8>>) -> Response {
-        self.post(
-            path,
-            body,
-            &[("aeg-event-type", "Notification"), ("aeg-sas-key", KEY)],
-        )
+        self.post(path, body, &[("aeg-event-type", "Notification"), ("aeg-sas-key", KEY)])
     }
 
     pub fn post(&self, path: &str, body: impl Into<Vec<u8>>, headers: &[(&str, &str)]) -> Response {
-        let mut request = self
-            .client
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body.into());
+        let mut request = self.client.post(self.url(path)).body(body.into());
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+            request = request.header("content-type", "application/json");
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -144,39 +124,24 @@ impl Gridfn {
     }
 
     pub fn get(&self, path: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .expect("gridfn answers")
+        self.client.get(self.url(path)).send().expect("gridfn answers")
     }
 
     /// The value of one metric sample, e.g.
     /// `gridfn_events_total{handler="h",outcome="success"}`; 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
         let text = self.get("/metrics").text().unwrap();
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        text.lines().find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
     }
 
     pub fn events(&self, handler: &str, outcome: &str) -> f64 {
-        self.metric(&format!(
-            "gridfn_events_total{{handler=\"{handler}\",outcome=\"{outcome}\"}}"
-        ))
+        self.metric(&format!("gridfn_events_total{{handler=\"{handler}\",outcome=\"{outcome}\"}}"))
     }
 
     /// Log lines containing `needle`, waiting briefly for the log to catch up.
     pub fn log_count(&self, needle: &str) -> usize {
         std::thread::sleep(Duration::from_millis(100));
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|line| line.contains(needle))
-            .count()
+        self.log.lock().unwrap().iter().filter(|line| line.contains(needle)).count()
     }
 
     pub fn log_text(&self) -> String {
@@ -211,9 +176,7 @@ pub fn batch(events: &[serde_json::Value]) -> Vec<u8> {
 
 /// The repository's own folder (for samples/).
 pub fn repo(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(relative)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
 }
 
 /// Starts the sample app (samples/gridfn.toml) as written, except for the
@@ -225,18 +188,12 @@ pub fn start_sample() -> Gridfn {
     for handler in manifest["handler"].as_array_mut().unwrap() {
         let module = handler["module"].as_str().unwrap();
         let absolute = repo("samples").join(module);
-        handler.as_table_mut().unwrap().insert(
-            "module".into(),
-            absolute.to_string_lossy().into_owned().into(),
-        );
+        handler.as_table_mut().unwrap().insert("module".into(), absolute.to_string_lossy().into_owned().into());
     }
     Gridfn::start(&toml::to_string(&manifest).unwrap())
 }
 
 /// Runs a gridfn subcommand to completion.
 pub fn gridfn_command(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gridfn"))
-        .args(args)
-        .output()
-        .expect("running gridfn")
+    Command::new(env!("CARGO_BIN_EXE_gridfn")).args(args).output().expect("running gridfn")
 }

@@ -150,8 +150,9 @@ def blob_created_data(i: int, prefix: str) -> Dict[str, Any]:
     """A realistic Microsoft.Storage.BlobCreated `data` payload for blob `<i>.md`."""
     return {
         "api": "PutBlob",
-        "clientRequestId": str(uuid.uuid4()),
-        "requestId": str(uuid.uuid4()),
+        # Deterministic (derived from the event id) so tests can assert on them.
+        "clientRequestId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridfn:{prefix}-{i}:client")),
+        "requestId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridfn:{prefix}-{i}:request")),
         "eTag": f"0x8D{i:014X}",
         "contentType": "text/markdown",
         "contentLength": 512 + i,

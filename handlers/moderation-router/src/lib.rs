@@ -34,11 +34,7 @@ fn handle(event: &Event, delivery: &Delivery) -> Outcome {
             result.categories.join(", "),
             result.confidence
         )),
-        APPROVED => log::info(&format!(
-            "{}: publish {}",
-            delivery.handler(),
-            result.content_id
-        )),
+        APPROVED => log::info(&format!("{}: publish {}", delivery.handler(), result.content_id)),
         other => return Outcome::reject(format!("unexpected event type {other}")),
     }
     Outcome::Success
