@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use crate::filter::Filter;
 
+/// The dedup store unless `dedup.store` says otherwise.
+pub const DEFAULT_DEDUP_STORE: &str = "memory";
+
 /// Where `gridfn serve` listens unless the manifest or `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7071";
 
@@ -75,9 +78,60 @@ pub const EVENT_GRID_DOMAINS: [&str; 3] = ["eventgrid.azure.net", "eventgrid.azu
 /// `[dedup]`: how gridfn remembers which (handler, event) pairs are done.
 #[derive(Debug, Clone)]
 pub struct Dedup {
+    /// `store` and its settings.
+    pub store: DedupStore,
     /// `ttl`: how long a done pair is remembered; default 24h, Event Grid's
     /// longest retry window.
     pub ttl: Duration,
+}
+
+/// `dedup.store`: where done pairs are remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DedupStore {
+    /// `"memory"`: per process, lost on restart; `max_records` (default
+    /// 1,000,000) bounds it, forgetting the oldest records first.
+    Memory { max_records: usize },
+    /// `"embedded"` (the default): on disk at `path` (default
+    /// `<state_dir>/dedup`), crash-safe, survives restarts.
+    Embedded { path: PathBuf },
+    /// `"redis"`: shared by several hosts through `url`, with in-flight
+    /// leases so two hosts never run one event at once; keys start with
+    /// `key_prefix` (default `gridfn:dedup:`).
+    Redis { url: String, key_prefix: String },
+}
+
+/// Local retries of transient failures, before gridfn answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Runs in all, the first included; 1 means no local retry (the default).
+    pub attempts: u32,
+    /// Whether the delay doubles from `initial` up to `max`, or stays at `initial`.
+    pub exponential: bool,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub const NONE: RetryPolicy = RetryPolicy {
+        attempts: 1,
+        exponential: true,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+    };
+
+    /// The pause before run number `run` (2 is the first retry), or `None`
+    /// when the attempts are used up. A delay the handler asked for wins.
+    pub fn delay_before(&self, run: u32, asked: Option<Duration>) -> Option<Duration> {
+        if run > self.attempts {
+            return None;
+        }
+        let computed = if self.exponential {
+            self.initial.saturating_mul(1 << (run - 2).min(20)).min(self.max)
+        } else {
+            self.initial
+        };
+        Some(asked.unwrap_or(computed))
+    }
 }
 
 /// `[deadletter]`: where rejected events are written.
@@ -101,6 +155,9 @@ pub struct Handler {
     pub memory: usize,
     /// `filter`: Event Grid subscription filter; absent = every event.
     pub filter: Option<Filter>,
+    /// `retry = { attempts, backoff = "exponential" | "fixed", initial, max }`:
+    /// local retries of transient failures; default none.
+    pub retry: RetryPolicy,
 }
 
 /// Everything wrong with a manifest, each problem naming its key.
@@ -185,10 +242,27 @@ impl Manifest {
         }
 
         let dedup = raw.dedup.unwrap_or_default();
-        if let Some(store) = dedup.store.as_deref().filter(|s| *s != "memory") {
-            problems.push(format!("dedup.store: \"{store}\" is not available in this version; use \"memory\""));
-        }
         let ttl = duration_or(dedup.ttl.as_deref(), Duration::from_secs(24 * 3600), "dedup.ttl", &mut problems);
+        let dedup_store = match dedup.store.as_deref().unwrap_or(DEFAULT_DEDUP_STORE) {
+            "memory" => DedupStore::Memory { max_records: dedup.max_records.unwrap_or(1_000_000) },
+            "embedded" => DedupStore::Embedded { path: resolve(dedup.path.unwrap_or_else(|| state_dir.join("dedup"))) },
+            "redis" => match dedup.url {
+                Some(url) => {
+                    DedupStore::Redis { url, key_prefix: dedup.key_prefix.unwrap_or_else(|| "gridfn:dedup:".into()) }
+                }
+                None => {
+                    problems
+                        .push("dedup.url: required with store = \"redis\" (e.g. \"redis://127.0.0.1:6379\")".into());
+                    DedupStore::Memory { max_records: 1 }
+                }
+            },
+            other => {
+                problems.push(format!(
+                    "dedup.store: \"{other}\" is not a store; use \"memory\", \"embedded\" or \"redis\""
+                ));
+                DedupStore::Memory { max_records: 1 }
+            }
+        };
 
         let deadletter = raw.deadletter.unwrap_or_default();
         if let Some(store) = deadletter.store.as_deref().filter(|s| *s != "dir") {
@@ -229,7 +303,11 @@ impl Manifest {
                     problems.push(format!("{at}.filter.{problem}"));
                 }
             }
-            handlers.push(Handler { name: h.name, module, timeout, memory, filter: h.filter });
+            let retry = match &h.retry {
+                None => RetryPolicy::NONE,
+                Some(raw) => retry_policy(raw, &format!("{at}.retry"), &mut problems),
+            };
+            handlers.push(Handler { name: h.name, module, timeout, memory, filter: h.filter, retry });
         }
 
         if !problems.is_empty() {
@@ -246,7 +324,7 @@ impl Manifest {
                 validation: server.validation.unwrap_or(Validation::Sync),
                 event_grid_domains,
             },
-            dedup: Dedup { ttl },
+            dedup: Dedup { store: dedup_store, ttl },
             deadletter: DeadLetter { path: deadletter_path },
             handlers,
         })
@@ -277,6 +355,24 @@ impl Manifest {
         }
         Ok(raw.handler.into_iter().map(|h| (h.name, h.filter)).collect())
     }
+}
+
+fn retry_policy(raw: &RawRetry, key: &str, problems: &mut Vec<String>) -> RetryPolicy {
+    let attempts = raw.attempts.unwrap_or(3);
+    if !(1..=10).contains(&attempts) {
+        problems.push(format!("{key}.attempts: {attempts} is out of range (1 to 10)"));
+    }
+    let exponential = match raw.backoff.as_deref().unwrap_or("exponential") {
+        "exponential" => true,
+        "fixed" => false,
+        other => {
+            problems.push(format!("{key}.backoff: \"{other}\" is not a backoff; use \"exponential\" or \"fixed\""));
+            true
+        }
+    };
+    let initial = duration_or(raw.initial.as_deref(), RetryPolicy::NONE.initial, &format!("{key}.initial"), problems);
+    let max = duration_or(raw.max.as_deref(), RetryPolicy::NONE.max, &format!("{key}.max"), problems);
+    RetryPolicy { attempts, exponential, initial, max }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -357,6 +453,19 @@ struct RawServer {
 struct RawDedup {
     store: Option<String>,
     ttl: Option<String>,
+    max_records: Option<usize>,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    key_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: Option<u32>,
+    backoff: Option<String>,
+    initial: Option<String>,
+    max: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -374,6 +483,7 @@ struct RawHandler {
     timeout: Option<String>,
     memory: Option<String>,
     filter: Option<Filter>,
+    retry: Option<RawRetry>,
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The delivery path, top to bottom: authenticate, handshake or decode, route,
-//! then for each (event, handler) pair: dedup, run, record; then the verdict.
+//! then for each (event, handler) pair: claim, run (retrying locally as the
+//! handler's policy allows), dead-letter a rejection; then record every done
+//! pair in one durable write, and answer.
 //!
 //! A delivery is a batch and Event Grid treats it as all-or-none, so the
 //! verdict is 200 only when every pair is done (succeeded now, succeeded
@@ -7,7 +9,7 @@
 //! that did succeed are remembered so the redelivery runs only what is left.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,10 +20,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
-use crate::config::Manifest;
-use crate::config::Validation;
-use crate::deadletter::{DeadLetterDir, Rejection};
-use crate::dedup::{Claim, DedupKey, MemoryDedup};
+use crate::config::{Manifest, RetryPolicy, Validation};
+use crate::deadletter::{DeadLetterStore, Rejection};
+use crate::dedup::{Claim, Dedup, DedupKey, Lease};
 use crate::error::RequestError;
 use crate::event::{Event, SUBSCRIPTION_DELETED_EVENT};
 use crate::filter::Filter;
@@ -33,6 +34,10 @@ use crate::webhook::{self, EventGridDomains, Keys, RequestKind};
 /// first retry interval.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
+/// Local retries stop once a delivery has run this long, so the answer goes
+/// out well before Event Grid's 30 s timeout (after which it retries anyway).
+const LOCAL_RETRY_BUDGET: Duration = Duration::from_secs(20);
+
 /// The `handler` label of events the shared endpoint routed to no handler.
 pub const UNMATCHED_LABEL: &str = "*";
 
@@ -40,8 +45,8 @@ pub const UNMATCHED_LABEL: &str = "*";
 pub struct Host {
     keys: Keys,
     routes: Vec<Route>,
-    dedup: Arc<MemoryDedup>,
-    deadletter: Arc<DeadLetterDir>,
+    dedup: Arc<Dedup>,
+    deadletter: DeadLetterStore,
     pub metrics: Metrics,
     /// Bounds the instances alive at once to what the pooling allocator has
     /// room for; events beyond it wait here rather than fail to instantiate.
@@ -53,10 +58,11 @@ pub struct Host {
     _sandbox: Sandbox,
 }
 
-/// A handler and the events it subscribes to.
+/// A handler, the events it subscribes to, and how it is retried locally.
 struct Route {
     handler: Arc<LoadedHandler>,
     filter: Option<Filter>,
+    retry: RetryPolicy,
 }
 
 /// Which handlers a request is for.
@@ -68,15 +74,16 @@ pub enum Target<'a> {
 }
 
 impl Host {
-    /// Compiles every handler (or takes it from the compile cache) and sets up
-    /// the stores. Fails if any handler does not fit the contract.
-    pub fn start(manifest: &Manifest) -> anyhow::Result<Host> {
+    /// Compiles every handler (or takes it from the compile cache) and opens
+    /// the stores. Fails if any handler does not fit the contract or a store
+    /// cannot be reached.
+    pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
         let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
         let sandbox = Sandbox::new(max_memory, &manifest.server.cache_dir)?;
         let routes = manifest
             .handlers
             .iter()
-            .map(|h| Ok(Route { handler: Arc::new(sandbox.load(h)?), filter: h.filter.clone() }))
+            .map(|h| Ok(Route { handler: Arc::new(sandbox.load(h)?), filter: h.filter.clone(), retry: h.retry }))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if manifest.server.allow_anonymous && manifest.server.keys.is_empty() {
             tracing::warn!(
@@ -86,8 +93,8 @@ impl Host {
         Ok(Host {
             keys: Keys::new(&manifest.server.keys, manifest.server.allow_anonymous),
             routes,
-            dedup: MemoryDedup::new(manifest.dedup.ttl),
-            deadletter: Arc::new(DeadLetterDir::new(&manifest.deadletter.path)),
+            dedup: Dedup::new(crate::dedup::open(&manifest.dedup.store).await?, manifest.dedup.ttl),
+            deadletter: DeadLetterStore::open(&manifest.deadletter).await?,
             metrics: Metrics::default(),
             instance_slots: Semaphore::new(MAX_INSTANCES as usize),
             max_body: manifest.server.max_body,
@@ -102,8 +109,8 @@ impl Host {
     }
 
     /// Forgets expired dedup records; the server calls it periodically.
-    pub fn sweep(&self) {
-        self.dedup.sweep();
+    pub async fn sweep(&self) {
+        self.dedup.sweep().await;
     }
 
     /// Handles one pushed request, from authentication to verdict.
@@ -114,7 +121,7 @@ impl Host {
         code: Option<&str>,
         body: Bytes,
     ) -> Result<Response, RequestError> {
-        let received = OffsetDateTime::now_utc();
+        let received = Received { at: Instant::now(), time: OffsetDateTime::now_utc() };
         self.keys.authenticate(headers, code)?;
         let kind = RequestKind::from_headers(headers)?;
         let routes = self.routes_for(&target)?;
@@ -145,10 +152,11 @@ impl Host {
                 self.metrics.count(label, PairOutcome::Unmatched);
             }
             for route in wanted_by {
-                pairs.push(self.run_pair(index, event.clone(), route, &delivery, received));
+                pairs.push(self.run_pair(index, event.clone(), route, &delivery, &received));
             }
         }
-        let mut verdict = Verdict::from_pairs(join_all(pairs).await);
+        let pairs = self.record(join_all(pairs).await).await;
+        let mut verdict = Verdict::from_pairs(pairs);
         verdict.unmatched = unmatched;
         Ok(verdict.into_response())
     }
@@ -165,98 +173,157 @@ impl Host {
         }
     }
 
-    /// One (event, handler) pair: claim it, run it in a fresh instance,
-    /// dead-letter a rejection, and record it as done only once it is.
+    /// One (event, handler) pair: claim it, run it in fresh instances until
+    /// it succeeds, rejects, or its local retries are used up, and dead-letter
+    /// a rejection. Recording it as done is left to [`Host::record`].
     async fn run_pair(
         &self,
         index: usize,
         event: Arc<Event>,
         route: &Route,
         delivery: &DeliveryInfo,
-        received: OffsetDateTime,
-    ) -> PairResult {
+        received: &Received,
+    ) -> PairRun {
         let handler = route.handler.clone();
         let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
-        // A copy already running gets as long as its deadline to finish.
+        // A copy already running gets as long as its deadline to finish, and a
+        // lease outlives every local attempt, so no other host starts it meanwhile.
         let wait = handler.timeout() + Duration::from_secs(1);
-        let lease = match self.dedup.claim(key, wait).await {
-            Claim::Done => {
-                return self.record(index, &event, &handler, PairOutcome::Duplicate, None);
-            }
+        let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
+        let lease = match self.dedup.claim(key, wait, lease_for).await {
+            Claim::Run(lease) => lease,
+            Claim::Done => return PairRun::new(index, &event, &handler, None, None),
             Claim::Busy => {
                 let reason = "another copy of this event is still running".to_owned();
-                return self.record(
-                    index,
-                    &event,
-                    &handler,
-                    PairOutcome::Retry,
-                    Some(Outcome::Retry { reason, after: None }),
-                );
+                return PairRun::new(index, &event, &handler, Some(Outcome::Retry { reason, after: None }), None);
             }
-            Claim::Run(lease) => lease,
+            Claim::Failed(error) => {
+                let reason = format!("could not check whether the event was handled: {error}");
+                return PairRun::new(index, &event, &handler, Some(Outcome::Retry { reason, after: None }), None);
+            }
         };
 
+        let mut delivery = delivery.clone();
+        let mut tries = 1;
+        let outcome = loop {
+            let outcome = self.invoke(&handler, &event, &delivery).await;
+            let Outcome::Retry { after, reason } = &outcome else { break outcome };
+            let Some(delay) = route.retry.delay_before(tries + 1, *after) else { break outcome };
+            if received.at.elapsed() + delay + handler.timeout() > LOCAL_RETRY_BUDGET {
+                break outcome;
+            }
+            tracing::info!(handler = %handler.name, event_id = %event.id, "retrying locally in {delay:?}: {reason}");
+            tokio::time::sleep(delay).await;
+            tries += 1;
+            delivery.attempt += 1;
+        };
+        let outcome = match outcome {
+            Outcome::Reject { reason } => self.dead_letter(&event, &handler, &delivery, &reason, received).await,
+            other => other,
+        };
+        if matches!(outcome, Outcome::Success | Outcome::Reject { .. }) {
+            lease.mark_done();
+        }
+        PairRun::new(index, &event, &handler, Some(outcome), Some(lease))
+    }
+
+    /// Runs the handler once, in a fresh instance on a blocking thread.
+    async fn invoke(&self, handler: &Arc<LoadedHandler>, event: &Arc<Event>, delivery: &DeliveryInfo) -> Outcome {
         let _slot = self.instance_slots.acquire().await.expect("the instance semaphore is never closed");
         let run = {
-            let (event, handler, delivery, deadletter) =
-                (event.clone(), handler.clone(), delivery.clone(), self.deadletter.clone());
+            let (handler, event, delivery) = (handler.clone(), event.clone(), delivery.clone());
             tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let outcome = handler.invoke(&event, &delivery);
-                let elapsed = started.elapsed();
-                let outcome = match outcome {
-                    Outcome::Reject { reason } => {
-                        dead_letter(&deadletter, &event, &handler, &delivery, &reason, received)
-                    }
-                    other => other,
-                };
-                (outcome, elapsed)
+                let started = Instant::now();
+                (handler.invoke(&event, &delivery), started.elapsed())
             })
         };
-        let outcome = match run.await {
+        match run.await {
             Ok((outcome, elapsed)) => {
                 self.metrics.observe_run(&handler.name, elapsed.as_secs_f64());
                 outcome
             }
             Err(panic) => Outcome::Retry { reason: format!("gridfn failed running the handler: {panic}"), after: None },
-        };
-        match outcome {
-            Outcome::Success => {
-                lease.done();
-                self.record(index, &event, &handler, PairOutcome::Success, None)
-            }
-            Outcome::Reject { .. } => {
-                lease.done();
-                self.record(index, &event, &handler, PairOutcome::Reject, Some(outcome))
-            }
-            Outcome::Retry { .. } => {
-                drop(lease);
-                self.record(index, &event, &handler, PairOutcome::Retry, Some(outcome))
-            }
         }
     }
 
-    fn record(
+    /// Writes a rejected event to the dead-letter store; only a durable write
+    /// makes the rejection final, otherwise the event is retried.
+    async fn dead_letter(
         &self,
-        index: usize,
         event: &Event,
         handler: &LoadedHandler,
-        result: PairOutcome,
-        outcome: Option<Outcome>,
-    ) -> PairResult {
-        self.metrics.count(&handler.name, result);
-        if let Some(Outcome::Retry { reason, .. }) = &outcome {
-            tracing::warn!(handler = %handler.name, event_id = %event.id, "event will be retried: {reason}");
+        delivery: &DeliveryInfo,
+        reason: &str,
+        received: &Received,
+    ) -> Outcome {
+        let rejection = Rejection {
+            subscription: delivery.subscription.as_deref().unwrap_or(&handler.name),
+            handler: &handler.name,
+            reason,
+            attempts: delivery.attempt + 1,
+            received: received.time,
+        };
+        match self.deadletter.write(event, &rejection).await {
+            Ok(location) => {
+                tracing::warn!(handler = %handler.name, event_id = %event.id, blob = %location, "event rejected and dead-lettered: {reason}");
+                Outcome::Reject { reason: reason.to_owned() }
+            }
+            Err(e) => Outcome::Retry {
+                reason: format!("handler rejected the event ({reason}) but dead-lettering it failed: {e:#}"),
+                after: None,
+            },
         }
-        PairResult { index, event_id: event.id.clone(), handler: handler.name.to_string(), result, outcome }
     }
+
+    /// Records every done pair in one durable write (releasing the rest), and
+    /// counts each pair's outcome. If the write fails, no pair is done.
+    async fn record(&self, runs: Vec<PairRun>) -> Vec<PairRun> {
+        let (mut done, mut not_done) = (Vec::new(), Vec::new());
+        let mut runs = runs;
+        for run in &mut runs {
+            if let Some(lease) = run.lease.take() {
+                let is_done = matches!(run.outcome, Some(Outcome::Success | Outcome::Reject { .. }));
+                if is_done { done.push(lease) } else { not_done.push(lease) }
+            }
+        }
+        let had_done = !done.is_empty();
+        if let Err(error) = self.dedup.settle(done, not_done).await {
+            tracing::error!("recording done events failed: {error}; asking Event Grid to retry them");
+            if had_done {
+                for run in &mut runs {
+                    if matches!(run.outcome, Some(Outcome::Success | Outcome::Reject { .. })) {
+                        let reason = format!("the handler finished but recording it failed: {error}");
+                        run.outcome = Some(Outcome::Retry { reason, after: None });
+                    }
+                }
+            }
+        }
+        for run in &runs {
+            let counted = match &run.outcome {
+                None => PairOutcome::Duplicate,
+                Some(Outcome::Success) => PairOutcome::Success,
+                Some(Outcome::Reject { .. }) => PairOutcome::Reject,
+                Some(Outcome::Retry { reason, .. }) => {
+                    tracing::warn!(handler = %run.handler, event_id = %run.event_id, "event will be retried: {reason}");
+                    PairOutcome::Retry
+                }
+            };
+            self.metrics.count(&run.handler, counted);
+        }
+        runs
+    }
+}
+
+/// When the delivery arrived: a monotonic instant for budgets, wall-clock
+/// time for records.
+struct Received {
+    at: Instant,
+    time: OffsetDateTime,
 }
 
 impl Route {
     fn wants(&self, event: &Event) -> bool {
-        let Some(filter) = &self.filter else {
-            return true;
-        };
+        let Some(filter) = &self.filter else { return true };
         match serde_json::from_str::<serde_json::Value>(event.raw.get()) {
             Ok(json) => filter.matches(&json, event.schema),
             Err(_) => false,
@@ -264,46 +331,27 @@ impl Route {
     }
 }
 
-/// Writes a rejected event to the dead-letter store; only a durable write
-/// makes the rejection final, otherwise the event is retried.
-fn dead_letter(
-    store: &DeadLetterDir,
-    event: &Event,
-    handler: &LoadedHandler,
-    delivery: &DeliveryInfo,
-    reason: &str,
-    received: OffsetDateTime,
-) -> Outcome {
-    let rejection = Rejection {
-        subscription: delivery.subscription.as_deref().unwrap_or(&handler.name),
-        handler: &handler.name,
-        reason,
-        attempts: delivery.attempt + 1,
-        received,
-    };
-    match store.write(event, &rejection) {
-        Ok(path) => {
-            tracing::warn!(handler = %handler.name, event_id = %event.id, blob = %path.display(), "event rejected and dead-lettered: {reason}");
-            Outcome::Reject { reason: reason.to_owned() }
-        }
-        Err(e) => {
-            let reason = format!(
-                "handler rejected the event ({reason}) but writing it to {} failed: {e}",
-                store.root().display()
-            );
-            tracing::error!(handler = %handler.name, event_id = %event.id, "{reason}");
-            Outcome::Retry { reason, after: None }
-        }
-    }
-}
-
 /// What became of one (event, handler) pair.
-struct PairResult {
+struct PairRun {
     index: usize,
     event_id: String,
     handler: String,
-    result: PairOutcome,
+    /// `None`: done before, not run again.
     outcome: Option<Outcome>,
+    /// Held until the delivery's outcomes are recorded.
+    lease: Option<Lease>,
+}
+
+impl PairRun {
+    fn new(
+        index: usize,
+        event: &Event,
+        handler: &LoadedHandler,
+        outcome: Option<Outcome>,
+        lease: Option<Lease>,
+    ) -> Self {
+        PairRun { index, event_id: event.id.clone(), handler: handler.name.to_string(), outcome, lease }
+    }
 }
 
 /// The answer to Event Grid for the whole batch.
@@ -329,26 +377,24 @@ struct RetryItem {
 }
 
 impl Verdict {
-    fn from_pairs(pairs: Vec<PairResult>) -> Self {
-        let count = |kind| pairs.iter().filter(|p| p.result == kind).count();
-        let mut verdict = Verdict {
-            succeeded: count(PairOutcome::Success),
-            duplicates: count(PairOutcome::Duplicate),
-            rejected: count(PairOutcome::Reject),
-            unmatched: 0,
-            retry: Vec::new(),
-            retry_after: None,
-        };
+    fn from_pairs(pairs: Vec<PairRun>) -> Self {
+        let mut verdict =
+            Verdict { succeeded: 0, duplicates: 0, rejected: 0, unmatched: 0, retry: Vec::new(), retry_after: None };
         for pair in pairs {
-            if let Some(Outcome::Retry { reason, after }) = pair.outcome {
-                let after = after.unwrap_or(DEFAULT_RETRY_AFTER);
-                verdict.retry_after = Some(verdict.retry_after.map_or(after, |a| a.max(after)));
-                verdict.retry.push(RetryItem {
-                    event_index: pair.index,
-                    id: pair.event_id,
-                    handler: pair.handler,
-                    reason,
-                });
+            match pair.outcome {
+                None => verdict.duplicates += 1,
+                Some(Outcome::Success) => verdict.succeeded += 1,
+                Some(Outcome::Reject { .. }) => verdict.rejected += 1,
+                Some(Outcome::Retry { reason, after }) => {
+                    let after = after.unwrap_or(DEFAULT_RETRY_AFTER);
+                    verdict.retry_after = Some(verdict.retry_after.map_or(after, |a| a.max(after)));
+                    verdict.retry.push(RetryItem {
+                        event_index: pair.index,
+                        id: pair.event_id,
+                        handler: pair.handler,
+                        reason,
+                    });
+                }
             }
         }
         verdict

@@ -89,9 +89,9 @@ fn explain(config: &Path, event_file: &Path, json: bool) -> anyhow::Result<()> {
 fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let manifest = Manifest::load(&config)?;
     let started = std::time::Instant::now();
-    let host = Arc::new(Host::start(&manifest)?);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let host = Arc::new(Host::start(&manifest).await?);
         let addr = listen.unwrap_or(manifest.server.listen);
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

@@ -41,7 +41,7 @@ pub async fn serve(
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 every.tick().await;
-                host.sweep();
+                host.sweep().await;
             }
         }
     });

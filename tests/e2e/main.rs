@@ -5,6 +5,7 @@
 
 mod support;
 
+mod durability;
 mod foundation;
 mod protocol;
 mod routing;

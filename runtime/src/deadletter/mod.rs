@@ -29,49 +29,70 @@ pub struct Rejection<'a> {
     pub received: OffsetDateTime,
 }
 
-/// The folder store.
-pub struct DeadLetterDir {
-    root: PathBuf,
+/// Where rejected events go.
+pub enum DeadLetterStore {
+    /// A folder laid out like Event Grid's dead-letter container.
+    Dir(PathBuf),
 }
 
-impl DeadLetterDir {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        DeadLetterDir { root: root.into() }
+impl DeadLetterStore {
+    /// Opens the store the manifest names.
+    pub async fn open(config: &crate::config::DeadLetter) -> anyhow::Result<DeadLetterStore> {
+        Ok(DeadLetterStore::Dir(config.path.clone()))
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Writes one blob for `event`; returns its path once it is durable.
-    pub fn write(&self, event: &Event, rejection: &Rejection) -> std::io::Result<PathBuf> {
+    /// Writes one blob for `event`; returns where it went once it is durable.
+    pub async fn write(&self, event: &Event, rejection: &Rejection<'_>) -> anyhow::Result<String> {
         let now = OffsetDateTime::now_utc();
-        let folder = self.root.join(blob_folder(rejection.subscription, now));
-        std::fs::create_dir_all(&folder)?;
-        let path = folder.join(format!("{}.json", uuid::Uuid::new_v4()));
+        let name = blob_name(rejection.subscription, now);
         let body = serde_json::to_vec_pretty(&[record(event, rejection, now)?])?;
+        match self {
+            DeadLetterStore::Dir(root) => {
+                let path = root.join(&name);
+                tokio::task::spawn_blocking(move || write_durably(&path, &body).map(|()| path))
+                    .await?
+                    .map(|path| path.display().to_string())
+                    .map_err(|e| anyhow::anyhow!("writing to {}: {e}", root.display()))
+            }
+        }
+    }
 
-        let partial = path.with_extension("json.partial");
-        let mut file = std::fs::File::create(&partial)?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, &path)?;
-        std::fs::File::open(&folder)?.sync_all()?;
-        Ok(path)
+    /// Where it writes, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            DeadLetterStore::Dir(root) => root.display().to_string(),
+        }
     }
 }
 
-/// `<SUBSCRIPTION-IN-UPPER-CASE>/<yyyy>/<m>/<d>/<h>`, as Event Grid names them.
-fn blob_folder(subscription: &str, at: OffsetDateTime) -> PathBuf {
+/// Writes, syncs and renames into place, then syncs the folder: after Ok, the
+/// blob survives a crash, and a crash before leaves no half-written blob.
+fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let folder = path.parent().expect("blob names have folders");
+    std::fs::create_dir_all(folder)?;
+    let partial = path.with_extension("json.partial");
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    std::fs::File::open(folder)?.sync_all()
+}
+
+/// `<SUBSCRIPTION-IN-UPPER-CASE>/<yyyy>/<m>/<d>/<h>/<uuid>.json`, as Event
+/// Grid names dead-letter blobs (UTC, not zero-padded).
+fn blob_name(subscription: &str, at: OffsetDateTime) -> String {
     let subscription: String = subscription
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_uppercase() } else { '-' })
         .collect();
-    PathBuf::from(subscription)
-        .join(at.year().to_string())
-        .join(u8::from(at.month()).to_string())
-        .join(at.day().to_string())
-        .join(at.hour().to_string())
+    format!(
+        "{subscription}/{}/{}/{}/{}/{}.json",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        uuid::Uuid::new_v4()
+    )
 }
 
 /// The original event with Event Grid's dead-letter attributes added
@@ -104,16 +125,16 @@ mod tests {
     use super::*;
     use crate::event::decode_event_grid;
 
-    #[test]
-    fn a_rejection_is_written_in_event_grid_layout_and_format() {
+    #[tokio::test]
+    async fn a_rejection_is_written_in_event_grid_layout_and_format() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DeadLetterDir::new(dir.path());
+        let store = DeadLetterStore::Dir(dir.path().to_owned());
         let body = br#"[{"id":"e1","eventType":"t","subject":"s","topic":"/x","data":{"n":1},"eventTime":"2024-01-01T00:00:00Z","dataVersion":"1","metadataVersion":"1"}]"#;
         let event = &decode_event_grid(body).unwrap()[0];
         let received = OffsetDateTime::now_utc();
         let rejection =
             Rejection { subscription: "orders-sub", handler: "h", reason: "bad order", attempts: 2, received };
-        let path = store.write(event, &rejection).unwrap();
+        let path = PathBuf::from(store.write(event, &rejection).await.unwrap());
 
         let relative = path.strip_prefix(dir.path()).unwrap();
         let parts: Vec<_> = relative.iter().map(|p| p.to_string_lossy().into_owned()).collect();

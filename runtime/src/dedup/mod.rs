@@ -1,0 +1,348 @@
+//! Remembers which (handler, event) pairs are done, so Event Grid's
+//! at-least-once redeliveries never run a handler twice for an event it
+//! already handled, on one host or on several.
+//!
+//! Two layers:
+//! - a [`DedupStore`] keeps the done records (and, when shared by several
+//!   hosts, leases on pairs running somewhere): [`memory`], [`embedded`] (on
+//!   disk, the default) or [`redis`];
+//! - the [`Dedup`] coordinator in front of it makes a copy that arrives while
+//!   the first is running on this host wait for it instead of running twice,
+//!   and groups a delivery's done records into one durable write.
+//!
+//! A pair is *claimed* before its handler runs. After the delivery, every done
+//! pair (succeeded or dead-lettered) is committed in one write before the 2xx
+//! goes out; every other pair is released. A crash can cause a re-run, never a
+//! loss.
+
+pub mod memory;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Identifies one (handler, event) pair: the event's source and id are unique
+/// per Event Grid's contract.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    pub handler: Arc<str>,
+    pub source: String,
+    pub id: String,
+}
+
+impl DedupKey {
+    /// One unambiguous string for the pair, for stores keyed by strings:
+    /// length-prefixed parts, so no choice of names can make two pairs collide.
+    pub fn storage_key(&self) -> String {
+        format!("{}:{}{}:{}{}", self.handler.len(), self.handler, self.source.len(), self.source, self.id)
+    }
+}
+
+/// What a store says about a pair at the start of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// Neither done nor leased elsewhere: this host now holds the lease; run it.
+    Run,
+    /// Done (succeeded or dead-lettered) within the TTL: do not run it.
+    Done,
+    /// Another host holds a live lease on it: it is running there.
+    Busy,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("dedup store: {0}")]
+pub struct StoreError(pub String);
+
+/// Where done (handler, event) pairs are remembered, and, for stores shared
+/// by several hosts, who is running which pair right now.
+///
+/// gridfn calls `begin` before running a pair, then, once the whole delivery
+/// has run, `commit` with every pair that is done (one durable write per
+/// delivery: when it returns Ok the records survive a crash, and only then does
+/// the 2xx go out), and `release` with the pairs that must be retried.
+/// Copies of one pair on the same host never reach the store concurrently:
+/// the [`Dedup`] coordinator serialises them.
+#[async_trait::async_trait]
+pub trait DedupStore: Send + Sync + 'static {
+    /// Is the pair done? If not, and no other host holds a live lease, take the
+    /// lease for `lease_for` (a crashed holder's lease expires after that).
+    async fn begin(&self, key: &DedupKey, lease_for: Duration) -> Result<Begin, StoreError>;
+    /// Records the pairs done for `ttl`, durably, in one write.
+    async fn commit(&self, keys: &[DedupKey], ttl: Duration) -> Result<(), StoreError>;
+    /// Drops this host's leases on pairs that were not done, so a redelivery can run them at once.
+    async fn release(&self, keys: &[DedupKey]) -> Result<(), StoreError>;
+    /// Forgets records older than their TTL; gridfn calls it every minute.
+    async fn sweep(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Opens the store the manifest names.
+pub async fn open(config: &crate::config::DedupStore) -> anyhow::Result<Arc<dyn DedupStore>> {
+    use crate::config::DedupStore as Config;
+    Ok(match config {
+        Config::Memory { max_records } => Arc::new(memory::MemoryStore::new(*max_records)),
+        Config::Embedded { .. } | Config::Redis { .. } => {
+            anyhow::bail!("dedup.store: this build has no {config:?} store yet")
+        }
+    })
+}
+
+/// How often a copy of a pair leased by another host asks again.
+const BUSY_POLL: Duration = Duration::from_millis(50);
+
+/// The coordinator: local in-flight tracking in front of a store.
+pub struct Dedup {
+    store: Arc<dyn DedupStore>,
+    ttl: Duration,
+    /// Pairs claimed on this host until their delivery is recorded; the
+    /// receiver shows when a run has finished done, and closes on release.
+    running: Mutex<HashMap<DedupKey, watch::Receiver<LocalState>>>,
+}
+
+/// A claimed pair, as copies on this host see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalState {
+    Running,
+    /// Succeeded or dead-lettered; its record is about to be committed.
+    Done,
+}
+
+/// What [`Dedup::claim`] found.
+pub enum Claim {
+    /// Nobody has handled it: run it, then hand the lease to
+    /// [`Dedup::settle`].
+    Run(Lease),
+    /// Already handled (or dead-lettered): don't run it again.
+    Done,
+    /// Another copy is still running (here or on another host) after the
+    /// wait: ask for a retry.
+    Busy,
+    /// The store failed: ask for a retry.
+    Failed(StoreError),
+}
+
+/// The right to run one pair. Dropping it releases the pair (locally at once,
+/// in the store in the background), so a panic or a cancelled request can
+/// cause a re-run, never a stuck pair.
+pub struct Lease {
+    dedup: Arc<Dedup>,
+    key: DedupKey,
+    // Wakes every local copy waiting on this pair: on `mark_done`, and when
+    // dropped (released).
+    state: watch::Sender<LocalState>,
+    settled: bool,
+}
+
+impl Dedup {
+    pub fn new(store: Arc<dyn DedupStore>, ttl: Duration) -> Arc<Self> {
+        Arc::new(Dedup { store, ttl, running: Mutex::new(HashMap::new()) })
+    }
+
+    /// Claims a pair, waiting up to `wait` for a copy already running here or
+    /// elsewhere. `lease_for` bounds how long another host waits if this one
+    /// crashes mid-run.
+    pub async fn claim(self: &Arc<Self>, key: DedupKey, wait: Duration, lease_for: Duration) -> Claim {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let lease = match self.claim_locally(&key) {
+                Ok(lease) => lease,
+                Err(mut running) => {
+                    // `changed` fails as soon as the holder's sender is gone,
+                    // even if it went before we got here: no lost wake-ups.
+                    if *running.borrow_and_update() == LocalState::Done {
+                        return Claim::Done;
+                    }
+                    match tokio::time::timeout_at(deadline, running.changed()).await {
+                        Err(_) => return Claim::Busy,
+                        Ok(Ok(())) if *running.borrow() == LocalState::Done => return Claim::Done,
+                        Ok(_) => continue,
+                    }
+                }
+            };
+            match self.store.begin(&key, lease_for).await {
+                Ok(Begin::Run) => return Claim::Run(lease),
+                Ok(Begin::Done) => {
+                    lease.forget();
+                    return Claim::Done;
+                }
+                Ok(Begin::Busy) => {
+                    lease.forget();
+                    if tokio::time::Instant::now() + BUSY_POLL > deadline {
+                        return Claim::Busy;
+                    }
+                    tokio::time::sleep(BUSY_POLL).await;
+                }
+                Err(error) => {
+                    lease.forget();
+                    return Claim::Failed(error);
+                }
+            }
+        }
+    }
+
+    fn claim_locally(self: &Arc<Self>, key: &DedupKey) -> Result<Lease, watch::Receiver<LocalState>> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(receiver) = running.get(key) {
+            return Err(receiver.clone());
+        }
+        let (sender, receiver) = watch::channel(LocalState::Running);
+        running.insert(key.clone(), receiver);
+        Ok(Lease { dedup: self.clone(), key: key.clone(), state: sender, settled: false })
+    }
+
+    fn unmark(&self, key: &DedupKey) {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// Ends a delivery's leases: commits the `done` ones in one durable write,
+    /// releases the others. On a failed commit nothing is done and everything
+    /// is released; the error says why, and the caller answers with a retry.
+    pub async fn settle(&self, done: Vec<Lease>, not_done: Vec<Lease>) -> Result<(), StoreError> {
+        let done_keys: Vec<DedupKey> = done.iter().map(|l| l.key.clone()).collect();
+        let committed = if done_keys.is_empty() { Ok(()) } else { self.store.commit(&done_keys, self.ttl).await };
+        let mut release: Vec<DedupKey> = not_done.iter().map(|l| l.key.clone()).collect();
+        if committed.is_err() {
+            release.extend(done_keys);
+        }
+        if !release.is_empty() {
+            if let Err(e) = self.store.release(&release).await {
+                tracing::warn!("releasing {} lease(s) failed ({e}); they expire on their own", release.len());
+            }
+        }
+        for lease in done.into_iter().chain(not_done) {
+            lease.forget();
+        }
+        committed
+    }
+
+    /// Forgets expired records.
+    pub async fn sweep(&self) {
+        if let Err(e) = self.store.sweep().await {
+            tracing::warn!("dedup sweep failed: {e}");
+        }
+    }
+}
+
+impl Lease {
+    /// The run finished done (succeeded, or dead-lettered): copies waiting on
+    /// this host are duplicates from now on, even before the record is
+    /// committed with the rest of the delivery.
+    pub fn mark_done(&self) {
+        self.state.send_replace(LocalState::Done);
+    }
+
+    /// Ends the local claim without touching the store (the caller has).
+    fn forget(mut self) {
+        self.settled = true;
+        self.dedup.unmark(&self.key);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.dedup.unmark(&self.key);
+        let (store, key) = (self.dedup.store.clone(), self.key.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { store.release(&[key]).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> DedupKey {
+        DedupKey { handler: "h".into(), source: "/s".into(), id: id.into() }
+    }
+
+    fn dedup() -> Arc<Dedup> {
+        Dedup::new(Arc::new(memory::MemoryStore::new(1000)), Duration::from_secs(60))
+    }
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_settled_pair_is_done_and_a_released_one_runs_again() {
+        let dedup = dedup();
+        let Claim::Run(one) = dedup.claim(key("1"), Duration::ZERO, LEASE).await else { panic!("first claim runs") };
+        let Claim::Run(two) = dedup.claim(key("2"), Duration::ZERO, LEASE).await else { panic!() };
+        dedup.settle(vec![one], vec![two]).await.unwrap();
+        assert!(matches!(dedup.claim(key("1"), Duration::ZERO, LEASE).await, Claim::Done));
+        assert!(matches!(dedup.claim(key("2"), Duration::ZERO, LEASE).await, Claim::Run(_)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_lease_releases_the_pair() {
+        let dedup = dedup();
+        let Claim::Run(lease) = dedup.claim(key("1"), Duration::ZERO, LEASE).await else { panic!() };
+        drop(lease);
+        assert!(matches!(dedup.claim(key("1"), Duration::ZERO, LEASE).await, Claim::Run(_)));
+    }
+
+    #[tokio::test]
+    async fn a_copy_waits_for_the_running_one_and_sees_its_outcome() {
+        let dedup = dedup();
+        let Claim::Run(lease) = dedup.claim(key("1"), Duration::ZERO, LEASE).await else { panic!() };
+        assert!(matches!(dedup.claim(key("1"), Duration::from_millis(20), LEASE).await, Claim::Busy));
+        let waiter = tokio::spawn({
+            let dedup = dedup.clone();
+            async move { matches!(dedup.claim(key("1"), Duration::from_secs(5), LEASE).await, Claim::Done) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lease.mark_done();
+        assert!(waiter.await.unwrap(), "the waiting copy sees the first one's success before it is committed");
+        dedup.settle(vec![lease], vec![]).await.unwrap();
+        assert!(matches!(dedup.claim(key("1"), Duration::ZERO, LEASE).await, Claim::Done));
+    }
+
+    #[tokio::test]
+    async fn a_copy_waiting_on_a_released_pair_runs_it() {
+        let dedup = dedup();
+        let Claim::Run(lease) = dedup.claim(key("1"), Duration::ZERO, LEASE).await else { panic!() };
+        let waiter = tokio::spawn({
+            let dedup = dedup.clone();
+            async move { matches!(dedup.claim(key("1"), Duration::from_secs(5), LEASE).await, Claim::Run(_)) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        dedup.settle(vec![], vec![lease]).await.unwrap();
+        assert!(waiter.await.unwrap());
+    }
+
+    /// A store whose commits fail, to check that nothing counts as done then.
+    struct FailingCommits(memory::MemoryStore);
+
+    #[async_trait::async_trait]
+    impl DedupStore for FailingCommits {
+        async fn begin(&self, key: &DedupKey, lease_for: Duration) -> Result<Begin, StoreError> {
+            self.0.begin(key, lease_for).await
+        }
+        async fn commit(&self, _: &[DedupKey], _: Duration) -> Result<(), StoreError> {
+            Err(StoreError("disk full".into()))
+        }
+        async fn release(&self, keys: &[DedupKey]) -> Result<(), StoreError> {
+            self.0.release(keys).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_leaves_the_pairs_to_run_again() {
+        let dedup = Dedup::new(Arc::new(FailingCommits(memory::MemoryStore::new(10))), Duration::from_secs(60));
+        let Claim::Run(lease) = dedup.claim(key("1"), Duration::ZERO, LEASE).await else { panic!() };
+        assert!(dedup.settle(vec![lease], vec![]).await.is_err());
+        assert!(matches!(dedup.claim(key("1"), Duration::ZERO, LEASE).await, Claim::Run(_)));
+    }
+
+    #[test]
+    fn storage_keys_cannot_collide() {
+        let a = DedupKey { handler: "h".into(), source: "a:1".into(), id: "x".into() };
+        let b = DedupKey { handler: "h".into(), source: "a".into(), id: "1:x".into() };
+        assert_ne!(a.storage_key(), b.storage_key());
+    }
+}
