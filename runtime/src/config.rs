@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::deadletter::azure::AzureBlobConfig;
+use crate::entra::EntraConfig;
 use crate::filter::Filter;
 
 /// The dedup store unless `dedup.store` says otherwise.
-pub const DEFAULT_DEDUP_STORE: &str = "memory";
+pub const DEFAULT_DEDUP_STORE: &str = "embedded";
 
 /// Where `gridfn serve` listens unless the manifest or `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7071";
@@ -56,6 +58,9 @@ pub struct Server {
     /// `validation = "auto-url"` only GETs URLs on them. Default
     /// `eventgrid.azure.net`, `eventgrid.azure.us`, `eventgrid.azure.cn`.
     pub event_grid_domains: Vec<String>,
+    /// `[server.entra]`: require a Microsoft Entra ID bearer token from Event
+    /// Grid (as well as a key, if keys are configured).
+    pub entra: Option<EntraConfig>,
 }
 
 /// How gridfn answers a `SubscriptionValidation` request.
@@ -134,12 +139,18 @@ impl RetryPolicy {
     }
 }
 
-/// `[deadletter]`: where rejected events are written.
+/// `[deadletter]`: where rejected events are written, in Event Grid's
+/// dead-letter blob layout and format.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
-    /// `path`: folder for dead-letter blobs, in Event Grid's layout;
-    /// default `.gridfn/deadletter` beside the manifest.
-    pub path: PathBuf,
+pub enum DeadLetter {
+    /// `store = "dir"` (the default): a folder, `path` (default
+    /// `<state_dir>/deadletter`).
+    Dir { path: PathBuf },
+    /// `store = "azure-blob"`: a container in Azure Blob Storage (or Azurite):
+    /// `container`, `prefix`, and `connection_string` (or `account` with
+    /// `access_key` or `sas_token`), `endpoint`, `create_container`. Secrets
+    /// may be `env:NAME`.
+    AzureBlob(AzureBlobConfig),
 }
 
 /// `[[handler]]`: one WebAssembly component and what it may use.
@@ -218,11 +229,14 @@ impl Manifest {
                 None => keys.push(key.clone()),
             }
         }
-        if server.keys.is_empty() && !server.allow_anonymous {
+        if server.keys.is_empty() && server.entra.is_none() && !server.allow_anonymous {
             problems.push(
-                "server.keys: no key configured; add one (e.g. keys = [\"env:GRIDFN_KEY\"]) or set allow_anonymous = true"
+                "server.keys: no key configured; add one (e.g. keys = [\"env:GRIDFN_KEY\"]), configure [server.entra], or set allow_anonymous = true"
                     .into(),
             );
+        }
+        if let Some(entra) = &server.entra {
+            problems.extend(entra.problems().into_iter().map(|p| format!("server.entra.{p}")));
         }
         let max_body = match server.max_body.as_deref().map(parse_size).transpose() {
             Ok(size) => size.unwrap_or(1024 * 1024 + 64 * 1024),
@@ -264,11 +278,7 @@ impl Manifest {
             }
         };
 
-        let deadletter = raw.deadletter.unwrap_or_default();
-        if let Some(store) = deadletter.store.as_deref().filter(|s| *s != "dir") {
-            problems.push(format!("deadletter.store: \"{store}\" is not available in this version; use \"dir\""));
-        }
-        let deadletter_path = resolve(deadletter.path.unwrap_or_else(|| state_dir.join("deadletter")));
+        let deadletter = dead_letter(raw.deadletter.unwrap_or_default(), &state_dir, &resolve, env, &mut problems);
 
         let mut names = HashSet::new();
         let mut handlers = Vec::new();
@@ -323,9 +333,10 @@ impl Manifest {
                 cache_dir,
                 validation: server.validation.unwrap_or(Validation::Sync),
                 event_grid_domains,
+                entra: server.entra,
             },
             dedup: Dedup { store: dedup_store, ttl },
-            deadletter: DeadLetter { path: deadletter_path },
+            deadletter,
             handlers,
         })
     }
@@ -354,6 +365,55 @@ impl Manifest {
             return Err(fail(problems));
         }
         Ok(raw.handler.into_iter().map(|h| (h.name, h.filter)).collect())
+    }
+}
+
+/// `[deadletter]`: `store` picks the kind; the rest of the table is that
+/// kind's settings.
+fn dead_letter(
+    mut table: toml::Table,
+    state_dir: &Path,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> DeadLetter {
+    let store = table.remove("store");
+    let default_dir = || DeadLetter::Dir { path: state_dir.join("deadletter") };
+    match store.as_ref().map(|s| s.as_str()) {
+        None | Some(Some("dir")) => match table.try_into::<RawDeadLetterDir>() {
+            Ok(dir) => DeadLetter::Dir { path: resolve(dir.path.unwrap_or_else(|| state_dir.join("deadletter"))) },
+            Err(e) => {
+                problems.push(format!("deadletter: {}", e.message()));
+                default_dir()
+            }
+        },
+        Some(Some("azure-blob")) => {
+            for secret in ["connection_string", "access_key", "sas_token"] {
+                let Some(toml::Value::String(value)) = table.get(secret) else { continue };
+                let Some(var) = value.strip_prefix("env:") else { continue };
+                match env(var) {
+                    Some(resolved) => {
+                        table.insert(secret.into(), resolved.into());
+                    }
+                    None => problems.push(format!("deadletter.{secret}: environment variable {var} is not set")),
+                }
+            }
+            match table.try_into::<AzureBlobConfig>() {
+                Ok(config) => {
+                    problems.extend(config.problems().into_iter().map(|p| format!("deadletter.{p}")));
+                    DeadLetter::AzureBlob(config)
+                }
+                Err(e) => {
+                    problems.push(format!("deadletter: {}", e.message()));
+                    default_dir()
+                }
+            }
+        }
+        _ => {
+            problems
+                .push(format!("deadletter.store: {} is not a store; use \"dir\" or \"azure-blob\"", store.unwrap()));
+            default_dir()
+        }
     }
 }
 
@@ -428,7 +488,7 @@ fn toml_problem(e: &toml::de::Error) -> String {
 struct RawManifest {
     server: Option<RawServer>,
     dedup: Option<RawDedup>,
-    deadletter: Option<RawDeadLetter>,
+    deadletter: Option<toml::Table>,
     #[serde(default)]
     handler: Vec<RawHandler>,
 }
@@ -446,6 +506,7 @@ struct RawServer {
     cache_dir: Option<PathBuf>,
     validation: Option<Validation>,
     event_grid_domains: Option<Vec<String>>,
+    entra: Option<EntraConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -468,10 +529,9 @@ struct RawRetry {
     max: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDeadLetter {
-    store: Option<String>,
+struct RawDeadLetterDir {
     path: Option<PathBuf>,
 }
 
@@ -510,7 +570,7 @@ mod tests {
         assert_eq!(m.dedup.ttl, Duration::from_secs(86400));
         assert_eq!(m.handlers[0].timeout, Duration::from_secs(10));
         assert_eq!(m.handlers[0].memory, 64 << 20);
-        assert_eq!(m.deadletter.path, dir.path().join(".gridfn/deadletter"));
+        assert!(matches!(&m.deadletter, DeadLetter::Dir { path } if *path == dir.path().join(".gridfn/deadletter")));
     }
 
     #[test]

@@ -23,12 +23,13 @@ use tokio::sync::Semaphore;
 use crate::config::{Manifest, RetryPolicy, Validation};
 use crate::deadletter::{DeadLetterStore, Rejection};
 use crate::dedup::{Claim, Dedup, DedupKey, Lease};
+use crate::entra::EntraValidator;
 use crate::error::RequestError;
 use crate::event::{Event, SUBSCRIPTION_DELETED_EVENT};
 use crate::filter::Filter;
 use crate::metrics::{Metrics, PairOutcome};
 use crate::sandbox::{DeliveryInfo, LoadedHandler, MAX_INSTANCES, Outcome, Sandbox};
-use crate::webhook::{self, EventGridDomains, Keys, RequestKind};
+use crate::webhook::{self, Authenticator, EventGridDomains, RequestKind};
 
 /// Retry-After when no handler asked for a specific delay: Event Grid's own
 /// first retry interval.
@@ -43,7 +44,7 @@ pub const UNMATCHED_LABEL: &str = "*";
 
 /// Everything a delivery needs, built once at start.
 pub struct Host {
-    keys: Keys,
+    auth: Authenticator,
     routes: Vec<Route>,
     dedup: Arc<Dedup>,
     deadletter: DeadLetterStore,
@@ -85,13 +86,17 @@ impl Host {
             .iter()
             .map(|h| Ok(Route { handler: Arc::new(sandbox.load(h)?), filter: h.filter.clone(), retry: h.retry }))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if manifest.server.allow_anonymous && manifest.server.keys.is_empty() {
+        let entra = match &manifest.server.entra {
+            Some(config) => Some(EntraValidator::new(config).await?),
+            None => None,
+        };
+        if manifest.server.allow_anonymous && manifest.server.keys.is_empty() && entra.is_none() {
             tracing::warn!(
                 "ANONYMOUS ACCESS: server.allow_anonymous is set and no key is configured; anyone who can reach this port can deliver events"
             );
         }
         Ok(Host {
-            keys: Keys::new(&manifest.server.keys, manifest.server.allow_anonymous),
+            auth: Authenticator::new(&manifest.server.keys, manifest.server.allow_anonymous, entra),
             routes,
             dedup: Dedup::new(crate::dedup::open(&manifest.dedup.store).await?, manifest.dedup.ttl),
             deadletter: DeadLetterStore::open(&manifest.deadletter).await?,
@@ -122,7 +127,7 @@ impl Host {
         body: Bytes,
     ) -> Result<Response, RequestError> {
         let received = Received { at: Instant::now(), time: OffsetDateTime::now_utc() };
-        self.keys.authenticate(headers, code)?;
+        self.auth.authenticate(headers, code).await?;
         let kind = RequestKind::from_headers(headers)?;
         let routes = self.routes_for(&target)?;
         if kind == RequestKind::SubscriptionDeletion {

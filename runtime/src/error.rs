@@ -12,8 +12,12 @@ use crate::event::DecodeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    #[error("missing or wrong key: send it as ?code=KEY, an aeg-sas-key header or an x-functions-key header")]
-    Unauthorized,
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The sender could not be checked (e.g. Entra signing keys unreachable):
+    /// not the sender's fault, so Event Grid should retry.
+    #[error("cannot check credentials right now: {0}")]
+    AuthUnavailable(String),
     #[error("no handler named {0:?} in this gridfn")]
     UnknownHandler(String),
     #[error("{0}")]
@@ -34,7 +38,8 @@ pub enum RequestError {
 impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            RequestError::Unauthorized => StatusCode::UNAUTHORIZED,
+            RequestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            RequestError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::UnknownHandler(_) => StatusCode::NOT_FOUND,
             RequestError::BadRequest(_) | RequestError::Decode(_) => StatusCode::BAD_REQUEST,
             RequestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -45,7 +50,8 @@ impl RequestError {
 
     fn code(&self) -> &'static str {
         match self {
-            RequestError::Unauthorized => "unauthorized",
+            RequestError::Unauthorized(_) => "unauthorized",
+            RequestError::AuthUnavailable(_) => "auth_unavailable",
             RequestError::UnknownHandler(_) => "unknown_handler",
             RequestError::BadRequest(_) => "bad_request",
             RequestError::Decode(_) => "invalid_event",

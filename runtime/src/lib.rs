@@ -7,8 +7,9 @@
 //! - [`config`]: the `gridfn.toml` manifest, its defaults and its checks.
 //! - [`server`]: HTTP routes and `serve(listener, host, shutdown)`.
 //! - [`delivery`]: the delivery path, top to bottom, and the batch verdict.
-//! - [`webhook`]: Event Grid's webhook protocol: keys, `aeg-*` headers, the
-//!   validation handshake.
+//! - [`webhook`]: Event Grid's webhook protocol: keys, `aeg-*` headers, body
+//!   encodings, the validation and CloudEvents handshakes.
+//! - [`entra`]: Microsoft Entra ID bearer tokens, for subscriptions that use them.
 //! - [`event`]: the one event model, and decoding pushed bodies into it.
 //! - [`filter`]: subscription filters, evaluated as Event Grid does.
 //! - [`explain`]: `gridfn explain`, each filter's decision for each event.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod deadletter;
 pub mod dedup;
 pub mod delivery;
+pub mod entra;
 pub mod error;
 pub mod event;
 pub mod explain;

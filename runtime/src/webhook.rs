@@ -11,6 +11,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::Validation;
+use crate::entra::EntraValidator;
 use crate::error::RequestError;
 use crate::event::{self, DecodeError, Event, SUBSCRIPTION_VALIDATION_EVENT, ValidationRequest};
 use crate::sandbox::DeliveryInfo;
@@ -110,21 +111,38 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// Who may deliver: the configured keys, or anyone when anonymous access was
+/// Who may deliver: a configured key, a valid Entra ID token when Entra is
+/// configured (both, when both are), or anyone when anonymous access was
 /// explicitly allowed.
-pub struct Keys {
+pub struct Authenticator {
     keys: Vec<Vec<u8>>,
     allow_anonymous: bool,
+    entra: Option<EntraValidator>,
 }
 
-impl Keys {
-    pub fn new(keys: &[String], allow_anonymous: bool) -> Self {
-        Keys { keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(), allow_anonymous }
+impl Authenticator {
+    pub fn new(keys: &[String], allow_anonymous: bool, entra: Option<EntraValidator>) -> Self {
+        Authenticator { keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(), allow_anonymous, entra }
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap, code: Option<&str>) -> Result<(), RequestError> {
+        if let Some(entra) = &self.entra {
+            let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            match entra.validate(authorization).await {
+                Ok(_) => {}
+                Err(e) if e.is_server_side() => return Err(RequestError::AuthUnavailable(e.to_string())),
+                Err(e) => return Err(RequestError::Unauthorized(e.to_string())),
+            }
+            if self.keys.is_empty() {
+                return Ok(());
+            }
+        }
+        self.check_key(headers, code)
     }
 
     /// Accepts a key sent as `?code=`, `aeg-sas-key` or `x-functions-key`,
     /// comparing in constant time so timing reveals nothing about the key.
-    pub fn authenticate(&self, headers: &HeaderMap, code: Option<&str>) -> Result<(), RequestError> {
+    fn check_key(&self, headers: &HeaderMap, code: Option<&str>) -> Result<(), RequestError> {
         if self.allow_anonymous && self.keys.is_empty() {
             return Ok(());
         }
@@ -142,7 +160,9 @@ impl Keys {
         if bool::from(accepted) || (self.allow_anonymous && presented.iter().all(Option::is_none)) {
             Ok(())
         } else {
-            Err(RequestError::Unauthorized)
+            Err(RequestError::Unauthorized(
+                "missing or wrong key: send it as ?code=KEY, an aeg-sas-key header or an x-functions-key header".into(),
+            ))
         }
     }
 }
@@ -288,22 +308,22 @@ mod tests {
 
     #[test]
     fn a_key_is_accepted_in_any_of_the_three_places() {
-        let keys = Keys::new(&["k1".into(), "k2".into()], false);
-        assert!(keys.authenticate(&headers(&[]), Some("k2")).is_ok());
-        assert!(keys.authenticate(&headers(&[("aeg-sas-key", "k1")]), None).is_ok());
-        assert!(keys.authenticate(&headers(&[("x-functions-key", "k1")]), None).is_ok());
-        assert!(keys.authenticate(&headers(&[]), None).is_err());
-        assert!(keys.authenticate(&headers(&[("aeg-sas-key", "k3")]), Some("k")).is_err());
-        assert!(keys.authenticate(&headers(&[]), Some("k1x")).is_err());
+        let keys = Authenticator::new(&["k1".into(), "k2".into()], false, None);
+        assert!(keys.check_key(&headers(&[]), Some("k2")).is_ok());
+        assert!(keys.check_key(&headers(&[("aeg-sas-key", "k1")]), None).is_ok());
+        assert!(keys.check_key(&headers(&[("x-functions-key", "k1")]), None).is_ok());
+        assert!(keys.check_key(&headers(&[]), None).is_err());
+        assert!(keys.check_key(&headers(&[("aeg-sas-key", "k3")]), Some("k")).is_err());
+        assert!(keys.check_key(&headers(&[]), Some("k1x")).is_err());
     }
 
     #[test]
     fn anonymous_access_is_only_what_was_allowed() {
-        let open = Keys::new(&[], true);
-        assert!(open.authenticate(&headers(&[]), None).is_ok());
-        let mixed = Keys::new(&["k".into()], true);
-        assert!(mixed.authenticate(&headers(&[]), None).is_ok(), "no key at all is anonymous");
-        assert!(mixed.authenticate(&headers(&[]), Some("wrong")).is_err(), "a wrong key is still wrong");
+        let open = Authenticator::new(&[], true, None);
+        assert!(open.check_key(&headers(&[]), None).is_ok());
+        let mixed = Authenticator::new(&["k".into()], true, None);
+        assert!(mixed.check_key(&headers(&[]), None).is_ok(), "no key at all is anonymous");
+        assert!(mixed.check_key(&headers(&[]), Some("wrong")).is_err(), "a wrong key is still wrong");
     }
 
     #[test]

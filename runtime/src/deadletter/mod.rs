@@ -14,7 +14,10 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::config;
 use crate::event::{Event, Schema};
+
+pub mod azure;
 
 /// Why and how an event ended up dead-lettered.
 pub struct Rejection<'a> {
@@ -33,12 +36,23 @@ pub struct Rejection<'a> {
 pub enum DeadLetterStore {
     /// A folder laid out like Event Grid's dead-letter container.
     Dir(PathBuf),
+    /// An Azure Storage container, as Event Grid's own dead-lettering uses.
+    AzureBlob(azure::AzureBlobDeadLetter),
 }
 
 impl DeadLetterStore {
     /// Opens the store the manifest names.
-    pub async fn open(config: &crate::config::DeadLetter) -> anyhow::Result<DeadLetterStore> {
-        Ok(DeadLetterStore::Dir(config.path.clone()))
+    /// Checks an Azure container is reachable (creating it when configured
+    /// to), so a wrong key shows at start rather than at the first rejection.
+    pub async fn open(config: &config::DeadLetter) -> anyhow::Result<DeadLetterStore> {
+        Ok(match config {
+            config::DeadLetter::Dir { path } => DeadLetterStore::Dir(path.clone()),
+            config::DeadLetter::AzureBlob(azure) => {
+                let store = azure::AzureBlobDeadLetter::new(azure)?;
+                store.ensure_container().await?;
+                DeadLetterStore::AzureBlob(store)
+            }
+        })
     }
 
     /// Writes one blob for `event`; returns where it went once it is durable.
@@ -54,6 +68,7 @@ impl DeadLetterStore {
                     .map(|path| path.display().to_string())
                     .map_err(|e| anyhow::anyhow!("writing to {}: {e}", root.display()))
             }
+            DeadLetterStore::AzureBlob(store) => Ok(store.put(&name, body.into()).await?),
         }
     }
 
@@ -61,6 +76,7 @@ impl DeadLetterStore {
     pub fn describe(&self) -> String {
         match self {
             DeadLetterStore::Dir(root) => root.display().to_string(),
+            DeadLetterStore::AzureBlob(store) => format!("{store:?}"),
         }
     }
 }

@@ -15,7 +15,9 @@
 //! goes out; every other pair is released. A crash can cause a re-run, never a
 //! loss.
 
+pub mod embedded;
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,9 +86,8 @@ pub async fn open(config: &crate::config::DedupStore) -> anyhow::Result<Arc<dyn 
     use crate::config::DedupStore as Config;
     Ok(match config {
         Config::Memory { max_records } => Arc::new(memory::MemoryStore::new(*max_records)),
-        Config::Embedded { .. } | Config::Redis { .. } => {
-            anyhow::bail!("dedup.store: this build has no {config:?} store yet")
-        }
+        Config::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
+        Config::Redis { url, key_prefix } => Arc::new(redis::RedisStore::connect(url, key_prefix).await?),
     })
 }
 
