@@ -235,6 +235,10 @@ impl Manifest {
                     .into(),
             );
         }
+        let mut server = server;
+        if let Some(entra) = &mut server.entra {
+            entra.jwks_file = entra.jwks_file.take().map(&resolve);
+        }
         if let Some(entra) = &server.entra {
             problems.extend(entra.problems().into_iter().map(|p| format!("server.entra.{p}")));
         }

@@ -264,3 +264,76 @@ fn the_azure_eventgrid_sdk_publishes_both_schemas_and_every_event_runs_once() {
     assert!(!wrong_key.status.success());
     assert!(String::from_utf8_lossy(&wrong_key.stderr).contains("401"));
 }
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+/// A token as Microsoft Entra ID issues it for Event Grid, signed with the
+/// test key; `change` edits the claims first.
+fn entra_token(change: impl FnOnce(&mut Value)) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut claims = json!({
+        "iss": format!("https://sts.windows.net/{TENANT}/"),
+        "aud": "api://gridfn-test",
+        "appid": gridfn::entra::EVENT_GRID_APP_ID,
+        "ver": "1.0",
+        "iat": now - 10,
+        "nbf": now - 10,
+        "exp": now + 3600,
+        "roles": ["EventGrid.Deliver"],
+    });
+    change(&mut claims);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("gridfn-test-key".into());
+    let pem = std::fs::read(repo("tests/e2e/entra/test-signing-key.pem")).unwrap();
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+#[test]
+fn entra_id_tokens_are_required_and_checked_when_configured() {
+    let gridfn = Gridfn::start(&format!(
+        r#"
+[server.entra]
+tenant_id = "{TENANT}"
+audiences = ["api://gridfn-test"]
+jwks_file = {jwks:?}
+required_role = "EventGrid.Deliver"
+
+[[handler]]
+name = "audit-log"
+module = {audit:?}
+"#,
+        jwks = repo("tests/e2e/entra/jwks.json"),
+        audit = component("audit-log")
+    ));
+    let deliver = |id: &str, token: Option<String>| {
+        let mut headers = vec![("aeg-sas-key", KEY.to_owned())];
+        if let Some(token) = token {
+            headers.push(("authorization", format!("Bearer {token}")));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        gridfn.post("/api/events/audit-log", batch(&[event(id, json!({}))]), &headers)
+    };
+
+    assert_eq!(deliver("entra-ok", Some(entra_token(|_| {}))).status(), 200);
+    let refusals: [(&str, Option<String>, &str); 5] = [
+        ("entra-none", None, "Bearer"),
+        ("entra-aud", Some(entra_token(|c| c["aud"] = json!("api://someone-else"))), "audience"),
+        ("entra-app", Some(entra_token(|c| c["appid"] = json!("00000000-0000-0000-0000-000000000000"))), "app id"),
+        ("entra-exp", Some(entra_token(|c| c["exp"] = json!(1_000_000_000))), "expired"),
+        ("entra-role", Some(entra_token(|c| c["roles"] = json!([]))), "role"),
+    ];
+    for (id, token, says) in refusals {
+        let response = deliver(id, token);
+        assert_eq!(response.status(), 401, "{id}");
+        let message = response.json::<Value>().unwrap()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{id}: {message}");
+    }
+    // A valid token does not excuse a wrong key when keys are configured too.
+    let wrong_key = gridfn.post(
+        "/api/events/audit-log",
+        batch(&[event("entra-key", json!({}))]),
+        &[("aeg-sas-key", "wrong"), ("authorization", &format!("Bearer {}", entra_token(|_| {})))],
+    );
+    assert_eq!(wrong_key.status(), 401);
+    assert_eq!(gridfn.log_count("audit: "), 1, "only the accepted delivery ran");
+}

@@ -43,6 +43,7 @@ pub struct Gridfn {
     child: Child,
     pub base: String,
     pub dir: tempfile::TempDir,
+    config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     client: Client,
 }
@@ -64,13 +65,26 @@ impl Gridfn {
         );
         let config = dir.path().join("gridfn.toml");
         std::fs::write(&config, manifest).unwrap();
-        Self::spawn(dir, &config)
+        Self::spawn(dir, config, "127.0.0.1:0")
     }
 
-    fn spawn(dir: tempfile::TempDir, config: &Path) -> Gridfn {
+    /// Kills this gridfn with SIGKILL (no graceful anything) and starts a new
+    /// one on the same manifest, state and port; the log carries on.
+    pub fn crash_and_restart(mut self) -> Gridfn {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let listen = self.base.trim_start_matches("http://").to_owned();
+        let dir = tempfile::Builder::new().tempdir().unwrap();
+        let old_dir = std::mem::replace(&mut self.dir, dir);
+        let restarted = Self::spawn(old_dir, self.config.clone(), &listen);
+        restarted.log.lock().unwrap().splice(0..0, self.log.lock().unwrap().drain(..));
+        restarted
+    }
+
+    fn spawn(dir: tempfile::TempDir, config: PathBuf, listen: &str) -> Gridfn {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gridfn"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
+            .args(["serve", "--listen", listen, "--config"])
+            .arg(&config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -100,7 +114,7 @@ impl Gridfn {
             }
         };
         let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Gridfn { child, base: format!("http://{addr}"), dir, log, client }
+        Gridfn { child, base: format!("http://{addr}"), dir, config, log, client }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -146,6 +160,11 @@ impl Gridfn {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// The log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 }
 
@@ -196,4 +215,63 @@ pub fn start_sample() -> Gridfn {
 /// Runs a gridfn subcommand to completion.
 pub fn gridfn_command(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gridfn")).args(args).output().expect("running gridfn")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A server process the test owns; killed when dropped.
+pub struct Service {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not start listening on port {port}");
+}
+
+/// A real `redis-server` (Debian's `redis-server` package; `scripts/test`
+/// installs it) on a free loopback port, without persistence.
+pub fn redis_server() -> Service {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is not installed: run scripts/test, or apt-get install redis-server");
+    wait_for_port(port, "redis-server");
+    Service { child, url: format!("redis://127.0.0.1:{port}") }
+}
+
+/// Azurite's blob service (npm `azurite`; `scripts/test` installs it and sets
+/// GRIDFN_AZURITE_BIN) on a free loopback port, in memory.
+pub fn azurite() -> Service {
+    let installed = repo("target/azurite/node_modules/.bin/azurite-blob");
+    let bin = std::env::var("GRIDFN_AZURITE_BIN").unwrap_or_else(|_| {
+        if installed.exists() { installed.to_string_lossy().into_owned() } else { "azurite-blob".into() }
+    });
+    let port = free_port();
+    let child = Command::new(&bin)
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--inMemoryPersistence"])
+        .args(["--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start Azurite ({bin}: {e}): run scripts/test, which installs it"));
+    wait_for_port(port, "Azurite");
+    Service { child, url: format!("http://127.0.0.1:{port}/devstoreaccount1") }
 }
