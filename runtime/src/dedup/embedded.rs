@@ -285,6 +285,13 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86_400);
 
     #[tokio::test]
+    async fn keeps_the_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("dedup")).unwrap();
+        crate::dedup::contract::check("embedded", &store).await;
+    }
+
+    #[tokio::test]
     async fn done_is_remembered_and_pairs_are_distinct() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("dedup")).unwrap();

@@ -103,6 +103,11 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(1);
 
     #[tokio::test]
+    async fn keeps_the_store_contract() {
+        crate::dedup::contract::check("memory", &MemoryStore::new(1000)).await;
+    }
+
+    #[tokio::test]
     async fn done_is_remembered_per_pair() {
         let store = MemoryStore::new(10);
         store.commit(&[key("1")], Duration::from_secs(60)).await.unwrap();

@@ -15,6 +15,8 @@
 //! goes out; every other pair is released. A crash can cause a re-run, never a
 //! loss.
 
+#[cfg(test)]
+mod contract;
 pub mod embedded;
 pub mod memory;
 pub mod redis;

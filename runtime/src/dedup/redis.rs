@@ -488,6 +488,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keeps_the_store_contract() {
+        let redis = test_redis();
+        let store = store(&redis.url, &prefix("contract")).await;
+        crate::dedup::contract::check("redis", &store).await;
+    }
+
+    #[tokio::test]
     async fn done_is_remembered_and_other_pairs_are_other_pairs() {
         let redis = test_redis();
         let p = prefix("done");
