@@ -61,6 +61,10 @@ pub struct Server {
     /// `[server.entra]`: require a Microsoft Entra ID bearer token from Event
     /// Grid (as well as a key, if keys are configured).
     pub entra: Option<EntraConfig>,
+    /// `admin_keys`: keys for the admin API (`gridfn deploy`, `handlers`,
+    /// `rollback`), sent as `x-gridfn-admin-key`; literal or `env:NAME`.
+    /// Separate from delivery keys; no admin key, no admin API.
+    pub admin_keys: Vec<String>,
 }
 
 /// How gridfn answers a `SubscriptionValidation` request.
@@ -169,6 +173,18 @@ pub struct Handler {
     /// `retry = { attempts, backoff = "exponential" | "fixed", initial, max }`:
     /// local retries of transient failures; default none.
     pub retry: RetryPolicy,
+    /// `max_concurrency`: instances of this handler running at once; default 16.
+    pub max_concurrency: usize,
+    /// `queue`: events that may wait for a free instance; beyond it the
+    /// delivery gets 503 + Retry-After. Default 1024.
+    pub queue: usize,
+    /// `fuel`: units of work per event (roughly one per wasm instruction);
+    /// default unlimited (only the deadline applies).
+    pub fuel: Option<u64>,
+    /// `instance_reuse`: events one instance may serve in sequence before it
+    /// is replaced; default 1 (a fresh instance per event). Never two events
+    /// at once; an instance is dropped after any trap, timeout or retry.
+    pub instance_reuse: u32,
 }
 
 /// Everything wrong with a manifest, each problem naming its key.
@@ -216,19 +232,8 @@ impl Manifest {
                 DEFAULT_LISTEN.parse().expect("default listen address parses")
             }
         };
-        let mut keys = Vec::new();
-        for (i, key) in server.keys.iter().enumerate() {
-            match key.strip_prefix("env:") {
-                Some(var) => match env(var) {
-                    Some(value) if !value.is_empty() => keys.push(value),
-                    _ => problems.push(format!(
-                        "server.keys[{i}]: environment variable {var} is not set (export it, or list the key itself)"
-                    )),
-                },
-                None if key.is_empty() => problems.push(format!("server.keys[{i}]: empty key")),
-                None => keys.push(key.clone()),
-            }
-        }
+        let admin_keys = resolve_keys(&server.admin_keys, "server.admin_keys", env, &mut problems);
+        let keys = resolve_keys(&server.keys, "server.keys", env, &mut problems);
         if server.keys.is_empty() && server.entra.is_none() && !server.allow_anonymous {
             problems.push(
                 "server.keys: no key configured; add one (e.g. keys = [\"env:GRIDFN_KEY\"]), configure [server.entra], or set allow_anonymous = true"
@@ -321,7 +326,31 @@ impl Manifest {
                 None => RetryPolicy::NONE,
                 Some(raw) => retry_policy(raw, &format!("{at}.retry"), &mut problems),
             };
-            handlers.push(Handler { name: h.name, module, timeout, memory, filter: h.filter, retry });
+            let positive = |value: Option<u64>, key: &str, default: u64, problems: &mut Vec<String>| match value {
+                Some(0) => {
+                    problems.push(format!("{at}.{key}: must be at least 1"));
+                    default
+                }
+                Some(n) => n,
+                None => default,
+            };
+            let max_concurrency = positive(h.max_concurrency, "max_concurrency", 16, &mut problems) as usize;
+            let queue = h.queue.unwrap_or(1024) as usize;
+            let instance_reuse =
+                positive(h.instance_reuse, "instance_reuse", 1, &mut problems).min(u32::MAX as u64) as u32;
+            let fuel = h.fuel.map(|f| positive(Some(f), "fuel", 1, &mut problems));
+            handlers.push(Handler {
+                name: h.name,
+                module,
+                timeout,
+                memory,
+                filter: h.filter,
+                retry,
+                max_concurrency,
+                queue,
+                fuel,
+                instance_reuse,
+            });
         }
 
         if !problems.is_empty() {
@@ -338,6 +367,7 @@ impl Manifest {
                 validation: server.validation.unwrap_or(Validation::Sync),
                 event_grid_domains,
                 entra: server.entra,
+                admin_keys,
             },
             dedup: Dedup { store: dedup_store, ttl },
             deadletter,
@@ -419,6 +449,29 @@ fn dead_letter(
             default_dir()
         }
     }
+}
+
+/// Resolves literal and `env:NAME` keys, naming each problem's key.
+fn resolve_keys(
+    keys: &[String],
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Vec<String> {
+    let mut resolved = Vec::new();
+    for (i, value) in keys.iter().enumerate() {
+        match value.strip_prefix("env:") {
+            Some(var) => match env(var) {
+                Some(value) if !value.is_empty() => resolved.push(value),
+                _ => problems.push(format!(
+                    "{key}[{i}]: environment variable {var} is not set (export it, or list the key itself)"
+                )),
+            },
+            None if value.is_empty() => problems.push(format!("{key}[{i}]: empty key")),
+            None => resolved.push(value.clone()),
+        }
+    }
+    resolved
 }
 
 fn retry_policy(raw: &RawRetry, key: &str, problems: &mut Vec<String>) -> RetryPolicy {
@@ -511,6 +564,8 @@ struct RawServer {
     validation: Option<Validation>,
     event_grid_domains: Option<Vec<String>>,
     entra: Option<EntraConfig>,
+    #[serde(default)]
+    admin_keys: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -548,6 +603,10 @@ struct RawHandler {
     memory: Option<String>,
     filter: Option<Filter>,
     retry: Option<RawRetry>,
+    max_concurrency: Option<u64>,
+    queue: Option<u64>,
+    fuel: Option<u64>,
+    instance_reuse: Option<u64>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! before, or dead-lettered); otherwise 503 with `Retry-After`, and the pairs
 //! that did succeed are remembered so the redelivery runs only what is left.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -20,13 +21,13 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
-use crate::config::{Manifest, RetryPolicy, Validation};
+use crate::config::{self, Manifest, Validation};
 use crate::deadletter::{DeadLetterStore, Rejection};
 use crate::dedup::{Claim, Dedup, DedupKey, Lease};
+use crate::deploy::Deployments;
 use crate::entra::EntraValidator;
 use crate::error::RequestError;
 use crate::event::{Event, SUBSCRIPTION_DELETED_EVENT};
-use crate::filter::Filter;
 use crate::metrics::{Metrics, PairOutcome};
 use crate::sandbox::{DeliveryInfo, LoadedHandler, MAX_INSTANCES, Outcome, Sandbox};
 use crate::webhook::{self, Authenticator, EventGridDomains, RequestKind};
@@ -45,7 +46,7 @@ pub const UNMATCHED_LABEL: &str = "*";
 /// Everything a delivery needs, built once at start.
 pub struct Host {
     auth: Authenticator,
-    routes: Vec<Route>,
+    pub(crate) routes: Vec<Route>,
     dedup: Arc<Dedup>,
     deadletter: DeadLetterStore,
     pub metrics: Metrics,
@@ -55,15 +56,26 @@ pub struct Host {
     pub max_body: usize,
     validation: Validation,
     pub event_grid_domains: EventGridDomains,
-    // Keeps the engine (and its epoch ticker) alive as long as the host.
-    _sandbox: Sandbox,
+    /// Compiles new handler versions; owns the engine and its epoch ticker.
+    pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) deployments: Deployments,
+    pub(crate) admin_keys: Vec<String>,
 }
 
-/// A handler, the events it subscribes to, and how it is retried locally.
-struct Route {
-    handler: Arc<LoadedHandler>,
-    filter: Option<Filter>,
-    retry: RetryPolicy,
+/// A handler as the manifest lists it (filter, retries, limits), and the
+/// version of it that runs now.
+pub(crate) struct Route {
+    pub(crate) config: config::Handler,
+    /// Swapped atomically by a deploy; an event takes its own reference at
+    /// the start, so events in flight finish on the version they started on.
+    pub(crate) current: RwLock<Arc<LoadedHandler>>,
+    /// What a rollback goes back to.
+    pub(crate) previous: Mutex<Option<Arc<LoadedHandler>>>,
+    /// `max_concurrency` permits.
+    slots: Semaphore,
+    /// Events waiting for a permit; bounded by `queue`, so a flood costs a
+    /// 503, never unbounded memory.
+    waiting: AtomicUsize,
 }
 
 /// Which handlers a request is for.
@@ -80,11 +92,28 @@ impl Host {
     /// cannot be reached.
     pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
         let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
-        let sandbox = Sandbox::new(max_memory, &manifest.server.cache_dir)?;
+        let fuel = manifest.handlers.iter().any(|h| h.fuel.is_some());
+        let sandbox = Sandbox::new(max_memory, fuel, &manifest.server.cache_dir)?;
+        let deployments = Deployments::new(&manifest.server.state_dir);
         let routes = manifest
             .handlers
             .iter()
-            .map(|h| Ok(Route { handler: Arc::new(sandbox.load(h)?), filter: h.filter.clone(), retry: h.retry }))
+            .map(|h| {
+                let handler = match deployments.current(&h.name)? {
+                    Some((bytes, source)) => {
+                        tracing::warn!(handler = %h.name, "running the version deployed last ({source}), not {}", h.module.display());
+                        sandbox.load_bytes(h, &bytes, &source)?
+                    }
+                    None => sandbox.load(h)?,
+                };
+                Ok(Route {
+                    config: h.clone(),
+                    current: RwLock::new(Arc::new(handler)),
+                    previous: Mutex::new(None),
+                    slots: Semaphore::new(h.max_concurrency),
+                    waiting: AtomicUsize::new(0),
+                })
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let entra = match &manifest.server.entra {
             Some(config) => Some(EntraValidator::new(config).await?),
@@ -105,12 +134,14 @@ impl Host {
             max_body: manifest.server.max_body,
             validation: manifest.server.validation,
             event_grid_domains: EventGridDomains::new(&manifest.server.event_grid_domains),
-            _sandbox: sandbox,
+            sandbox: Arc::new(sandbox),
+            deployments,
+            admin_keys: manifest.server.admin_keys.clone(),
         })
     }
 
     pub fn handler_names(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|r| &*r.handler.name)
+        self.routes.iter().map(|r| r.config.name.as_str())
     }
 
     /// Forgets expired dedup records; the server calls it periodically.
@@ -172,7 +203,7 @@ impl Host {
             Target::Handler(name) => self
                 .routes
                 .iter()
-                .find(|r| &*r.handler.name == *name)
+                .find(|r| r.config.name == *name)
                 .map(|r| vec![r])
                 .ok_or_else(|| RequestError::UnknownHandler((*name).to_owned())),
         }
@@ -189,7 +220,7 @@ impl Host {
         delivery: &DeliveryInfo,
         received: &Received,
     ) -> PairRun {
-        let handler = route.handler.clone();
+        let handler = route.handler();
         let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
         // A copy already running gets as long as its deadline to finish, and a
         // lease outlives every local attempt, so no other host starts it meanwhile.
@@ -211,9 +242,9 @@ impl Host {
         let mut delivery = delivery.clone();
         let mut tries = 1;
         let outcome = loop {
-            let outcome = self.invoke(&handler, &event, &delivery).await;
+            let outcome = self.invoke(route, &handler, &event, &delivery).await;
             let Outcome::Retry { after, reason } = &outcome else { break outcome };
-            let Some(delay) = route.retry.delay_before(tries + 1, *after) else { break outcome };
+            let Some(delay) = route.config.retry.delay_before(tries + 1, *after) else { break outcome };
             if received.at.elapsed() + delay + handler.timeout() > LOCAL_RETRY_BUDGET {
                 break outcome;
             }
@@ -232,8 +263,26 @@ impl Host {
         PairRun::new(index, &event, &handler, Some(outcome), Some(lease))
     }
 
-    /// Runs the handler once, in a fresh instance on a blocking thread.
-    async fn invoke(&self, handler: &Arc<LoadedHandler>, event: &Arc<Event>, delivery: &DeliveryInfo) -> Outcome {
+    /// Runs the handler once, on a blocking thread, when one of its
+    /// `max_concurrency` slots is free (waiting in its bounded queue).
+    async fn invoke(
+        &self,
+        route: &Route,
+        handler: &Arc<LoadedHandler>,
+        event: &Arc<Event>,
+        delivery: &DeliveryInfo,
+    ) -> Outcome {
+        let _permit = match route.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let queue = route.config.queue;
+                let Some(_place) = QueuePlace::take(&route.waiting, queue) else {
+                    let reason = format!("{} is at max_concurrency and its queue of {queue} is full", handler.name);
+                    return Outcome::Retry { reason, after: Some(Duration::from_secs(1)) };
+                };
+                route.slots.acquire().await.expect("handler semaphores are never closed")
+            }
+        };
         let _slot = self.instance_slots.acquire().await.expect("the instance semaphore is never closed");
         let run = {
             let (handler, event, delivery) = (handler.clone(), event.clone(), delivery.clone());
@@ -319,6 +368,23 @@ impl Host {
     }
 }
 
+/// A place in a handler's queue, given back when dropped (also when the
+/// request is cancelled).
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    fn take(waiting: &'a AtomicUsize, queue: usize) -> Option<Self> {
+        waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < queue).then_some(n + 1)).ok()?;
+        Some(QueuePlace(waiting))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// When the delivery arrived: a monotonic instant for budgets, wall-clock
 /// time for records.
 struct Received {
@@ -327,8 +393,13 @@ struct Received {
 }
 
 impl Route {
+    /// The version running now.
+    pub(crate) fn handler(&self) -> Arc<LoadedHandler> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn wants(&self, event: &Event) -> bool {
-        let Some(filter) = &self.filter else { return true };
+        let Some(filter) = &self.config.filter else { return true };
         match serde_json::from_str::<serde_json::Value>(event.raw.get()) {
             Ok(json) => filter.matches(&json, event.schema),
             Err(_) => false,

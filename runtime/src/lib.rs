@@ -14,6 +14,7 @@
 //! - [`filter`]: subscription filters, evaluated as Event Grid does.
 //! - [`explain`]: `gridfn explain`, each filter's decision for each event.
 //! - [`dedup`]: which (handler, event) pairs are done, so none runs twice.
+//! - [`deploy`]: new handler versions while serving (admin API), and their record on disk.
 //! - [`sandbox`]: wasmtime engine, one pre-linked component per handler, a
 //!   fresh instance per event with a deadline and a memory cap.
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod deadletter;
 pub mod dedup;
 pub mod delivery;
+pub mod deploy;
 pub mod entra;
 pub mod error;
 pub mod event;

@@ -32,6 +32,27 @@ enum Command {
         #[arg(long, short, default_value = "gridfn.toml")]
         config: PathBuf,
     },
+    /// Deploy a new version of a handler to a running gridfn (admin API).
+    Deploy {
+        /// The component (`.wasm`).
+        module: PathBuf,
+        #[arg(long)]
+        handler: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// List a running gridfn's handlers with version hash and deploy time.
+    Handlers {
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Put a handler's previous version back.
+    Rollback {
+        #[arg(long)]
+        handler: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// Say, for each event in a file and each handler, whether the handler's
     /// filter matches and, if not, the first condition that failed.
     Explain {
@@ -45,6 +66,17 @@ enum Command {
     },
 }
 
+/// Where the admin API is, and the key for it.
+#[derive(clap::Args)]
+struct Admin {
+    /// gridfn's base URL, e.g. http://127.0.0.1:7071
+    #[arg(long)]
+    to: String,
+    /// One of `server.admin_keys`.
+    #[arg(long, env = "GRIDFN_ADMIN_KEY", hide_env_values = true)]
+    admin_key: String,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -56,6 +88,13 @@ fn main() -> ExitCode {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Check { config } => check(&config),
         Command::Explain { config, event_file, json } => explain(&config, &event_file, json),
+        Command::Deploy { module, handler, admin } => std::fs::read(&module)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", module.display()))
+            .and_then(|bytes| admin_call(&admin, reqwest::Method::PUT, &format!("/admin/handlers/{handler}"), bytes)),
+        Command::Handlers { admin } => admin_call(&admin, reqwest::Method::GET, "/admin/handlers", Vec::new()),
+        Command::Rollback { handler, admin } => {
+            admin_call(&admin, reqwest::Method::POST, &format!("/admin/handlers/{handler}/rollback"), Vec::new())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,6 +123,31 @@ fn explain(config: &Path, event_file: &Path, json: bool) -> anyhow::Result<()> {
         print!("{}", gridfn::explain::render_text(&routings));
     }
     Ok(())
+}
+
+/// Calls the admin API and prints its JSON answer.
+fn admin_call(admin: &Admin, method: reqwest::Method, path: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    let url = format!("{}{path}", admin.to.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, text) = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .request(method, &url)
+            .header(gridfn::deploy::ADMIN_KEY_HEADER, &admin.admin_key)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        anyhow::Ok((response.status(), response.text().await?))
+    })?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .map(|json| serde_json::to_string_pretty(&json).unwrap_or_default())
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{pretty}");
+        Ok(())
+    } else {
+        anyhow::bail!("{url} answered {status}: {pretty}")
+    }
 }
 
 fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {

@@ -68,12 +68,32 @@ pub struct Sandbox {
     _ticker: EpochTicker,
 }
 
-/// One handler, compiled and linked, ready to instantiate per event.
+/// One version of a handler, compiled and linked, ready to instantiate per
+/// event.
 pub struct LoadedHandler {
     pub name: Arc<str>,
+    /// Short SHA-256 of the module.
+    pub version: String,
+    /// Where the module came from: its path, or `deploy`.
+    pub source: String,
+    pub loaded_at: time::OffsetDateTime,
     pre: bindings::HandlerPre<HostState>,
     timeout: Duration,
     memory: usize,
+    fuel: Option<u64>,
+    /// Events one instance may serve in sequence (1: a fresh instance each).
+    reuse: u32,
+    /// Instances kept between events when `reuse` > 1; one is never used by
+    /// two events at once, and is dropped after any failure or retry.
+    warm: Mutex<Vec<Instance>>,
+}
+
+/// A live instance and what it needs between calls.
+struct Instance {
+    store: Store<HostState>,
+    handler: bindings::Handler,
+    output: CapturedOutput,
+    served: u32,
 }
 
 impl Sandbox {
@@ -81,9 +101,11 @@ impl Sandbox {
     /// instance (falling back to on-demand allocation where the machine
     /// refuses the reservation), epoch deadlines, and a compile cache in
     /// `cache_dir` so restarts skip compilation.
-    pub fn new(max_memory: usize, cache_dir: &Path) -> anyhow::Result<Sandbox> {
+    pub fn new(max_memory: usize, fuel: bool, cache_dir: &Path) -> anyhow::Result<Sandbox> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // Fuel metering slows every call a little, so only when some handler asks for it.
+        config.consume_fuel(fuel);
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;
         let cache_dir = std::path::absolute(cache_dir)?;
@@ -120,28 +142,49 @@ impl Sandbox {
         Ok(Sandbox { engine, linker, _ticker: ticker })
     }
 
-    /// Compiles a handler's component (or takes it from the cache) and checks
-    /// that it implements the `gridfn:handler` world.
+    /// Compiles a handler's component from its manifest path (or takes it
+    /// from the cache) and checks that it implements the `gridfn:handler` world.
     pub fn load(&self, handler: &config::Handler) -> anyhow::Result<LoadedHandler> {
-        let path = &handler.module;
-        let component = Component::from_file(&self.engine, path)
-            .map_err(|e| anyhow!("handler {}: cannot load {}: {e:#}", handler.name, path.display()))?;
+        let bytes = std::fs::read(&handler.module)
+            .map_err(|e| anyhow!("handler {}: cannot read {}: {e}", handler.name, handler.module.display()))?;
+        self.load_bytes(handler, &bytes, &handler.module.display().to_string())
+    }
+
+    /// Compiles `bytes` as a version of `handler`; `source` says where it
+    /// came from, for listings and errors. CPU-heavy on a cache miss: call it
+    /// from a blocking thread when serving.
+    pub fn load_bytes(&self, handler: &config::Handler, bytes: &[u8], source: &str) -> anyhow::Result<LoadedHandler> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow!("handler {}: {source} is not a WebAssembly component: {e:#}", handler.name))?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
-                "handler {}: {} does not fit gridfn's handler contract (gridfn:handler@0.1.0): {e:#}",
-                handler.name,
-                path.display()
+                "handler {}: {source} does not fit gridfn's handler contract (gridfn:handler@0.1.0): {e:#}",
+                handler.name
             )
         })?;
         let pre = bindings::HandlerPre::new(instance_pre).map_err(|e| {
-            anyhow!(
-                "handler {}: {} does not export `handle` from gridfn:handler@0.1.0: {e:#}",
-                handler.name,
-                path.display()
-            )
+            anyhow!("handler {}: {source} does not export `handle` from gridfn:handler@0.1.0: {e:#}", handler.name)
         })?;
-        Ok(LoadedHandler { name: handler.name.as_str().into(), pre, timeout: handler.timeout, memory: handler.memory })
+        Ok(LoadedHandler {
+            name: handler.name.as_str().into(),
+            version: version_of(bytes),
+            source: source.to_owned(),
+            loaded_at: time::OffsetDateTime::now_utc(),
+            pre,
+            timeout: handler.timeout,
+            memory: handler.memory,
+            fuel: handler.fuel,
+            reuse: handler.instance_reuse,
+            warm: Mutex::new(Vec::new()),
+        })
     }
+}
+
+/// A module's version: the start of its SHA-256, as `gridfn handlers` shows it.
+pub fn version_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 impl LoadedHandler {
@@ -150,33 +193,57 @@ impl LoadedHandler {
         self.timeout
     }
 
-    /// Runs one event in a fresh instance. Blocks for up to the handler's
-    /// timeout: call it from a blocking thread, never an async task.
+    /// Runs one event: in a fresh instance, or a warm one when the handler
+    /// opted into reuse. Blocks for up to the handler's timeout: call it from
+    /// a blocking thread, never an async task.
     pub fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Outcome {
+        let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut instance = match warm.map_or_else(|| self.instantiate(), Ok) {
+            Ok(instance) => instance,
+            Err(error) => return Outcome::Retry { reason: format!("handler failed to start: {error:?}"), after: None },
+        };
+        instance.store.data_mut().log.start_event(&event.id);
+        instance.store.set_epoch_deadline(ticks(self.timeout));
+        if let Some(fuel) = self.fuel {
+            instance.store.set_fuel(fuel).expect("fuel is enabled when a handler sets it");
+        }
+        let result =
+            instance.handler.call_handle(&mut instance.store, &to_wit_event(event), &self.to_wit_delivery(delivery));
+        instance.output.flush_to_log(&instance.store.data().log);
+        instance.served += 1;
+        let outcome = match result {
+            Ok(outcome) => from_wit_outcome(outcome),
+            // The delivery path logs it with the event id.
+            Err(error) => {
+                Outcome::Retry { reason: self.failure_reason(&error, &instance.store.data().memory), after: None }
+            }
+        };
+        let healthy = matches!(outcome, Outcome::Success | Outcome::Reject { .. });
+        if healthy && instance.served < self.reuse {
+            self.warm.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
+        }
+        outcome
+    }
+
+    /// A fresh instance: WASI with nothing granted, stdout and stderr
+    /// captured for the log, the memory cap installed.
+    fn instantiate(&self) -> wasmtime::Result<Instance> {
         let output = CapturedOutput::default();
         let wasi = WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
             memory: MemoryCap { limit: self.memory, exceeded: false },
-            log: GuestLog { handler: self.name.clone(), event_id: event.id.clone(), budget: LOG_BUDGET },
+            log: GuestLog { handler: self.name.clone(), event_id: String::new(), budget: LOG_BUDGET },
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(ticks(self.timeout));
-
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|handler| handler.call_handle(&mut store, &to_wit_event(event), &self.to_wit_delivery(delivery)));
-        output.flush_to_log(&store.data().log);
-        match result {
-            Ok(outcome) => from_wit_outcome(outcome),
-            Err(error) => {
-                // The delivery path logs it with the event id.
-                Outcome::Retry { reason: self.failure_reason(&error, &store.data().memory), after: None }
-            }
+        if let Some(fuel) = self.fuel {
+            store.set_fuel(fuel)?;
         }
+        let handler = self.pre.instantiate(&mut store)?;
+        Ok(Instance { store, handler, output, served: 0 })
     }
 
     /// Says why an instance failed, in words a handler author can act on.
@@ -188,6 +255,7 @@ impl LoadedHandler {
             Some(Trap::Interrupt) => {
                 format!("handler timed out after {}", humantime::format_duration(self.timeout))
             }
+            Some(Trap::OutOfFuel) => format!("handler ran out of fuel ({} units)", self.fuel.unwrap_or_default()),
             _ => format!("handler trapped: {error:?}"),
         }
     }
@@ -275,6 +343,13 @@ struct GuestLog {
 }
 
 impl GuestLog {
+    /// Tags what follows with this event, with a fresh budget.
+    fn start_event(&mut self, event_id: &str) {
+        self.event_id.clear();
+        self.event_id.push_str(event_id);
+        self.budget = LOG_BUDGET;
+    }
+
     fn emit(&mut self, level: log::Level, message: &str) {
         if self.budget == 0 {
             return;

@@ -24,6 +24,13 @@ pub fn app(host: Arc<Host>) -> Router {
         .route("/api/events/{handler}", post(one_handler).options(abuse_protection))
         .route("/runtime/webhooks/eventgrid", post(functions_style).options(abuse_protection))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/admin/handlers", get(crate::deploy::list))
+        .route(
+            "/admin/handlers/{handler}",
+            axum::routing::put(crate::deploy::deploy)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::deploy::MAX_MODULE)),
+        )
+        .route("/admin/handlers/{handler}/rollback", post(crate::deploy::rollback))
         .route("/metrics", get(metrics))
         .with_state(host)
 }

@@ -9,3 +9,4 @@ mod durability;
 mod foundation;
 mod protocol;
 mod routing;
+mod sandbox;

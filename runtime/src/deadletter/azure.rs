@@ -782,7 +782,12 @@ mod tests {
             return Some(bin);
         }
         let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let local = [manifest.join("node_modules/.bin"), manifest.join("../node_modules/.bin")];
+        let local = [
+            manifest.join("node_modules/.bin"),
+            manifest.join("../node_modules/.bin"),
+            // Where scripts/test installs it.
+            manifest.join("../target/azurite/node_modules/.bin"),
+        ];
         let path = std::env::var_os("PATH").unwrap_or_default();
         std::env::split_paths(&path).chain(local).map(|dir| dir.join("azurite-blob")).find(|bin| bin.is_file())
     }

@@ -1,0 +1,185 @@
+//! The sandbox: hostile handlers are contained, limits hold, instances can be
+//! reused, and new versions deploy without a restart.
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Gridfn, batch, component, event, gridfn_command};
+
+fn scripted(extra: &str) -> Gridfn {
+    Gridfn::start(&format!(
+        "[[handler]]\nname = \"scripted\"\nmodule = {:?}\ntimeout = \"2s\"\nmemory = \"16MiB\"\n{extra}\n",
+        component("scripted")
+    ))
+}
+
+fn retry_reason(response: reqwest::blocking::Response) -> String {
+    assert_eq!(response.status(), 503);
+    response.json::<Value>().unwrap()["retry"][0]["reason"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn hostile_handlers_are_contained_and_the_host_stays_healthy() {
+    let gridfn = scripted("");
+    let reason =
+        retry_reason(gridfn.notify("/api/events/scripted", batch(&[event("h-recurse", json!({"act": "recurse"}))])));
+    assert!(reason.contains("handler trapped"), "deep recursion: {reason}");
+
+    let flood = gridfn.notify("/api/events/scripted", batch(&[event("h-flood", json!({"act": "log-flood"}))]));
+    assert_eq!(flood.status(), 200, "a chatty handler still succeeds");
+    assert_eq!(gridfn.log_count("log budget of 65536 bytes used up"), 1);
+    let flood_lines = gridfn.log_lines().iter().filter(|l| l.contains("xxxxxxxxxxxxxxxx")).count();
+    assert!(flood_lines < 200, "the host log holds only the budget, not 16 MiB: {flood_lines} lines");
+
+    let escape = gridfn.notify("/api/events/scripted", batch(&[event("h-escape", json!({"act": "escape"}))]));
+    assert_eq!(escape.status(), 200);
+    let line = gridfn.log_lines().into_iter().find(|l| l.contains("escape file=")).expect("the escape report");
+    assert!(line.contains("file=Err("), "no files: {line}");
+    assert!(line.contains("dir=Err("), "no directories: {line}");
+    assert!(line.contains("env=0"), "no environment: {line}");
+    assert!(line.contains("net=Err("), "no network: {line}");
+
+    assert_eq!(gridfn.get("/healthz").status(), 200);
+    let fine = gridfn.notify("/api/events/scripted", batch(&[event("h-fine", json!({}))]));
+    assert_eq!(fine.status(), 200);
+}
+
+#[test]
+fn fuel_bounds_the_work_of_one_event() {
+    let gridfn = Gridfn::start(&format!(
+        "[[handler]]\nname = \"scripted\"\nmodule = {:?}\ntimeout = \"30s\"\nfuel = 5000000\n",
+        component("scripted")
+    ));
+    let reason = retry_reason(gridfn.notify("/api/events/scripted", batch(&[event("f-loop", json!({"act": "loop"}))])));
+    assert!(reason.contains("ran out of fuel (5000000 units)"), "{reason}");
+    assert_eq!(gridfn.notify("/api/events/scripted", batch(&[event("f-ok", json!({}))])).status(), 200);
+}
+
+#[test]
+fn events_beyond_max_concurrency_wait_in_a_bounded_queue() {
+    let gridfn = scripted("max_concurrency = 1\nqueue = 1");
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let sends: Vec<_> = (0..3)
+            .map(|i| {
+                let gridfn = &gridfn;
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(30 * i));
+                    let body = batch(&[event(&format!("q-{i}"), json!({"act": "sleep"}))]);
+                    gridfn.notify("/api/events/scripted", body).status().as_u16()
+                })
+            })
+            .collect();
+        sends.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    // One runs, one waits in the queue of 1 and runs, one finds the queue full.
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![200, 200, 503], "{statuses:?}");
+    assert_eq!(gridfn.log_count("is at max_concurrency and its queue of 1 is full"), 1);
+}
+
+fn served_counts(gridfn: &Gridfn, prefix: &str) -> Vec<u32> {
+    gridfn
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(&format!("scripted ran {prefix}")))
+        .map(|l| l.split("served=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn instances_are_fresh_by_default_and_reused_when_the_handler_opts_in() {
+    let fresh = scripted("");
+    for i in 0..3 {
+        assert_eq!(fresh.notify("/api/events/scripted", batch(&[event(&format!("fr-{i}"), json!({}))])).status(), 200);
+    }
+    assert_eq!(served_counts(&fresh, "fr-"), vec![1, 1, 1]);
+
+    let reused = scripted("instance_reuse = 3");
+    for i in 0..5 {
+        assert_eq!(reused.notify("/api/events/scripted", batch(&[event(&format!("re-{i}"), json!({}))])).status(), 200);
+    }
+    assert_eq!(served_counts(&reused, "re-"), vec![1, 2, 3, 1, 2], "one instance serves 3 events, then a new one");
+    // A trap discards the instance: the next event gets a fresh one.
+    retry_reason(reused.notify("/api/events/scripted", batch(&[event("re-trap", json!({"act": "trap"}))])));
+    assert_eq!(reused.notify("/api/events/scripted", batch(&[event("re-after", json!({}))])).status(), 200);
+    assert_eq!(served_counts(&reused, "re-after"), vec![1]);
+}
+
+fn admin(gridfn: &Gridfn, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([OsStr::new("--to"), OsStr::new(&gridfn.base), OsStr::new("--admin-key"), OsStr::new("admin-secret")]);
+    gridfn_command(&all)
+}
+
+#[test]
+fn a_new_version_deploys_without_a_restart_and_rolls_back() {
+    let gridfn = Gridfn::start_with_server(
+        "admin_keys = [\"admin-secret\"]",
+        &format!("[[handler]]\nname = \"worker\"\nmodule = {:?}\n", component("audit-log")),
+    );
+    let send = |gridfn: &Gridfn, id: &str| gridfn.notify("/api/events/worker", batch(&[event(id, json!({}))])).status();
+    assert_eq!(send(&gridfn, "v1-event"), 200);
+    assert_eq!(gridfn.log_count("audit: Microsoft.Storage.BlobCreated v1-event "), 1);
+
+    let listed = admin(&gridfn, &["handlers"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let before: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let v1 = before[0]["version"].as_str().unwrap().to_owned();
+
+    // A module that is not a component is refused, and v1 keeps serving.
+    let junk = gridfn.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let refused = admin(&gridfn, &["deploy", junk.to_str().unwrap(), "--handler", "worker"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a WebAssembly component"));
+
+    let deployed = admin(&gridfn, &["deploy", component("scripted").to_str().unwrap(), "--handler", "worker"]);
+    assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));
+    let now: Value = serde_json::from_slice(&deployed.stdout).unwrap();
+    assert_ne!(now["version"], v1.as_str());
+    assert_eq!(now["previous_version"], v1.as_str());
+    assert_eq!(send(&gridfn, "v2-event"), 200);
+    assert_eq!(gridfn.log_count("scripted ran v2-event "), 1, "the new version handles new events");
+
+    // A restart runs what was deployed last.
+    let gridfn = gridfn.crash_and_restart();
+    assert_eq!(send(&gridfn, "v2-after-restart"), 200);
+    assert_eq!(gridfn.log_count("scripted ran v2-after-restart "), 1);
+
+    let wrong_key = gridfn_command(&[
+        OsStr::new("handlers"),
+        OsStr::new("--to"),
+        OsStr::new(&gridfn.base),
+        OsStr::new("--admin-key"),
+        OsStr::new("guess"),
+    ]);
+    assert!(!wrong_key.status.success());
+    assert!(String::from_utf8_lossy(&wrong_key.stderr).contains("401"));
+}
+
+#[test]
+fn rollback_puts_the_previous_version_back() {
+    let gridfn = Gridfn::start_with_server(
+        "admin_keys = [\"admin-secret\"]",
+        &format!("[[handler]]\nname = \"worker\"\nmodule = {:?}\n", component("audit-log")),
+    );
+    let deployed = admin(&gridfn, &["deploy", component("scripted").to_str().unwrap(), "--handler", "worker"]);
+    assert!(deployed.status.success());
+    let rolled = admin(&gridfn, &["rollback", "--handler", "worker"]);
+    assert!(rolled.status.success(), "{}", String::from_utf8_lossy(&rolled.stderr));
+    assert_eq!(gridfn.notify("/api/events/worker", batch(&[event("rb-1", json!({}))])).status(), 200);
+    assert_eq!(gridfn.log_count("audit: Microsoft.Storage.BlobCreated rb-1 "), 1, "the first version is back");
+    let gridfn = gridfn.crash_and_restart();
+    assert_eq!(gridfn.notify("/api/events/worker", batch(&[event("rb-2", json!({}))])).status(), 200);
+    assert_eq!(gridfn.log_count("audit: Microsoft.Storage.BlobCreated rb-2 "), 1, "and stays back after a restart");
+}
+
+#[test]
+fn without_admin_keys_there_is_no_admin_api() {
+    let gridfn = scripted("");
+    let response = gridfn.get("/admin/handlers");
+    assert_eq!(response.status(), 404);
+}
