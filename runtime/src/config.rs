@@ -2,7 +2,7 @@
 //! run before anything starts, so a mistake is reported once, naming its key,
 //! instead of surfacing as a failed delivery later.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -185,6 +185,19 @@ pub struct Handler {
     /// is replaced; default 1 (a fresh instance per event). Never two events
     /// at once; an instance is dropped after any trap, timeout or retry.
     pub instance_reuse: u32,
+    /// `[handler.capabilities]`: what the handler may use beyond logging.
+    pub capabilities: Capabilities,
+}
+
+/// `[handler.capabilities]`: everything not granted here is denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `config = { key = "value" }`: values the handler can read
+    /// (`env:NAME` values are resolved at start).
+    pub config: Option<HashMap<String, String>>,
+    /// `kv = true`: a key-value store of its own, kept where the dedup
+    /// records are.
+    pub kv: bool,
 }
 
 /// Everything wrong with a manifest, each problem naming its key.
@@ -350,6 +363,26 @@ impl Manifest {
                 queue,
                 fuel,
                 instance_reuse,
+                capabilities: Capabilities {
+                    config: h.capabilities.config.map(|values| {
+                        values
+                            .into_iter()
+                            .map(|(key, value)| {
+                                let value = match value.strip_prefix("env:") {
+                                    Some(var) => env(var).unwrap_or_else(|| {
+                                        problems.push(format!(
+                                            "{at}.capabilities.config.{key}: environment variable {var} is not set"
+                                        ));
+                                        String::new()
+                                    }),
+                                    None => value,
+                                };
+                                (key, value)
+                            })
+                            .collect()
+                    }),
+                    kv: h.capabilities.kv,
+                },
             });
         }
 
@@ -607,6 +640,16 @@ struct RawHandler {
     queue: Option<u64>,
     fuel: Option<u64>,
     instance_reuse: Option<u64>,
+    #[serde(default)]
+    capabilities: RawCapabilities,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCapabilities {
+    config: Option<HashMap<String, String>>,
+    #[serde(default)]
+    kv: bool,
 }
 
 #[cfg(test)]

@@ -93,7 +93,11 @@ impl Host {
     pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
         let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
         let fuel = manifest.handlers.iter().any(|h| h.fuel.is_some());
-        let sandbox = Sandbox::new(max_memory, fuel, &manifest.server.cache_dir)?;
+        let kv = match manifest.handlers.iter().any(|h| h.capabilities.kv) {
+            true => Some(crate::kv::open(&manifest.dedup.store, &manifest.server.state_dir)?),
+            false => None,
+        };
+        let sandbox = Sandbox::new(max_memory, fuel, &manifest.server.cache_dir, kv)?;
         let deployments = Deployments::new(&manifest.server.state_dir);
         let routes = manifest
             .handlers

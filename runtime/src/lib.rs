@@ -17,6 +17,7 @@
 //! - [`deploy`]: new handler versions while serving (admin API), and their record on disk.
 //! - [`sandbox`]: wasmtime engine, one pre-linked component per handler, a
 //!   fresh instance per event with a deadline and a memory cap.
+//! - [`kv`]: storage behind the handlers' `kv` capability.
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`error`]: the request error type and the status each variant means.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod event;
 pub mod explain;
 pub mod filter;
+pub mod kv;
 pub mod metrics;
 pub mod sandbox;
 pub mod server;

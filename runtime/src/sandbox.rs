@@ -5,6 +5,7 @@
 //! A handler cannot hurt the host: a trap, a timeout or a memory grab ends its
 //! instance and becomes a [`Outcome::Retry`], logged with the event id.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,9 @@ mod bindings {
     });
 }
 
-use bindings::gridfn::handler::{log, types as wit};
+use bindings::gridfn::handler::{config as config_capability, kv as kv_capability, log, types as wit};
+
+use crate::kv::{self, KvStore};
 
 /// How often the deadline clock ticks; deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -65,7 +68,19 @@ pub struct DeliveryInfo {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
+    /// Storage for handlers granted `kv`.
+    kv: Option<Arc<dyn KvStore>>,
     _ticker: EpochTicker,
+}
+
+/// What a handler's manifest grants it, beyond WASI with nothing in it.
+/// Everything else is denied: `config` answers `none`, `kv` answers `denied`.
+#[derive(Default)]
+pub struct Grants {
+    /// `capabilities.config`: values it may read.
+    pub config: Option<HashMap<String, String>>,
+    /// `capabilities.kv`: its key space.
+    pub kv: Option<Arc<dyn KvStore>>,
 }
 
 /// One version of a handler, compiled and linked, ready to instantiate per
@@ -76,6 +91,7 @@ pub struct LoadedHandler {
     pub version: String,
     /// Where the module came from: its path, or `deploy`.
     pub source: String,
+    grants: Arc<Grants>,
     pub loaded_at: time::OffsetDateTime,
     pre: bindings::HandlerPre<HostState>,
     timeout: Duration,
@@ -101,7 +117,12 @@ impl Sandbox {
     /// instance (falling back to on-demand allocation where the machine
     /// refuses the reservation), epoch deadlines, and a compile cache in
     /// `cache_dir` so restarts skip compilation.
-    pub fn new(max_memory: usize, fuel: bool, cache_dir: &Path) -> anyhow::Result<Sandbox> {
+    pub fn new(
+        max_memory: usize,
+        fuel: bool,
+        cache_dir: &Path,
+        kv: Option<Arc<dyn KvStore>>,
+    ) -> anyhow::Result<Sandbox> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         // Fuel metering slows every call a little, so only when some handler asks for it.
@@ -139,7 +160,7 @@ impl Sandbox {
             .map_err(|e| anyhow!("linking the gridfn imports: {e}"))?;
 
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Sandbox { engine, linker, _ticker: ticker })
+        Ok(Sandbox { engine, linker, kv, _ticker: ticker })
     }
 
     /// Compiles a handler's component from its manifest path (or takes it
@@ -165,8 +186,13 @@ impl Sandbox {
         let pre = bindings::HandlerPre::new(instance_pre).map_err(|e| {
             anyhow!("handler {}: {source} does not export `handle` from gridfn:handler@0.1.0: {e:#}", handler.name)
         })?;
+        let grants = Grants {
+            config: handler.capabilities.config.clone(),
+            kv: if handler.capabilities.kv { self.kv.clone() } else { None },
+        };
         Ok(LoadedHandler {
             name: handler.name.as_str().into(),
+            grants: Arc::new(grants),
             version: version_of(bytes),
             source: source.to_owned(),
             loaded_at: time::OffsetDateTime::now_utc(),
@@ -235,6 +261,7 @@ impl LoadedHandler {
             table: ResourceTable::new(),
             memory: MemoryCap { limit: self.memory, exceeded: false },
             log: GuestLog { handler: self.name.clone(), event_id: String::new(), budget: LOG_BUDGET },
+            grants: self.grants.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.memory);
@@ -305,6 +332,7 @@ struct HostState {
     table: ResourceTable,
     memory: MemoryCap,
     log: GuestLog,
+    grants: Arc<Grants>,
 }
 
 impl WasiView for HostState {
@@ -392,6 +420,44 @@ impl log::Host for HostState {
 }
 
 impl wit::Host for HostState {}
+
+impl config_capability::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.grants.config.as_ref()?.get(&key).cloned()
+    }
+}
+
+impl HostState {
+    /// The handler's key space, if granted, after checking the key's size.
+    fn kv(&self, key: &str) -> Result<&dyn KvStore, kv_capability::Error> {
+        let store = self.grants.kv.as_deref().ok_or(kv_capability::Error::Denied)?;
+        if key.len() > kv::MAX_KEY {
+            return Err(kv_capability::Error::TooLarge);
+        }
+        Ok(store)
+    }
+}
+
+impl kv_capability::Host for HostState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv_capability::Error> {
+        self.kv(&key)?.get(&self.log.handler, &key).map_err(kv_capability::Error::Store)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv_capability::Error> {
+        if value.len() > kv::MAX_VALUE {
+            return Err(kv_capability::Error::TooLarge);
+        }
+        self.kv(&key)?.set(&self.log.handler, &key, &value).map_err(kv_capability::Error::Store)
+    }
+
+    fn delete(&mut self, key: String) -> Result<(), kv_capability::Error> {
+        self.kv(&key)?.delete(&self.log.handler, &key).map_err(kv_capability::Error::Store)
+    }
+
+    fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv_capability::Error> {
+        self.kv(&key)?.increment(&self.log.handler, &key, delta).map_err(kv_capability::Error::Store)
+    }
+}
 
 /// A guest's stdout and stderr, captured (up to the log budget) and written to
 /// the host log after the call.

@@ -190,6 +190,41 @@ pub mod log {
     }
 }
 
+/// Values the manifest sets for this handler:
+/// `[handler.capabilities] config = { key = "value" }`.
+pub mod config {
+    /// The value for `key`, or `None` if the manifest does not set it (or does
+    /// not grant `config`).
+    pub fn get(key: &str) -> Option<String> {
+        crate::bindings::gridfn::handler::config::get(key)
+    }
+}
+
+/// A key-value store scoped to this handler, granted by
+/// `[handler.capabilities] kv = true`; it survives restarts with gridfn's
+/// embedded store and is shared by hosts with its Redis store.
+pub mod kv {
+    use crate::bindings::gridfn::handler::kv as host;
+    pub use crate::bindings::gridfn::handler::kv::Error;
+
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {
+        host::get(key)
+    }
+
+    pub fn set(key: &str, value: &[u8]) -> Result<(), Error> {
+        host::set(key, value)
+    }
+
+    pub fn delete(key: &str) -> Result<(), Error> {
+        host::delete(key)
+    }
+
+    /// Adds `delta` to the counter at `key` (0 when absent) and returns it.
+    pub fn increment(key: &str, delta: i64) -> Result<i64, Error> {
+        host::increment(key, delta)
+    }
+}
+
 #[doc(hidden)]
 pub fn __handle(event: wit::Event, delivery: wit::Delivery, handler: fn(&Event, &Delivery) -> Outcome) -> wit::Outcome {
     handler(&Event(event), &Delivery(delivery)).into()

@@ -183,3 +183,60 @@ fn without_admin_keys_there_is_no_admin_api() {
     let response = gridfn.get("/admin/handlers");
     assert_eq!(response.status(), 404);
 }
+
+fn kv_line(gridfn: &Gridfn, id: &str) -> String {
+    let needle = format!("handler=\"scripted\" event_id=\"{id}\"");
+    gridfn.log_lines().into_iter().find(|l| l.contains("kv count=") && l.contains(&needle)).expect("the kv report")
+}
+
+#[test]
+fn kv_is_granted_per_handler_scoped_and_survives_restarts() {
+    let granted = scripted("capabilities = { kv = true }");
+    for i in 1..=3 {
+        let id = format!("kv-{i}");
+        assert_eq!(granted.notify("/api/events/scripted", batch(&[event(&id, json!({"act": "kv"}))])).status(), 200);
+        assert!(
+            kv_line(&granted, &id).contains(&format!("count=Ok({i}) missing=Ok(None)")),
+            "{}",
+            kv_line(&granted, &id)
+        );
+    }
+    let granted = granted.crash_and_restart();
+    assert_eq!(granted.notify("/api/events/scripted", batch(&[event("kv-4", json!({"act": "kv"}))])).status(), 200);
+    assert!(kv_line(&granted, "kv-4").contains("count=Ok(4)"), "kept across a restart: {}", kv_line(&granted, "kv-4"));
+
+    let denied = scripted("");
+    assert_eq!(denied.notify("/api/events/scripted", batch(&[event("kv-no", json!({"act": "kv"}))])).status(), 200);
+    assert!(kv_line(&denied, "kv-no").contains("count=Err(Error::Denied)"), "{}", kv_line(&denied, "kv-no"));
+}
+
+#[test]
+fn config_values_reach_only_the_handler_they_are_granted_to() {
+    let gridfn = Gridfn::start(&format!(
+        "[[handler]]\nname = \"scripted\"\nmodule = {m:?}\ncapabilities = {{ config = {{ greeting = \"hello\" }} }}\n\n\
+         [[handler]]\nname = \"plain\"\nmodule = {m:?}\n",
+        m = component("scripted")
+    ));
+    assert_eq!(gridfn.notify("/api/events/scripted", batch(&[event("c-1", json!({"act": "config"}))])).status(), 200);
+    assert_eq!(gridfn.notify("/api/events/plain", batch(&[event("c-2", json!({"act": "config"}))])).status(), 200);
+    assert_eq!(gridfn.log_count("config greeting=Some(\"hello\") handler=\"scripted\""), 1);
+    assert_eq!(gridfn.log_count("config greeting=None handler=\"plain\""), 1);
+}
+
+#[test]
+fn the_audit_log_counts_events_per_type_in_its_kv_store() {
+    let gridfn = Gridfn::start(&format!(
+        "[[handler]]\nname = \"audit-log\"\nmodule = {:?}\ncapabilities = {{ kv = true }}\n",
+        component("audit-log")
+    ));
+    let body = batch(&[event("count-1", json!({})), event("count-2", json!({}))]);
+    assert_eq!(gridfn.notify("/api/events/audit-log", body).status(), 200);
+    let mut seen: Vec<String> = gridfn
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("audit: Microsoft.Storage.BlobCreated count-"))
+        .map(|l| l.split("seen=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec!["1", "2"]);
+}
