@@ -109,7 +109,15 @@ pub fn split_batch(body: &[u8]) -> Result<Vec<Box<RawValue>>, DecodeError> {
 
 /// Decodes an Event Grid schema body (array or single object).
 pub fn decode_event_grid(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
-    split_batch(body)?.into_iter().enumerate().map(|(index, raw)| decode_event_grid_event(index, raw)).collect()
+    decode_all(split_batch(body)?, decode_event_grid_event)
+}
+
+/// Decodes each event of a batch with `decode`, stopping at the first problem.
+fn decode_all(
+    events: Vec<Box<RawValue>>,
+    decode: fn(usize, Box<RawValue>) -> Result<Event, DecodeError>,
+) -> Result<Vec<Event>, DecodeError> {
+    events.into_iter().enumerate().map(|(index, raw)| decode(index, raw)).collect()
 }
 
 fn decode_event_grid_event(index: usize, raw: Box<RawValue>) -> Result<Event, DecodeError> {
@@ -140,7 +148,7 @@ fn decode_event_grid_event(index: usize, raw: Box<RawValue>) -> Result<Event, De
 /// Decodes CloudEvents in the JSON format: one structured event or a batch
 /// (an array), whichever the body holds.
 pub fn decode_cloudevents(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
-    split_batch(body)?.into_iter().enumerate().map(|(index, raw)| decode_cloud_event(index, raw)).collect()
+    decode_all(split_batch(body)?, decode_cloud_event)
 }
 
 /// Decodes a JSON body whose content type does not say which schema it is
@@ -149,15 +157,7 @@ pub fn decode_cloudevents(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
 pub fn decode_json(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
     let events = split_batch(body)?;
     let cloudevents = Fields::parse(0, &events[0])?.raw("specversion").is_some();
-    events
-        .into_iter()
-        .enumerate()
-        .map(
-            |(index, raw)| {
-                if cloudevents { decode_cloud_event(index, raw) } else { decode_event_grid_event(index, raw) }
-            },
-        )
-        .collect()
+    decode_all(events, if cloudevents { decode_cloud_event } else { decode_event_grid_event })
 }
 
 /// The CloudEvents attributes the spec defines; every other top-level member
@@ -236,10 +236,11 @@ fn cloud_event_data(data: &RawValue, content_type: Option<&str>) -> Vec<u8> {
     if text == "null" {
         return Vec::new();
     }
-    if !content_type.is_none_or(is_json_media_type) && text.starts_with('"') {
-        if let Ok(string) = serde_json::from_str::<String>(text) {
-            return string.into_bytes();
-        }
+    if !content_type.is_none_or(is_json_media_type)
+        && text.starts_with('"')
+        && let Ok(string) = serde_json::from_str::<String>(text)
+    {
+        return string.into_bytes();
     }
     text.as_bytes().to_vec()
 }

@@ -58,12 +58,12 @@ impl RequestKind {
 /// `aeg-metadata-version` must be 1 when sent; `aeg-data-version` fills in
 /// the data version of events that lack one.
 pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, RequestError> {
-    if let Some(version) = header_text(headers, "aeg-metadata-version") {
-        if version != "1" {
-            return Err(RequestError::BadRequest(format!(
-                "aeg-metadata-version {version:?} is not supported; gridfn speaks metadata version 1"
-            )));
-        }
+    if let Some(version) = header_text(headers, "aeg-metadata-version")
+        && version != "1"
+    {
+        return Err(RequestError::BadRequest(format!(
+            "aeg-metadata-version {version:?} is not supported; gridfn speaks metadata version 1"
+        )));
     }
     let content_type = header_text(headers, "content-type");
     let mut events = if headers.contains_key("ce-specversion") {

@@ -207,7 +207,7 @@ create_container = true
     let sent = event("azure-reject-1", json!({"act": "reject"}));
     let response = gridfn.post(
         "/api/events/scripted",
-        batch(&[sent.clone()]),
+        batch(std::slice::from_ref(&sent)),
         &[("aeg-sas-key", crate::support::KEY), ("aeg-subscription-name", "orders-sub")],
     );
     assert_eq!(response.status(), 200);

@@ -152,18 +152,34 @@ impl Gridfn {
         self.metric(&format!("gridfn_events_total{{handler=\"{handler}\",outcome=\"{outcome}\"}}"))
     }
 
-    /// Log lines containing `needle`, waiting briefly for the log to catch up.
+    /// Log lines containing `needle`, once the log has caught up.
     pub fn log_count(&self, needle: &str) -> usize {
-        std::thread::sleep(Duration::from_millis(100));
-        self.log.lock().unwrap().iter().filter(|line| line.contains(needle)).count()
+        self.log_lines().iter().filter(|line| line.contains(needle)).count()
+    }
+
+    /// Waits until gridfn's log has been quiet for a moment: what it wrote
+    /// before answering is in the pipe, but the reader thread may not have
+    /// taken it in yet.
+    fn settle(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = usize::MAX;
+        loop {
+            let now = self.log.lock().unwrap().len();
+            if now == seen || std::time::Instant::now() > deadline {
+                return;
+            }
+            seen = now;
+            std::thread::sleep(Duration::from_millis(60));
+        }
     }
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// The log lines so far.
+    /// The log lines so far, once the log has caught up.
     pub fn log_lines(&self) -> Vec<String> {
+        self.settle();
         self.log.lock().unwrap().clone()
     }
 }

@@ -210,10 +210,10 @@ impl Dedup {
         if committed.is_err() {
             release.extend(done_keys);
         }
-        if !release.is_empty() {
-            if let Err(e) = self.store.release(&release).await {
-                tracing::warn!("releasing {} lease(s) failed ({e}); they expire on their own", release.len());
-            }
+        if !release.is_empty()
+            && let Err(e) = self.store.release(&release).await
+        {
+            tracing::warn!("releasing {} lease(s) failed ({e}); they expire on their own", release.len());
         }
         for lease in done.into_iter().chain(not_done) {
             lease.forget();
