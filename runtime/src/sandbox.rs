@@ -142,7 +142,7 @@ impl Sandbox {
             .max_memory_size(max_memory)
             // Keeping the first pages of a slot resident spares fresh
             // instances the page faults that dominate a short call.
-            .linear_memory_keep_resident(1 << 20)
+            .linear_memory_keep_resident(4 << 20)
             .table_keep_resident(64 << 10);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = match Engine::new(&config) {
