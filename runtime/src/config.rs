@@ -61,6 +61,9 @@ pub struct Server {
     /// `[server.entra]`: require a Microsoft Entra ID bearer token from Event
     /// Grid (as well as a key, if keys are configured).
     pub entra: Option<EntraConfig>,
+    /// `watch`: a folder gridfn watches for `<handler>.wasm` files; a new or
+    /// changed one is deployed like `gridfn deploy` does. Off by default.
+    pub watch: Option<PathBuf>,
     /// `admin_keys`: keys for the admin API (`gridfn deploy`, `handlers`,
     /// `rollback`), sent as `x-gridfn-admin-key`; literal or `env:NAME`.
     /// Separate from delivery keys; no admin key, no admin API.
@@ -401,6 +404,7 @@ impl Manifest {
                 event_grid_domains,
                 entra: server.entra,
                 admin_keys,
+                watch: server.watch.map(&resolve),
             },
             dedup: Dedup { store: dedup_store, ttl },
             deadletter,
@@ -599,6 +603,7 @@ struct RawServer {
     entra: Option<EntraConfig>,
     #[serde(default)]
     admin_keys: Vec<String>,
+    watch: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]

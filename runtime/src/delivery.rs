@@ -60,6 +60,8 @@ pub struct Host {
     pub(crate) sandbox: Arc<Sandbox>,
     pub(crate) deployments: Deployments,
     pub(crate) admin_keys: Vec<String>,
+    /// `server.watch`: the folder watched for new handler versions.
+    pub watch: Option<std::path::PathBuf>,
 }
 
 /// A handler as the manifest lists it (filter, retries, limits), and the
@@ -141,6 +143,7 @@ impl Host {
             sandbox: Arc::new(sandbox),
             deployments,
             admin_keys: manifest.server.admin_keys.clone(),
+            watch: manifest.server.watch.clone(),
         })
     }
 

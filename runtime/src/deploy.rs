@@ -177,10 +177,22 @@ pub async fn deploy(
     headers: HeaderMap,
     module: Bytes,
 ) -> Response {
-    let result: Result<HandlerVersion, AdminError> = async {
-        host.admin(&headers)?;
-        let route = host.route(&name)?;
-        let (sandbox, config) = (host.sandbox.clone(), route.config.clone());
+    let result = match host.admin(&headers) {
+        Ok(()) => host.deploy_module(&name, module).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(version) => Json(version).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+impl Host {
+    /// Compiles and checks `module`, keeps it on disk, and makes it the
+    /// running version of handler `name`.
+    async fn deploy_module(&self, name: &str, module: Bytes) -> Result<HandlerVersion, AdminError> {
+        let route = self.route(name)?;
+        let (sandbox, config) = (self.sandbox.clone(), route.config.clone());
         let compiled = {
             let module = module.clone();
             tokio::task::spawn_blocking(move || sandbox.load_bytes(&config, &module, "deploy"))
@@ -189,17 +201,33 @@ pub async fn deploy(
             tracing::warn!(handler = %name, "deploy refused: {e:#}");
             AdminError::Refused(format!("{e:#}"))
         })?;
-        host.deployments
-            .record(&name, &module)
-            .map_err(|e| AdminError::Internal(format!("keeping the module: {e}")))?;
+        self.deployments.record(name, &module).map_err(|e| AdminError::Internal(format!("keeping the module: {e}")))?;
         let old = Host::swap(route, Arc::new(new));
         tracing::warn!(handler = %name, from = %old.version, to = %route.handler().version, "deployed a new version");
         Ok(describe(route))
     }
-    .await;
-    match result {
-        Ok(version) => Json(version).into_response(),
-        Err(e) => e.into_response(),
+
+    /// Deploys `<name>.wasm` files that appear or change in `folder`, for
+    /// handlers of that name, checking every `every`; runs until the host is
+    /// dropped. A refused module is logged and left alone until it changes.
+    pub async fn watch_folder(self: Arc<Self>, folder: PathBuf, every: std::time::Duration) {
+        let mut tried: std::collections::HashMap<String, String> = Default::default();
+        loop {
+            for route in &self.routes {
+                let name = &route.config.name;
+                let Ok(bytes) = tokio::fs::read(folder.join(format!("{name}.wasm"))).await else { continue };
+                let version = version_of(&bytes);
+                if version == route.handler().version || tried.get(name) == Some(&version) {
+                    continue;
+                }
+                tried.insert(name.clone(), version);
+                if let Err(e) = self.deploy_module(name, bytes.into()).await {
+                    let (AdminError::Refused(reason) | AdminError::Internal(reason)) = e else { continue };
+                    tracing::error!(handler = %name, "not deploying {name}.wasm from {}: {reason}", folder.display());
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 }
 

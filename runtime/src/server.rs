@@ -52,8 +52,13 @@ pub async fn serve(
             }
         }
     });
+    let watcher =
+        host.watch.clone().map(|folder| tokio::spawn(host.clone().watch_folder(folder, Duration::from_secs(1))));
     let result = axum::serve(listener, app(host)).with_graceful_shutdown(shutdown).await;
     sweeper.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     result
 }
 

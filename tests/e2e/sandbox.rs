@@ -240,3 +240,31 @@ fn the_audit_log_counts_events_per_type_in_its_kv_store() {
     seen.sort();
     assert_eq!(seen, vec!["1", "2"]);
 }
+
+#[test]
+fn a_module_dropped_in_the_watched_folder_is_deployed() {
+    let gridfn = Gridfn::start_with_server(
+        "watch = \"incoming\"",
+        &format!("[[handler]]\nname = \"worker\"\nmodule = {:?}\n", component("audit-log")),
+    );
+    let incoming = gridfn.dir.path().join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    // A broken module is refused and logged; the running version stays.
+    std::fs::write(incoming.join("worker.wasm"), b"not wasm").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gridfn.log_count("not deploying worker.wasm") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the broken module was not noticed");
+    }
+    assert_eq!(gridfn.notify("/api/events/worker", batch(&[event("w-1", json!({}))])).status(), 200);
+    assert_eq!(gridfn.log_count("audit: Microsoft.Storage.BlobCreated w-1 "), 1);
+
+    // Written elsewhere and renamed in, as a deploy tool should.
+    std::fs::copy(component("scripted"), incoming.join("worker.partial")).unwrap();
+    std::fs::rename(incoming.join("worker.partial"), incoming.join("worker.wasm")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gridfn.log_count("deployed a new version") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the new module was not deployed");
+    }
+    assert_eq!(gridfn.notify("/api/events/worker", batch(&[event("w-2", json!({}))])).status(), 200);
+    assert_eq!(gridfn.log_count("scripted ran w-2 "), 1);
+}
