@@ -50,8 +50,10 @@ pub struct Host {
     dedup: Arc<Dedup>,
     deadletter: DeadLetterStore,
     pub metrics: Metrics,
-    /// Bounds the instances alive at once to what the pooling allocator has
-    /// room for; events beyond it wait here rather than fail to instantiate.
+    /// Bounds the handlers running at once to a few per core. Handlers are
+    /// CPU-bound; a hundred events of a batch running on a hundred threads
+    /// would spend the cores switching between them and thrashing their
+    /// caches. Events beyond it wait here, in order, at no cost.
     instance_slots: Semaphore,
     pub max_body: usize,
     validation: Validation,
@@ -136,7 +138,7 @@ impl Host {
             dedup: Dedup::new(crate::dedup::open(&manifest.dedup.store).await?, manifest.dedup.ttl),
             deadletter: DeadLetterStore::open(&manifest.deadletter).await?,
             metrics: Metrics::default(),
-            instance_slots: Semaphore::new(MAX_INSTANCES as usize),
+            instance_slots: Semaphore::new(running_slots()),
             max_body: manifest.server.max_body,
             validation: manifest.server.validation,
             event_grid_domains: EventGridDomains::new(&manifest.server.event_grid_domains),
@@ -373,6 +375,13 @@ impl Host {
         }
         runs
     }
+}
+
+/// Two per core, so one stuck handler (until its deadline) cannot stall a
+/// core's worth of others; never more than the pooling allocator holds.
+fn running_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 2).clamp(4, MAX_INSTANCES as usize)
 }
 
 /// A place in a handler's queue, given back when dropped (also when the
