@@ -18,7 +18,6 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 
 use crate::delivery::{Host, Route};
@@ -142,11 +141,7 @@ impl Host {
             return Err(AdminError::Disabled);
         }
         let presented = headers.get(ADMIN_KEY_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
-        let mut accepted = subtle::Choice::from(0);
-        for key in &self.admin_keys {
-            accepted |= key.as_bytes().ct_eq(presented);
-        }
-        if bool::from(accepted) { Ok(()) } else { Err(AdminError::Unauthorized) }
+        if crate::webhook::is_one_of(&self.admin_keys, presented) { Ok(()) } else { Err(AdminError::Unauthorized) }
     }
 
     fn route(&self, name: &str) -> Result<&Route, AdminError> {

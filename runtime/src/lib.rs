@@ -1,6 +1,7 @@
-//! gridfn: runs Azure Event Grid push deliveries (Event Grid schema) through
-//! sandboxed WebAssembly handlers, and answers Event Grid with the status that
-//! makes it forget, retry or dead-letter each delivery.
+//! gridfn: runs Azure Event Grid push deliveries (Event Grid schema and
+//! CloudEvents 1.0) through sandboxed WebAssembly handlers, and answers Event
+//! Grid with the status that makes it forget, retry or dead-letter each
+//! delivery.
 //!
 //! # Layout
 //!

@@ -71,14 +71,6 @@ impl DeadLetterStore {
             DeadLetterStore::AzureBlob(store) => Ok(store.put(&name, body.into()).await?),
         }
     }
-
-    /// Where it writes, for messages.
-    pub fn describe(&self) -> String {
-        match self {
-            DeadLetterStore::Dir(root) => root.display().to_string(),
-            DeadLetterStore::AzureBlob(store) => format!("{store:?}"),
-        }
-    }
 }
 
 /// Writes, syncs and renames into place, then syncs the folder: after Ok, the
