@@ -187,7 +187,9 @@ impl Host {
                 tracing::warn!(topic = %event.source, subject = ?event.subject, "Event Grid says a subscription was deleted; not dispatched to handlers");
                 continue;
             }
-            let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event)).collect();
+            // Parsed once per event, and only if some handler has a filter.
+            let json = std::cell::OnceCell::new();
+            let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event, &json)).collect();
             if wanted_by.is_empty() {
                 unmatched += 1;
                 let label = match target {
@@ -414,12 +416,12 @@ impl Route {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn wants(&self, event: &Event) -> bool {
+    /// Whether this handler's filter lets `event` through; `json` holds the
+    /// event parsed, shared by every handler's filter.
+    fn wants(&self, event: &Event, json: &std::cell::OnceCell<serde_json::Value>) -> bool {
         let Some(filter) = &self.config.filter else { return true };
-        match serde_json::from_str::<serde_json::Value>(event.raw.get()) {
-            Ok(json) => filter.matches(&json, event.schema),
-            Err(_) => false,
-        }
+        let json = json.get_or_init(|| serde_json::from_str(event.raw.get()).unwrap_or(serde_json::Value::Null));
+        filter.matches(json, event.schema)
     }
 }
 
