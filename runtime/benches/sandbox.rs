@@ -70,13 +70,13 @@ fn main() {
     let event = decode_event_grid(&body).unwrap().remove(0);
     let delivery = DeliveryInfo { attempt: 0, subscription: None, replay: false };
     assert!(native(&event.data));
-    assert_eq!(fresh.invoke(&event, &delivery), Outcome::Success);
+    assert_eq!(fresh.invoke(&event, &delivery).outcome, Outcome::Success);
 
     let baseline = measure(|_| assert!(std::hint::black_box(native(std::hint::black_box(&event.data)))));
     let rows = [
         ("native fn", baseline),
-        ("gridfn fresh", measure(|_| assert_eq!(fresh.invoke(&event, &delivery), Outcome::Success))),
-        ("gridfn reuse", measure(|_| assert_eq!(reuse.invoke(&event, &delivery), Outcome::Success))),
+        ("gridfn fresh", measure(|_| assert_eq!(fresh.invoke(&event, &delivery).outcome, Outcome::Success))),
+        ("gridfn reuse", measure(|_| assert_eq!(reuse.invoke(&event, &delivery).outcome, Outcome::Success))),
     ];
     let native_median = rows[0].1.median_us;
     println!("{EVENTS} events per mode, one core, after {WARMUP} warm-up events\n");

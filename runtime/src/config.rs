@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use url::Url;
 
 use crate::deadletter::azure::AzureBlobConfig;
 use crate::entra::EntraConfig;
 use crate::filter::Filter;
+use crate::outbound::AllowedHost;
+use crate::publish::Topic;
 
 /// The dedup store unless `dedup.store` says otherwise.
 pub const DEFAULT_DEDUP_STORE: &str = "embedded";
@@ -201,6 +204,12 @@ pub struct Capabilities {
     /// `kv = true`: a key-value store of its own, kept where the dedup
     /// records are.
     pub kv: bool,
+    /// `allowed_outbound_hosts = ["https://api.example.com", …]`: where
+    /// `wasi:http` requests may go (see [`AllowedHost`] for wildcards).
+    pub allowed_outbound_hosts: Vec<AllowedHost>,
+    /// `publish = "local"` or `publish = { endpoint = "…", key = "env:…" }`:
+    /// where the events it publishes go.
+    pub publish: Option<Topic>,
 }
 
 /// Everything wrong with a manifest, each problem naming its key.
@@ -385,6 +394,20 @@ impl Manifest {
                             .collect()
                     }),
                     kv: h.capabilities.kv,
+                    allowed_outbound_hosts: h
+                        .capabilities
+                        .allowed_outbound_hosts
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(n, entry)| {
+                            AllowedHost::parse(entry)
+                                .map_err(|e| {
+                                    problems.push(format!("{at}.capabilities.allowed_outbound_hosts[{n}]: {e}"))
+                                })
+                                .ok()
+                        })
+                        .collect(),
+                    publish: h.capabilities.publish.and_then(|raw| publish_topic(raw, &at, env, &mut problems)),
                 },
             });
         }
@@ -655,6 +678,45 @@ struct RawCapabilities {
     config: Option<HashMap<String, String>>,
     #[serde(default)]
     kv: bool,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    publish: Option<RawPublish>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPublish {
+    Named(String),
+    EventGrid { endpoint: String, key: String },
+}
+
+fn publish_topic(
+    raw: RawPublish,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<Topic> {
+    let key_name = format!("{at}.capabilities.publish");
+    match raw {
+        RawPublish::Named(name) if name == "local" => Some(Topic::Local),
+        RawPublish::Named(other) => {
+            problems.push(format!(
+                "{key_name}: {other:?} is not a topic; use \"local\" or {{ endpoint = \"https://<topic>.<region>-1.eventgrid.azure.net/api/events\", key = \"env:TOPIC_KEY\" }}"
+            ));
+            None
+        }
+        RawPublish::EventGrid { endpoint, key } => {
+            let endpoint = match Url::parse(&endpoint) {
+                Ok(url) if matches!(url.scheme(), "https" | "http") => url,
+                _ => {
+                    problems.push(format!("{key_name}.endpoint: {endpoint:?} is not an http(s) URL"));
+                    return None;
+                }
+            };
+            let key = resolve_keys(&[key], &format!("{key_name}.key"), env, problems).pop()?;
+            Some(Topic::EventGrid { endpoint, key })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -29,7 +30,8 @@ use crate::entra::EntraValidator;
 use crate::error::RequestError;
 use crate::event::{Event, SUBSCRIPTION_DELETED_EVENT};
 use crate::metrics::{Metrics, PairOutcome};
-use crate::sandbox::{DeliveryInfo, LoadedHandler, MAX_INSTANCES, Outcome, Sandbox};
+use crate::publish::{MAX_LOCAL_DEPTH, Published, Topic};
+use crate::sandbox::{DeliveryInfo, Invocation, LoadedHandler, MAX_INSTANCES, Outcome, Sandbox};
 use crate::webhook::{self, Authenticator, EventGridDomains, RequestKind};
 
 /// Retry-After when no handler asked for a specific delay: Event Grid's own
@@ -42,6 +44,9 @@ const LOCAL_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
 /// The `handler` label of events the shared endpoint routed to no handler.
 pub const UNMATCHED_LABEL: &str = "*";
+
+/// What handlers see as `delivery.subscription` for events from the local topic.
+pub const LOCAL_TOPIC_SUBSCRIPTION: &str = "gridfn-local-topic";
 
 /// Everything a delivery needs, built once at start.
 pub struct Host {
@@ -64,6 +69,8 @@ pub struct Host {
     pub(crate) admin_keys: Vec<String>,
     /// `server.watch`: the folder watched for new handler versions.
     pub watch: Option<std::path::PathBuf>,
+    /// Sends what handlers publish to Event Grid topics.
+    publisher: reqwest::Client,
 }
 
 /// A handler as the manifest lists it (filter, retries, limits), and the
@@ -146,6 +153,7 @@ impl Host {
             deployments,
             admin_keys: manifest.server.admin_keys.clone(),
             watch: manifest.server.watch.clone(),
+            publisher: reqwest::Client::new(),
         })
     }
 
@@ -180,6 +188,29 @@ impl Host {
         }
 
         let delivery = webhook::delivery_info(headers);
+        let label = match target {
+            Target::All => UNMATCHED_LABEL,
+            Target::Handler(name) => name,
+        };
+        Ok(self.dispatch(&routes, label, events, &delivery, &received, 0).await.into_response())
+    }
+
+    /// Routes each event to the handlers that want it, runs every pair, and
+    /// records the done ones: the verdict for a batch, whether Event Grid
+    /// pushed it or a handler published it to the local topic (`depth` > 0).
+    /// Events no route wants are counted under `unmatched_label`.
+    ///
+    /// Boxed, because publishing to the local topic comes back here.
+    fn dispatch<'a>(
+        &'a self,
+        routes: &'a [&'a Route],
+        unmatched_label: &'a str,
+        events: Vec<Event>,
+        delivery: &'a DeliveryInfo,
+        received: &'a Received,
+        depth: u32,
+    ) -> BoxFuture<'a, Verdict> {
+        async move {
         let mut pairs = Vec::new();
         let mut unmatched = 0;
         for (index, event) in events.into_iter().map(Arc::new).enumerate() {
@@ -192,20 +223,18 @@ impl Host {
             let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event, &json)).collect();
             if wanted_by.is_empty() {
                 unmatched += 1;
-                let label = match target {
-                    Target::All => UNMATCHED_LABEL,
-                    Target::Handler(name) => name,
-                };
-                self.metrics.count(label, PairOutcome::Unmatched);
+                self.metrics.count(unmatched_label, PairOutcome::Unmatched);
             }
             for route in wanted_by {
-                pairs.push(self.run_pair(index, event.clone(), route, &delivery, &received));
+                pairs.push(self.run_pair(index, event.clone(), route, delivery, received, depth));
             }
         }
         let pairs = self.record(join_all(pairs).await).await;
         let mut verdict = Verdict::from_pairs(pairs);
         verdict.unmatched = unmatched;
-        Ok(verdict.into_response())
+        verdict
+        }
+        .boxed()
     }
 
     fn routes_for(&self, target: &Target) -> Result<Vec<&Route>, RequestError> {
@@ -221,8 +250,9 @@ impl Host {
     }
 
     /// One (event, handler) pair: claim it, run it in fresh instances until
-    /// it succeeds, rejects, or its local retries are used up, and dead-letter
-    /// a rejection. Recording it as done is left to [`Host::record`].
+    /// it succeeds, rejects, or its local retries are used up, send what a
+    /// successful run published, and dead-letter a rejection. Recording it as
+    /// done is left to [`Host::record`].
     async fn run_pair(
         &self,
         index: usize,
@@ -230,6 +260,7 @@ impl Host {
         route: &Route,
         delivery: &DeliveryInfo,
         received: &Received,
+        depth: u32,
     ) -> PairRun {
         let handler = route.handler();
         let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
@@ -252,17 +283,23 @@ impl Host {
 
         let mut delivery = delivery.clone();
         let mut tries = 1;
-        let outcome = loop {
-            let outcome = self.invoke(route, &handler, &event, &delivery).await;
-            let Outcome::Retry { after, reason } = &outcome else { break outcome };
-            let Some(delay) = route.config.retry.delay_before(tries + 1, *after) else { break outcome };
+        let Invocation { outcome, published } = loop {
+            let run = self.invoke(route, &handler, &event, &delivery).await;
+            let Outcome::Retry { after, reason } = &run.outcome else { break run };
+            let Some(delay) = route.config.retry.delay_before(tries + 1, *after) else { break run };
             if received.at.elapsed() + delay + handler.timeout() > LOCAL_RETRY_BUDGET {
-                break outcome;
+                break run;
             }
             tracing::info!(handler = %handler.name, event_id = %event.id, "retrying locally in {delay:?}: {reason}");
             tokio::time::sleep(delay).await;
             tries += 1;
             delivery.attempt += 1;
+        };
+        let outcome = match outcome {
+            Outcome::Success if !published.is_empty() => {
+                self.publish(route, &handler, published, received, depth).await
+            }
+            other => other,
         };
         let outcome = match outcome {
             Outcome::Reject { reason } => self.dead_letter(&event, &handler, &delivery, &reason, received).await,
@@ -274,6 +311,62 @@ impl Host {
         PairRun::new(index, &event, &handler, Some(outcome), Some(lease))
     }
 
+    /// Sends the events a handler published after it succeeded: through this
+    /// host's own routing (the local topic, one hop deeper), or to an Event
+    /// Grid topic. The handler's success stands only if they were accepted;
+    /// otherwise the event is retried and the handler publishes them again,
+    /// with the same ids, so downstream deduplication drops what got through.
+    async fn publish(
+        &self,
+        route: &Route,
+        handler: &LoadedHandler,
+        events: Vec<Published>,
+        received: &Received,
+        depth: u32,
+    ) -> Outcome {
+        let count = events.len();
+        match &route.config.capabilities.publish {
+            None => unreachable!("a handler without the publish grant cannot publish"),
+            Some(Topic::Local) if depth + 1 >= MAX_LOCAL_DEPTH => Outcome::Reject {
+                reason: format!(
+                    "published events went {MAX_LOCAL_DEPTH} local hops deep; handlers are probably publishing events that route back to themselves"
+                ),
+            },
+            Some(Topic::Local) => {
+                let delivery =
+                    DeliveryInfo { attempt: 0, subscription: Some(LOCAL_TOPIC_SUBSCRIPTION.into()), replay: false };
+                let events = crate::publish::local_events(&events);
+                let routes: Vec<&Route> = self.routes.iter().collect();
+                let verdict = self.dispatch(&routes, UNMATCHED_LABEL, events, &delivery, received, depth + 1).await;
+                match verdict.retry.first() {
+                    None => Outcome::Success,
+                    Some(first) => Outcome::Retry {
+                        reason: format!(
+                            "{} of the {count} events it published must be retried (first: {} in {}: {})",
+                            verdict.retry.len(),
+                            first.id,
+                            first.handler,
+                            first.reason
+                        ),
+                        after: verdict.retry_after,
+                    },
+                }
+            }
+            Some(Topic::EventGrid { endpoint, key }) => {
+                match crate::publish::send_to_event_grid(&self.publisher, endpoint, key, &events).await {
+                    Ok(()) => {
+                        tracing::debug!(handler = %handler.name, "published {count} events to {endpoint}");
+                        Outcome::Success
+                    }
+                    Err(error) => Outcome::Retry {
+                        reason: format!("handler succeeded but publishing its {count} events failed: {error:#}"),
+                        after: None,
+                    },
+                }
+            }
+        }
+    }
+
     /// Runs the handler once, on a blocking thread, when one of its
     /// `max_concurrency` slots is free (waiting in its bounded queue).
     async fn invoke(
@@ -282,14 +375,14 @@ impl Host {
         handler: &Arc<LoadedHandler>,
         event: &Arc<Event>,
         delivery: &DeliveryInfo,
-    ) -> Outcome {
+    ) -> Invocation {
         let _permit = match route.slots.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
                 let queue = route.config.queue;
                 let Some(_place) = QueuePlace::take(&route.waiting, queue) else {
                     let reason = format!("{} is at max_concurrency and its queue of {queue} is full", handler.name);
-                    return Outcome::Retry { reason, after: Some(Duration::from_secs(1)) };
+                    return Invocation::failed(Outcome::Retry { reason, after: Some(Duration::from_secs(1)) });
                 };
                 route.slots.acquire().await.expect("handler semaphores are never closed")
             }
@@ -303,11 +396,14 @@ impl Host {
             })
         };
         match run.await {
-            Ok((outcome, elapsed)) => {
+            Ok((invocation, elapsed)) => {
                 self.metrics.observe_run(&handler.name, elapsed.as_secs_f64());
-                outcome
+                invocation
             }
-            Err(panic) => Outcome::Retry { reason: format!("gridfn failed running the handler: {panic}"), after: None },
+            Err(panic) => Invocation::failed(Outcome::Retry {
+                reason: format!("gridfn failed running the handler: {panic}"),
+                after: None,
+            }),
         }
     }
 

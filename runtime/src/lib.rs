@@ -19,6 +19,8 @@
 //! - [`sandbox`]: wasmtime engine, one pre-linked component per handler, a
 //!   fresh instance per event with a deadline and a memory cap.
 //! - [`kv`]: storage behind the handlers' `kv` capability.
+//! - [`outbound`]: the handlers' `wasi:http` requests, allowed only to listed hosts.
+//! - [`publish`]: events handlers publish, to the local topic or an Event Grid topic.
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`error`]: the request error type and the status each variant means.
@@ -35,6 +37,8 @@ pub mod explain;
 pub mod filter;
 pub mod kv;
 pub mod metrics;
+pub mod outbound;
+pub mod publish;
 pub mod sandbox;
 pub mod server;
 pub mod webhook;

@@ -16,6 +16,7 @@ use anyhow::{Context, anyhow};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config;
 use crate::event::Event;
@@ -27,9 +28,13 @@ mod bindings {
     });
 }
 
-use bindings::gridfn::handler::{config as config_capability, kv as kv_capability, log, types as wit};
+use bindings::gridfn::handler::{
+    config as config_capability, kv as kv_capability, log, publish as publish_capability, types as wit,
+};
 
 use crate::kv::{self, KvStore};
+use crate::outbound::{AllowedHost, OutboundPolicy};
+use crate::publish::{Draft, Outbox, Published, Refused};
 
 /// How often the deadline clock ticks; deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -56,6 +61,21 @@ pub enum Outcome {
     },
 }
 
+/// One call of a handler: its outcome, and the events it published (to be
+/// sent only if the outcome is success).
+#[derive(Debug)]
+pub struct Invocation {
+    pub outcome: Outcome,
+    pub published: Vec<Published>,
+}
+
+impl Invocation {
+    /// A call that never got to run the handler.
+    pub fn failed(outcome: Outcome) -> Self {
+        Invocation { outcome, published: Vec::new() }
+    }
+}
+
 /// How an event reached its handler; handlers see it as `delivery`.
 #[derive(Debug, Clone)]
 pub struct DeliveryInfo {
@@ -74,13 +94,19 @@ pub struct Sandbox {
 }
 
 /// What a handler's manifest grants it, beyond WASI with nothing in it.
-/// Everything else is denied: `config` answers `none`, `kv` answers `denied`.
+/// Everything else is denied: `config` answers `none`, `kv` and `publish`
+/// answer `denied`, `wasi:http` answers `HTTP-request-denied`.
 #[derive(Default)]
 pub struct Grants {
     /// `capabilities.config`: values it may read.
     pub config: Option<HashMap<String, String>>,
     /// `capabilities.kv`: its key space.
     pub kv: Option<Arc<dyn KvStore>>,
+    /// `capabilities.allowed_outbound_hosts`: where `wasi:http` may go.
+    pub outbound: Arc<[AllowedHost]>,
+    /// `capabilities.publish`: whether it may publish (where to is the
+    /// delivery path's business).
+    pub publish: bool,
 }
 
 /// One version of a handler, compiled and linked, ready to instantiate per
@@ -143,7 +169,10 @@ impl Sandbox {
             // Keeping the first pages of a slot resident spares fresh
             // instances the page faults that dominate a short call.
             .linear_memory_keep_resident(4 << 20)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            // Where the kernel can say which pages an instance dirtied (Linux
+            // 6.7+), only those are reset, not the whole kept-resident prefix.
+            .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = match Engine::new(&config) {
             Ok(engine) => engine,
@@ -156,6 +185,8 @@ impl Sandbox {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow!("linking wasi:http: {e}"))?;
         bindings::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow!("linking the gridfn imports: {e}"))?;
 
@@ -189,6 +220,8 @@ impl Sandbox {
         let grants = Grants {
             config: handler.capabilities.config.clone(),
             kv: if handler.capabilities.kv { self.kv.clone() } else { None },
+            outbound: handler.capabilities.allowed_outbound_hosts.clone().into(),
+            publish: handler.capabilities.publish.is_some(),
         };
         Ok(LoadedHandler {
             name: handler.name.as_str().into(),
@@ -222,13 +255,18 @@ impl LoadedHandler {
     /// Runs one event: in a fresh instance, or a warm one when the handler
     /// opted into reuse. Blocks for up to the handler's timeout: call it from
     /// a blocking thread, never an async task.
-    pub fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Outcome {
+    pub fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Invocation {
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut instance = match warm.map_or_else(|| self.instantiate(), Ok) {
             Ok(instance) => instance,
-            Err(error) => return Outcome::Retry { reason: format!("handler failed to start: {error:?}"), after: None },
+            Err(error) => {
+                let reason = format!("handler failed to start: {error:?}");
+                return Invocation::failed(Outcome::Retry { reason, after: None });
+            }
         };
-        instance.store.data_mut().log.start_event(&event.id);
+        let state = instance.store.data_mut();
+        state.log.start_event(&event.id);
+        state.outbound.deadline = Instant::now() + self.timeout;
         instance.store.set_epoch_deadline(ticks(self.timeout));
         if let Some(fuel) = self.fuel {
             instance.store.set_fuel(fuel).expect("fuel is enabled when a handler sets it");
@@ -244,11 +282,14 @@ impl LoadedHandler {
                 Outcome::Retry { reason: self.failure_reason(&error, &instance.store.data().memory), after: None }
             }
         };
+        let published = std::mem::take(&mut instance.store.data_mut().outbox.events);
+        let published = if outcome == Outcome::Success { published } else { Vec::new() };
         let healthy = matches!(outcome, Outcome::Success | Outcome::Reject { .. });
         if healthy && instance.served < self.reuse {
+            instance.store.data_mut().outbox = Outbox::default();
             self.warm.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
         }
-        outcome
+        Invocation { outcome, published }
     }
 
     /// A fresh instance: WASI with nothing granted, stdout and stderr
@@ -261,6 +302,13 @@ impl LoadedHandler {
             table: ResourceTable::new(),
             memory: MemoryCap { limit: self.memory, exceeded: false },
             log: GuestLog { handler: self.name.clone(), event_id: String::new(), budget: LOG_BUDGET },
+            http: WasiHttpCtx::new(),
+            outbound: OutboundPolicy {
+                allowed: self.grants.outbound.clone(),
+                handler: self.name.clone(),
+                deadline: Instant::now() + self.timeout,
+            },
+            outbox: Outbox::default(),
             grants: self.grants.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -325,19 +373,28 @@ fn from_wit_outcome(outcome: wit::Outcome) -> Outcome {
     }
 }
 
-/// Per-instance state: WASI with nothing granted, the memory cap, and the
-/// log context.
+/// Per-instance state: WASI with nothing granted, the memory cap, the log
+/// context, `wasi:http` behind the allow-list, and what the handler published.
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     memory: MemoryCap,
     log: GuestLog,
+    http: WasiHttpCtx,
+    outbound: OutboundPolicy,
+    outbox: Outbox,
     grants: Arc<Grants>,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
     }
 }
 
@@ -378,10 +435,18 @@ impl GuestLog {
         self.budget = LOG_BUDGET;
     }
 
-    fn emit(&mut self, level: log::Level, message: &str) {
+    fn emit(&mut self, level: log::Level, message: &str, fields: &[(String, String)]) {
         if self.budget == 0 {
             return;
         }
+        let with_fields;
+        let message = match fields {
+            [] => message,
+            fields => {
+                with_fields = logfmt(message, fields);
+                &with_fields
+            }
+        };
         let message = truncate(message, self.budget);
         self.budget -= message.len();
         let (handler, event_id) = (&*self.handler, &self.event_id);
@@ -402,6 +467,22 @@ impl GuestLog {
     }
 }
 
+/// `message key=value key2="a value"`: fields after the message, quoted when
+/// they hold spaces, quotes or nothing, so log search can pick them out.
+fn logfmt(message: &str, fields: &[(String, String)]) -> String {
+    let mut line = message.to_owned();
+    for (key, value) in fields {
+        let key: String =
+            key.chars().map(|c| if c.is_alphanumeric() || matches!(c, '_' | '-' | '.') { c } else { '_' }).collect();
+        let plain = !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '"' || c == '=');
+        match plain {
+            true => line.push_str(&format!(" {key}={value}")),
+            false => line.push_str(&format!(" {key}={value:?}")),
+        }
+    }
+    line
+}
+
 fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
@@ -414,8 +495,8 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String) {
-        self.log.emit(level, &message);
+    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        self.log.emit(level, &message, &fields);
     }
 }
 
@@ -456,6 +537,26 @@ impl kv_capability::Host for HostState {
 
     fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv_capability::Error> {
         self.kv(&key)?.increment(&self.log.handler, &key, delta).map_err(kv_capability::Error::Store)
+    }
+}
+
+impl publish_capability::Host for HostState {
+    fn publish(&mut self, event: publish_capability::OutgoingEvent) -> Result<(), publish_capability::Error> {
+        if !self.grants.publish {
+            return Err(publish_capability::Error::Denied);
+        }
+        let draft = Draft {
+            id: event.id,
+            event_type: event.event_type,
+            source: event.source,
+            subject: event.subject,
+            data_content_type: event.data_content_type,
+            data: event.data,
+        };
+        self.outbox.push(draft, &self.log.handler, &self.log.event_id).map_err(|refused| match refused {
+            Refused::TooLarge => publish_capability::Error::TooLarge,
+            Refused::Invalid(reason) => publish_capability::Error::Invalid(reason),
+        })
     }
 }
 

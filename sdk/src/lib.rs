@@ -169,24 +169,38 @@ impl From<Outcome> for wit::Outcome {
 }
 
 /// Logging into the host's log; the host tags each line with the handler and
-/// the event id.
+/// the event id. Always granted; each event may log up to 64 KiB (the host
+/// drops the rest and says so). `println!` and `eprintln!` land in the same
+/// log, within the same budget.
 pub mod log {
-    use crate::bindings::gridfn::handler::log::{Level, log};
+    pub use crate::bindings::gridfn::handler::log::Level;
+    use crate::bindings::gridfn::handler::log::log;
 
     pub fn trace(message: &str) {
-        log(Level::Trace, message)
+        log(Level::Trace, message, &[])
     }
     pub fn debug(message: &str) {
-        log(Level::Debug, message)
+        log(Level::Debug, message, &[])
     }
     pub fn info(message: &str) {
-        log(Level::Info, message)
+        log(Level::Info, message, &[])
     }
     pub fn warn(message: &str) {
-        log(Level::Warn, message)
+        log(Level::Warn, message, &[])
     }
     pub fn error(message: &str) {
-        log(Level::Error, message)
+        log(Level::Error, message, &[])
+    }
+
+    /// A line with structured fields, shown after the message as
+    /// `name=value` (quoted when the value has spaces):
+    ///
+    /// ```ignore
+    /// log::with_fields(Level::Info, "indexed", &[("blob", url), ("chunks", &chunks.to_string())]);
+    /// ```
+    pub fn with_fields(level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        log(level, message, &fields)
     }
 }
 
@@ -224,6 +238,80 @@ pub mod kv {
         host::increment(key, delta)
     }
 }
+
+/// Emit new events (CloudEvents 1.0), granted by `[handler.capabilities]
+/// publish = "local"` (this host's own handlers, through the normal routing)
+/// or `publish = { endpoint = "https://<topic>…/api/events", key = "env:…" }`
+/// (an Event Grid topic).
+///
+/// Events are held until the handler returns and sent only if it returns
+/// [`Outcome::Success`](crate::Outcome::Success); if sending fails, the event
+/// being handled is retried. Ids default to `<event id>:<handler>:<n>`, the
+/// same on every retry, so downstream handlers never see a repeat twice.
+///
+/// ```ignore
+/// publish::json("Contoso.Embeddings.Refreshed", &serde_json::json!({ "url": blob.url }))
+///     .subject(event.subject().unwrap_or_default())
+///     .send()?;
+/// ```
+pub mod publish {
+    use crate::bindings::gridfn::handler::publish as host;
+    pub use crate::bindings::gridfn::handler::publish::Error;
+
+    /// An event to publish; [`send`](Self::send) queues it.
+    #[derive(Debug, Clone)]
+    pub struct NewEvent(host::OutgoingEvent);
+
+    /// An event of `event_type` whose data is `data` serialized as JSON.
+    pub fn json(event_type: &str, data: &impl serde::Serialize) -> NewEvent {
+        let data = serde_json::to_vec(data).expect("serializing event data as JSON");
+        NewEvent::new(event_type, data).content_type("application/json")
+    }
+
+    impl NewEvent {
+        /// An event of `event_type` with raw `data` (JSON unless
+        /// [`content_type`](Self::content_type) says otherwise).
+        pub fn new(event_type: &str, data: impl Into<Vec<u8>>) -> Self {
+            NewEvent(host::OutgoingEvent {
+                id: None,
+                event_type: event_type.to_owned(),
+                source: None,
+                subject: None,
+                data_content_type: None,
+                data: data.into(),
+            })
+        }
+
+        /// Sets the id (default: derived from the event being handled).
+        pub fn id(mut self, id: &str) -> Self {
+            self.0.id = Some(id.to_owned());
+            self
+        }
+
+        /// Sets the CloudEvents source (default: `/gridfn/handlers/<handler>`).
+        pub fn source(mut self, source: &str) -> Self {
+            self.0.source = Some(source.to_owned());
+            self
+        }
+
+        pub fn subject(mut self, subject: &str) -> Self {
+            self.0.subject = Some(subject.to_owned());
+            self
+        }
+
+        pub fn content_type(mut self, content_type: &str) -> Self {
+            self.0.data_content_type = Some(content_type.to_owned());
+            self
+        }
+
+        /// Queues the event, to be sent when the handler returns success.
+        pub fn send(self) -> Result<(), Error> {
+            host::publish(&self.0)
+        }
+    }
+}
+
+pub mod http;
 
 #[doc(hidden)]
 pub fn __handle(event: wit::Event, delivery: wit::Delivery, handler: fn(&Event, &Delivery) -> Outcome) -> wit::Outcome {

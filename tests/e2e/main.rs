@@ -5,6 +5,7 @@
 
 mod support;
 
+mod capabilities;
 mod durability;
 mod foundation;
 mod protocol;
