@@ -82,7 +82,7 @@ pub(crate) struct Route {
     pub(crate) current: RwLock<Arc<LoadedHandler>>,
     /// What a rollback goes back to.
     pub(crate) previous: Mutex<Option<Arc<LoadedHandler>>>,
-    /// `max_concurrency` permits.
+    /// `max_concurrency` permits, never more than half the running slots.
     slots: Semaphore,
     /// Events waiting for a permit; bounded by `queue`, so a flood costs a
     /// 503, never unbounded memory.
@@ -125,7 +125,7 @@ impl Host {
                     config: h.clone(),
                     current: RwLock::new(Arc::new(handler)),
                     previous: Mutex::new(None),
-                    slots: Semaphore::new(h.max_concurrency),
+                    slots: Semaphore::new(h.max_concurrency.min(running_slots() / 2)),
                     waiting: AtomicUsize::new(0),
                 })
             })
@@ -476,7 +476,10 @@ impl Host {
 }
 
 /// Two per core, so one stuck handler (until its deadline) cannot stall a
-/// core's worth of others; never more than the pooling allocator holds.
+/// core's worth of others; never more than the pooling allocator holds. One
+/// handler gets at most half of them (one per core: enough to keep every core
+/// busy), so a busy or hostile handler can never take every slot and starve
+/// the others.
 fn running_slots() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     (cores * 2).clamp(4, MAX_INSTANCES as usize)

@@ -268,3 +268,62 @@ fn a_module_dropped_in_the_watched_folder_is_deployed() {
     assert_eq!(gridfn.notify("/api/events/worker", batch(&[event("w-2", json!({}))])).status(), 200);
     assert_eq!(gridfn.log_count("scripted ran w-2 "), 1);
 }
+
+/// Median client-side latency of one-event deliveries to `steady`, sent one
+/// after another for `window`.
+fn median_latency(gridfn: &Gridfn, tag: &str, window: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < window {
+        let sent = std::time::Instant::now();
+        let id = format!("{tag}-{}", samples.len());
+        let response = gridfn.notify("/api/events/steady", batch(&[event(&id, json!({}))]));
+        assert_eq!(response.status(), 200);
+        samples.push(sent.elapsed());
+    }
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[test]
+fn a_steady_handler_keeps_its_latency_while_hostile_handlers_run() {
+    let gridfn = Gridfn::start(&format!(
+        "[[handler]]\nname = \"hostile\"\nmodule = {m:?}\ntimeout = \"500ms\"\nmemory = \"16MiB\"\nmax_concurrency = 1\n\
+         [[handler]]\nname = \"steady\"\nmodule = {m:?}\n",
+        m = component("scripted")
+    ));
+    median_latency(&gridfn, "warm", Duration::from_millis(300));
+    let baseline = median_latency(&gridfn, "base", Duration::from_secs(2));
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (under_load, hostile_sent) = std::thread::scope(|scope| {
+        let attackers: Vec<_> = (0..2)
+            .map(|thread| {
+                let (gridfn, stop) = (&gridfn, &stop);
+                scope.spawn(move || {
+                    let acts = ["loop", "oom", "recurse", "log-flood", "trap", "escape"];
+                    let mut sent = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let act = acts[sent % acts.len()];
+                        let id = format!("hostile-{thread}-{sent}");
+                        gridfn.notify("/api/events/hostile", batch(&[event(&id, json!({"act": act}))]));
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let under_load = median_latency(&gridfn, "load", Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (under_load, attackers.into_iter().map(|a| a.join().unwrap()).sum::<usize>())
+    });
+    assert!(hostile_sent >= 8, "the hostile handler kept running meanwhile ({hostile_sent} deliveries)");
+    assert!(gridfn.events("hostile", "retry") >= 4.0, "its loops, memory bombs and traps were contained");
+    eprintln!("steady's median latency: {baseline:?} alone, {under_load:?} beside {hostile_sent} hostile deliveries");
+    assert!(
+        under_load <= baseline * 2,
+        "steady's median latency went from {baseline:?} to {under_load:?} while hostile handlers ran"
+    );
+    assert_eq!(gridfn.get("/healthz").status(), 200);
+}
