@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use gridfn::config::Manifest;
 use gridfn::event::decode_event_grid;
-use gridfn::sandbox::{DeliveryInfo, Outcome, Sandbox};
+use gridfn::sandbox::{DeliveryInfo, LoadedHandler, Outcome, Sandbox};
 
 const WARMUP: usize = 2_000;
 const EVENTS: usize = 20_000;
@@ -69,14 +69,17 @@ fn main() {
     let body = std::fs::read(root.join("../shared/vectors/eventgrid/StorageBlobCreatedEvent.json")).unwrap();
     let event = decode_event_grid(&body).unwrap().remove(0);
     let delivery = DeliveryInfo { attempt: 0, subscription: None, replay: false };
+    // Handlers run on async tasks; here, one task on a one-thread runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let run = |handler: &LoadedHandler| runtime.block_on(handler.invoke(&event, &delivery)).outcome;
     assert!(native(&event.data));
-    assert_eq!(fresh.invoke(&event, &delivery).outcome, Outcome::Success);
+    assert_eq!(run(&fresh), Outcome::Success);
 
     let baseline = measure(|_| assert!(std::hint::black_box(native(std::hint::black_box(&event.data)))));
     let rows = [
         ("native fn", baseline),
-        ("gridfn fresh", measure(|_| assert_eq!(fresh.invoke(&event, &delivery).outcome, Outcome::Success))),
-        ("gridfn reuse", measure(|_| assert_eq!(reuse.invoke(&event, &delivery).outcome, Outcome::Success))),
+        ("gridfn fresh", measure(|_| assert_eq!(run(&fresh), Outcome::Success))),
+        ("gridfn reuse", measure(|_| assert_eq!(run(&reuse), Outcome::Success))),
     ];
     let native_median = rows[0].1.median_us;
     println!("{EVENTS} events per mode, one core, after {WARMUP} warm-up events\n");

@@ -8,6 +8,7 @@
 //! before, or dead-lettered); otherwise 503 with `Retry-After`, and the pairs
 //! that did succeed are remembered so the redelivery runs only what is left.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -367,8 +368,8 @@ impl Host {
         }
     }
 
-    /// Runs the handler once, on a blocking thread, when one of its
-    /// `max_concurrency` slots is free (waiting in its bounded queue).
+    /// Runs the handler once, when one of its `max_concurrency` slots and
+    /// one of the host's running slots are free (waiting in its bounded queue).
     async fn invoke(
         &self,
         route: &Route,
@@ -388,22 +389,20 @@ impl Host {
             }
         };
         let _slot = self.instance_slots.acquire().await.expect("the instance semaphore is never closed");
-        let run = {
-            let (handler, event, delivery) = (handler.clone(), event.clone(), delivery.clone());
-            tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                (handler.invoke(&event, &delivery), started.elapsed())
-            })
-        };
-        match run.await {
-            Ok((invocation, elapsed)) => {
-                self.metrics.observe_run(&handler.name, elapsed.as_secs_f64());
+        let started = Instant::now();
+        // The handler runs right here, on this task. A panic in gridfn's own
+        // host code must not take the connection down with it.
+        match AssertUnwindSafe(handler.invoke(event, delivery)).catch_unwind().await {
+            Ok(invocation) => {
+                self.metrics.observe_run(&handler.name, started.elapsed().as_secs_f64());
                 invocation
             }
-            Err(panic) => Invocation::failed(Outcome::Retry {
-                reason: format!("gridfn failed running the handler: {panic}"),
-                after: None,
-            }),
+            Err(panic) => {
+                let panic =
+                    panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
+                let reason = format!("gridfn failed running the handler: {}", panic.unwrap_or("panic"));
+                Invocation::failed(Outcome::Retry { reason, after: None })
+            }
         }
     }
 

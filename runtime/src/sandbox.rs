@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -25,6 +28,9 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "handler",
+        // `handle` runs on the delivery's own task; gridfn's imports answer
+        // at once, so they stay synchronous.
+        exports: { default: async },
     });
 }
 
@@ -36,8 +42,10 @@ use crate::kv::{self, KvStore};
 use crate::outbound::{AllowedHost, OutboundPolicy};
 use crate::publish::{Draft, Outbox, Published, Refused};
 
-/// How often the deadline clock ticks; deadlines are rounded up to it.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the deadline clock ticks: deadlines are rounded up to it, and a
+/// running handler yields to the other tasks on its thread at every tick (so
+/// a spinning handler delays its neighbours by at most this much).
+const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Concurrent instances the pooling allocator reserves room for.
 pub const MAX_INSTANCES: u32 = 256;
@@ -150,6 +158,9 @@ impl Sandbox {
         kv: Option<Arc<dyn KvStore>>,
     ) -> anyhow::Result<Sandbox> {
         let mut config = Config::new();
+        // Handlers run on the async tasks that deliver their events (no
+        // hand-off to another thread per event); a long call yields to the
+        // executor at every epoch tick.
         config.epoch_interruption(true);
         // Fuel metering slows every call a little, so only when some handler asks for it.
         config.consume_fuel(fuel);
@@ -184,8 +195,8 @@ impl Sandbox {
         };
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow!("linking wasi:http: {e}"))?;
         bindings::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow!("linking the gridfn imports: {e}"))?;
@@ -253,26 +264,30 @@ impl LoadedHandler {
     }
 
     /// Runs one event: in a fresh instance, or a warm one when the handler
-    /// opted into reuse. Blocks for up to the handler's timeout: call it from
-    /// a blocking thread, never an async task.
-    pub fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Invocation {
+    /// opted into reuse. Takes up to the handler's timeout, yielding to the
+    /// executor every epoch tick.
+    pub async fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Invocation {
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut instance = match warm.map_or_else(|| self.instantiate(), Ok) {
+        let instance = match warm {
+            Some(instance) => Ok(instance),
+            None => self.instantiate().await,
+        };
+        let mut instance = match instance {
             Ok(instance) => instance,
             Err(error) => {
                 let reason = format!("handler failed to start: {error:?}");
                 return Invocation::failed(Outcome::Retry { reason, after: None });
             }
         };
-        let state = instance.store.data_mut();
-        state.log.start_event(&event.id);
-        state.outbound.deadline = Instant::now() + self.timeout;
-        instance.store.set_epoch_deadline(ticks(self.timeout));
+        instance.store.data_mut().start_event(&event.id, Instant::now() + self.timeout);
+        instance.store.set_epoch_deadline(1);
         if let Some(fuel) = self.fuel {
             instance.store.set_fuel(fuel).expect("fuel is enabled when a handler sets it");
         }
-        let result =
-            instance.handler.call_handle(&mut instance.store, &to_wit_event(event), &self.to_wit_delivery(delivery));
+        let result = instance
+            .handler
+            .call_handle(&mut instance.store, &to_wit_event(event), &self.to_wit_delivery(delivery))
+            .await;
         instance.output.flush_to_log(&instance.store.data().log);
         instance.served += 1;
         let outcome = match result {
@@ -294,7 +309,7 @@ impl LoadedHandler {
 
     /// A fresh instance: WASI with nothing granted, stdout and stderr
     /// captured for the log, the memory cap installed.
-    fn instantiate(&self) -> wasmtime::Result<Instance> {
+    async fn instantiate(&self) -> wasmtime::Result<Instance> {
         let output = CapturedOutput::default();
         let wasi = WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build();
         let state = HostState {
@@ -309,15 +324,23 @@ impl LoadedHandler {
                 deadline: Instant::now() + self.timeout,
             },
             outbox: Outbox::default(),
+            deadline: Instant::now() + self.timeout,
             grants: self.grants.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.memory);
-        store.set_epoch_deadline(ticks(self.timeout));
+        // At every tick: past the deadline, stop; otherwise let other tasks run.
+        store.epoch_deadline_callback(|store| match Instant::now() >= store.data().deadline {
+            true => Ok(UpdateDeadline::Interrupt),
+            // tokio's own yield: to the back of the queue, not the LIFO slot,
+            // so a spinning handler cannot starve the tasks beside it.
+            false => Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))),
+        });
+        store.set_epoch_deadline(1);
         if let Some(fuel) = self.fuel {
             store.set_fuel(fuel)?;
         }
-        let handler = self.pre.instantiate(&mut store)?;
+        let handler = self.pre.instantiate_async(&mut store).await?;
         Ok(Instance { store, handler, output, served: 0 })
     }
 
@@ -343,10 +366,6 @@ impl LoadedHandler {
             replay: delivery.replay,
         }
     }
-}
-
-fn ticks(timeout: Duration) -> u64 {
-    timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64
 }
 
 fn to_wit_event(event: &Event) -> wit::Event {
@@ -383,7 +402,19 @@ struct HostState {
     http: WasiHttpCtx,
     outbound: OutboundPolicy,
     outbox: Outbox,
+    /// When the current event's time is up.
+    deadline: Instant,
     grants: Arc<Grants>,
+}
+
+impl HostState {
+    /// Tags what follows with this event, with a fresh log budget and its
+    /// deadline (for the epoch check and for outbound requests).
+    fn start_event(&mut self, event_id: &str, deadline: Instant) {
+        self.log.start_event(event_id);
+        self.deadline = deadline;
+        self.outbound.deadline = deadline;
+    }
 }
 
 impl WasiView for HostState {
