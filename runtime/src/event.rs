@@ -9,8 +9,6 @@
 //! event is refused whole, with the index and attribute of the first problem,
 //! before any handler runs.
 
-use std::collections::HashMap;
-
 use base64::Engine as _;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -203,12 +201,13 @@ fn decode_cloud_event(index: usize, raw: Box<RawValue>) -> Result<Event, DecodeE
     };
 
     let mut extensions = Vec::new();
-    for (name, value) in &fields.map {
-        if CLOUDEVENT_ATTRIBUTES.contains(&name.as_str()) {
+    for (position, (Name(name), value)) in fields.map.iter().enumerate() {
+        let repeated_later = fields.map[position + 1..].iter().any(|(later, _)| later.0 == *name);
+        if CLOUDEVENT_ATTRIBUTES.contains(&name.as_ref()) || repeated_later {
             continue;
         }
         if let Some(value) = extension_value(index, name, value)? {
-            extensions.push((name.clone(), value));
+            extensions.push((name.to_string(), value));
         }
     }
     extensions.sort();
@@ -312,12 +311,59 @@ pub fn decode_binary_cloud_event(
 /// attribute is checked on its own and a problem names it.
 struct Fields<'a> {
     index: usize,
-    map: HashMap<String, &'a RawValue>,
+    /// In document order. A handful of names: a scan beats hashing, and names
+    /// without escapes are borrowed, not copied (this runs for every event).
+    map: Vec<(Name<'a>, &'a RawValue)>,
+}
+
+/// An attribute name: borrowed from the body unless it had escapes.
+struct Name<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an attribute name")
+            }
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(name.into()))
+            }
+            fn visit_str<E>(self, name: &str) -> Result<Name<'de>, E> {
+                Ok(Name(name.to_owned().into()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// An object's members, in order.
+struct Members<'a>(Vec<(Name<'a>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(10));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 impl<'a> Fields<'a> {
     fn parse(index: usize, raw: &'a RawValue) -> Result<Self, DecodeError> {
-        let map = serde_json::from_str(raw.get()).map_err(|_| DecodeError {
+        let Members(map) = serde_json::from_str(raw.get()).map_err(|_| DecodeError {
             message: format!("expected a JSON object, found {}", json_kind(raw.get())),
             event_index: Some(index),
             field: None,
@@ -325,8 +371,10 @@ impl<'a> Fields<'a> {
         Ok(Fields { index, map })
     }
 
+    /// The attribute's raw value; the last one wins if a name repeats (as in
+    /// any JSON object parsed into a map).
     fn raw(&self, name: &str) -> Option<&'a RawValue> {
-        self.map.get(name).copied()
+        self.map.iter().rev().find(|(n, _)| n.0 == name).map(|(_, value)| *value)
     }
 
     fn optional_string(&self, name: &str) -> Result<Option<String>, DecodeError> {

@@ -184,7 +184,11 @@ fn two_hosts_sharing_redis_run_each_event_exactly_once() {
     assert_eq!(runs.len(), 200, "every event ran");
     let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "ran more than once: {twice:?}");
-    assert!(a.events("scripted", "success") > 0.0 && b.events("scripted", "success") > 0.0, "both hosts did work");
+    // Which host wins each race is up to timing; between them, each event
+    // succeeded once, and every one of B's copies ended done one way or another
+    // (more than once when a Busy retry re-sent a whole batch).
+    assert_eq!(a.events("scripted", "success") + b.events("scripted", "success"), 200.0);
+    assert!(b.events("scripted", "success") + b.events("scripted", "duplicate") >= 200.0, "B took part");
 }
 
 /// Rejections go to a real Azure Storage API (Azurite) in Event Grid's

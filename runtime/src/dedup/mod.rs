@@ -40,7 +40,10 @@ impl DedupKey {
     /// One unambiguous string for the pair, for stores keyed by strings:
     /// length-prefixed parts, so no choice of names can make two pairs collide.
     pub fn storage_key(&self) -> String {
-        format!("{}:{}{}:{}{}", self.handler.len(), self.handler, self.source.len(), self.source, self.id)
+        use std::fmt::Write;
+        let mut key = String::with_capacity(self.handler.len() + self.source.len() + self.id.len() + 12);
+        let _ = write!(key, "{}:{}{}:{}{}", self.handler.len(), self.handler, self.source.len(), self.source, self.id);
+        key
     }
 }
 
