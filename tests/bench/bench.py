@@ -170,9 +170,6 @@ def gridfn_manifest(path, port, handler_wasm, state_dir, cache_dir, handlers=1, 
         "allow_anonymous = true",
         f'state_dir = "{state_dir}"',
         f'cache_dir = "{cache_dir}"',
-        "",
-        "[dedup]",
-        'store = "memory"',
     ]
     for i in range(handlers):
         name = "bench" if handlers == 1 else f"bench-{i:02d}"
