@@ -195,7 +195,9 @@ pub struct Handler {
     pub capabilities: Capabilities,
 }
 
-/// `[handler.capabilities]`: everything not granted here is denied.
+/// `[handler.capabilities]`: everything not granted here is denied, except
+/// `log`, which is granted unless `log = false` (a handler nobody can hear
+/// from is a handler nobody can debug; its output is budgeted either way).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
     /// `config = { key = "value" }`: values the handler can read
@@ -204,6 +206,9 @@ pub struct Capabilities {
     /// `kv = true`: a key-value store of its own, kept where the dedup
     /// records are.
     pub kv: bool,
+    /// `log = false` silences the handler: its log calls, stdout and stderr
+    /// are dropped.
+    pub log: bool,
     /// `allowed_outbound_hosts = ["https://api.example.com", …]`: where
     /// `wasi:http` requests may go (see [`AllowedHost`] for wildcards).
     pub allowed_outbound_hosts: Vec<AllowedHost>,
@@ -394,6 +399,7 @@ impl Manifest {
                             .collect()
                     }),
                     kv: h.capabilities.kv,
+                    log: h.capabilities.log.unwrap_or(true),
                     allowed_outbound_hosts: h
                         .capabilities
                         .allowed_outbound_hosts
@@ -678,6 +684,7 @@ struct RawCapabilities {
     config: Option<HashMap<String, String>>,
     #[serde(default)]
     kv: bool,
+    log: Option<bool>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
     publish: Option<RawPublish>,

@@ -110,6 +110,9 @@ pub struct Grants {
     pub config: Option<HashMap<String, String>>,
     /// `capabilities.kv`: its key space.
     pub kv: Option<Arc<dyn KvStore>>,
+    /// `capabilities.log`: whether its log calls, stdout and stderr reach
+    /// the host log.
+    pub log: bool,
     /// `capabilities.allowed_outbound_hosts`: where `wasi:http` may go.
     pub outbound: Arc<[AllowedHost]>,
     /// `capabilities.publish`: whether it may publish (where to is the
@@ -231,6 +234,7 @@ impl Sandbox {
         let grants = Grants {
             config: handler.capabilities.config.clone(),
             kv: if handler.capabilities.kv { self.kv.clone() } else { None },
+            log: handler.capabilities.log,
             outbound: handler.capabilities.allowed_outbound_hosts.clone().into(),
             publish: handler.capabilities.publish.is_some(),
         };
@@ -316,7 +320,12 @@ impl LoadedHandler {
             wasi,
             table: ResourceTable::new(),
             memory: MemoryCap { limit: self.memory, exceeded: false },
-            log: GuestLog { handler: self.name.clone(), event_id: String::new(), budget: LOG_BUDGET },
+            log: GuestLog {
+                handler: self.name.clone(),
+                event_id: String::new(),
+                allowance: if self.grants.log { LOG_BUDGET } else { 0 },
+                budget: 0,
+            },
             http: WasiHttpCtx::new(),
             outbound: OutboundPolicy {
                 allowed: self.grants.outbound.clone(),
@@ -455,6 +464,9 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 struct GuestLog {
     handler: Arc<str>,
     event_id: String,
+    /// Bytes per event: [`LOG_BUDGET`], or 0 when `log = false`.
+    allowance: usize,
+    /// What is left of it for this event.
     budget: usize,
 }
 
@@ -463,7 +475,7 @@ impl GuestLog {
     fn start_event(&mut self, event_id: &str) {
         self.event_id.clear();
         self.event_id.push_str(event_id);
-        self.budget = LOG_BUDGET;
+        self.budget = self.allowance;
     }
 
     fn emit(&mut self, level: log::Level, message: &str, fields: &[(String, String)]) {
@@ -605,7 +617,7 @@ impl CapturedOutput {
 
     fn flush_to_log(&self, log: &GuestLog) {
         let buffer = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        if buffer.is_empty() {
+        if buffer.is_empty() || log.allowance == 0 {
             return;
         }
         let (handler, event_id) = (&*log.handler, &log.event_id);

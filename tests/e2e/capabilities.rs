@@ -203,12 +203,23 @@ fn events_published_to_an_event_grid_topic_arrive_as_a_cloudevents_batch() {
 }
 
 #[test]
-fn log_fields_follow_the_message() {
-    let gridfn = Gridfn::start(&format!("[[handler]]\nname = \"scripted\"\nmodule = {:?}\n", component("scripted")));
+fn log_fields_follow_the_message_and_log_can_be_denied() {
+    let gridfn = Gridfn::start(&format!(
+        "[[handler]]\nname = \"scripted\"\nmodule = {m:?}\n\
+         [[handler]]\nname = \"silent\"\nmodule = {m:?}\n[handler.capabilities]\nlog = false\n",
+        m = component("scripted")
+    ));
     let response = gridfn.notify("/api/events/scripted", batch(&[event("fields-1", json!({"act": "log-fields"}))]));
     assert_eq!(response.status(), 200);
     let line = gridfn.log_lines().into_iter().find(|l| l.contains("structured")).expect("the structured line");
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains(r#"structured blob="a b.md" chunks=3"#), "{line}");
     assert!(line.contains(r#"event_id="fields-1""#), "{line}");
+
+    for (id, act) in [("quiet-1", "log-fields"), ("quiet-2", "print"), ("quiet-3", "log-flood")] {
+        let response = gridfn.notify("/api/events/silent", batch(&[event(id, json!({"act": act}))]));
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(gridfn.log_count("quiet-"), 0, "a handler without log says nothing: {}", gridfn.log_text());
+    assert_eq!(gridfn.log_count("log budget"), 0);
 }
