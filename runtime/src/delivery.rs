@@ -212,28 +212,29 @@ impl Host {
         depth: u32,
     ) -> BoxFuture<'a, Verdict> {
         async move {
-        let mut pairs = Vec::new();
-        let mut unmatched = 0;
-        for (index, event) in events.into_iter().map(Arc::new).enumerate() {
-            if event.event_type == SUBSCRIPTION_DELETED_EVENT {
-                tracing::warn!(topic = %event.source, subject = ?event.subject, "Event Grid says a subscription was deleted; not dispatched to handlers");
-                continue;
+            let mut pairs = Vec::new();
+            let mut unmatched = 0;
+            for (index, event) in events.into_iter().map(Arc::new).enumerate() {
+                if event.event_type == SUBSCRIPTION_DELETED_EVENT {
+                    let (topic, subject) = (&event.source, &event.subject);
+                    tracing::warn!(%topic, ?subject, "Event Grid says a subscription was deleted; not dispatched to handlers");
+                    continue;
+                }
+                // Parsed once per event, and only if some handler has a filter.
+                let json = std::cell::OnceCell::new();
+                let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event, &json)).collect();
+                if wanted_by.is_empty() {
+                    unmatched += 1;
+                    self.metrics.count(unmatched_label, PairOutcome::Unmatched);
+                }
+                for route in wanted_by {
+                    pairs.push(self.run_pair(index, event.clone(), route, delivery, received, depth));
+                }
             }
-            // Parsed once per event, and only if some handler has a filter.
-            let json = std::cell::OnceCell::new();
-            let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event, &json)).collect();
-            if wanted_by.is_empty() {
-                unmatched += 1;
-                self.metrics.count(unmatched_label, PairOutcome::Unmatched);
-            }
-            for route in wanted_by {
-                pairs.push(self.run_pair(index, event.clone(), route, delivery, received, depth));
-            }
-        }
-        let pairs = self.record(join_all(pairs).await).await;
-        let mut verdict = Verdict::from_pairs(pairs);
-        verdict.unmatched = unmatched;
-        verdict
+            let pairs = self.record(join_all(pairs).await).await;
+            let mut verdict = Verdict::from_pairs(pairs);
+            verdict.unmatched = unmatched;
+            verdict
         }
         .boxed()
     }
