@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use crate::config::{self, Manifest, Validation};
+use crate::cpu::CpuSlots;
 use crate::deadletter::{DeadLetterStore, Rejection};
 use crate::dedup::{Claim, Dedup, DedupKey, Lease};
 use crate::deploy::Deployments;
@@ -56,11 +57,9 @@ pub struct Host {
     dedup: Arc<Dedup>,
     deadletter: DeadLetterStore,
     pub metrics: Metrics,
-    /// Bounds the handlers running at once to a few per core. Handlers are
-    /// CPU-bound; a hundred events of a batch running on a hundred threads
-    /// would spend the cores switching between them and thrashing their
-    /// caches. Events beyond it wait here, in order, at no cost.
-    instance_slots: Semaphore,
+    /// Instances alive at once, all handlers together: what the pooling
+    /// allocator holds.
+    instances: Semaphore,
     pub max_body: usize,
     validation: Validation,
     pub event_grid_domains: EventGridDomains,
@@ -83,8 +82,13 @@ pub(crate) struct Route {
     pub(crate) current: RwLock<Arc<LoadedHandler>>,
     /// What a rollback goes back to.
     pub(crate) previous: Mutex<Option<Arc<LoadedHandler>>>,
-    /// `max_concurrency` permits, never more than half the running slots.
+    /// `max_concurrency` permits: instances of this handler alive at once.
     slots: Semaphore,
+    /// Its instances on CPU at once (see [`crate::cpu`]): every core but one
+    /// when there are other handlers, so no handler, however busy or hostile,
+    /// can take every core from the others; a handler waiting on I/O holds
+    /// none.
+    on_cpu: CpuSlots,
     /// Events waiting for a permit; bounded by `queue`, so a flood costs a
     /// 503, never unbounded memory.
     waiting: AtomicUsize,
@@ -126,7 +130,8 @@ impl Host {
                     config: h.clone(),
                     current: RwLock::new(Arc::new(handler)),
                     previous: Mutex::new(None),
-                    slots: Semaphore::new(h.max_concurrency.min(running_slots() / 2)),
+                    slots: Semaphore::new(h.max_concurrency.min(MAX_INSTANCES as usize)),
+                    on_cpu: CpuSlots::new(cpu_share(manifest.handlers.len())),
                     waiting: AtomicUsize::new(0),
                 })
             })
@@ -146,7 +151,7 @@ impl Host {
             dedup: Dedup::new(crate::dedup::open(&manifest.dedup.store).await?, manifest.dedup.ttl),
             deadletter: DeadLetterStore::open(&manifest.deadletter).await?,
             metrics: Metrics::default(),
-            instance_slots: Semaphore::new(running_slots()),
+            instances: Semaphore::new(MAX_INSTANCES as usize),
             max_body: manifest.server.max_body,
             validation: manifest.server.validation,
             event_grid_domains: EventGridDomains::new(&manifest.server.event_grid_domains),
@@ -369,8 +374,8 @@ impl Host {
         }
     }
 
-    /// Runs the handler once, when one of its `max_concurrency` slots and
-    /// one of the host's running slots are free (waiting in its bounded queue).
+    /// Runs the handler once, when one of its `max_concurrency` slots is free
+    /// (waiting in its bounded queue), taking turns on the CPU with the others.
     async fn invoke(
         &self,
         route: &Route,
@@ -389,11 +394,12 @@ impl Host {
                 route.slots.acquire().await.expect("handler semaphores are never closed")
             }
         };
-        let _slot = self.instance_slots.acquire().await.expect("the instance semaphore is never closed");
+        let _instance = self.instances.acquire().await.expect("the instance semaphore is never closed");
         let started = Instant::now();
         // The handler runs right here, on this task. A panic in gridfn's own
         // host code must not take the connection down with it.
-        match AssertUnwindSafe(handler.invoke(event, delivery)).catch_unwind().await {
+        let run = AssertUnwindSafe(handler.invoke(event, delivery)).catch_unwind();
+        match route.on_cpu.run(run).await {
             Ok(invocation) => {
                 self.metrics.observe_run(&handler.name, started.elapsed().as_secs_f64());
                 invocation
@@ -475,14 +481,12 @@ impl Host {
     }
 }
 
-/// Two per core, so one stuck handler (until its deadline) cannot stall a
-/// core's worth of others; never more than the pooling allocator holds. One
-/// handler gets at most half of them (one per core: enough to keep every core
-/// busy), so a busy or hostile handler can never take every slot and starve
-/// the others.
-fn running_slots() -> usize {
+/// How many instances of one handler may be on CPU at once: every core, or
+/// every core but one when other handlers need a core too. (Handlers run on
+/// the runtime's worker threads, one per core, so nothing else needs bounding.)
+fn cpu_share(handlers: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cores * 2).clamp(4, MAX_INSTANCES as usize)
+    if handlers > 1 { cores.saturating_sub(1).max(1) } else { cores }
 }
 
 /// A place in a handler's queue, given back when dropped (also when the

@@ -16,6 +16,7 @@
 //! - [`explain`]: `gridfn explain`, each filter's decision for each event.
 //! - [`dedup`]: which (handler, event) pairs are done, so none runs twice.
 //! - [`deploy`]: new handler versions while serving (admin API), and their record on disk.
+//! - [`cpu`]: how handlers share the cores (slots held only while on CPU).
 //! - [`sandbox`]: wasmtime engine, one pre-linked component per handler, a
 //!   fresh instance per event with a deadline and a memory cap.
 //! - [`kv`]: storage behind the handlers' `kv` capability.
@@ -26,6 +27,7 @@
 //! - [`error`]: the request error type and the status each variant means.
 
 pub mod config;
+pub mod cpu;
 pub mod deadletter;
 pub mod dedup;
 pub mod delivery;
