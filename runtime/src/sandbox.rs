@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -98,7 +98,7 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     /// Storage for handlers granted `kv`.
     kv: Option<Arc<dyn KvStore>>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// What a handler's manifest grants it, beyond WASI with nothing in it.
@@ -136,6 +136,8 @@ pub struct LoadedHandler {
     fuel: Option<u64>,
     /// Events one instance may serve in sequence (1: a fresh instance each).
     reuse: u32,
+    /// Ticks while this handler runs.
+    clock: Arc<Clock>,
     /// Instances kept between events when `reuse` > 1; one is never used by
     /// two events at once, and is dropped after any failure or retry.
     warm: Mutex<Vec<Instance>>,
@@ -205,7 +207,7 @@ impl Sandbox {
             .map_err(|e| anyhow!("linking the gridfn imports: {e}"))?;
 
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Sandbox { engine, linker, kv, _ticker: ticker })
+        Ok(Sandbox { engine, linker, kv, ticker })
     }
 
     /// Compiles a handler's component from its manifest path (or takes it
@@ -249,6 +251,7 @@ impl Sandbox {
             memory: handler.memory,
             fuel: handler.fuel,
             reuse: handler.instance_reuse,
+            clock: self.ticker.clock.clone(),
             warm: Mutex::new(Vec::new()),
         })
     }
@@ -271,6 +274,7 @@ impl LoadedHandler {
     /// opted into reuse. Takes up to the handler's timeout, yielding to the
     /// executor every epoch tick.
     pub async fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Invocation {
+        let _running = self.clock.start_running();
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let instance = match warm {
             Some(instance) => Ok(instance),
@@ -688,23 +692,58 @@ impl tokio::io::AsyncWrite for CapturedOutput {
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`], which is what makes
-/// deadlines fire; stops when dropped.
+/// Advances the engine's epoch every [`EPOCH_TICK`] while any handler runs,
+/// which is what makes deadlines fire and handlers yield; asleep while none
+/// does, so an idle gridfn costs nothing. Stops when dropped.
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    clock: Arc<Clock>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the ticker thread and the running handlers share.
+struct Clock {
+    running: AtomicUsize,
+    stop: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// A handler running: the clock ticks while one of these exists.
+struct Running(Arc<Clock>);
+
+impl Clock {
+    fn start_running(self: &Arc<Self>) -> Running {
+        if self.running.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        Running(self.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl EpochTicker {
     fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        let clock =
+            Arc::new(Clock { running: AtomicUsize::new(0), stop: AtomicBool::new(false), thread: Default::default() });
         let thread = std::thread::Builder::new()
             .name("gridfn-epoch".into())
             .spawn({
-                let stop = stop.clone();
+                let clock = clock.clone();
                 move || {
                     let mut next = Instant::now();
-                    while !stop.load(Ordering::Relaxed) {
+                    while !clock.stop.load(Ordering::Relaxed) {
+                        if clock.running.load(Ordering::Acquire) == 0 {
+                            // An unpark that came first makes this return at once.
+                            std::thread::park();
+                            next = Instant::now();
+                            continue;
+                        }
                         next += EPOCH_TICK;
                         std::thread::sleep(next.saturating_duration_since(Instant::now()));
                         engine.increment_epoch();
@@ -712,14 +751,16 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch thread");
-        EpochTicker { stop, thread: Some(thread) }
+        let _ = clock.thread.set(thread.thread().clone());
+        EpochTicker { clock, thread: Some(thread) }
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.clock.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
