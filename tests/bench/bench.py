@@ -10,7 +10,7 @@ by hand only with the paths it needs:
         [--wasmtime PATH | --wasmtime-skip REASON] --gunicorn VENV/bin/gunicorn
 
 Settings from the environment (defaults = the full run):
-    BENCH_WARMUP=3 BENCH_DURATION=10 (seconds), BENCH_THREADS=1,
+    BENCH_WARMUP=2 BENCH_DURATION=8 (seconds), BENCH_THREADS=1,
     BENCH_CONNECTIONS=32, BENCH_BATCHES=1,10,100,
     BENCH_SYSTEMS=gridfn,gridfn-reuse,native,wasmtime-serve,python,
     BENCH_PACED=1 (gridfn batch-1 latency at ~80 % of its max rate),
@@ -365,8 +365,8 @@ def main():
         setattr(args, path, os.path.abspath(getattr(args, path)))
 
     class Cfg:
-        warmup = env_num("BENCH_WARMUP", 3)
-        duration = env_num("BENCH_DURATION", 10)
+        warmup = env_num("BENCH_WARMUP", 2)
+        duration = env_num("BENCH_DURATION", 8)
         threads = int(env_num("BENCH_THREADS", 1))
         conns = int(env_num("BENCH_CONNECTIONS", 32))
 
