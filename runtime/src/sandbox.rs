@@ -1,9 +1,12 @@
 //! The WebAssembly sandbox: everything expensive is built once (engine,
 //! linker, one pre-instantiated component per handler, the epoch ticker), and
-//! each event gets a fresh instance with a deadline and a memory cap.
+//! each event gets a fresh instance with a deadline and a memory cap, called
+//! on the async task that delivers the event ([`LoadedHandler::invoke`]).
 //!
 //! A handler cannot hurt the host: a trap, a timeout or a memory grab ends its
-//! instance and becomes a [`Outcome::Retry`], logged with the event id.
+//! instance and becomes a [`Outcome::Retry`], logged with the event id; it
+//! yields to other tasks at every epoch tick; and it reaches nothing its
+//! manifest does not grant ([`Grants`]).
 
 use std::collections::HashMap;
 use std::path::Path;
