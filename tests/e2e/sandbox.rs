@@ -291,6 +291,7 @@ fn median_latency(gridfn: &Gridfn, tag: &str, window: Duration) -> Duration {
 /// to everything else on a 2-core machine (this test's client included).
 #[test]
 fn a_steady_handler_keeps_its_latency_while_hostile_handlers_run() {
+    let _alone = crate::support::alone();
     let gridfn = Gridfn::start(&format!(
         "[[handler]]\nname = \"hostile\"\nmodule = {m:?}\ntimeout = \"500ms\"\nmemory = \"16MiB\"\nmax_concurrency = 1\n\
          [[handler]]\nname = \"steady\"\nmodule = {m:?}\n",

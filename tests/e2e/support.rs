@@ -1,10 +1,11 @@
 //! Starts `gridfn serve` on port 0 with a manifest written for the test, and
 //! speaks to it over HTTP.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
@@ -39,6 +40,73 @@ fn shared_cache() -> PathBuf {
     dir
 }
 
+/// Every gridfn a test starts holds a share of the machine; a test that
+/// measures latency takes it whole ([`alone`]), so other tests' servers are
+/// not part of what it measures. (Not an `RwLock`: a test holding a share may
+/// start a second gridfn while the latency test waits, which must not block.)
+static MACHINE: Mutex<Machine> = Mutex::new(Machine { shares: 0, alone: false });
+static MACHINE_CHANGED: Condvar = Condvar::new();
+
+struct Machine {
+    shares: usize,
+    alone: bool,
+}
+
+thread_local! {
+    static ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn machine() -> std::sync::MutexGuard<'static, Machine> {
+    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running gridfn's share of the machine.
+struct Share;
+
+impl Share {
+    /// None on the thread that holds the machine alone.
+    fn take() -> Option<Share> {
+        if ALONE.with(Cell::get) {
+            return None;
+        }
+        let mut machine = machine();
+        while machine.alone {
+            machine = MACHINE_CHANGED.wait(machine).unwrap_or_else(|e| e.into_inner());
+        }
+        machine.shares += 1;
+        Some(Share)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        machine().shares -= 1;
+        MACHINE_CHANGED.notify_all();
+    }
+}
+
+/// Waits until no other test's gridfn is running, and keeps new ones from
+/// starting until dropped; this thread's own gridfns may start.
+pub struct Alone;
+
+pub fn alone() -> Alone {
+    let mut machine = machine();
+    while machine.shares > 0 || machine.alone {
+        machine = MACHINE_CHANGED.wait(machine).unwrap_or_else(|e| e.into_inner());
+    }
+    machine.alone = true;
+    ALONE.with(|alone| alone.set(true));
+    Alone
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.with(|alone| alone.set(false));
+        machine().alone = false;
+        MACHINE_CHANGED.notify_all();
+    }
+}
+
 pub struct Gridfn {
     child: Child,
     pub base: String,
@@ -46,6 +114,7 @@ pub struct Gridfn {
     config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     client: Client,
+    _share: Option<Share>,
 }
 
 impl Gridfn {
@@ -82,6 +151,7 @@ impl Gridfn {
     }
 
     fn spawn(dir: tempfile::TempDir, config: PathBuf, listen: &str) -> Gridfn {
+        let share = Share::take();
         let mut child = Command::new(env!("CARGO_BIN_EXE_gridfn"))
             .args(["serve", "--listen", listen, "--config"])
             .arg(&config)
@@ -114,7 +184,7 @@ impl Gridfn {
             }
         };
         let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Gridfn { child, base: format!("http://{addr}"), dir, config, log, client }
+        Gridfn { child, base: format!("http://{addr}"), dir, config, log, client, _share: share }
     }
 
     pub fn url(&self, path: &str) -> String {
