@@ -8,8 +8,12 @@
 //! network. A call never outlives the handler's deadline.
 //!
 //! ```ignore
-//! let response = http::get("https://api.example.com/v1/status")?;
-//! if response.status != 200 { return Outcome::retry(format!("status {}", response.status)); }
+//! match http::get("https://api.example.com/v1/status") {
+//!     Ok(response) if response.status == 200 => Outcome::Success,
+//!     Ok(response) => Outcome::retry(format!("the API answered {}", response.status)),
+//!     Err(http::Error::Denied) => Outcome::reject("api.example.com is not in allowed_outbound_hosts"),
+//!     Err(error) => Outcome::retry(error.to_string()),
+//! }
 //! ```
 
 use wasip2::http::outgoing_handler;

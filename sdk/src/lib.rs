@@ -250,9 +250,12 @@ pub mod kv {
 /// same on every retry, so downstream handlers never see a repeat twice.
 ///
 /// ```ignore
-/// publish::json("Contoso.Embeddings.Refreshed", &serde_json::json!({ "url": blob.url }))
+/// let refreshed = publish::json("Contoso.Embeddings.Refreshed", &serde_json::json!({ "url": blob.url }))
 ///     .subject(event.subject().unwrap_or_default())
-///     .send()?;
+///     .send();
+/// if let Err(error) = refreshed {
+///     return Outcome::reject(format!("cannot publish: {error:?}"));
+/// }
 /// ```
 pub mod publish {
     use crate::bindings::gridfn::handler::publish as host;
