@@ -179,7 +179,9 @@ pub struct Handler {
     /// `retry = { attempts, backoff = "exponential" | "fixed", initial, max }`:
     /// local retries of transient failures; default none.
     pub retry: RetryPolicy,
-    /// `max_concurrency`: instances of this handler running at once; default 16.
+    /// `max_concurrency`: instances of this handler alive at once (running or
+    /// waiting on I/O); default 16. Of those, at most every core but one are
+    /// on CPU at a time when there are other handlers (see `crate::cpu`).
     pub max_concurrency: usize,
     /// `queue`: events that may wait for a free instance; beyond it the
     /// delivery gets 503 + Retry-After. Default 1024.
