@@ -66,7 +66,7 @@ fn main() {
     let fresh = sandbox.load(&manifest.handlers[0]).unwrap();
     let reuse = sandbox.load(&manifest.handlers[1]).unwrap();
 
-    let body = std::fs::read(root.join("../shared/vectors/eventgrid/StorageBlobCreatedEvent.json")).unwrap();
+    let body = std::fs::read(root.join("tests/vectors/eventgrid/StorageBlobCreatedEvent.json")).unwrap();
     let event = decode_event_grid(&body).unwrap().remove(0);
     let delivery = DeliveryInfo { attempt: 0, subscription: None, replay: false };
     // Handlers run on async tasks; here, one task on a one-thread runtime.

@@ -443,9 +443,9 @@ mod tests {
     use super::*;
 
     fn vectors(dir: &str) -> Vec<(String, Vec<u8>)> {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/");
         let mut files: Vec<_> = std::fs::read_dir(format!("{root}{dir}"))
-            .expect("shared/vectors beside the checkout")
+            .expect("tests/vectors in the repository")
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
@@ -545,7 +545,7 @@ mod tests {
     fn cloudevent_extensions_and_base64_data() {
         let body = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/vectors/cloudevents/java-CloudEventBinaryData.batch.json"
+            "/../tests/vectors/cloudevents/java-CloudEventBinaryData.batch.json"
         ))
         .unwrap();
         let event = &decode_cloudevents(&body).unwrap()[0];
@@ -554,7 +554,7 @@ mod tests {
 
         let body = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/vectors/cloudevents/docs-event-filtering-extension-attributes.json"
+            "/../tests/vectors/cloudevents/docs-event-filtering-extension-attributes.json"
         ))
         .unwrap();
         let event = &decode_cloudevents(&body).unwrap()[0];
@@ -569,7 +569,7 @@ mod tests {
     fn cloudevents_are_validated_as_the_spec_says() {
         let invalid = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/vectors/cloudevents/invalid/docs-delivery-and-retry-event-no-specversion.json"
+            "/../tests/vectors/cloudevents/invalid/docs-delivery-and-retry-event-no-specversion.json"
         ))
         .unwrap();
         let err = decode_cloudevents(&invalid).unwrap_err();
@@ -625,7 +625,7 @@ mod tests {
 
     #[test]
     fn the_docs_validation_event_yields_its_code() {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/eventgrid/handshake/");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/eventgrid/handshake/");
         let body = std::fs::read(format!("{root}docs-SubscriptionValidationEvent.json")).unwrap();
         let events = decode_event_grid(&body).unwrap();
         assert_eq!(events[0].event_type, SUBSCRIPTION_VALIDATION_EVENT);

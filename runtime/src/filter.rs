@@ -9,7 +9,7 @@
 //! gridfn must deliver exactly the events Azure would deliver, or a handler
 //! tested locally behaves differently in production. So the semantics follow
 //! `articles/event-grid/event-filtering.md` and the shared test vectors
-//! (`shared/vectors/filters/cases.json`) rather than intuition:
+//! (`tests/vectors/filters/cases.json`) rather than intuition:
 //!
 //! * `includedEventTypes`, `subjectBeginsWith`, `subjectEndsWith` and every
 //!   advanced filter must all pass (AND); the values of one advanced filter
@@ -1292,7 +1292,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    const CASES_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/filters/cases.json");
+    const CASES_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/filters/cases.json");
 
     #[derive(Deserialize)]
     struct Case {

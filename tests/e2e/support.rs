@@ -27,9 +27,9 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
-/// The shared test vectors (`../shared/vectors` beside the checkout).
+/// The test vectors (`tests/vectors`, copied from Azure's SDKs and docs; see its README).
 pub fn vector(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors").join(relative)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors").join(relative)
 }
 
 /// One compile cache for every test's gridfn, so each start after the first
