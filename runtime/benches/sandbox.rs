@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use gridfn::config::Manifest;
 use gridfn::event::decode_event_grid;
-use gridfn::sandbox::{DeliveryInfo, LoadedHandler, Outcome, Sandbox};
+use gridfn::event::DeliveryInfo;
+use gridfn::sandbox::{LoadedHandler, Outcome, Sandbox};
 
 const WARMUP: usize = 2_000;
 const EVENTS: usize = 20_000;

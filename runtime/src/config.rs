@@ -71,6 +71,15 @@ pub struct Server {
     /// `rollback`), sent as `x-gridfn-admin-key`; literal or `env:NAME`.
     /// Separate from delivery keys; no admin key, no admin API.
     pub admin_keys: Vec<String>,
+    /// `max_connections`: open connections at once; more wait in the
+    /// kernel's backlog. Default 512.
+    pub max_connections: usize,
+    /// `header_timeout`: how long a request's headers may take to arrive,
+    /// and how long an idle keep-alive connection stays open. Default 30s.
+    pub header_timeout: Duration,
+    /// `body_timeout`: how long a request's body may take once its headers
+    /// have arrived; slower gets 408. Default 30s.
+    pub body_timeout: Duration,
 }
 
 /// How gridfn answers a `SubscriptionValidation` request.
@@ -181,7 +190,7 @@ pub struct Handler {
     pub retry: RetryPolicy,
     /// `max_concurrency`: instances of this handler alive at once (running or
     /// waiting on I/O); default 16. Of those, at most every core but one are
-    /// on CPU at a time when there are other handlers (see `crate::cpu`).
+    /// on CPU at a time when there are other handlers (see `crate::admission`).
     pub max_concurrency: usize,
     /// `queue`: events that may wait for a free instance; beyond it the
     /// delivery gets 503 + Retry-After. Default 1024.
@@ -286,6 +295,18 @@ impl Manifest {
                 0
             }
         };
+        let max_connections = server.max_connections.unwrap_or(512);
+        if max_connections == 0 {
+            problems.push("server.max_connections: must be at least 1".into());
+        }
+        let header_timeout = duration_or(
+            server.header_timeout.as_deref(),
+            Duration::from_secs(30),
+            "server.header_timeout",
+            &mut problems,
+        );
+        let body_timeout =
+            duration_or(server.body_timeout.as_deref(), Duration::from_secs(30), "server.body_timeout", &mut problems);
         let state_dir = resolve(server.state_dir.unwrap_or_else(|| ".gridfn".into()));
         let cache_dir = resolve(server.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
         let event_grid_domains =
@@ -436,6 +457,9 @@ impl Manifest {
                 entra: server.entra,
                 admin_keys,
                 watch: server.watch.map(&resolve),
+                max_connections,
+                header_timeout,
+                body_timeout,
             },
             dedup: Dedup { store: dedup_store, ttl },
             deadletter,
@@ -635,6 +659,9 @@ struct RawServer {
     #[serde(default)]
     admin_keys: Vec<String>,
     watch: Option<PathBuf>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -85,6 +85,19 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// How an event reached gridfn; handlers see it as `delivery`. Every source
+/// fills it in: Event Grid's push from its `aeg-*` headers, the local topic,
+/// a replay.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryInfo {
+    /// Attempts before this one: Event Grid's delivery count, plus local retries.
+    pub attempt: u32,
+    /// The Event Grid subscription it came through, if the source says.
+    pub subscription: Option<String>,
+    /// Whether it is a replay of a dead-lettered event.
+    pub replay: bool,
+}
+
 /// Splits a body into its events' raw JSON objects: an array of events, or one
 /// bare event object (which Event Grid never sends but curl users do).
 pub fn split_batch(body: &[u8]) -> Result<Vec<Box<RawValue>>, DecodeError> {

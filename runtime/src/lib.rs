@@ -1,46 +1,67 @@
-//! gridfn: runs Azure Event Grid push deliveries (Event Grid schema and
-//! CloudEvents 1.0) through sandboxed WebAssembly handlers, and answers Event
-//! Grid with the status that makes it forget, retry or dead-letter each
-//! delivery.
+//! gridfn: runs Azure Event Grid deliveries (Event Grid schema and
+//! CloudEvents 1.0) through sandboxed WebAssembly handlers, and answers each
+//! source with what makes it forget, retry or dead-letter the events.
+//!
+//! # How an event flows
+//!
+//! Every source turns its input into events plus a [`event::DeliveryInfo`],
+//! calls [`pipeline::Pipeline::dispatch`], and turns the [`pipeline::Verdict`]
+//! into its own answer:
+//!
+//! - push: Event Grid POSTs a delivery; [`push`] authenticates it, answers a
+//!   handshake or decodes it, dispatches, and answers 200 or 503;
+//! - local topic: a handler's published events are dispatched by the
+//!   pipeline itself (`Pipeline::local_topic`), one hop deeper, and the
+//!   verdict becomes the publisher's outcome.
+//!
+//! Inside the pipeline, per (event, handler) pair: route ([`filter`]), claim
+//! ([`dedup`]), admit ([`admission`]), run ([`sandbox`]), retry locally,
+//! publish ([`publish`]), dead-letter ([`deadletter`]), record ([`dedup`]).
 //!
 //! # Layout
 //!
-//! - [`config`]: the `gridfn.toml` manifest, its defaults and its checks.
-//! - [`server`]: HTTP routes and `serve(listener, host, shutdown)`.
-//! - [`delivery`]: the delivery path, top to bottom, and the batch verdict.
+//! - [`config`]: the `gridfn.toml` manifest, parsed into valid values or every problem.
+//! - [`host`]: wiring: every part built once from the manifest.
+//! - [`server`]: the routes, and the accept loop with its limits and drain.
+//! - [`push`]: the push source: one pushed request, top to bottom.
 //! - [`webhook`]: Event Grid's webhook protocol: keys, `aeg-*` headers, body
 //!   encodings, the validation and CloudEvents handshakes.
 //! - [`entra`]: Microsoft Entra ID bearer tokens, for subscriptions that use them.
-//! - [`event`]: the one event model, and decoding pushed bodies into it.
+//! - [`admin`]: the admin API (deploy, list, rollback) over HTTP.
+//! - [`error`]: the one HTTP error type and the status each variant means.
+//! - [`pipeline`]: route, claim, run, retry, publish, dead-letter, record; the verdict.
+//! - [`event`]: the one event model, delivery info, and decoding bodies into events.
 //! - [`filter`]: subscription filters, evaluated as Event Grid does.
 //! - [`explain`]: `gridfn explain`, each filter's decision for each event.
 //! - [`dedup`]: which (handler, event) pairs are done, so none runs twice.
-//! - [`deploy`]: new handler versions while serving (admin API), and their record on disk.
-//! - [`cpu`]: how handlers share the cores (slots held only while on CPU).
+//! - [`registry`]: the handlers, the version of each that runs, deploys and rollbacks.
+//! - [`admission`]: when an event may start an instance, and how instances share the cores.
 //! - [`sandbox`]: wasmtime engine, one pre-linked component per handler, a
 //!   fresh instance per event with a deadline and a memory cap.
 //! - [`kv`]: storage behind the handlers' `kv` capability.
 //! - [`outbound`]: the handlers' `wasi:http` requests, allowed only to listed hosts.
-//! - [`publish`]: events handlers publish, to the local topic or an Event Grid topic.
+//! - [`publish`]: events handlers publish: checked, encoded, sent to an Event Grid topic.
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
 //! - [`metrics`]: the Prometheus metrics.
-//! - [`error`]: the request error type and the status each variant means.
 
+pub mod admin;
+pub mod admission;
 pub mod config;
-pub mod cpu;
 pub mod deadletter;
 pub mod dedup;
-pub mod delivery;
-pub mod deploy;
 pub mod entra;
 pub mod error;
 pub mod event;
 pub mod explain;
 pub mod filter;
+pub mod host;
 pub mod kv;
 pub mod metrics;
 pub mod outbound;
+pub mod pipeline;
 pub mod publish;
+pub mod push;
+pub mod registry;
 pub mod sandbox;
 pub mod server;
 pub mod webhook;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use gridfn::config::Manifest;
-use gridfn::delivery::Host;
+use gridfn::host::Host;
 
 /// Every event allocates small, short-lived values on many threads at once;
 /// glibc's malloc spent a quarter of the CPU on that under load (its arenas
@@ -138,7 +138,7 @@ fn admin_call(admin: &Admin, method: reqwest::Method, path: &str, body: Vec<u8>)
     let (status, text) = runtime.block_on(async {
         let response = reqwest::Client::new()
             .request(method, &url)
-            .header(gridfn::deploy::ADMIN_KEY_HEADER, &admin.admin_key)
+            .header(gridfn::admin::ADMIN_KEY_HEADER, &admin.admin_key)
             .body(body)
             .send()
             .await
@@ -173,7 +173,7 @@ fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
             handlers.join(", "),
             started.elapsed().as_millis()
         );
-        gridfn::server::serve(listener, host, shutdown_signal()).await?;
+        gridfn::server::serve(listener, host.clone(), host.limits, shutdown_signal()).await?;
         tracing::info!("gridfn stopped");
         Ok(())
     })

@@ -2,8 +2,8 @@
 //! gridfn's local topic or to an Event Grid topic.
 //!
 //! A handler's events are collected during its call ([`Outbox`]) and leave
-//! only after it returns success (the delivery path sends them; see
-//! `Host::publish`). The Event Grid topic gets exactly what Azure's SDKs
+//! only after it returns success (the pipeline sends them; see
+//! `Pipeline::publish`). The Event Grid topic gets exactly what Azure's SDKs
 //! send: a `application/cloudevents-batch+json` array, the key in
 //! `aeg-sas-key`. The local topic turns them into [`Event`]s with the same
 //! decoder pushed CloudEvents go through, so filters and handlers see no

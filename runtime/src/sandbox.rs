@@ -25,7 +25,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config;
-use crate::event::Event;
+use crate::event::{DeliveryInfo, Event};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -85,14 +85,6 @@ impl Invocation {
     pub fn failed(outcome: Outcome) -> Self {
         Invocation { outcome, published: Vec::new() }
     }
-}
-
-/// How an event reached its handler; handlers see it as `delivery`.
-#[derive(Debug, Clone)]
-pub struct DeliveryInfo {
-    pub attempt: u32,
-    pub subscription: Option<String>,
-    pub replay: bool,
 }
 
 /// The engine and linker shared by every handler.

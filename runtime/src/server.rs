@@ -1,126 +1,191 @@
-//! The HTTP surface: routes, body limits, and a `serve` that stops when its
-//! `shutdown` future completes, so tests and signals drive it alike.
+//! The HTTP surface: the routes, and `serve(listener, host, shutdown)`, an
+//! accept loop that bounds what a client can hold and drains on shutdown, so
+//! tests and signals drive it alike.
+//!
+//! What a client can hold: at most `max_connections` connections (beyond
+//! that, new ones wait in the kernel's backlog); a request's headers must
+//! arrive within `header_timeout`, which is also how long an idle keep-alive
+//! connection stays open; its body within `body_timeout` (see
+//! [`crate::push`]).
+//!
+//! Shutdown: stop accepting, close idle connections at once, let requests in
+//! flight finish within `drain` (the longest handler deadline plus the
+//! durable commit), then return. A delivery cut by the drain was never
+//! acknowledged, so Event Grid delivers it again; nothing is lost.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-use crate::delivery::{Host, Target};
-use crate::error::RequestError;
+use crate::host::Host;
+use crate::{admin, push};
+
+/// Limits on what clients can hold, and how long shutdown waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub drain: Duration,
+}
 
 /// The routes, over a started [`Host`].
 pub fn app(host: Arc<Host>) -> Router {
-    Router::new()
-        .route("/api/events", post(all_handlers).options(abuse_protection))
-        .route("/api/events/{handler}", post(one_handler).options(abuse_protection))
-        .route("/runtime/webhooks/eventgrid", post(functions_style).options(abuse_protection))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/admin/handlers", get(crate::deploy::list))
+    let push = Router::new()
+        .route("/api/events", post(push::all_handlers).options(push::abuse_protection))
+        .route("/api/events/{handler}", post(push::one_handler).options(push::abuse_protection))
+        .route("/runtime/webhooks/eventgrid", post(push::functions_style).options(push::abuse_protection))
+        .with_state(host.webhook.clone());
+    let admin = Router::new()
+        .route("/admin/handlers", get(admin::list))
         .route(
             "/admin/handlers/{handler}",
-            axum::routing::put(crate::deploy::deploy)
-                .layer(axum::extract::DefaultBodyLimit::max(crate::deploy::MAX_MODULE)),
+            put(admin::deploy).layer(axum::extract::DefaultBodyLimit::max(admin::MAX_MODULE)),
         )
-        .route("/admin/handlers/{handler}/rollback", post(crate::deploy::rollback))
+        .route("/admin/handlers/{handler}/rollback", post(admin::rollback))
         .route("/metrics", get(metrics))
-        .with_state(host)
+        .with_state(host);
+    push.merge(admin).route("/healthz", get(|| async { "ok" }))
 }
 
-/// Serves `host` on `listener` until `shutdown` completes, then lets requests
-/// in flight finish.
+/// Serves `host` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     listener: TcpListener,
     host: Arc<Host>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let sweeper = tokio::spawn({
-        let host = host.clone();
-        async move {
-            let mut every = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                every.tick().await;
-                host.sweep().await;
+    let background = background_tasks(&host);
+    let in_flight = InFlight::default();
+    let app = app(host).layer(axum::middleware::from_fn_with_state(in_flight.clone(), InFlight::track));
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listener, &connections) => accepted,
+        };
+        let (stream, permit) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait, don't spin.
+                tracing::warn!("accepting a connection failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, header timeout): nothing to answer.
+            if let Err(error) = connection.await {
+                tracing::debug!("connection ended: {error}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; waiting up to {:?} for deliveries in flight", limits.drain);
+    // Idle connections close at once; a connection whose client has not sent
+    // a whole request yet would hold `graceful` until its header timeout, so
+    // the drain ends as soon as no request is being handled (and its answer
+    // had a moment to go out).
+    let drained = async {
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = async {
+                in_flight.none().await;
+                tokio::time::sleep(ANSWER_FLUSH).await;
+            } => {}
+        }
+    };
+    if tokio::time::timeout(limits.drain, drained).await.is_err() {
+        tracing::warn!("deliveries still running after {:?} are cut; Event Grid will deliver them again", limits.drain);
+    }
+    for task in background {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// How long shutdown lets the last answers reach their sockets once no
+/// request is being handled.
+const ANSWER_FLUSH: Duration = Duration::from_millis(200);
+
+/// Requests being handled right now, so shutdown can tell a delivery in
+/// flight from a connection that is merely open.
+#[derive(Clone, Default)]
+struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl InFlight {
+    /// Middleware: counts the request while its handler runs.
+    async fn track(
+        State(in_flight): State<InFlight>,
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        in_flight.0.send_modify(|n| *n += 1);
+        // Decremented also when the request is cancelled (client gone).
+        let _counted = scopeguard(|| in_flight.0.send_modify(|n| *n -= 1));
+        next.run(request).await
+    }
+
+    /// Completes when no request is being handled.
+    async fn none(&self) {
+        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
             }
         }
-    });
-    let watcher =
-        host.watch.clone().map(|folder| tokio::spawn(host.clone().watch_folder(folder, Duration::from_secs(1))));
-    let result = axum::serve(listener, app(host)).with_graceful_shutdown(shutdown).await;
-    sweeper.abort();
-    if let Some(watcher) = watcher {
-        watcher.abort();
     }
-    result
+    Guard(Some(f))
 }
 
-type Params = Query<HashMap<String, String>>;
-
-async fn all_handlers(
-    State(host): State<Arc<Host>>,
-    Query(params): Params,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    deliver(&host, Target::All, &params, &headers, body).await
+/// The next connection, once there is room for one.
+async fn accept(
+    listener: &TcpListener,
+    connections: &Arc<Semaphore>,
+) -> std::io::Result<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = connections.clone().acquire_owned().await.expect("the connection semaphore is never closed");
+    let (stream, _) = listener.accept().await?;
+    Ok((stream, permit))
 }
 
-async fn one_handler(
-    State(host): State<Arc<Host>>,
-    Path(handler): Path<String>,
-    Query(params): Params,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    deliver(&host, Target::Handler(&handler), &params, &headers, body).await
-}
-
-/// Azure Functions' URL shape, so a subscription made for a Function App can
-/// point at gridfn unchanged: `?functionName=NAME`.
-async fn functions_style(
-    State(host): State<Arc<Host>>,
-    Query(params): Params,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let Some(handler) = params.get("functionName").cloned() else {
-        return RequestError::BadRequest("the functionName query parameter is required".into()).into_response();
-    };
-    deliver(&host, Target::Handler(&handler), &params, &headers, body).await
-}
-
-async fn deliver(
-    host: &Host,
-    target: Target<'_>,
-    params: &HashMap<String, String>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Response {
-    let body = match axum::body::to_bytes(body, host.max_body).await {
-        Ok(body) => body,
-        Err(_) => {
-            return RequestError::TooLarge { limit: host.max_body }.into_response();
+/// The dedup sweeper, and the folder watcher when `server.watch` is set.
+fn background_tasks(host: &Arc<Host>) -> Vec<tokio::task::JoinHandle<()>> {
+    let pipeline = host.pipeline.clone();
+    let mut tasks = vec![tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            pipeline.sweep().await;
         }
-    };
-    match host.deliver(target, headers, params.get("code").map(String::as_str), body).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::info!(status = error.status().as_u16(), "refused a delivery: {error}");
-            error.into_response()
-        }
+    })];
+    if let Some(folder) = host.watch.clone() {
+        tasks.push(tokio::spawn(host.registry.clone().watch_folder(folder, Duration::from_secs(1))));
     }
-}
-
-async fn abuse_protection(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response {
-    crate::webhook::abuse_protection(&headers, &host.event_grid_domains)
+    tasks
 }
 
 async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {

@@ -13,8 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Validation;
 use crate::entra::EntraValidator;
 use crate::error::RequestError;
-use crate::event::{self, DecodeError, Event, SUBSCRIPTION_VALIDATION_EVENT, ValidationRequest};
-use crate::sandbox::DeliveryInfo;
+use crate::event::{self, DecodeError, DeliveryInfo, Event, SUBSCRIPTION_VALIDATION_EVENT, ValidationRequest};
 
 /// What `aeg-event-type` says the request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

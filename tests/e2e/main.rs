@@ -11,3 +11,4 @@ mod foundation;
 mod protocol;
 mod routing;
 mod sandbox;
+mod serving;

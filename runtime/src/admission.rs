@@ -1,0 +1,238 @@
+//! Admission: when an event's handler may start an instance, and how running
+//! instances share the cores. Four limits, kept in one place:
+//!
+//! - `max_concurrency`: instances of one handler alive at once (running or
+//!   waiting on I/O), which bounds its memory;
+//! - `queue`: events waiting for one of those; when it is full the event is
+//!   retried (503 + Retry-After), never held in unbounded memory;
+//! - the pool: instances alive at once, all handlers together, which is what
+//!   the pooling allocator has room for ([`crate::sandbox::MAX_INSTANCES`]);
+//! - the CPU share: instances of one handler being *polled* at once.
+//!
+//! Handlers run on the async tasks that deliver their events, so a handler
+//! holds a core only while it is polled: between epoch ticks, or until it
+//! waits on I/O (an outbound request, a sleep). The CPU share counts exactly
+//! that, so a handler waiting a second for an API answer holds no CPU slot,
+//! and a spinning one gives its slot back at every tick (1 ms) and queues for
+//! it again behind whoever was waiting: fair, first come first served. With
+//! several handlers, one handler's share is every core but one, so no handler,
+//! however busy or hostile, can take every core from the others.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
+
+/// One handler's gates, in the order an event passes them.
+pub struct Admission {
+    /// `max_concurrency` permits.
+    slots: Semaphore,
+    /// Events waiting for a permit, at most `queue`.
+    waiting: AtomicUsize,
+    queue: usize,
+    /// Shared by every handler: the pooling allocator's instances.
+    pool: Arc<Semaphore>,
+    /// Instances of this handler on CPU at once.
+    on_cpu: Semaphore,
+}
+
+/// The event cannot even wait: the handler's queue is full.
+#[derive(Debug)]
+pub struct QueueFull {
+    pub queue: usize,
+}
+
+impl QueueFull {
+    /// How long the sender should wait before trying again.
+    pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+}
+
+/// The right to run one instance; its limits are given back when dropped
+/// (also when the delivery is cancelled).
+pub struct Admitted<'a> {
+    _slot: SemaphorePermit<'a>,
+    _instance: SemaphorePermit<'a>,
+    on_cpu: &'a Semaphore,
+}
+
+impl Admission {
+    pub fn new(max_concurrency: usize, queue: usize, cpu_share: usize, pool: Arc<Semaphore>) -> Self {
+        Admission {
+            slots: Semaphore::new(max_concurrency),
+            waiting: AtomicUsize::new(0),
+            queue,
+            pool,
+            on_cpu: Semaphore::new(cpu_share),
+        }
+    }
+
+    /// The CPU share of each of `handlers` handlers on this machine: every
+    /// core, or every core but one when other handlers need a core too.
+    pub fn cpu_share(handlers: usize) -> usize {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        if handlers > 1 { cores.saturating_sub(1).max(1) } else { cores }
+    }
+
+    /// Waits for one of the handler's instances (in its bounded queue), then
+    /// for room in the pool.
+    pub async fn admit(&self) -> Result<Admitted<'_>, QueueFull> {
+        let slot = match self.slots.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let _place = QueuePlace::take(&self.waiting, self.queue).ok_or(QueueFull { queue: self.queue })?;
+                self.slots.acquire().await.expect("admission semaphores are never closed")
+            }
+        };
+        let instance = self.pool.acquire().await.expect("admission semaphores are never closed");
+        Ok(Admitted { _slot: slot, _instance: instance, on_cpu: &self.on_cpu })
+    }
+}
+
+impl<'a> Admitted<'a> {
+    /// Runs `future` (the handler's call), holding a CPU slot only while it
+    /// is polled.
+    pub fn run<F: Future + Send + 'a>(&self, future: F) -> OnCpu<'a, F> {
+        OnCpu { slots: self.on_cpu, waiting: None, future: Box::pin(future) }
+    }
+}
+
+/// A place in a handler's queue, given back when dropped.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    fn take(waiting: &'a AtomicUsize, queue: usize) -> Option<Self> {
+        waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < queue).then_some(n + 1)).ok()?;
+        Some(QueuePlace(waiting))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type Acquire<'a> = Pin<Box<dyn Future<Output = Result<SemaphorePermit<'a>, AcquireError>> + Send + 'a>>;
+
+/// The future of [`Admitted::run`].
+pub struct OnCpu<'a, F> {
+    slots: &'a Semaphore,
+    /// Set while queued for a slot (FIFO: a task that yielded goes behind
+    /// the ones already waiting).
+    waiting: Option<Acquire<'a>>,
+    future: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for OnCpu<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let permit = if this.waiting.is_none()
+            && let Ok(permit) = this.slots.try_acquire()
+        {
+            permit
+        } else {
+            let slots = this.slots;
+            let acquire = this.waiting.get_or_insert_with(|| Box::pin(slots.acquire()));
+            let permit = ready!(acquire.as_mut().poll(cx)).expect("CPU slots are never closed");
+            this.waiting = None;
+            permit
+        };
+        let output = this.future.as_mut().poll(cx);
+        drop(permit);
+        output
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn admission(max_concurrency: usize, queue: usize, cpu_share: usize, pool: &Arc<Semaphore>) -> Arc<Admission> {
+        Arc::new(Admission::new(max_concurrency, queue, cpu_share, pool.clone()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_on_io_holds_no_cpu_slot() {
+        let admission = admission(8, 0, 1, &Arc::new(Semaphore::new(8)));
+        let started = Instant::now();
+        let sleepers: Vec<_> = (0..8)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move {
+                    let admitted = admission.admit().await.unwrap();
+                    admitted.run(tokio::time::sleep(Duration::from_millis(200))).await
+                })
+            })
+            .collect();
+        for sleeper in sleepers {
+            sleeper.await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "eight sleeps shared one CPU slot: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_the_cpu_share_is_polled_at_once() {
+        let admission = admission(4, 0, 1, &Arc::new(Semaphore::new(4)));
+        let (polling, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let spinners: Vec<_> = (0..4)
+            .map(|_| {
+                let (admission, polling, most) = (admission.clone(), polling.clone(), most.clone());
+                tokio::spawn(async move {
+                    let spin = std::future::poll_fn(move |cx| {
+                        let now = polling.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(2));
+                        polling.fetch_sub(1, Ordering::SeqCst);
+                        cx.waker().wake_by_ref();
+                        Poll::<()>::Pending
+                    });
+                    let admitted = admission.admit().await.unwrap();
+                    let _ = tokio::time::timeout(Duration::from_millis(100), admitted.run(spin)).await;
+                })
+            })
+            .collect();
+        for spinner in spinners {
+            spinner.await.unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn beyond_max_concurrency_events_queue_and_beyond_the_queue_they_are_refused() {
+        let admission = admission(1, 1, 1, &Arc::new(Semaphore::new(8)));
+        let running = admission.admit().await.unwrap();
+        let queued = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.admit().await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(admission.admit().await, Err(QueueFull { queue: 1 })), "the queue of one is taken");
+        drop(running);
+        assert!(queued.await.unwrap(), "the queued event runs once the instance is free");
+        assert!(admission.admit().await.is_ok(), "and the queue place is given back");
+    }
+
+    #[tokio::test]
+    async fn the_pool_is_shared_by_every_handler() {
+        let pool = Arc::new(Semaphore::new(1));
+        let (first, second) = (admission(4, 4, 1, &pool), admission(4, 4, 1, &pool));
+        let held = first.admit().await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(100), second.admit()).await;
+        assert!(waiting.is_err(), "the other handler waits for room in the pool");
+        drop(held);
+        assert!(second.admit().await.is_ok());
+    }
+}

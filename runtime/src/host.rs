@@ -1,0 +1,94 @@
+//! Wiring: every part of a running gridfn, built once from the manifest
+//! before the socket binds (engine and handlers compiled, stores opened,
+//! credentials loaded), each handed only what it needs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Manifest;
+use crate::deadletter::DeadLetterStore;
+use crate::dedup::Dedup;
+use crate::entra::EntraValidator;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::push::Webhook;
+use crate::registry::Registry;
+use crate::sandbox::Sandbox;
+use crate::server::Limits;
+use crate::webhook::{Authenticator, EventGridDomains};
+
+/// A started gridfn: what the HTTP routes and the background tasks share.
+pub struct Host {
+    pub registry: Arc<Registry>,
+    pub pipeline: Arc<Pipeline>,
+    /// The push source (Event Grid's webhook).
+    pub webhook: Arc<Webhook>,
+    pub metrics: Arc<Metrics>,
+    /// `server.admin_keys`; the admin API is off without one.
+    pub admin_keys: Vec<String>,
+    /// `server.watch`: the folder watched for new handler versions.
+    pub watch: Option<PathBuf>,
+    /// What clients may hold, and how long shutdown waits.
+    pub limits: Limits,
+}
+
+/// How long shutdown waits beyond the longest handler deadline, for the
+/// durable commit and the answer.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+impl Host {
+    /// Compiles every handler (or takes it from the compile cache) and opens
+    /// the stores. Fails if any handler does not fit the contract or a store
+    /// cannot be reached.
+    pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
+        let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
+        let fuel = manifest.handlers.iter().any(|h| h.fuel.is_some());
+        let kv = match manifest.handlers.iter().any(|h| h.capabilities.kv) {
+            true => Some(crate::kv::open(&manifest.dedup.store, &manifest.server.state_dir)?),
+            false => None,
+        };
+        let sandbox = Arc::new(Sandbox::new(max_memory, fuel, &manifest.server.cache_dir, kv)?);
+        let registry = Arc::new(Registry::load(manifest, sandbox)?);
+        let entra = match &manifest.server.entra {
+            Some(config) => Some(EntraValidator::new(config).await?),
+            None => None,
+        };
+        if manifest.server.allow_anonymous && manifest.server.keys.is_empty() && entra.is_none() {
+            tracing::warn!(
+                "ANONYMOUS ACCESS: server.allow_anonymous is set and no key is configured; anyone who can reach this port can deliver events"
+            );
+        }
+        let dedup = Dedup::new(crate::dedup::open(&manifest.dedup.store).await?, manifest.dedup.ttl);
+        let deadletter = DeadLetterStore::open(&manifest.deadletter).await?;
+        let metrics = Arc::new(Metrics::default());
+        let pipeline = Arc::new(Pipeline::new(registry.clone(), dedup, deadletter, metrics.clone()));
+        let webhook = Arc::new(Webhook {
+            pipeline: pipeline.clone(),
+            auth: Authenticator::new(&manifest.server.keys, manifest.server.allow_anonymous, entra),
+            validation: manifest.server.validation,
+            domains: EventGridDomains::new(&manifest.server.event_grid_domains),
+            max_body: manifest.server.max_body,
+            body_timeout: manifest.server.body_timeout,
+        });
+        let longest_deadline = manifest.handlers.iter().map(|h| h.timeout).max().unwrap_or_default();
+        let limits = Limits {
+            max_connections: manifest.server.max_connections,
+            header_timeout: manifest.server.header_timeout,
+            drain: longest_deadline + DRAIN_MARGIN,
+        };
+        Ok(Host {
+            registry,
+            pipeline,
+            webhook,
+            metrics,
+            admin_keys: manifest.server.admin_keys.clone(),
+            watch: manifest.server.watch.clone(),
+            limits,
+        })
+    }
+
+    pub fn handler_names(&self) -> impl Iterator<Item = &str> {
+        self.registry.routes().iter().map(|r| r.config.name.as_str())
+    }
+}

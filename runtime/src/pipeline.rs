@@ -1,0 +1,470 @@
+//! The pipeline every source feeds: events and how they arrived in, a
+//! [`Verdict`] out. Transport-independent: Event Grid's push ([`crate::push`]),
+//! a handler's publish to the local topic (below), and later replay and pull
+//! delivery all call [`Pipeline::dispatch`] and turn the verdict into their
+//! own answer.
+//!
+//! For each event: route it (filters), then for each (event, handler) pair:
+//! claim it (dedup), run it (admission, sandbox, local retries), send what a
+//! success published, dead-letter a rejection; then record every done pair in
+//! one durable write.
+//!
+//! A batch is all-or-none for Event Grid, so the verdict is done only when
+//! every pair is done (succeeded now, succeeded before, or dead-lettered);
+//! otherwise the pairs to retry are listed, and the pairs that did succeed are
+//! remembered so the redelivery runs only what is left.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::admission::QueueFull;
+use crate::deadletter::{DeadLetterStore, Rejection};
+use crate::dedup::{Claim, Dedup, DedupKey, Lease};
+use crate::event::{DeliveryInfo, Event, SUBSCRIPTION_DELETED_EVENT};
+use crate::metrics::{Metrics, PairOutcome};
+use crate::publish::{MAX_LOCAL_DEPTH, Published, Topic};
+use crate::registry::{Registry, Route};
+use crate::sandbox::{Invocation, LoadedHandler, Outcome};
+
+/// Retry-After when no handler asked for a specific delay: Event Grid's own
+/// first retry interval.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Local retries stop once a delivery has run this long, so the answer goes
+/// out well before Event Grid's 30 s timeout (after which it retries anyway).
+const LOCAL_RETRY_BUDGET: Duration = Duration::from_secs(20);
+
+/// The `handler` label of events no handler's filter wanted.
+pub const UNMATCHED_LABEL: &str = "*";
+
+/// What handlers see as `delivery.subscription` for events from the local topic.
+pub const LOCAL_TOPIC_SUBSCRIPTION: &str = "gridfn-local-topic";
+
+/// The stages every event goes through, built once at start.
+pub struct Pipeline {
+    registry: Arc<Registry>,
+    dedup: Arc<Dedup>,
+    deadletter: DeadLetterStore,
+    metrics: Arc<Metrics>,
+    /// Sends what handlers publish to Event Grid topics.
+    publisher: reqwest::Client,
+}
+
+/// Which handlers a batch is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Every handler whose filter matches.
+    All,
+    /// This one handler (its filter still applies).
+    Handler(&'a str),
+}
+
+/// What became of a batch: counts per outcome, and the pairs to retry.
+#[derive(Debug, Default, Serialize)]
+pub struct Verdict {
+    pub succeeded: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    /// Events no handler's filter wanted: acknowledged, not run.
+    pub unmatched: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retry: Vec<RetryItem>,
+    /// The longest delay a pair to retry asked for (else Event Grid's first
+    /// retry interval); `None` when every pair is done.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+/// One (event, handler) pair that must be retried, and why.
+#[derive(Debug, Serialize)]
+pub struct RetryItem {
+    pub event_index: usize,
+    pub id: String,
+    pub handler: String,
+    pub reason: String,
+}
+
+impl Pipeline {
+    pub fn new(registry: Arc<Registry>, dedup: Arc<Dedup>, deadletter: DeadLetterStore, metrics: Arc<Metrics>) -> Self {
+        Pipeline { registry, dedup, deadletter, metrics, publisher: reqwest::Client::new() }
+    }
+
+    /// Runs a batch through the handlers `target` names: the one entry point
+    /// of every source. Fails only for a handler this gridfn does not have.
+    pub async fn dispatch(
+        &self,
+        events: Vec<Event>,
+        delivery: &DeliveryInfo,
+        target: Target<'_>,
+    ) -> Result<Verdict, UnknownHandler> {
+        let (routes, unmatched_label) = self.routes_for(target)?;
+        let received = Received { at: Instant::now(), time: OffsetDateTime::now_utc() };
+        Ok(self.run_batch(&routes, unmatched_label, events, delivery, &received, 0).await)
+    }
+
+    /// Fails for a handler this gridfn does not have, as `dispatch` would.
+    pub fn check_target(&self, target: Target<'_>) -> Result<(), UnknownHandler> {
+        self.routes_for(target).map(drop)
+    }
+
+    /// The routes `target` names, and the metrics label for events none of
+    /// them wants.
+    fn routes_for<'t>(&self, target: Target<'t>) -> Result<(Vec<&Route>, &'t str), UnknownHandler> {
+        match target {
+            Target::All => Ok((self.registry.routes().iter().collect(), UNMATCHED_LABEL)),
+            Target::Handler(name) => match self.registry.route(name) {
+                Some(route) => Ok((vec![route], name)),
+                None => Err(UnknownHandler(name.to_owned())),
+            },
+        }
+    }
+
+    /// Forgets expired dedup records; the server calls it periodically.
+    pub async fn sweep(&self) {
+        self.dedup.sweep().await;
+    }
+
+    /// Routes each event to the handlers that want it, runs every pair, and
+    /// records the done ones. `depth` counts local-topic hops: boxed, because
+    /// publishing to the local topic comes back here.
+    fn run_batch<'a>(
+        &'a self,
+        routes: &'a [&'a Route],
+        unmatched_label: &'a str,
+        events: Vec<Event>,
+        delivery: &'a DeliveryInfo,
+        received: &'a Received,
+        depth: u32,
+    ) -> BoxFuture<'a, Verdict> {
+        async move {
+            let mut pairs = Vec::new();
+            let mut unmatched = 0;
+            for (index, event) in events.into_iter().map(Arc::new).enumerate() {
+                if event.event_type == SUBSCRIPTION_DELETED_EVENT {
+                    let (topic, subject) = (&event.source, &event.subject);
+                    tracing::warn!(%topic, ?subject, "Event Grid says a subscription was deleted; not dispatched to handlers");
+                    continue;
+                }
+                // Parsed once per event, and only if some handler has a filter.
+                let json = std::cell::OnceCell::new();
+                let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event, &json)).collect();
+                if wanted_by.is_empty() {
+                    unmatched += 1;
+                    self.metrics.count(unmatched_label, PairOutcome::Unmatched);
+                }
+                for route in wanted_by {
+                    pairs.push(self.run_pair(index, event.clone(), route, delivery, received, depth));
+                }
+            }
+            let pairs = self.record(join_all(pairs).await).await;
+            let mut verdict = Verdict::from_pairs(pairs);
+            verdict.unmatched = unmatched;
+            verdict
+        }
+        .boxed()
+    }
+
+    /// One (event, handler) pair: claim it, run it until it succeeds, rejects,
+    /// or its local retries are used up, send what a successful run
+    /// published, and dead-letter a rejection. Recording it as done is left
+    /// to [`Pipeline::record`].
+    async fn run_pair(
+        &self,
+        index: usize,
+        event: Arc<Event>,
+        route: &Route,
+        delivery: &DeliveryInfo,
+        received: &Received,
+        depth: u32,
+    ) -> PairRun {
+        let handler = route.handler();
+        let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
+        // A copy already running gets as long as its deadline to finish, and a
+        // lease outlives every local attempt, so no other host starts it meanwhile.
+        let wait = handler.timeout() + Duration::from_secs(1);
+        let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
+        let lease = match self.dedup.claim(key, wait, lease_for).await {
+            Claim::Run(lease) => lease,
+            Claim::Done => return PairRun::new(index, &event, &handler, None, None),
+            Claim::Busy => {
+                let reason = "another copy of this event is still running".to_owned();
+                return PairRun::new(index, &event, &handler, Some(Outcome::Retry { reason, after: None }), None);
+            }
+            Claim::Failed(error) => {
+                let reason = format!("could not check whether the event was handled: {error}");
+                return PairRun::new(index, &event, &handler, Some(Outcome::Retry { reason, after: None }), None);
+            }
+        };
+
+        let (Invocation { outcome, published }, delivery) =
+            self.run_with_local_retries(route, &handler, &event, delivery, received).await;
+        let outcome = match outcome {
+            Outcome::Success if !published.is_empty() => {
+                self.publish(route, &handler, published, received, depth).await
+            }
+            other => other,
+        };
+        let outcome = match outcome {
+            Outcome::Reject { reason } => self.dead_letter(&event, &handler, &delivery, &reason, received).await,
+            other => other,
+        };
+        if matches!(outcome, Outcome::Success | Outcome::Reject { .. }) {
+            lease.mark_done();
+        }
+        PairRun::new(index, &event, &handler, Some(outcome), Some(lease))
+    }
+
+    /// Runs the handler, and again after a pause while its outcome is a retry
+    /// and its `retry` policy and the delivery's time budget allow. Returns
+    /// the last run and the delivery as that run saw it (its attempt count).
+    async fn run_with_local_retries(
+        &self,
+        route: &Route,
+        handler: &Arc<LoadedHandler>,
+        event: &Event,
+        delivery: &DeliveryInfo,
+        received: &Received,
+    ) -> (Invocation, DeliveryInfo) {
+        let mut delivery = delivery.clone();
+        let mut runs = 1;
+        loop {
+            let run = self.invoke(route, handler, event, &delivery).await;
+            let Outcome::Retry { after, reason } = &run.outcome else { return (run, delivery) };
+            let Some(delay) = route.config.retry.delay_before(runs + 1, *after) else { return (run, delivery) };
+            if received.at.elapsed() + delay + handler.timeout() > LOCAL_RETRY_BUDGET {
+                return (run, delivery);
+            }
+            tracing::info!(handler = %handler.name, event_id = %event.id, "retrying locally in {delay:?}: {reason}");
+            tokio::time::sleep(delay).await;
+            runs += 1;
+            delivery.attempt += 1;
+        }
+    }
+
+    /// Runs the handler once, when admission lets it, taking turns on the CPU
+    /// with the others.
+    async fn invoke(
+        &self,
+        route: &Route,
+        handler: &Arc<LoadedHandler>,
+        event: &Event,
+        delivery: &DeliveryInfo,
+    ) -> Invocation {
+        let admitted = match route.admission.admit().await {
+            Ok(admitted) => admitted,
+            Err(QueueFull { queue }) => {
+                let reason = format!("{} is at max_concurrency and its queue of {queue} is full", handler.name);
+                return Invocation::failed(Outcome::Retry { reason, after: Some(QueueFull::RETRY_AFTER) });
+            }
+        };
+        let started = Instant::now();
+        // The handler runs right here, on this task. A panic in gridfn's own
+        // host code must not take the connection down with it.
+        let run = AssertUnwindSafe(handler.invoke(event, delivery)).catch_unwind();
+        match admitted.run(run).await {
+            Ok(invocation) => {
+                self.metrics.observe_run(&handler.name, started.elapsed().as_secs_f64());
+                invocation
+            }
+            Err(panic) => {
+                let panic =
+                    panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
+                let reason = format!("gridfn failed running the handler: {}", panic.unwrap_or("panic"));
+                Invocation::failed(Outcome::Retry { reason, after: None })
+            }
+        }
+    }
+
+    /// Sends the events a handler published after it succeeded: to the local
+    /// topic, or to an Event Grid topic. The handler's success stands only if
+    /// they were accepted; otherwise the event is retried and the handler
+    /// publishes them again, with the same ids, so downstream deduplication
+    /// drops what got through.
+    async fn publish(
+        &self,
+        route: &Route,
+        handler: &LoadedHandler,
+        events: Vec<Published>,
+        received: &Received,
+        depth: u32,
+    ) -> Outcome {
+        let count = events.len();
+        match &route.config.capabilities.publish {
+            None => unreachable!("a handler without the publish grant cannot publish"),
+            Some(Topic::Local) => self.local_topic(events, received, depth).await,
+            Some(Topic::EventGrid { endpoint, key }) => {
+                match crate::publish::send_to_event_grid(&self.publisher, endpoint, key, &events).await {
+                    Ok(()) => {
+                        tracing::debug!(handler = %handler.name, "published {count} events to {endpoint}");
+                        Outcome::Success
+                    }
+                    Err(error) => Outcome::Retry {
+                        reason: format!("handler succeeded but publishing its {count} events failed: {error:#}"),
+                        after: None,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The local topic, a source of its own: published events go through
+    /// this pipeline like a pushed delivery to every handler, one hop
+    /// deeper, and the verdict becomes the publisher's outcome (success only
+    /// if every published event is done).
+    async fn local_topic(&self, events: Vec<Published>, received: &Received, depth: u32) -> Outcome {
+        if depth + 1 >= MAX_LOCAL_DEPTH {
+            return Outcome::Reject {
+                reason: format!(
+                    "published events went {MAX_LOCAL_DEPTH} local hops deep; handlers are probably publishing events that route back to themselves"
+                ),
+            };
+        }
+        let count = events.len();
+        let delivery = DeliveryInfo { subscription: Some(LOCAL_TOPIC_SUBSCRIPTION.into()), ..Default::default() };
+        let routes: Vec<&Route> = self.registry.routes().iter().collect();
+        let events = crate::publish::local_events(&events);
+        let verdict = self.run_batch(&routes, UNMATCHED_LABEL, events, &delivery, received, depth + 1).await;
+        match verdict.retry.first() {
+            None => Outcome::Success,
+            Some(first) => Outcome::Retry {
+                reason: format!(
+                    "{} of the {count} events it published must be retried (first: {} in {}: {})",
+                    verdict.retry.len(),
+                    first.id,
+                    first.handler,
+                    first.reason
+                ),
+                after: verdict.retry_after,
+            },
+        }
+    }
+
+    /// Writes a rejected event to the dead-letter store; only a durable write
+    /// makes the rejection final, otherwise the event is retried.
+    async fn dead_letter(
+        &self,
+        event: &Event,
+        handler: &LoadedHandler,
+        delivery: &DeliveryInfo,
+        reason: &str,
+        received: &Received,
+    ) -> Outcome {
+        let rejection = Rejection {
+            subscription: delivery.subscription.as_deref().unwrap_or(&handler.name),
+            handler: &handler.name,
+            reason,
+            attempts: delivery.attempt + 1,
+            received: received.time,
+        };
+        match self.deadletter.write(event, &rejection).await {
+            Ok(location) => {
+                tracing::warn!(handler = %handler.name, event_id = %event.id, blob = %location, "event rejected and dead-lettered: {reason}");
+                Outcome::Reject { reason: reason.to_owned() }
+            }
+            Err(e) => Outcome::Retry {
+                reason: format!("handler rejected the event ({reason}) but dead-lettering it failed: {e:#}"),
+                after: None,
+            },
+        }
+    }
+
+    /// Records every done pair in one durable write (releasing the rest), and
+    /// counts each pair's outcome. If the write fails, no pair is done.
+    async fn record(&self, mut runs: Vec<PairRun>) -> Vec<PairRun> {
+        let (mut done, mut not_done) = (Vec::new(), Vec::new());
+        for run in &mut runs {
+            if let Some(lease) = run.lease.take() {
+                if run.is_done() { done.push(lease) } else { not_done.push(lease) }
+            }
+        }
+        if let Err(error) = self.dedup.settle(done, not_done).await {
+            tracing::error!("recording done events failed: {error}; asking for them to be retried");
+            for run in runs.iter_mut().filter(|run| run.is_done()) {
+                let reason = format!("the handler finished but recording it failed: {error}");
+                run.outcome = Some(Outcome::Retry { reason, after: None });
+            }
+        }
+        for run in &runs {
+            let counted = match &run.outcome {
+                None => PairOutcome::Duplicate,
+                Some(Outcome::Success) => PairOutcome::Success,
+                Some(Outcome::Reject { .. }) => PairOutcome::Reject,
+                Some(Outcome::Retry { reason, .. }) => {
+                    tracing::warn!(handler = %run.handler, event_id = %run.event_id, "event will be retried: {reason}");
+                    PairOutcome::Retry
+                }
+            };
+            self.metrics.count(&run.handler, counted);
+        }
+        runs
+    }
+}
+
+/// A batch named a handler this gridfn does not have.
+#[derive(Debug)]
+pub struct UnknownHandler(pub String);
+
+/// When the batch arrived: a monotonic instant for budgets, wall-clock time
+/// for records.
+struct Received {
+    at: Instant,
+    time: OffsetDateTime,
+}
+
+/// What became of one (event, handler) pair.
+struct PairRun {
+    index: usize,
+    event_id: String,
+    handler: String,
+    /// `None`: done before, not run again.
+    outcome: Option<Outcome>,
+    /// Held until the batch's outcomes are recorded.
+    lease: Option<Lease>,
+}
+
+impl PairRun {
+    fn new(
+        index: usize,
+        event: &Event,
+        handler: &LoadedHandler,
+        outcome: Option<Outcome>,
+        lease: Option<Lease>,
+    ) -> Self {
+        PairRun { index, event_id: event.id.clone(), handler: handler.name.to_string(), outcome, lease }
+    }
+
+    /// Succeeded or dead-lettered now (not a duplicate, not a retry).
+    fn is_done(&self) -> bool {
+        matches!(self.outcome, Some(Outcome::Success | Outcome::Reject { .. }))
+    }
+}
+
+impl Verdict {
+    fn from_pairs(pairs: Vec<PairRun>) -> Self {
+        let mut verdict = Verdict::default();
+        for pair in pairs {
+            match pair.outcome {
+                None => verdict.duplicates += 1,
+                Some(Outcome::Success) => verdict.succeeded += 1,
+                Some(Outcome::Reject { .. }) => verdict.rejected += 1,
+                Some(Outcome::Retry { reason, after }) => {
+                    let after = after.unwrap_or(DEFAULT_RETRY_AFTER);
+                    verdict.retry_after = Some(verdict.retry_after.map_or(after, |a| a.max(after)));
+                    verdict.retry.push(RetryItem {
+                        event_index: pair.index,
+                        id: pair.event_id,
+                        handler: pair.handler,
+                        reason,
+                    });
+                }
+            }
+        }
+        verdict
+    }
+}
