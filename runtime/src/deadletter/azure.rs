@@ -10,8 +10,12 @@
 //!
 //! Transport, signing, and retries of transient failures are `object_store`'s
 //! (`azure` feature); every call is also bounded as a whole ([`OP_TIMEOUT`]).
-//! Creating the container (which `object_store` does not do) is one signed
-//! request made with `object_store`'s own HTTP client and authorizer.
+//! `object_store` has no container operations, so two requests are signed
+//! here, with its own HTTP client and authorizer: Create Container, and a
+//! one-result List Blobs that asks whether the container exists (through
+//! `object_store`, a failed listing is `Generic`, its status only in the text).
+//! Errors are told apart by `object_store`'s variants and by those statuses,
+//! never by error text.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::azure::{AzureAccessKey, AzureAuthorizer, AzureCredential, MicrosoftAzure, MicrosoftAzureBuilder};
-use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
+use object_store::client::{HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequestBody, ReqwestConnector};
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, CredentialProvider, ObjectStore, ObjectStoreExt, PutMode,
@@ -371,7 +375,11 @@ impl AzureBlobDeadLetter {
         let mut stream = self.store.list(list_prefix.as_ref());
         let mut names = Vec::new();
         loop {
-            let next = self.bounded("list", &target, async { stream.next().await.transpose() }).await?;
+            let next = match self.bounded("list", &target, async { stream.next().await.transpose() }).await {
+                Ok(next) => next,
+                Err(failure @ DeadLetterError::Storage { .. }) => return Err(self.explain_list_failure(failure).await),
+                Err(failure) => return Err(failure),
+            };
             let Some(meta) = next else { break };
             let location = meta.location.as_ref();
             let name = if self.prefix.is_empty() {
@@ -474,6 +482,17 @@ impl AzureBlobDeadLetter {
         self.bounded(op, target, send).await
     }
 
+    /// A failed List Blobs carries its status only in `object_store`'s text,
+    /// so ask the container the way [`Self::container_exists`] does, whose
+    /// status is read directly.
+    async fn explain_list_failure(&self, failure: DeadLetterError) -> DeadLetterError {
+        match self.container_exists().await {
+            Ok(false) => self.container_not_found(),
+            Err(unauthorized @ DeadLetterError::Unauthorized { .. }) => unauthorized,
+            _ => failure,
+        }
+    }
+
     /// Asks with a one-result List Blobs: a permission the store needs anyway
     /// (replay), which a SAS scoped to the container also grants.
     async fn container_exists(&self) -> Result<bool, DeadLetterError> {
@@ -533,32 +552,29 @@ impl AzureBlobDeadLetter {
         }
     }
 
+    /// Words an `object_store` failure by its variant. `object_store` gives a
+    /// status its own variant only for blob requests (Put, Get): a failed
+    /// List Blobs arrives as `Generic`, which [`Self::list`] explains by asking
+    /// about the container.
     fn storage_error(&self, op: &'static str, target: &str, error: object_store::Error) -> DeadLetterError {
-        let detail = redact(&error.to_string());
         let target = target.to_string();
-        // object_store types only some failures (listing's come back as Generic):
-        // Azure's error code in the response body says the rest.
-        let code = azure_error_code(&detail);
-        let auth_status = detail.contains("403 Forbidden") || detail.contains("401 Unauthorized");
-        match (&error, code) {
-            (_, Some("ContainerNotFound")) => self.container_not_found(),
-            (_, Some("BlobNotFound")) => DeadLetterError::BlobNotFound { target },
-            (object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. }, _) => {
-                DeadLetterError::Unauthorized { target, detail: short_azure_error(&detail) }
+        match error {
+            // Put Blob answers 404 only for a missing container; `get` tells
+            // a missing blob from a missing container itself.
+            object_store::Error::NotFound { .. } => self.container_not_found(),
+            object_store::Error::Unauthenticated { .. } => {
+                self.status_error(op, target, http::StatusCode::UNAUTHORIZED)
             }
-            (_, Some(code)) if is_auth_error_code(code) => {
-                DeadLetterError::Unauthorized { target, detail: short_azure_error(&detail) }
-            }
-            (_, None) if auth_status => DeadLetterError::Unauthorized { target, detail: short_azure_error(&detail) },
-            // Put Blob and List Blobs answer 404 only for a missing container;
-            // `get` tells the two apart itself.
-            (object_store::Error::NotFound { .. }, _) => self.container_not_found(),
-            // A transport failure: object_store's HttpError, with no HTTP status.
-            (_, None) if detail.contains("HTTP error:") && !detail.contains("status code") => {
-                let endpoint = self.endpoint.as_str().trim_end_matches('/').to_string();
-                DeadLetterError::Unreachable { op, target, endpoint, detail: last_cause(&error) }
-            }
-            _ => DeadLetterError::Storage { op, target, detail },
+            object_store::Error::PermissionDenied { .. } => self.status_error(op, target, http::StatusCode::FORBIDDEN),
+            error => match transport_failure(&error) {
+                Some(cause) => DeadLetterError::Unreachable {
+                    op,
+                    target,
+                    endpoint: self.endpoint.as_str().trim_end_matches('/').to_string(),
+                    detail: last_cause(cause),
+                },
+                None => DeadLetterError::Storage { op, target, detail: redact(&error.to_string()) },
+            },
         }
     }
 }
@@ -726,32 +742,18 @@ fn last_cause(error: &(dyn std::error::Error + 'static)) -> String {
     redact(&cause.to_string())
 }
 
-/// The `<Code>` of an Azure Storage error body quoted in `detail`.
-fn azure_error_code(detail: &str) -> Option<&str> {
-    let code = detail.split_once("<Code>")?.1.split_once("</Code>")?.0.trim();
-    (!code.is_empty()).then_some(code)
-}
-
-fn is_auth_error_code(code: &str) -> bool {
-    code.starts_with("Authentication")
-        || code.starts_with("Authorization")
-        || matches!(
-            code,
-            "InsufficientAccountPermissions" | "InvalidAuthenticationInfo" | "NoAuthenticationInformation"
-        )
-}
-
-/// `Code: first line of Message` from a long error text, when it quotes one.
-fn short_azure_error(detail: &str) -> String {
-    let Some(code) = azure_error_code(detail) else { return detail.to_string() };
-    let message = detail
-        .split_once("<Message>")
-        .map(|(_, rest)| rest.split(['\n', '<']).next().unwrap_or_default().trim())
-        .filter(|m| !m.is_empty());
-    match message {
-        Some(message) => format!("{code}: {message}"),
-        None => code.to_string(),
-    }
+/// The failure to reach the endpoint at all (connect, send, no answer)
+/// behind `error`, if that is what it is: an `HttpError` somewhere in its
+/// causes. An HTTP status is never one: `object_store` keeps it outside.
+fn transport_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a HttpError> {
+    std::iter::successors(Some(error), |cause| cause.source())
+        .find_map(|cause| cause.downcast_ref::<HttpError>())
+        .filter(|http| {
+            matches!(
+                http.kind(),
+                HttpErrorKind::Connect | HttpErrorKind::Request | HttpErrorKind::Timeout | HttpErrorKind::Interrupted
+            )
+        })
 }
 
 #[cfg(test)]
@@ -994,6 +996,7 @@ mod tests {
         assert!(matches!(err, DeadLetterError::Unauthorized { .. }), "{err:?}");
         let message = err.to_string();
         assert!(message.contains("refused the credentials") && message.contains("access_key"), "{message}");
+        assert!(message.contains("(put: HTTP 403 Forbidden)"), "{message}");
         assert!(message.contains(&container), "{message}");
         assert!(matches!(dl.list("").await, Err(DeadLetterError::Unauthorized { .. })));
         assert!(matches!(dl.get(&name).await, Err(DeadLetterError::Unauthorized { .. })));
