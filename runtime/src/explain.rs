@@ -24,6 +24,10 @@ pub struct HandlerRouting {
     pub handler: String,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// Parts of the handler's filter that Event Grid ignores (operands its
+    /// operator does not read), so a surprising decision can be traced to them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Reads events from a file's text: one event or an array, Event Grid schema
@@ -49,6 +53,10 @@ pub fn parse_events(text: &str) -> Result<Vec<(Value, Schema)>, String> {
 
 /// Evaluates every handler's filter against every event.
 pub fn explain(routes: &[(String, Option<Filter>)], events: &[(Value, Schema)]) -> Vec<EventRouting> {
+    let notes: Vec<Vec<String>> = routes
+        .iter()
+        .map(|(_, filter)| filter.iter().flat_map(Filter::warnings).map(|w| format!("filter.{w}")).collect())
+        .collect();
     events
         .iter()
         .enumerate()
@@ -64,9 +72,11 @@ pub fn explain(routes: &[(String, Option<Filter>)], events: &[(Value, Schema)]) 
                 schema: *schema,
                 handlers: routes
                     .iter()
-                    .map(|(handler, filter)| HandlerRouting {
+                    .zip(&notes)
+                    .map(|((handler, filter), notes)| HandlerRouting {
                         handler: handler.clone(),
                         verdict: filter.as_ref().map_or(Verdict::Match, |f| f.evaluate(event, *schema)),
+                        notes: notes.clone(),
                     })
                     .collect(),
             }
@@ -91,7 +101,42 @@ pub fn render_text(routings: &[EventRouting]) -> String {
                 Verdict::Miss { condition, detail } => format!("miss   {condition}: {detail}"),
             };
             out.push_str(&format!("  {:width$}  {decision}\n", handler.handler));
+            for note in &handler.notes {
+                out.push_str(&format!("  {:width$}  note   {note}\n", ""));
+            }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_ignored_operand_is_shown_beside_the_decision() {
+        let filter: Filter = serde_json::from_value(json!({
+            "advancedFilters": [{"operatorType": "IsNotNull", "key": "data.k", "value": "x"}]
+        }))
+        .unwrap_or_else(|error| panic!("{error}"));
+        let routes = [("with-note".to_owned(), Some(filter)), ("plain".to_owned(), None)];
+        let events = parse_events(r#"{"id": "e1", "eventType": "T", "subject": "s", "data": {"k": null}}"#)
+            .unwrap_or_else(|error| panic!("{error}"));
+
+        let routings = explain(&routes, &events);
+        assert_eq!(
+            render_text(&routings),
+            "event 0 (id e1, type T):\n  \
+             with-note  miss   advancedFilters[0] IsNotNull data.k: data.k is null\n             \
+             note   filter.advancedFilters[0].value: ignored: IsNotNull does not read `value`\n  \
+             plain      match\n"
+        );
+        let json = serde_json::to_value(&routings).unwrap_or_default();
+        assert_eq!(
+            json[0]["handlers"][0]["notes"],
+            json!(["filter.advancedFilters[0].value: ignored: IsNotNull does not read `value`"])
+        );
+        assert_eq!(json[0]["handlers"][1].get("notes"), None, "no notes, no field");
+    }
 }

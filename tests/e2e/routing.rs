@@ -173,3 +173,39 @@ filter = { advancedFilters = [{ operatorType = "NumberIn", key = "data.n", value
         }
     }
 }
+
+#[test]
+fn an_operand_event_grid_ignores_is_accepted_and_reported_by_check_and_explain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gridfn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+allow_anonymous = true
+
+[[handler]]
+name = "has-user"
+module = {audit:?}
+filter = {{ advancedFilters = [{{ operatorType = "isnotnull", key = "data.user", values = ["ignored"] }}] }}
+"#,
+            audit = component("audit-log")
+        ),
+    )
+    .unwrap();
+    let warning = "advancedFilters[0].values: ignored: IsNotNull does not read `values`";
+
+    let check = gridfn_command(&[OsStr::new("check"), OsStr::new("--config"), config.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{stderr}");
+    assert!(stderr.contains("WARN") && stderr.contains(warning), "{stderr}");
+
+    let event_file = dir.path().join("event.json");
+    std::fs::write(&event_file, r#"{"id":"e","subject":"s","eventType":"T","data":{"user":"ada"}}"#).unwrap();
+    let explain =
+        gridfn_command(&[OsStr::new("explain"), OsStr::new("--config"), config.as_os_str(), event_file.as_os_str()]);
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(explain.status.success());
+    assert!(text.contains("has-user  match") && text.contains(&format!("note   filter.{warning}")), "{text}");
+}
