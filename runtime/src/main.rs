@@ -173,7 +173,7 @@ fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
             handlers.join(", "),
             started.elapsed().as_millis()
         );
-        gridfn::server::serve(listener, host.clone(), host.limits, shutdown_signal()).await?;
+        gridfn::server::serve(listener, host, shutdown_signal()).await?;
         tracing::info!("gridfn stopped");
         Ok(())
     })
