@@ -1008,6 +1008,14 @@ mod tests {
                 "[server.entra]\ntenant_id=\"\"\naudiences=[\"api://x\"]\njwks_file=\"keys.json\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
                 "server.entra.tenant_id: must not be empty",
             ),
+            (
+                "[server]\nallow_anonymous=true\nmax_connections=0\nbody_timeout=\"slow\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.max_connections: must be at least 1",
+            ),
+            (
+                "[server]\nallow_anonymous=true\nbody_timeout=\"slow\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.body_timeout: ",
+            ),
             // Each dedup store takes only its own settings.
             (
                 "[server]\nallow_anonymous=true\n[dedup]\nstore=\"memory\"\nurl=\"redis://127.0.0.1\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
