@@ -20,6 +20,7 @@ use crate::deadletter::azure::AzureBlobConfig;
 use crate::entra::EntraConfig;
 use crate::filter::Filter;
 use crate::outbound::AllowedHost;
+use crate::pipeline::RetryPolicy;
 use crate::publish::Topic;
 
 /// The dedup store unless `dedup.store` says otherwise.
@@ -138,40 +139,6 @@ pub enum DedupStore {
     /// `env:NAME`), with in-flight leases so two hosts never run one event at
     /// once; keys start with `key_prefix` (default `gridfn:dedup:`).
     Redis { url: String, key_prefix: String },
-}
-
-/// Local retries of transient failures, before gridfn answers 503.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Runs in all, the first included; 1 means no local retry (the default).
-    pub attempts: u32,
-    /// Whether the delay doubles from `initial` up to `max`, or stays at `initial`.
-    pub exponential: bool,
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl RetryPolicy {
-    pub const NONE: RetryPolicy = RetryPolicy {
-        attempts: 1,
-        exponential: true,
-        initial: Duration::from_millis(100),
-        max: Duration::from_secs(2),
-    };
-
-    /// The pause before run number `run` (2 is the first retry), or `None`
-    /// when the attempts are used up. A delay the handler asked for wins.
-    pub fn delay_before(&self, run: u32, asked: Option<Duration>) -> Option<Duration> {
-        if run > self.attempts {
-            return None;
-        }
-        let computed = if self.exponential {
-            self.initial.saturating_mul(1 << (run - 2).min(20)).min(self.max)
-        } else {
-            self.initial
-        };
-        Some(asked.unwrap_or(computed))
-    }
 }
 
 /// A handler's name: 1 to 64 lowercase ASCII letters, digits, `-` and `_`,
