@@ -96,15 +96,21 @@ impl Outbox {
             )));
         }
         let n = self.events.len();
-        self.bytes += draft.data.len();
-        self.events.push(Published {
+        let event = Published {
             id: draft.id.unwrap_or_else(|| format!("{parent_id}:{handler}:{n}")),
             event_type: draft.event_type,
             source: draft.source.unwrap_or_else(|| format!("/gridfn/handlers/{handler}")),
             subject: draft.subject,
             data_content_type,
             data: draft.data,
-        });
+        };
+        // The CloudEvents rules pushed events must meet (a URI-reference
+        // source, a media type, no control characters…), checked by the same
+        // decoder: `local_events` relies on it.
+        let encoded = cloudevents_batch(std::slice::from_ref(&event), OffsetDateTime::UNIX_EPOCH);
+        decode_cloudevents(&encoded).map_err(|e| Refused::Invalid(e.to_string()))?;
+        self.bytes += event.data.len();
+        self.events.push(event);
         Ok(())
     }
 }
@@ -223,6 +229,26 @@ mod tests {
         assert_eq!(outbox.events[1].id, "evt-1:indexer:1");
         assert_eq!(outbox.events[0].source, "/gridfn/handlers/indexer");
         assert_eq!(outbox.events[0].data_content_type, "application/json");
+    }
+
+    #[test]
+    fn drafts_that_break_the_cloudevents_rules_are_refused_not_published() {
+        // `local_events` decodes what was kept and would panic on a refusal.
+        let mut outbox = Outbox::default();
+        let cases: [(fn(&mut Draft), &str); 3] = [
+            (|d| d.source = Some("not a uri".into()), "source"),
+            (|d| d.data_content_type = Some("nonsense".into()), "datacontenttype"),
+            (|d| d.subject = Some("line\nbreak".into()), "subject"),
+        ];
+        for (spoil, field) in cases {
+            let mut bad = draft("T", "{}");
+            spoil(&mut bad);
+            let refused = outbox.push(bad, "h", "p");
+            assert!(matches!(&refused, Err(Refused::Invalid(r)) if r.contains(field)), "{field}: {refused:?}");
+        }
+        assert!(outbox.events.is_empty());
+        outbox.push(draft("T", "{}"), "h", "p").unwrap();
+        assert_eq!(local_events(&outbox.events).len(), 1);
     }
 
     #[test]

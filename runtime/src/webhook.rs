@@ -49,13 +49,15 @@ impl RequestKind {
     }
 }
 
-/// Decodes a pushed body by its encoding: CloudEvents binary mode when
-/// `ce-specversion` is present; otherwise by `Content-Type`
-/// (`application/cloudevents+json` and `…-batch+json` are CloudEvents, one
-/// event or an array, whatever the type says; `application/json` or none is
-/// Event Grid schema, or CloudEvents if the events carry a `specversion`).
-/// `aeg-metadata-version` must be 1 when sent; `aeg-data-version` fills in
-/// the data version of events that lack one.
+/// Decodes a pushed body by its encoding, told apart as the CloudEvents HTTP
+/// binding says: a `Content-Type` of `application/cloudevents…` is structured
+/// or batched mode (`+json` and `-batch+json` are read, one event or an
+/// array, whatever the type says, as Event Grid sends both; other event
+/// formats are 415), even when `ce-*` headers come along; otherwise
+/// `ce-specversion` means binary mode; otherwise `application/json` (or no
+/// type) is Event Grid schema, or CloudEvents if the events carry a
+/// `specversion`. `aeg-metadata-version` must be 1 when sent;
+/// `aeg-data-version` fills in the data version of events that lack one.
 pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, RequestError> {
     if let Some(version) = header_text(headers, "aeg-metadata-version")
         && version != "1"
@@ -64,18 +66,26 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, RequestErr
             "aeg-metadata-version {version:?} is not supported; gridfn speaks metadata version 1"
         )));
     }
-    let content_type = header_text(headers, "content-type");
-    let mut events = if headers.contains_key("ce-specversion") {
-        vec![event::decode_binary_cloud_event(binary_attributes(headers)?, content_type, body)?]
-    } else {
-        let essence = content_type.map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-        match essence.as_deref() {
-            Some("application/cloudevents+json" | "application/cloudevents-batch+json") => {
-                event::decode_cloudevents(body)?
-            }
-            None | Some("application/json" | "text/json") => event::decode_json(body)?,
-            Some(other) => return Err(RequestError::UnsupportedMediaType(other.to_owned())),
+    let content_type =
+        match headers.get(header::CONTENT_TYPE) {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                RequestError::UnsupportedMediaType(String::from_utf8_lossy(value.as_bytes()).into_owned())
+            })?)
+            .map(str::trim)
+            .filter(|t| !t.is_empty()),
+        };
+    let essence = content_type.map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let mut events = match essence.as_deref() {
+        Some("application/cloudevents+json" | "application/cloudevents-batch+json") => event::decode_cloudevents(body)?,
+        Some(other) if other.starts_with("application/cloudevents") => {
+            return Err(RequestError::UnsupportedMediaType(other.to_owned()));
         }
+        _ if headers.contains_key("ce-specversion") => {
+            vec![event::decode_binary_cloud_event(binary_attributes(headers)?, content_type, body)?]
+        }
+        None | Some("application/json" | "text/json") => event::decode_json(body)?,
+        Some(other) => return Err(RequestError::UnsupportedMediaType(other.to_owned())),
     };
     if let Some(version) = header_text(headers, "aeg-data-version") {
         for event in events.iter_mut().filter(|e| e.data_version.is_none()) {
@@ -86,24 +96,47 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, RequestErr
 }
 
 /// The `ce-*` headers of a binary-mode CloudEvent, names without the prefix,
-/// values percent-decoded as the HTTP binding requires.
+/// values decoded as the HTTP binding requires: double-quoted strings
+/// unquoted first (older senders quote), then one round of percent-decoding
+/// that must yield UTF-8. A `%` not followed by two hex digits is kept as
+/// it is.
 fn binary_attributes(headers: &HeaderMap) -> Result<Vec<(String, String)>, RequestError> {
     headers
         .iter()
         .filter_map(|(name, value)| name.as_str().strip_prefix("ce-").map(|attribute| (attribute, name, value)))
         .map(|(attribute, name, value)| {
-            let text = value.to_str().ok().map(|v| percent_decode_str(v).decode_utf8());
-            match text {
-                Some(Ok(decoded)) => Ok((attribute.to_owned(), decoded.into_owned())),
-                _ => Err(DecodeError {
-                    message: "is not valid percent-encoded UTF-8".into(),
-                    event_index: Some(0),
-                    field: Some(name.as_str().to_owned()),
-                }
-                .into()),
-            }
+            let invalid = |message: &str| DecodeError {
+                message: message.into(),
+                event_index: Some(0),
+                field: Some(name.as_str().to_owned()),
+            };
+            let text = value.to_str().map_err(|_| invalid("is not visible ASCII (percent-encode the value)"))?;
+            let unquoted = unquote(text).ok_or_else(|| invalid("has a double-quoted string that never closes"))?;
+            let decoded = percent_decode_str(&unquoted)
+                .decode_utf8()
+                .map_err(|_| invalid("is not valid percent-encoded UTF-8"))?;
+            Ok((attribute.to_owned(), decoded.into_owned()))
         })
         .collect()
+}
+
+/// A header value with its RFC 7230 quoted strings unquoted (quotes dropped,
+/// `\x` read as `x`); `None` if a quoted string never closes.
+fn unquote(value: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !value.contains('"') {
+        return Some(value.into());
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', _) => quoted = !quoted,
+            ('\\', true) => out.push(chars.next()?),
+            (c, _) => out.push(c),
+        }
+    }
+    (!quoted).then_some(out.into())
 }
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -224,7 +257,9 @@ pub fn validate_subscription(
     mode: Validation,
     domains: &EventGridDomains,
 ) -> Result<Response, RequestError> {
-    let event = &events[0];
+    let Some(event) = events.first() else {
+        return Err(RequestError::BadRequest("aeg-event-type is SubscriptionValidation but the batch is empty".into()));
+    };
     if event.event_type != SUBSCRIPTION_VALIDATION_EVENT {
         return Err(RequestError::BadRequest(format!(
             "aeg-event-type is SubscriptionValidation but the event type is {:?}, not {SUBSCRIPTION_VALIDATION_EVENT}",
@@ -356,6 +391,90 @@ mod tests {
         assert!(domains.contains("rp-eastus2.EventGrid.azure.net"));
         assert!(!domains.contains("evileventgrid.azure.net"));
         assert!(!domains.contains("eventgrid.azure.net.evil.com"));
+    }
+
+    /// Headers as sent, repeats kept, values as raw bytes (not only visible ASCII).
+    fn headers_multi(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_bytes(value.as_bytes()).unwrap());
+        }
+        map
+    }
+
+    const CE_HEADERS: [(&str, &str); 4] =
+        [("ce-specversion", "1.0"), ("ce-id", "b-1"), ("ce-source", "/s"), ("ce-type", "t")];
+
+    fn binary_with(extra: &[(&'static str, &str)]) -> Result<Vec<Event>, RequestError> {
+        decode(&headers_multi(&[CE_HEADERS.as_slice(), extra].concat()), b"hi")
+    }
+
+    fn refused_header(result: Result<Vec<Event>, RequestError>) -> String {
+        match result {
+            Err(RequestError::Decode(e)) => e.field.unwrap_or_default(),
+            other => panic!("expected a decode error, got {:?}", other.map(|e| e.len())),
+        }
+    }
+
+    #[test]
+    fn a_cloudevents_content_type_means_structured_mode_even_with_ce_headers() {
+        let body = br#"[{"specversion":"1.0","id":"from-body","source":"/s","type":"t"}]"#;
+        for content_type in ["application/cloudevents+json", "application/cloudevents-batch+json; charset=UTF-8"] {
+            let headers = headers_multi(&[CE_HEADERS.as_slice(), &[("content-type", content_type)]].concat());
+            let events = decode(&headers, body).unwrap();
+            assert_eq!(events[0].id, "from-body", "{content_type}");
+        }
+        // Another event format gridfn cannot read: 415, not binary mode.
+        let headers =
+            headers_multi(&[CE_HEADERS.as_slice(), &[("content-type", "application/cloudevents+avro")]].concat());
+        assert!(
+            matches!(decode(&headers, body), Err(RequestError::UnsupportedMediaType(t)) if t == "application/cloudevents+avro")
+        );
+        // Any other type with ce-specversion is binary mode.
+        let events = binary_with(&[("content-type", "application/xml")]).unwrap();
+        assert_eq!((events[0].id.as_str(), events[0].data_content_type.as_deref()), ("b-1", Some("application/xml")));
+    }
+
+    #[test]
+    fn an_empty_cloudevents_batch_decodes_to_no_events() {
+        let batch = headers(&[("content-type", "application/cloudevents-batch+json")]);
+        assert!(decode(&batch, b"[]").unwrap().is_empty());
+        let event_grid = headers(&[("content-type", "application/json")]);
+        assert!(matches!(decode(&event_grid, b"[]"), Err(RequestError::Decode(_))));
+        let validation = event::decode_cloudevents(b"[]").unwrap();
+        let domains = EventGridDomains::new(&[]);
+        assert!(matches!(
+            validate_subscription(&validation, Validation::Sync, &domains),
+            Err(RequestError::BadRequest(m)) if m.contains("empty")
+        ));
+    }
+
+    #[test]
+    fn binary_header_values_are_unquoted_then_percent_decoded() {
+        let cases = [
+            ("Euro%20%E2%82%AC%20%F0%9F%98%80", "Euro \u{20ac} \u{1f600}"),
+            ("lower%e2%82%ac", "lower\u{20ac}"),
+            ("%41%42c", "ABc"),
+            (r#""quoted value""#, "quoted value"),
+            (r#""esc\"aped\\" and %22"#, "esc\"aped\\ and \""),
+            ("50%", "50%"),
+        ];
+        for (raw, expected) in cases {
+            let events = binary_with(&[("ce-subject", raw)]).unwrap();
+            assert_eq!(events[0].subject.as_deref(), Some(expected), "{raw}");
+        }
+        // %C0%A0 is an overlong encoding of a space: invalid UTF-8.
+        assert_eq!(refused_header(binary_with(&[("ce-subject", "%C0%A0")])), "ce-subject");
+        assert_eq!(refused_header(binary_with(&[("ce-subject", "\"open")])), "ce-subject");
+        assert_eq!(refused_header(binary_with(&[("ce-subject", "caf\u{e9}")])), "ce-subject");
+        // Decoded control characters are no more allowed than sent ones.
+        assert_eq!(refused_header(binary_with(&[("ce-subject", "a%0Ab")])), "ce-subject");
+    }
+
+    #[test]
+    fn a_binary_attribute_sent_twice_is_refused() {
+        assert_eq!(refused_header(binary_with(&[("ce-id", "b-2")])), "ce-id");
+        assert_eq!(refused_header(binary_with(&[("ce-ext", "1"), ("ce-ext", "2")])), "ce-ext");
     }
 
     #[test]

@@ -52,7 +52,8 @@ fn every_cloudevents_vector_is_accepted_structured_and_batched() {
         gridfn.post("/api/events/audit-log", array, &[("content-type", CE_STRUCTURED), ("aeg-sas-key", KEY)]);
     assert_eq!(response.status(), 200);
     assert_eq!(gridfn.log_count("audit: com.example.someevent C234-array from /mycontext"), 1);
-    assert_eq!(gridfn.log_count("audit: Contoso.Items.ItemReceived 2d1781af-3a4c-4d7c-bd0c-e34b19da4e66 from contoso/items subject= attempt=0 bytes=12"), 1);
+    // The Java vector's `"subject": ""` reaches the handler as no subject (`-`).
+    assert_eq!(gridfn.log_count("audit: Contoso.Items.ItemReceived 2d1781af-3a4c-4d7c-bd0c-e34b19da4e66 from contoso/items subject=- attempt=0 bytes=12"), 1);
 }
 
 #[test]
@@ -95,6 +96,74 @@ fn a_binary_mode_cloudevent_reaches_the_handler_with_its_data() {
     );
     assert_eq!(response.status(), 200);
     assert_eq!(gridfn.log_count("audit: Order.Shipped bin/1 from /orders subject=orders/42 attempt=0 bytes=16"), 1);
+}
+
+/// The CloudEvents HTTP binding's receiver rules, through the real server:
+/// how the mode is chosen, how `ce-*` values are decoded, empty batches, and
+/// 400s that name the event and the header or attribute.
+#[test]
+fn the_cloudevents_http_binding_rules_hold_end_to_end() {
+    let gridfn = host("");
+    let path = "/api/events/audit-log";
+    let refusal = |response: reqwest::blocking::Response| {
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().unwrap();
+        (error["error"]["event_index"].clone(), error["error"]["field"].as_str().unwrap_or("").to_owned())
+    };
+
+    // An empty CloudEvents batch is valid: 200, nothing runs. An empty Event
+    // Grid schema batch is not (Event Grid never sends one).
+    let empty = gridfn.post(path, "[]", &[("content-type", CE_BATCH), ("aeg-sas-key", KEY)]);
+    assert_eq!(empty.status(), 200);
+    let empty_event_grid = gridfn.post(path, "[]", &[("content-type", "application/json"), ("aeg-sas-key", KEY)]);
+    assert_eq!(empty_event_grid.status(), 400);
+
+    // A CloudEvents content type means structured mode, whatever ce-* headers come along.
+    let body = json!({"specversion": "1.0", "id": "ce-structured", "source": "/binding", "type": "Binding.Structured"});
+    let structured = gridfn.post(
+        path,
+        body.to_string(),
+        &[("content-type", CE_STRUCTURED), ("ce-id", "from-header"), ("ce-specversion", "1.0"), ("aeg-sas-key", KEY)],
+    );
+    assert_eq!(structured.status(), 200);
+    assert_eq!(gridfn.log_count("audit: Binding.Structured ce-structured from /binding"), 1);
+
+    // Binary mode: header values are unquoted, then percent-decoded (lower-case hex too).
+    let binary = |extra: &[(&'static str, &'static str)]| {
+        let mut headers = vec![
+            ("content-type", "text/plain"),
+            ("ce-specversion", "1.0"),
+            ("ce-source", "/binding"),
+            ("ce-type", "Binding.Binary"),
+            ("aeg-sas-key", KEY),
+        ];
+        headers.extend_from_slice(extra);
+        gridfn.post(path, "payload", &headers)
+    };
+    let decoded = binary(&[("ce-id", "bin-1"), ("ce-subject", r#""caf%c3%a9 au lait""#)]);
+    assert_eq!(decoded.status(), 200);
+    assert_eq!(gridfn.log_count("audit: Binding.Binary bin-1 from /binding subject=café au lait attempt=0 bytes=7"), 1);
+
+    // Refusals name the header: an overlong UTF-8 encoding, an attribute sent
+    // twice, a datacontenttype header, a Content-Type that is no media type.
+    for (extra, header) in [
+        (&[("ce-id", "bin-2"), ("ce-subject", "%C0%A0")][..], "ce-subject"),
+        (&[("ce-id", "bin-3"), ("ce-id", "bin-4")][..], "ce-id"),
+        (&[("ce-id", "bin-5"), ("ce-datacontenttype", "text/plain")][..], "ce-datacontenttype"),
+        (&[("ce-id", "bin-6"), ("ce-time", "tomorrow")][..], "ce-time"),
+    ] {
+        assert_eq!(refusal(binary(extra)), (json!(0), header.to_owned()), "{header}");
+    }
+
+    // In a batch, the 400 names the event and its attribute, and no event runs.
+    let batch_body = json!([
+        {"specversion": "1.0", "id": "ok-1", "source": "/binding", "type": "Binding.Batch"},
+        {"specversion": "1.0", "id": "bad-2", "source": "/binding", "type": "Binding.Batch", "datacontenttype": "json"},
+    ]);
+    let response = gridfn.post(path, batch_body.to_string(), &[("content-type", CE_BATCH), ("aeg-sas-key", KEY)]);
+    assert_eq!(refusal(response), (json!(1), "datacontenttype".to_owned()));
+    assert_eq!(gridfn.log_count("audit: Binding.Batch"), 0);
+    assert_eq!(gridfn.log_count("audit: "), 2, "only the two accepted deliveries ran");
 }
 
 #[test]
