@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use gridfn::config::Manifest;
-use gridfn::event::decode_event_grid;
 use gridfn::event::DeliveryInfo;
+use gridfn::event::decode_event_grid;
 use gridfn::sandbox::{LoadedHandler, Outcome, Sandbox};
 
 const WARMUP: usize = 2_000;

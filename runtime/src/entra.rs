@@ -278,9 +278,9 @@ fn list(items: &[String]) -> String {
 fn unix_time(seconds: i64) -> String {
     const YEAR_10000: i64 = 253_402_300_800;
     match u64::try_from(seconds) {
-        Ok(secs) if seconds < YEAR_10000 => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-        }
+        Ok(secs) if seconds < YEAR_10000 => chrono::DateTime::from_timestamp(secs as i64, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default(),
         _ => format!("{seconds} (seconds since 1970)"),
     }
 }

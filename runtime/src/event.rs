@@ -13,8 +13,6 @@
 use base64::Engine as _;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// The envelope an event arrived in; it also decides which keys a
 /// subscription filter can name.
@@ -266,7 +264,7 @@ fn decode_cloud_event(index: usize, raw: Box<RawValue>) -> Result<Event, DecodeE
     };
     let time = fields.optional_attribute("time")?;
     if let Some(time) = &time {
-        OffsetDateTime::parse(time, &Rfc3339)
+        chrono::DateTime::parse_from_rfc3339(time)
             .map_err(|_| DecodeError::field(index, "time", format!("{time:?} is not an RFC 3339 timestamp")))?;
     }
     let data_content_type = fields.optional_attribute("datacontenttype")?;

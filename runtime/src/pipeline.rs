@@ -18,10 +18,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::admission::QueueFull;
 use crate::deadletter::{DeadLetterStore, Rejection};
@@ -104,7 +104,7 @@ impl Pipeline {
         target: Target<'_>,
     ) -> Result<Verdict, UnknownHandler> {
         let (routes, unmatched_label) = self.routes_for(target)?;
-        let received = Received { at: Instant::now(), time: OffsetDateTime::now_utc() };
+        let received = Received { at: Instant::now(), time: Utc::now() };
         Ok(self.run_batch(&routes, unmatched_label, events, delivery, &received, 0).await)
     }
 
@@ -450,7 +450,7 @@ pub struct UnknownHandler(pub String);
 /// for records.
 struct Received {
     at: Instant,
-    time: OffsetDateTime,
+    time: DateTime<Utc>,
 }
 
 /// What became of one (event, handler) pair.

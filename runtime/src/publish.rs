@@ -11,10 +11,9 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use url::Url;
 
 use crate::event::{Event, decode_cloudevents, is_json_media_type};
@@ -107,7 +106,7 @@ impl Outbox {
         // The CloudEvents rules pushed events must meet (a URI-reference
         // source, a media type, no control characters…), checked by the same
         // decoder: `local_events` relies on it.
-        let encoded = cloudevents_batch(std::slice::from_ref(&event), OffsetDateTime::UNIX_EPOCH);
+        let encoded = cloudevents_batch(std::slice::from_ref(&event), DateTime::UNIX_EPOCH);
         decode_cloudevents(&encoded).map_err(|e| Refused::Invalid(e.to_string()))?;
         self.bytes += event.data.len();
         self.events.push(event);
@@ -117,8 +116,8 @@ impl Outbox {
 
 /// The events as a CloudEvents JSON batch, stamped with `time`. JSON data is
 /// embedded byte for byte as the handler wrote it.
-pub fn cloudevents_batch(events: &[Published], time: OffsetDateTime) -> Vec<u8> {
-    let time = time.format(&Rfc3339).expect("the current time formats as RFC 3339");
+pub fn cloudevents_batch(events: &[Published], time: DateTime<Utc>) -> Vec<u8> {
+    let time = time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
     let batch: Vec<CloudEvent> = events.iter().map(|event| CloudEvent::new(event, &time)).collect();
     serde_json::to_vec(&batch).expect("CloudEvents serialize")
 }
@@ -176,7 +175,7 @@ impl<'a> CloudEvent<'a> {
 /// The events as gridfn's own [`Event`]s, for the local topic: encoded and
 /// decoded exactly like a pushed CloudEvents batch.
 pub fn local_events(events: &[Published]) -> Vec<Event> {
-    decode_cloudevents(&cloudevents_batch(events, OffsetDateTime::now_utc()))
+    decode_cloudevents(&cloudevents_batch(events, Utc::now()))
         .expect("published events were checked and encode as valid CloudEvents")
 }
 
@@ -193,7 +192,7 @@ pub async fn send_to_event_grid(
         .header("aeg-sas-key", key)
         .header(reqwest::header::CONTENT_TYPE, "application/cloudevents-batch+json; charset=utf-8")
         .timeout(Duration::from_secs(10))
-        .body(cloudevents_batch(events, OffsetDateTime::now_utc()))
+        .body(cloudevents_batch(events, Utc::now()))
         .send()
         .await
         .map_err(|e| anyhow::anyhow!("sending to {endpoint}: {e}"))?;
@@ -296,7 +295,7 @@ mod tests {
         assert_eq!(events[1].data, vec![0x89, b'P', b'N', b'G', 0]);
         assert_eq!(events[2].data, b"hello");
         let batch: serde_json::Value =
-            serde_json::from_slice(&cloudevents_batch(&outbox.events, OffsetDateTime::UNIX_EPOCH)).unwrap();
+            serde_json::from_slice(&cloudevents_batch(&outbox.events, DateTime::UNIX_EPOCH)).unwrap();
         assert_eq!(batch[0]["specversion"], "1.0");
         assert_eq!(batch[0]["data"]["chunks"][1], 2);
         assert_eq!(batch[1]["data_base64"], "iVBORwA=");

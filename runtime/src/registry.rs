@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::Semaphore;
 
 use crate::admission::Admission;
@@ -205,7 +204,7 @@ impl Route {
             name: self.config.name.to_string(),
             version: current.version.clone(),
             source: current.source.clone(),
-            deployed_at: current.loaded_at.format(&Rfc3339).unwrap_or_default(),
+            deployed_at: current.loaded_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             previous_version: previous,
         }
     }

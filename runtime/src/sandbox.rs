@@ -124,7 +124,7 @@ pub struct LoadedHandler {
     /// Where the module came from: its path, or `deploy`.
     pub source: String,
     grants: Arc<Grants>,
-    pub loaded_at: time::OffsetDateTime,
+    pub loaded_at: chrono::DateTime<chrono::Utc>,
     pre: bindings::HandlerPre<HostState>,
     timeout: Duration,
     memory: usize,
@@ -240,7 +240,7 @@ impl Sandbox {
             grants: Arc::new(grants),
             version: version_of(bytes),
             source: source.to_owned(),
-            loaded_at: time::OffsetDateTime::now_utc(),
+            loaded_at: chrono::Utc::now(),
             pre,
             timeout: handler.timeout,
             memory: handler.memory,

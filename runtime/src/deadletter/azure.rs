@@ -763,7 +763,9 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::Instant;
 
-    use time::OffsetDateTime;
+    use chrono::{TimeZone, Utc};
+
+    use crate::deadletter::blob_name as event_grid_name;
 
     use super::*;
 
@@ -854,19 +856,6 @@ mod tests {
         }
     }
 
-    /// The name gridfn gives a dead-letter blob: `<SUB>/<yyyy>/<m>/<d>/<h>/<uuid>.json`.
-    fn event_grid_name(subscription: &str, at: OffsetDateTime) -> String {
-        format!(
-            "{}/{}/{}/{}/{}/{}.json",
-            subscription.to_ascii_uppercase(),
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            uuid::Uuid::new_v4()
-        )
-    }
-
     fn record(id: &str) -> Bytes {
         let record = serde_json::json!([{
             "id": id, "eventType": "Contoso.Orders.Created", "subject": "orders/ü/1",
@@ -888,10 +877,7 @@ mod tests {
     async fn put_then_list_and_get_round_trip_under_event_grid_naming() {
         let dl = store(&key_config(&unique_container()));
         dl.ensure_container().await.unwrap();
-        let name = event_grid_name(
-            "orders-sub",
-            OffsetDateTime::new_utc(time::macros::date!(2026 - 1 - 9), time::macros::time!(7:05)),
-        );
+        let name = event_grid_name("orders-sub", Utc.with_ymd_and_hms(2026, 1, 9, 7, 5, 0).unwrap());
         assert!(name.starts_with("ORDERS-SUB/2026/1/9/7/"), "{name}");
         let body = record("e1");
         let url = dl.put(&name, body.clone()).await.unwrap();
@@ -909,7 +895,7 @@ mod tests {
         let mut config = key_config(&unique_container());
         config.prefix = Some("/gridfn/deadletter/".to_string());
         let dl = store(&config);
-        let now = OffsetDateTime::now_utc();
+        let now = Utc::now();
         let mut orders = Vec::new();
         for i in 0..3 {
             let name = event_grid_name("orders", now);
@@ -955,7 +941,7 @@ mod tests {
         };
         let dl = store(&config);
         dl.ensure_container().await.unwrap();
-        let name = event_grid_name("cs", OffsetDateTime::now_utc());
+        let name = event_grid_name("cs", Utc::now());
         dl.put(&name, record("cs")).await.unwrap();
         assert_eq!(dl.get(&name).await.unwrap(), record("cs"));
 
@@ -975,7 +961,7 @@ mod tests {
         store(&AzureBlobConfig { create_container: true, ..config.clone() }).ensure_container().await.unwrap();
         let dl = store(&config);
         dl.ensure_container().await.unwrap();
-        let name = event_grid_name("key", OffsetDateTime::now_utc());
+        let name = event_grid_name("key", Utc::now());
         dl.put(&name, record("k")).await.unwrap();
         assert_eq!(dl.list("KEY").await.unwrap(), vec![name.clone()]);
         assert_eq!(dl.get(&name).await.unwrap(), record("k"));
@@ -991,7 +977,7 @@ mod tests {
             ..key_config(&container)
         };
         let dl = store(&config);
-        let name = event_grid_name("wrong", OffsetDateTime::now_utc());
+        let name = event_grid_name("wrong", Utc::now());
         let err = dl.put(&name, record("w")).await.unwrap_err();
         assert!(matches!(err, DeadLetterError::Unauthorized { .. }), "{err:?}");
         let message = err.to_string();
@@ -1009,7 +995,7 @@ mod tests {
     async fn a_missing_container_without_create_container_is_a_clear_error() {
         let container = unique_container();
         let dl = store(&AzureBlobConfig { create_container: false, ..key_config(&container) });
-        let name = event_grid_name("missing", OffsetDateTime::now_utc());
+        let name = event_grid_name("missing", Utc::now());
         let err = dl.put(&name, record("m")).await.unwrap_err();
         assert!(matches!(err, DeadLetterError::ContainerNotFound { .. }), "{err:?}");
         let message = err.to_string();
@@ -1026,7 +1012,7 @@ mod tests {
         let container = unique_container();
         let dl = store(&key_config(&container));
         // No ensure_container first: the put finds the container missing and creates it.
-        let name = event_grid_name("lazy", OffsetDateTime::now_utc());
+        let name = event_grid_name("lazy", Utc::now());
         dl.put(&name, record("l")).await.unwrap();
         dl.ensure_container().await.unwrap();
         dl.ensure_container().await.unwrap();
@@ -1047,7 +1033,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dl = store(&key_config_at(&unique_container(), &format!("http://127.0.0.1:{port}/{DEV_ACCOUNT}")));
         let started = Instant::now();
-        let err = dl.put(&event_grid_name("down", OffsetDateTime::now_utc()), record("d")).await.unwrap_err();
+        let err = dl.put(&event_grid_name("down", Utc::now()), record("d")).await.unwrap_err();
         assert!(started.elapsed() < OP_TIMEOUT + Duration::from_secs(2), "took {:?}", started.elapsed());
         assert!(matches!(err, DeadLetterError::Unreachable { .. }), "{err:?}");
         let message = err.to_string();
@@ -1063,7 +1049,7 @@ mod tests {
         let mut dl = store(&key_config_at(&unique_container(), &format!("http://127.0.0.1:{port}/{DEV_ACCOUNT}")));
         dl.timeout = Duration::from_secs(2);
         let started = Instant::now();
-        let err = dl.put(&event_grid_name("slow", OffsetDateTime::now_utc()), record("s")).await.unwrap_err();
+        let err = dl.put(&event_grid_name("slow", Utc::now()), record("s")).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
         assert!(matches!(err, DeadLetterError::Timeout { .. }), "{err:?}");
         assert!(err.to_string().contains("NOT dead-lettered"), "{err}");
@@ -1090,7 +1076,7 @@ mod tests {
         };
         let dl = store(&config);
         dl.ensure_container().await.unwrap();
-        let name = event_grid_name("sas", OffsetDateTime::now_utc());
+        let name = event_grid_name("sas", Utc::now());
         dl.put(&name, record("s")).await.unwrap();
         assert_eq!(dl.list("SAS").await.unwrap(), vec![name.clone()]);
         assert_eq!(dl.get(&name).await.unwrap(), record("s"));

@@ -10,9 +10,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::event::{Event, Schema};
 
@@ -43,7 +42,7 @@ pub struct Rejection<'a> {
     /// Attempts made, this one included.
     pub attempts: u32,
     /// When gridfn received the delivery.
-    pub received: OffsetDateTime,
+    pub received: DateTime<Utc>,
 }
 
 /// Where rejected events go.
@@ -71,7 +70,7 @@ impl DeadLetterStore {
 
     /// Writes one blob for `event`; returns where it went once it is durable.
     pub async fn write(&self, event: &Event, rejection: &Rejection<'_>) -> anyhow::Result<String> {
-        let now = OffsetDateTime::now_utc();
+        let now = Utc::now();
         let name = blob_name(rejection.subscription, now);
         let body = serde_json::to_vec_pretty(&[record(event, rejection, now)?])?;
         match self {
@@ -102,27 +101,20 @@ fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
 
 /// `<SUBSCRIPTION-IN-UPPER-CASE>/<yyyy>/<m>/<d>/<h>/<uuid>.json`, as Event
 /// Grid names dead-letter blobs (UTC, not zero-padded).
-fn blob_name(subscription: &str, at: OffsetDateTime) -> String {
+pub fn blob_name(subscription: &str, at: DateTime<Utc>) -> String {
     let subscription: String = subscription
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_uppercase() } else { '-' })
         .collect();
-    format!(
-        "{subscription}/{}/{}/{}/{}/{}.json",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        uuid::Uuid::new_v4()
-    )
+    format!("{subscription}/{}/{}/{}/{}/{}.json", at.year(), at.month(), at.day(), at.hour(), uuid::Uuid::new_v4())
 }
 
 /// The original event with Event Grid's dead-letter attributes added
 /// (camelCase for the Event Grid schema, lower case for CloudEvents, as Event
 /// Grid writes them), plus the handler and its reason.
-fn record(event: &Event, rejection: &Rejection, now: OffsetDateTime) -> std::io::Result<Value> {
+fn record(event: &Event, rejection: &Rejection, now: DateTime<Utc>) -> std::io::Result<Value> {
     let mut record: Map<String, Value> = serde_json::from_str(event.raw.get())?;
-    let stamp = |t: OffsetDateTime| Value::String(t.format(&Rfc3339).unwrap_or_default());
+    let stamp = |t: DateTime<Utc>| Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     let fields = [
         ("deadLetterReason", Value::from("HandlerRejected")),
         ("deadLetterDescription", Value::from(rejection.reason)),
@@ -153,7 +145,7 @@ mod tests {
         let store = DeadLetterStore::Dir(dir.path().to_owned());
         let body = br#"[{"id":"e1","eventType":"t","subject":"s","topic":"/x","data":{"n":1},"eventTime":"2024-01-01T00:00:00Z","dataVersion":"1","metadataVersion":"1"}]"#;
         let event = &decode_event_grid(body).unwrap()[0];
-        let received = OffsetDateTime::now_utc();
+        let received = Utc::now();
         let rejection =
             Rejection { subscription: "orders-sub", handler: "h", reason: "bad order", attempts: 2, received };
         let path = PathBuf::from(store.write(event, &rejection).await.unwrap());
@@ -161,9 +153,9 @@ mod tests {
         let relative = path.strip_prefix(dir.path()).unwrap();
         let parts: Vec<_> = relative.iter().map(|p| p.to_string_lossy().into_owned()).collect();
         assert_eq!(parts[0], "ORDERS-SUB");
-        let now = OffsetDateTime::now_utc();
+        let now = Utc::now();
         assert_eq!(parts[1], now.year().to_string());
-        assert_eq!(parts[2], u8::from(now.month()).to_string(), "month is not zero-padded");
+        assert_eq!(parts[2], now.month().to_string(), "month is not zero-padded");
         assert!(parts[5].ends_with(".json") && uuid::Uuid::parse_str(parts[5].trim_end_matches(".json")).is_ok());
 
         let blob: Vec<Value> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -173,8 +165,8 @@ mod tests {
         assert_eq!(record["deadLetterReason"], "HandlerRejected");
         assert_eq!(record["deadLetterDescription"], "bad order");
         assert_eq!(record["deliveryAttempts"], 2);
-        assert!(OffsetDateTime::parse(record["publishTime"].as_str().unwrap(), &Rfc3339).is_ok());
-        assert!(OffsetDateTime::parse(record["lastDeliveryAttemptTime"].as_str().unwrap(), &Rfc3339).is_ok());
+        assert!(DateTime::parse_from_rfc3339(record["publishTime"].as_str().unwrap()).is_ok());
+        assert!(DateTime::parse_from_rfc3339(record["lastDeliveryAttemptTime"].as_str().unwrap()).is_ok());
         assert!(std::fs::read_dir(path.parent().unwrap()).unwrap().count() == 1, "no partial file left");
     }
 }
