@@ -53,7 +53,7 @@ impl Host {
         let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
         let fuel = manifest.handlers.iter().any(|h| h.fuel.is_some());
         let kv = match manifest.handlers.iter().any(|h| h.capabilities.kv) {
-            true => Some(crate::kv::open(&manifest.dedup.store, &manifest.server.state_dir)?),
+            true => Some(crate::kv::open(&manifest.dedup.store, &manifest.server.state_dir).await?),
             false => None,
         };
         let sandbox = Arc::new(Sandbox::new(max_memory, fuel, &manifest.server.cache_dir, kv)?);

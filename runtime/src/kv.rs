@@ -3,12 +3,17 @@
 //! `<state_dir>/kv`, or in the same Redis), so a handler's state is as durable
 //! and as shared as gridfn's own.
 //!
-//! Handlers call it synchronously from their instance, which runs on a
-//! blocking thread, so the stores are synchronous too.
+//! Handlers run on the async task that delivers their event, and their kv
+//! calls are async host functions: a call suspends the handler's instance
+//! while the store works, and never holds the runtime worker it runs on. So
+//! Redis is reached through its async connection, and fjall's reads, writes
+//! and fsyncs run on tokio's blocking pool.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 use crate::config;
 
@@ -23,20 +28,23 @@ fn scoped(handler: &str, key: &str) -> String {
     format!("{}:{handler}{key}", handler.len())
 }
 
+#[async_trait::async_trait]
 pub trait KvStore: Send + Sync {
-    fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String>;
-    fn delete(&self, handler: &str, key: &str) -> Result<(), String>;
+    async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
+    async fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String>;
+    async fn delete(&self, handler: &str, key: &str) -> Result<(), String>;
     /// Adds `delta` to the integer at `key` (0 when absent), atomically.
-    fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String>;
+    async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String>;
 }
 
 /// Opens the store that matches the dedup store.
-pub fn open(dedup: &config::DedupStore, state_dir: &Path) -> anyhow::Result<Arc<dyn KvStore>> {
+pub async fn open(dedup: &config::DedupStore, state_dir: &Path) -> anyhow::Result<Arc<dyn KvStore>> {
     Ok(match dedup {
         config::DedupStore::Memory { .. } => Arc::new(MemoryKv::default()),
         config::DedupStore::Embedded { .. } => Arc::new(EmbeddedKv::open(&state_dir.join("kv"))?),
-        config::DedupStore::Redis { url, key_prefix } => Arc::new(RedisKv::connect(url, &format!("{key_prefix}kv:"))?),
+        config::DedupStore::Redis { url, key_prefix } => {
+            Arc::new(RedisKv::connect(url, &format!("{key_prefix}kv:")).await?)
+        }
     })
 }
 
@@ -50,47 +58,50 @@ fn parse_counter(value: Option<&[u8]>) -> Result<i64, String> {
     }
 }
 
-fn add(counter: i64, delta: i64) -> Result<i64, String> {
-    counter.checked_add(delta).ok_or_else(|| "counter overflow".to_owned())
+/// The counter stored as `value` (0 when absent) plus `delta`.
+fn incremented(value: Option<&[u8]>, delta: i64) -> Result<i64, String> {
+    parse_counter(value)?.checked_add(delta).ok_or_else(|| "counter overflow".to_owned())
 }
 
+/// In this process's memory. Handlers on many tasks touch their keys at once;
+/// a concurrent map lets them, and its entry lock makes `increment` atomic.
 #[derive(Default)]
-pub struct MemoryKv(Mutex<HashMap<String, Vec<u8>>>);
+pub struct MemoryKv(DashMap<String, Vec<u8>>);
 
-impl MemoryKv {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
+#[async_trait::async_trait]
 impl KvStore for MemoryKv {
-    fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.map().get(&scoped(handler, key)).cloned())
+    async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.get(&scoped(handler, key)).map(|value| value.clone()))
     }
-    fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.map().insert(scoped(handler, key), value.to_vec());
+    async fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.0.insert(scoped(handler, key), value.to_vec());
         Ok(())
     }
-    fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
-        self.map().remove(&scoped(handler, key));
+    async fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
+        self.0.remove(&scoped(handler, key));
         Ok(())
     }
-    fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
-        let mut map = self.map();
-        let key = scoped(handler, key);
-        let value = add(parse_counter(map.get(&key).map(Vec::as_slice))?, delta)?;
-        map.insert(key, value.to_string().into_bytes());
+    async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
+        let entry = self.0.entry(scoped(handler, key));
+        let current = match &entry {
+            Entry::Occupied(stored) => Some(stored.get().as_slice()),
+            Entry::Vacant(_) => None,
+        };
+        let value = incremented(current, delta)?;
+        entry.insert(value.to_string().into_bytes());
         Ok(value)
     }
 }
 
-/// On disk with fjall; every write is synced before it returns.
+/// On disk with fjall; every write is synced before it returns. Each call
+/// runs on tokio's blocking pool (cheap clones of the handles go there).
+#[derive(Clone)]
 pub struct EmbeddedKv {
     db: fjall::Database,
     values: fjall::Keyspace,
     /// Makes `increment`'s read-modify-write atomic within this process
     /// (the folder is locked against other processes).
-    counters: Mutex<()>,
+    counters: Arc<Mutex<()>>,
 }
 
 impl EmbeddedKv {
@@ -102,7 +113,26 @@ impl EmbeddedKv {
         let values = db
             .keyspace("values", fjall::KeyspaceCreateOptions::default)
             .map_err(|e| anyhow::anyhow!("kv store {}: {e}", path.display()))?;
-        Ok(EmbeddedKv { db, values, counters: Mutex::new(()) })
+        Ok(EmbeddedKv { db, values, counters: Arc::default() })
+    }
+
+    /// Runs `work` on the blocking pool: fjall reads may wait for the disk,
+    /// and every write waits for an fsync.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&EmbeddedKv) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store)).await.map_err(|e| format!("kv store task failed: {e}"))?
+    }
+
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.values.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| e.to_string())
+    }
+
+    fn write(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.values.insert(key, value).map_err(|e| e.to_string())?;
+        self.sync()
     }
 
     fn sync(&self) -> Result<(), String> {
@@ -110,43 +140,52 @@ impl EmbeddedKv {
     }
 }
 
+#[async_trait::async_trait]
 impl KvStore for EmbeddedKv {
-    fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.values.get(scoped(handler, key)).map(|v| v.map(|v| v.to_vec())).map_err(|e| e.to_string())
+    async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let key = scoped(handler, key);
+        self.blocking(move |store| store.read(&key)).await
     }
-    fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.values.insert(scoped(handler, key), value).map_err(|e| e.to_string())?;
-        self.sync()
+    async fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        let (key, value) = (scoped(handler, key), value.to_vec());
+        self.blocking(move |store| store.write(&key, &value)).await
     }
-    fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
-        self.values.remove(scoped(handler, key)).map_err(|e| e.to_string())?;
-        self.sync()
+    async fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
+        let key = scoped(handler, key);
+        self.blocking(move |store| {
+            store.values.remove(key).map_err(|e| e.to_string())?;
+            store.sync()
+        })
+        .await
     }
-    fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
-        let _one_at_a_time = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.get(handler, key)?;
-        let value = add(parse_counter(current.as_deref())?, delta)?;
-        self.set(handler, key, value.to_string().as_bytes())?;
-        Ok(value)
+    async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
+        let key = scoped(handler, key);
+        self.blocking(move |store| {
+            let _one_at_a_time = store.counters.lock().unwrap_or_else(|e| e.into_inner());
+            let value = incremented(store.read(&key)?.as_deref(), delta)?;
+            store.write(&key, value.to_string().as_bytes())?;
+            Ok(value)
+        })
+        .await
     }
 }
 
-/// In Redis, shared by every host that shares the dedup store.
+/// In Redis, shared by every host that shares the dedup store, through the
+/// same kind of reconnecting async connection as the dedup store's.
 pub struct RedisKv {
-    connection: Mutex<redis::Connection>,
+    connection: redis::aio::ConnectionManager,
     prefix: String,
 }
 
 impl RedisKv {
-    pub fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("kv store: bad redis URL: {e}"))?;
-        let connection = client.get_connection().map_err(|e| anyhow::anyhow!("kv store: cannot reach redis: {e}"))?;
-        Ok(RedisKv { connection: Mutex::new(connection), prefix: prefix.to_owned() })
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let (connection, _) =
+            crate::dedup::redis::connection(url).await.map_err(|e| anyhow::anyhow!("kv store: {}", e.0))?;
+        Ok(RedisKv { connection, prefix: prefix.to_owned() })
     }
 
-    fn run<T: redis::FromRedisValue>(&self, command: &mut redis::Cmd) -> Result<T, String> {
-        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        command.query(&mut *connection).map_err(|e| e.to_string())
+    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, String> {
+        command.query_async(&mut self.connection.clone()).await.map_err(|e| e.to_string())
     }
 
     fn key(&self, handler: &str, key: &str) -> String {
@@ -154,18 +193,19 @@ impl RedisKv {
     }
 }
 
+#[async_trait::async_trait]
 impl KvStore for RedisKv {
-    fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.run(redis::cmd("GET").arg(self.key(handler, key)))
+    async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.run(redis::cmd("GET").arg(self.key(handler, key))).await
     }
-    fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.run(redis::cmd("SET").arg(self.key(handler, key)).arg(value))
+    async fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.run(redis::cmd("SET").arg(self.key(handler, key)).arg(value)).await
     }
-    fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
-        self.run::<i64>(redis::cmd("DEL").arg(self.key(handler, key))).map(|_| ())
+    async fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
+        self.run::<i64>(redis::cmd("DEL").arg(self.key(handler, key))).await.map(|_| ())
     }
-    fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
-        self.run(redis::cmd("INCRBY").arg(self.key(handler, key)).arg(delta))
+    async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
+        self.run(redis::cmd("INCRBY").arg(self.key(handler, key)).arg(delta)).await
     }
 }
 
@@ -173,34 +213,73 @@ impl KvStore for RedisKv {
 mod tests {
     use super::*;
 
-    fn contract(store: &dyn KvStore) {
-        assert_eq!(store.get("a", "k").unwrap(), None);
-        store.set("a", "k", b"v1").unwrap();
-        assert_eq!(store.get("a", "k").unwrap().as_deref(), Some(&b"v1"[..]));
-        assert_eq!(store.get("b", "k").unwrap(), None, "handlers do not see each other's keys");
-        assert_eq!(store.get("a:", "k").unwrap(), None, "scoping cannot be forged with separators");
-        store.delete("a", "k").unwrap();
-        assert_eq!(store.get("a", "k").unwrap(), None);
-        assert_eq!(store.increment("a", "n", 2).unwrap(), 2);
-        assert_eq!(store.increment("a", "n", 3).unwrap(), 5);
-        store.set("a", "text", b"hello").unwrap();
-        assert!(store.increment("a", "text", 1).is_err());
+    /// The contract every store keeps. Keys are unique per call, so stores
+    /// shared between tests (one Redis) are fine.
+    async fn contract(label: &str, store: &dyn KvStore) {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let (a, b) = (format!("a-{run}"), format!("b-{run}"));
+        assert_eq!(store.get(&a, "k").await.unwrap(), None, "{label}: absent key");
+        store.set(&a, "k", b"v1").await.unwrap();
+        assert_eq!(store.get(&a, "k").await.unwrap().as_deref(), Some(&b"v1"[..]), "{label}: set then get");
+        assert_eq!(store.get(&b, "k").await.unwrap(), None, "{label}: handlers do not see each other's keys");
+        assert_eq!(store.get(&format!("{a}:"), "k").await.unwrap(), None, "{label}: scoping cannot be forged");
+        store.set(&a, "k", b"v2").await.unwrap();
+        assert_eq!(store.get(&a, "k").await.unwrap().as_deref(), Some(&b"v2"[..]), "{label}: overwrite");
+        store.delete(&a, "k").await.unwrap();
+        assert_eq!(store.get(&a, "k").await.unwrap(), None, "{label}: deleted");
+        store.delete(&a, "never-set").await.unwrap();
+
+        assert_eq!(store.increment(&a, "n", 2).await.unwrap(), 2, "{label}: a counter starts at 0");
+        assert_eq!(store.increment(&a, "n", 3).await.unwrap(), 5);
+        assert_eq!(store.increment(&a, "n", -6).await.unwrap(), -1);
+        assert_eq!(store.get(&a, "n").await.unwrap().as_deref(), Some(&b"-1"[..]), "{label}: counters are text");
+        store.set(&a, "text", b"hello").await.unwrap();
+        assert!(store.increment(&a, "text", 1).await.is_err(), "{label}: not a counter");
+        store.set(&a, "max", i64::MAX.to_string().as_bytes()).await.unwrap();
+        assert!(store.increment(&a, "max", 1).await.is_err(), "{label}: overflow is an error");
+
+        // Concurrent increments from many tasks all count.
+        let increments = (0..50).map(|_| store.increment(&a, "shared", 1));
+        let results = futures::future::join_all(increments).await;
+        let mut seen: Vec<i64> = results.into_iter().map(Result::unwrap).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=50).collect::<Vec<_>>(), "{label}: every increment saw its own value");
     }
 
-    #[test]
-    fn memory_keeps_the_contract() {
-        contract(&MemoryKv::default());
+    #[tokio::test]
+    async fn memory_keeps_the_contract() {
+        contract("memory", &MemoryKv::default()).await;
     }
 
-    #[test]
-    fn embedded_keeps_the_contract_and_survives_reopening() {
+    #[tokio::test]
+    async fn embedded_keeps_the_contract_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = EmbeddedKv::open(dir.path()).unwrap();
-            contract(&store);
-            store.set("a", "kept", b"yes").unwrap();
+            contract("embedded", &store).await;
+            store.set("a", "kept", b"yes").await.unwrap();
         }
         let store = EmbeddedKv::open(dir.path()).unwrap();
-        assert_eq!(store.get("a", "kept").unwrap().as_deref(), Some(&b"yes"[..]));
+        assert_eq!(store.get("a", "kept").await.unwrap().as_deref(), Some(&b"yes"[..]));
+    }
+
+    #[tokio::test]
+    async fn redis_keeps_the_contract_and_shares_keys_between_hosts() {
+        let redis = crate::dedup::redis::test_server::test_redis();
+        let prefix = format!("gridfn-test:kv:{}:", uuid::Uuid::new_v4().simple());
+        let store = RedisKv::connect(&redis.url, &prefix).await.unwrap();
+        contract("redis", &store).await;
+
+        // A second host (its own connection, the same prefix) sees the same
+        // keys, and the values sit in Redis under the prefix.
+        let other = RedisKv::connect(&redis.url, &prefix).await.unwrap();
+        store.set("h", "k", b"from one").await.unwrap();
+        assert_eq!(other.get("h", "k").await.unwrap().as_deref(), Some(&b"from one"[..]));
+        assert_eq!(other.increment("h", "n", 7).await.unwrap(), 7);
+        let mut raw =
+            redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let stored: Option<String> =
+            redis::cmd("GET").arg(format!("{prefix}1:hn")).query_async(&mut raw).await.unwrap();
+        assert_eq!(stored.as_deref(), Some("7"));
     }
 }

@@ -31,8 +31,11 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "handler",
-        // `handle` runs on the delivery's own task; gridfn's imports answer
-        // at once, so they stay synchronous.
+        // `handle` runs on the delivery's own task. `kv` waits for a store
+        // (a Redis round trip, an fsync), so it is async: the instance is
+        // suspended meanwhile and the worker thread runs other tasks. The
+        // other gridfn imports answer at once and stay synchronous.
+        imports: { "gridfn:handler/kv": async },
         exports: { default: async },
     });
 }
@@ -552,8 +555,8 @@ impl config_capability::Host for HostState {
 
 impl HostState {
     /// The handler's key space, if granted, after checking the key's size.
-    fn kv(&self, key: &str) -> Result<&dyn KvStore, kv_capability::Error> {
-        let store = self.grants.kv.as_deref().ok_or(kv_capability::Error::Denied)?;
+    fn kv(&self, key: &str) -> Result<Arc<dyn KvStore>, kv_capability::Error> {
+        let store = self.grants.kv.clone().ok_or(kv_capability::Error::Denied)?;
         if key.len() > kv::MAX_KEY {
             return Err(kv_capability::Error::TooLarge);
         }
@@ -561,24 +564,41 @@ impl HostState {
     }
 }
 
+/// Waits for a kv store call, but not past the event's deadline: the epoch
+/// check that enforces it fires only while the handler's code runs, not while
+/// its instance waits here.
+async fn until_deadline<T>(
+    deadline: Instant,
+    call: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, kv_capability::Error> {
+    match tokio::time::timeout_at(deadline.into(), call).await {
+        Ok(result) => result.map_err(kv_capability::Error::Store),
+        Err(_) => Err(kv_capability::Error::Store("the handler's deadline passed during the kv call".into())),
+    }
+}
+
 impl kv_capability::Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv_capability::Error> {
-        self.kv(&key)?.get(&self.log.handler, &key).map_err(kv_capability::Error::Store)
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv_capability::Error> {
+        let store = self.kv(&key)?;
+        until_deadline(self.deadline, store.get(&self.log.handler, &key)).await
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv_capability::Error> {
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv_capability::Error> {
         if value.len() > kv::MAX_VALUE {
             return Err(kv_capability::Error::TooLarge);
         }
-        self.kv(&key)?.set(&self.log.handler, &key, &value).map_err(kv_capability::Error::Store)
+        let store = self.kv(&key)?;
+        until_deadline(self.deadline, store.set(&self.log.handler, &key, &value)).await
     }
 
-    fn delete(&mut self, key: String) -> Result<(), kv_capability::Error> {
-        self.kv(&key)?.delete(&self.log.handler, &key).map_err(kv_capability::Error::Store)
+    async fn delete(&mut self, key: String) -> Result<(), kv_capability::Error> {
+        let store = self.kv(&key)?;
+        until_deadline(self.deadline, store.delete(&self.log.handler, &key)).await
     }
 
-    fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv_capability::Error> {
-        self.kv(&key)?.increment(&self.log.handler, &key, delta).map_err(kv_capability::Error::Store)
+    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv_capability::Error> {
+        let store = self.kv(&key)?;
+        until_deadline(self.deadline, store.increment(&self.log.handler, &key, delta)).await
     }
 }
 

@@ -1,6 +1,6 @@
 //! Capabilities beyond the event itself: outbound HTTP to allowed hosts only,
-//! publishing events (to the local topic and to an Event Grid topic), and
-//! structured log fields.
+//! publishing events (to the local topic and to an Event Grid topic),
+//! structured log fields, and kv state kept in a shared Redis.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -222,4 +222,38 @@ fn log_fields_follow_the_message_and_log_can_be_denied() {
     }
     assert_eq!(gridfn.log_count("quiet-"), 0, "a handler without log says nothing: {}", gridfn.log_text());
     assert_eq!(gridfn.log_count("log budget"), 0);
+}
+
+/// With `dedup.store = "redis"`, a handler's kv state lives in that Redis:
+/// two hosts count events through `kv` at the same time, every event counts
+/// once (a redelivery is a duplicate and counts nothing), and the count is
+/// there in Redis itself.
+#[test]
+fn kv_state_lives_in_the_shared_redis() {
+    let redis = crate::support::redis_server();
+    let manifest = format!(
+        "[dedup]\nstore = \"redis\"\nurl = \"{}\"\n[[handler]]\nname = \"counter\"\nmodule = {:?}\n\
+         [handler.capabilities]\nkv = true\n",
+        redis.url,
+        component("scripted")
+    );
+    let (a, b) = (Gridfn::start(&manifest), Gridfn::start(&manifest));
+    let delivery =
+        |n: usize| batch(&(0..10).map(|i| event(&format!("count-{n}-{i}"), json!({"act": "kv"}))).collect::<Vec<_>>());
+    std::thread::scope(|scope| {
+        for n in 0..4 {
+            let host = if n % 2 == 0 { &a } else { &b };
+            scope.spawn(move || assert_eq!(host.notify("/api/events/counter", delivery(n)).status(), 200));
+        }
+    });
+    assert_eq!(b.notify("/api/events/counter", delivery(0)).status(), 200, "a redelivery to the other host");
+
+    // The scripted handler counts under "runs"; kv keys sit under
+    // `<key_prefix>kv:` and the length-prefixed handler name.
+    let mut connection = redis::Client::open(redis.url.as_str()).unwrap().get_connection().unwrap();
+    let count: Option<String> = redis::cmd("GET").arg("gridfn:dedup:kv:7:counterruns").query(&mut connection).unwrap();
+    assert_eq!(count.as_deref(), Some("40"), "{}\n{}", a.log_text(), b.log_text());
+    assert_eq!(a.log_count("kv count=Ok(") + b.log_count("kv count=Ok("), 40, "every event counted, once");
+    assert_eq!(a.log_count("count=Ok(40)") + b.log_count("count=Ok(40)"), 1, "increments are atomic across hosts");
+    assert_eq!(a.events("counter", "success") + b.events("counter", "success"), 40.0);
 }

@@ -2,59 +2,65 @@
 //! when full, the oldest records are forgotten first (their events would run
 //! again if redelivered: at-least-once is kept, memory is not unbounded).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
+
 use super::{Begin, DedupKey, DedupStore, StoreError};
 
+/// Every event's `begin` reads the records; once per delivery a `commit`
+/// writes them and evicts. The records are a concurrent map, so those reads
+/// never wait for a commit; the writers take turns on `order`, which keeps the
+/// map and the order in step and the bound exact.
 pub struct MemoryStore {
     max_records: usize,
-    records: Mutex<Records>,
+    /// Expiry per pair.
+    expires: DashMap<String, Instant>,
+    order: Mutex<Order>,
 }
 
+/// Pairs in the order they were recorded; with one TTL for all, that is also
+/// the order in which they expire.
 #[derive(Default)]
-struct Records {
-    /// Expiry per pair.
-    expires: HashMap<String, Instant>,
-    /// Pairs in the order they were recorded; with one TTL for all, that is
-    /// also the order in which they expire.
-    order: VecDeque<(Instant, String)>,
+struct Order {
+    queue: VecDeque<(Instant, String)>,
+    /// How many pairs `expires` holds (only writers, holding this, change it).
+    records: usize,
 }
 
 impl MemoryStore {
     pub fn new(max_records: usize) -> Self {
-        MemoryStore { max_records: max_records.max(1), records: Mutex::new(Records::default()) }
+        MemoryStore { max_records: max_records.max(1), expires: DashMap::new(), order: Mutex::default() }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().expires.len()
+        self.order().records
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    fn order(&self) -> std::sync::MutexGuard<'_, Order> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-impl Records {
     /// Drops expired records from the front; with `room_for`, also the oldest
     /// live ones until that many more fit under `max`.
-    fn evict(&mut self, now: Instant, max: usize, room_for: usize) {
-        while let Some((expiry, key)) = self.order.front() {
-            let over = self.expires.len() + room_for > max;
+    fn evict(&self, order: &mut Order, now: Instant, max: usize, room_for: usize) {
+        while let Some((expiry, key)) = order.queue.front() {
+            let over = order.records + room_for > max;
             if *expiry > now && !over {
                 break;
             }
             // A pair recorded again has a newer entry further back; only the
             // entry matching its current expiry removes it.
-            if self.expires.get(key) == Some(expiry) {
-                self.expires.remove(key);
+            if self.expires.remove_if(key, |_, current| current == expiry).is_some() {
+                order.records -= 1;
             }
-            self.order.pop_front();
+            order.queue.pop_front();
         }
     }
 }
@@ -62,8 +68,7 @@ impl Records {
 #[async_trait::async_trait]
 impl DedupStore for MemoryStore {
     async fn begin(&self, key: &DedupKey, _lease_for: Duration) -> Result<Begin, StoreError> {
-        let records = self.lock();
-        match records.expires.get(&key.storage_key()) {
+        match self.expires.get(&key.storage_key()) {
             Some(expiry) if *expiry > Instant::now() => Ok(Begin::Done),
             _ => Ok(Begin::Run),
         }
@@ -72,12 +77,14 @@ impl DedupStore for MemoryStore {
     async fn commit(&self, keys: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
         let expiry = now + ttl;
-        let mut records = self.lock();
-        records.evict(now, self.max_records, keys.len().min(self.max_records));
+        let mut order = self.order();
+        self.evict(&mut order, now, self.max_records, keys.len().min(self.max_records));
         for key in keys {
             let key = key.storage_key();
-            records.expires.insert(key.clone(), expiry);
-            records.order.push_back((expiry, key));
+            if self.expires.insert(key.clone(), expiry).is_none() {
+                order.records += 1;
+            }
+            order.queue.push_back((expiry, key));
         }
         Ok(())
     }
@@ -87,7 +94,8 @@ impl DedupStore for MemoryStore {
     }
 
     async fn sweep(&self) -> Result<(), StoreError> {
-        self.lock().evict(Instant::now(), usize::MAX, 0);
+        let mut order = self.order();
+        self.evict(&mut order, Instant::now(), usize::MAX, 0);
         Ok(())
     }
 }

@@ -21,10 +21,11 @@ pub mod embedded;
 pub mod memory;
 pub mod redis;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
 /// Identifies one (handler, event) pair: the event's source and id are unique
@@ -105,7 +106,10 @@ pub struct Dedup {
     ttl: Duration,
     /// Pairs claimed on this host until their delivery is recorded; the
     /// receiver shows when a run has finished done, and closes on release.
-    running: Mutex<HashMap<DedupKey, watch::Receiver<LocalState>>>,
+    /// Every event of every delivery claims and unmarks a pair here, from
+    /// many tasks at once, and no operation spans two pairs: a sharded
+    /// concurrent map, so claims of different pairs rarely wait for each other.
+    running: DashMap<DedupKey, watch::Receiver<LocalState>>,
 }
 
 /// A claimed pair, as copies on this host see it.
@@ -144,7 +148,7 @@ pub struct Lease {
 
 impl Dedup {
     pub fn new(store: Arc<dyn DedupStore>, ttl: Duration) -> Arc<Self> {
-        Arc::new(Dedup { store, ttl, running: Mutex::new(HashMap::new()) })
+        Arc::new(Dedup { store, ttl, running: DashMap::new() })
     }
 
     /// Claims a pair, waiting up to `wait` for a copy already running here or
@@ -190,17 +194,18 @@ impl Dedup {
     }
 
     fn claim_locally(self: &Arc<Self>, key: &DedupKey) -> Result<Lease, watch::Receiver<LocalState>> {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(receiver) = running.get(key) {
-            return Err(receiver.clone());
+        match self.running.entry(key.clone()) {
+            Entry::Occupied(running) => Err(running.get().clone()),
+            Entry::Vacant(free) => {
+                let (sender, receiver) = watch::channel(LocalState::Running);
+                free.insert(receiver);
+                Ok(Lease { dedup: self.clone(), key: key.clone(), state: sender, settled: false })
+            }
         }
-        let (sender, receiver) = watch::channel(LocalState::Running);
-        running.insert(key.clone(), receiver);
-        Ok(Lease { dedup: self.clone(), key: key.clone(), state: sender, settled: false })
     }
 
     fn unmark(&self, key: &DedupKey) {
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.running.remove(key);
     }
 
     /// Ends a delivery's leases: commits the `done` ones in one durable write,
@@ -319,6 +324,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         dedup.settle(vec![], vec![lease]).await.unwrap();
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_many_copies_claimed_at_once_exactly_one_runs() {
+        let dedup = dedup();
+        for round in 0..50 {
+            let copies = (0..8).map(|_| {
+                let dedup = dedup.clone();
+                tokio::spawn(async move { dedup.claim(key(&round.to_string()), Duration::ZERO, LEASE).await })
+            });
+            // Every claim is kept until the round ends, so no lease is released meanwhile.
+            let claims: Vec<Claim> = futures::future::join_all(copies).await.into_iter().map(Result::unwrap).collect();
+            let runs = claims.iter().filter(|claim| matches!(claim, Claim::Run(_))).count();
+            assert_eq!(runs, 1, "round {round}: one copy runs, the others are told it is busy");
+        }
     }
 
     /// A store whose commits fail, to check that nothing counts as done then.

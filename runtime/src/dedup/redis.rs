@@ -131,19 +131,7 @@ impl RedisStore {
     /// checks it answers `PING`, and loads the scripts. Every key this store writes starts with
     /// `key_prefix` (for example `gridfn:dedup:`); hosts that share records must use the same prefix.
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, StoreError> {
-        let shown_url = redact_url(url);
-        let client = Client::open(url).map_err(|e| StoreError(format!("invalid redis URL {shown_url}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_max_delay(Duration::from_secs(1));
-        let unreachable = |e: RedisError| StoreError(format!("cannot reach redis at {shown_url}: {e}"));
-        let mut con = ConnectionManager::new_with_config(client, config).await.map_err(unreachable)?;
-        let pong: String = ::redis::cmd("PING").query_async(&mut con).await.map_err(unreachable)?;
-        if pong != "PONG" {
-            return Err(StoreError(format!("redis at {shown_url} answered PING with {pong:?}")));
-        }
+        let (mut con, shown_url) = connection(url).await?;
         for script in [&*BEGIN_SCRIPT, &*COMMIT_SCRIPT, &*RELEASE_SCRIPT] {
             script
                 .load_async(&mut con)
@@ -240,6 +228,26 @@ impl DedupStore for RedisStore {
     }
 }
 
+/// A reconnecting connection to the Redis at `url` that has answered `PING`, with this store's timeouts
+/// (so a lost Redis fails calls within seconds instead of hanging them), and the URL without its
+/// password for messages. The kv capability's Redis store connects through it too.
+pub(crate) async fn connection(url: &str) -> Result<(ConnectionManager, String), StoreError> {
+    let shown_url = redact_url(url);
+    let client = Client::open(url).map_err(|e| StoreError(format!("invalid redis URL {shown_url}: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_max_delay(Duration::from_secs(1));
+    let unreachable = |e: RedisError| StoreError(format!("cannot reach redis at {shown_url}: {e}"));
+    let mut con = ConnectionManager::new_with_config(client, config).await.map_err(unreachable)?;
+    let pong: String = ::redis::cmd("PING").query_async(&mut con).await.map_err(unreachable)?;
+    if pong != "PONG" {
+        return Err(StoreError(format!("redis at {shown_url} answered PING with {pong:?}")));
+    }
+    Ok((con, shown_url))
+}
+
 /// A duration as whole milliseconds for `PX`, rounded up, at least 1 (Redis refuses 0) and at most
 /// [`MAX_EXPIRY_MS`] (Redis refuses expiries that overflow its clock).
 fn expiry_ms(d: Duration) -> u64 {
@@ -268,24 +276,19 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// A real Redis for tests, here and in [`crate::kv`]'s: the dedup store and the kv capability share it
+/// in production, so they are tested against the same one.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
+pub(crate) mod test_server {
     use std::io::{ErrorKind, Read, Write};
-    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+    use std::net::{TcpListener, TcpStream};
     use std::process::{Child, Command, Stdio};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-    use std::time::Instant;
-
-    const LEASE: Duration = Duration::from_secs(30);
-    const TTL: Duration = Duration::from_secs(600);
+    use std::time::{Duration, Instant};
 
     /// A Redis for one test: `GRIDFN_TEST_REDIS_URL` if set, else a `redis-server` of its own on a free
     /// loopback port, killed when this is dropped.
-    struct TestRedis {
-        url: String,
+    pub(crate) struct TestRedis {
+        pub url: String,
         child: Option<Child>,
     }
 
@@ -298,7 +301,7 @@ mod tests {
         }
     }
 
-    fn test_redis() -> TestRedis {
+    pub(crate) fn test_redis() -> TestRedis {
         if let Ok(url) = std::env::var("GRIDFN_TEST_REDIS_URL")
             && !url.is_empty()
         {
@@ -343,6 +346,21 @@ mod tests {
         let mut buf = [0u8; 7];
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_server::test_redis;
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const TTL: Duration = Duration::from_secs(600);
 
     /// A fresh prefix, so tests sharing one Redis (GRIDFN_TEST_REDIS_URL) never see each other's keys.
     fn prefix(test: &str) -> String {
