@@ -1,83 +1,437 @@
 //! Reading dead-lettered events back: where the blobs are ([`Source`]), what
 //! each record in them holds ([`Record`], or a [`BadRecord`] saying why it is
 //! not a replayable event), and which records a replay wants ([`Selection`]).
+//!
+//! # Sources
+//!
+//! [`Source::parse`] takes what a user types after `gridfn replay`:
+//!
+//! - a folder in Event Grid's dead-letter layout, at any depth above the
+//!   subscription folders (what gridfn's `dir` store writes, or a container
+//!   downloaded with `azcopy`), or one blob file;
+//! - `https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]?SAS`: a
+//!   container (SAS) URL as the portal and `az storage container
+//!   generate-sas` give it; without `?SAS`, the account key or a SAS token
+//!   comes from [`AzureAuth`];
+//! - `http://127.0.0.1:10000/ACCOUNT/CONTAINER[/PREFIX]`: the same, path-style,
+//!   as Azurite and other emulators serve it;
+//! - `azure://CONTAINER[/PREFIX]` with a connection string in [`AzureAuth`]
+//!   (`UseDevelopmentStorage=true` for Azurite on its default port).
+//!
+//! # Blobs and hours
+//!
+//! A blob is named `…/<SUBSCRIPTION>/<y>/<m>/<d>/<h>/<guid>.json` (UTC, not
+//! zero-padded); namespace topics put `<namespace>/<topic>/` in front. The
+//! hour folder is when Event Grid (or gridfn) *dead-lettered* the events, not
+//! when they were published, and that can be days later, so a blob is left
+//! unread only when its hour cannot hold an event published inside the
+//! window (see [`DEAD_LETTER_LAG`]); each record's publish time is then
+//! checked exactly by [`Selection::skip_reason`].
+//!
+//! # Records
+//!
+//! A blob is a JSON array of records (a bare object is read as one). A record
+//! is one of:
+//!
+//! - an Event Grid schema event with `deadLetterReason`, `deliveryAttempts`,
+//!   `lastDeliveryOutcome`, `lastHttpStatusCode`, `publishTime`,
+//!   `lastDeliveryAttemptTime` beside its own fields (gridfn adds
+//!   `deadLetterDescription` and `gridfnHandler`);
+//! - a CloudEvent with the same attributes in lower case;
+//! - a namespace topic's `{"event": {…}, "deadletterProperties": {…}}`
+//!   (also spelled `deadLetterProperties` and `brokerProperties`), whose
+//!   properties are `deadletterreason`, `deliveryattempts`, `deliveryresult`,
+//!   `publishutc`, `deliveryattemptutc`; `customDeliveryProperties` is
+//!   dropped. The same objects may also sit beside a CloudEvent's attributes.
+//!
+//! Attribute names are matched without regard to case. They are removed from
+//! the event (and its `raw` JSON, every other member kept byte for byte), and
+//! what is left is decoded by the same decoder as a pushed event. A record
+//! whose event does not decode, or whose dead-letter attributes have the
+//! wrong type, is a [`BadRecord`] naming its blob and index.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+use serde_json::value::RawValue;
 
 use crate::deadletter::azure::{AzureBlobConfig, AzureBlobDeadLetter};
-use crate::event::Event;
+use crate::event::{DecodeError, Event, decode_cloudevents, decode_event_grid};
+
+/// The folder archived blobs move to, under the source's root.
+pub const REPLAYED: &str = "replayed";
+
+/// The longest a dead-lettered event can wait between being published and
+/// landing in its hour folder: a namespace subscription keeps an event up to
+/// 7 days and then retries writing it to the dead-letter container for up to
+/// 2 days (Event Grid's push subscriptions: at most 1 day, plus 4 hours of
+/// dead-letter retries), plus an hour of margin.
+pub const DEAD_LETTER_LAG: TimeDelta = TimeDelta::hours(9 * 24 + 1);
 
 /// Where dead-lettered blobs are read from.
 pub enum Source {
-    /// A folder in Event Grid's dead-letter layout (or any folder of `*.json` blobs).
+    /// A folder in Event Grid's dead-letter layout (or any folder of `*.json`
+    /// blobs); canonical, so [`Source::id`] is stable.
     Dir(PathBuf),
-    /// One blob file.
+    /// One blob file (canonical); its folder is the root `replayed/` goes in.
     File(PathBuf),
-    /// An Azure Storage container; `prefix` is the folder inside it (the
-    /// store's names are relative to it).
+    /// An Azure Storage container; `prefix` is the folder inside it that the
+    /// store's names are relative to.
     Azure { store: AzureBlobDeadLetter, prefix: String },
 }
 
-/// Credentials for an Azure source, from the command line.
+/// Credentials for an Azure source, from the command line (or environment).
 #[derive(Default, Clone)]
 pub struct AzureAuth {
+    /// A storage connection string; with `azure://CONTAINER`.
     pub connection_string: Option<String>,
+    /// The account's shared key; with an `https://`/`http://` container URL.
     pub access_key: Option<String>,
+    /// A SAS token; with a container URL that has none in it.
     pub sas_token: Option<String>,
+}
+
+impl fmt::Debug for AzureAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AzureAuth")
+            .field("connection_string", &secret(&self.connection_string))
+            .field("access_key", &secret(&self.access_key))
+            .field("sas_token", &secret(&self.sas_token))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id())
+    }
 }
 
 impl Source {
     /// A folder or a single blob file.
     pub fn path(path: &Path) -> anyhow::Result<Source> {
-        let _ = path;
-        todo!()
+        let canonical =
+            path.canonicalize().map_err(|e| anyhow::anyhow!("dead-letter source {}: {e}", path.display()))?;
+        if canonical.is_dir() {
+            Ok(Source::Dir(canonical))
+        } else if canonical.is_file() {
+            Ok(Source::File(canonical))
+        } else {
+            anyhow::bail!("dead-letter source {} is neither a folder nor a file", path.display())
+        }
     }
 
-    /// A path, or a container URL (see the module docs for the syntax).
+    /// A path, or a container URL (syntax in the module docs).
     pub fn parse(text: &str, auth: &AzureAuth) -> anyhow::Result<Source> {
-        let _ = (text, auth);
-        todo!()
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("azure://") {
+            let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let Some(connection_string) = auth.connection_string.clone() else {
+                anyhow::bail!(
+                    "{text}: azure://CONTAINER needs a connection string (--connection-string); with an account \
+                     key or SAS token, give the container URL instead: https://ACCOUNT.blob.core.windows.net/{container}"
+                );
+            };
+            let config = AzureBlobConfig { connection_string: Some(connection_string), ..blank_config(container) };
+            return Source::from_azure(&config, prefix);
+        }
+        if text.starts_with("https://") || text.starts_with("http://") {
+            let (config, prefix) = container_url(text, auth)?;
+            return Source::from_azure(&config, &prefix);
+        }
+        Source::path(Path::new(text))
     }
 
     /// The container `config` names, under its prefix joined with `prefix`.
+    /// No request is made here; the first [`Source::blobs`] says whether the
+    /// container and credentials work.
     pub fn from_azure(config: &AzureBlobConfig, prefix: &str) -> anyhow::Result<Source> {
-        let _ = (config, prefix);
-        todo!()
+        let prefix = [config.prefix.as_deref().unwrap_or_default(), prefix]
+            .iter()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("/");
+        let config = AzureBlobConfig { prefix: Some(prefix.clone()), create_container: false, ..config.clone() };
+        let store = AzureBlobDeadLetter::new(&config)?;
+        Ok(Source::Azure { store, prefix })
     }
 
     /// Blob names (relative to the source root, '/'-separated), sorted,
-    /// skipping `replayed/`; blobs whose hour folder cannot hold an event
-    /// published inside `window` are not listed.
+    /// skipping anything under a `replayed/` folder and files that are not
+    /// `*.json` (e.g. gridfn's `*.json.partial` writes in progress); blobs
+    /// whose hour folder cannot hold an event published inside `window` are
+    /// not listed.
     pub async fn blobs(&self, window: &TimeWindow) -> anyhow::Result<Vec<String>> {
-        let _ = window;
-        todo!()
+        let names = match self {
+            Source::Dir(root) => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || walk(&root)).await??
+            }
+            Source::File(path) => vec![file_name(path)?],
+            Source::Azure { store, .. } => store.list("").await?,
+        };
+        let mut names: Vec<String> = names
+            .into_iter()
+            .filter(|name| name.ends_with(".json") && !name.split('/').any(|segment| segment == REPLAYED))
+            .filter(|name| blob_hour(&self.full_name(name)).is_none_or(|hour| window.may_hold(hour)))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
-    /// Every record of one blob, each decoded or reported.
+    /// Every record of one blob, each decoded or reported. Err only when the
+    /// blob cannot be fetched at all.
     pub async fn read(&self, blob: &str) -> anyhow::Result<Vec<Result<Record, BadRecord>>> {
-        let _ = blob;
-        todo!()
+        let bytes = match self {
+            Source::Dir(_) | Source::File(_) => {
+                let path = self.local_path(blob)?;
+                tokio::fs::read(&path).await.map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+            }
+            Source::Azure { store, .. } => store.get(blob).await?.to_vec(),
+        };
+        let full = self.full_name(blob);
+        Ok(parse_records(blob, blob_subscription(&full), &bytes))
     }
 
-    /// Moves a blob under `replayed/` (same relative name).
+    /// Moves a blob under `replayed/` (same relative name). Safe to repeat:
+    /// a blob already moved is not an error.
     pub async fn archive(&self, blob: &str) -> anyhow::Result<()> {
-        let _ = blob;
-        todo!()
+        let archived = format!("{REPLAYED}/{blob}");
+        match self {
+            Source::Dir(_) | Source::File(_) => {
+                let (from, to) = (self.local_path(blob)?, self.local_path(&archived)?);
+                tokio::task::spawn_blocking(move || move_durably(&from, &to)).await?
+            }
+            Source::Azure { store, .. } => {
+                match store.copy(blob, &archived).await {
+                    Ok(()) => {}
+                    Err(crate::deadletter::azure::DeadLetterError::BlobNotFound { .. })
+                        if store.exists(&archived).await? =>
+                    {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                store.delete(blob).await?;
+                Ok(())
+            }
+        }
     }
 
-    /// Deletes a blob.
+    /// Deletes a blob; a blob already gone is not an error.
     pub async fn delete(&self, blob: &str) -> anyhow::Result<()> {
-        let _ = blob;
-        todo!()
+        match self {
+            Source::Dir(_) | Source::File(_) => {
+                let path = self.local_path(blob)?;
+                tokio::task::spawn_blocking(move || remove_durably(&path)).await?
+            }
+            Source::Azure { store, .. } => store.delete(blob).await.map(drop).map_err(Into::into),
+        }
     }
 
-    /// A stable identity of the source for ledgers and locks.
+    /// A stable identity of the source for ledgers and locks:
+    /// `dir:<canonical path>`, `file:<canonical path>`, or
+    /// `azure:<endpoint>/<container>[/<prefix>]` (no credentials).
     pub fn id(&self) -> String {
-        todo!()
+        match self {
+            Source::Dir(root) => format!("dir:{}", root.display()),
+            Source::File(path) => format!("file:{}", path.display()),
+            Source::Azure { store, .. } => format!("azure:{}", store.location()),
+        }
     }
+
+    /// The blob's name with the folders above the root in front, for reading
+    /// the hour and subscription folders out of it (a source may start below
+    /// them, e.g. at a subscription folder or inside a container's prefix).
+    fn full_name(&self, blob: &str) -> String {
+        let above = match self {
+            Source::Dir(root) => root.to_string_lossy().into_owned(),
+            Source::File(path) => path.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            Source::Azure { prefix, .. } => prefix.clone(),
+        };
+        if above.is_empty() { blob.to_string() } else { format!("{}/{blob}", above.trim_end_matches('/')) }
+    }
+
+    /// The file a blob name stands for; names that would leave the root are refused.
+    fn local_path(&self, blob: &str) -> anyhow::Result<PathBuf> {
+        let root = match self {
+            Source::Dir(root) => root.as_path(),
+            Source::File(path) => path.parent().unwrap_or(Path::new("/")),
+            Source::Azure { .. } => unreachable!("only folder and file sources have local paths"),
+        };
+        if blob.is_empty() || blob.starts_with('/') || blob.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            anyhow::bail!("{blob:?} is not a blob name inside {}", root.display());
+        }
+        Ok(root.join(blob))
+    }
+}
+
+/// An `AzureBlobConfig` with only the container set.
+fn blank_config(container: &str) -> AzureBlobConfig {
+    AzureBlobConfig {
+        container: container.to_string(),
+        prefix: None,
+        connection_string: None,
+        account: None,
+        access_key: None,
+        sas_token: None,
+        endpoint: None,
+        create_container: false,
+    }
+}
+
+/// A container URL, `https://ACCOUNT.blob.<suffix>/CONTAINER[/PREFIX][?SAS]`
+/// or path-style `http://HOST:PORT/ACCOUNT/CONTAINER[/PREFIX]`, as a config
+/// and the prefix inside the container.
+fn container_url(text: &str, auth: &AzureAuth) -> anyhow::Result<(AzureBlobConfig, String)> {
+    let url = url::Url::parse(text).map_err(|e| anyhow::anyhow!("{}: not a URL ({e})", redact_query(text)))?;
+    let shown = redact_query(text);
+    let host = url.host_str().unwrap_or_default().to_string();
+    let mut segments: Vec<String> = url
+        .path_segments()
+        .map(|s| s.filter(|s| !s.is_empty()).map(|s| percent_decode(s)).collect())
+        .unwrap_or_default();
+    let origin = match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    };
+    let (account, endpoint) = match host.split_once(".blob.") {
+        Some((account, _)) => (account.to_string(), origin),
+        None => {
+            if segments.is_empty() {
+                anyhow::bail!("{shown}: expected http://HOST:PORT/ACCOUNT/CONTAINER for a path-style (emulator) URL");
+            }
+            let account = segments.remove(0);
+            let endpoint = format!("{origin}/{account}");
+            (account, endpoint)
+        }
+    };
+    if segments.is_empty() {
+        anyhow::bail!("{shown}: the URL names no container (…/CONTAINER[/PREFIX])");
+    }
+    let container = segments.remove(0);
+    let sas_in_url = url.query().filter(|q| !q.is_empty()).map(str::to_string);
+    if auth.connection_string.is_some() {
+        anyhow::bail!(
+            "{shown}: a connection string goes with azure://{container}, not with a URL (use --access-key or a SAS)"
+        );
+    }
+    let (access_key, sas_token) = match (sas_in_url, &auth.access_key, &auth.sas_token) {
+        (Some(sas), None, None) => (None, Some(sas)),
+        (None, key, sas) => (key.clone(), sas.clone()),
+        (Some(_), _, _) => anyhow::bail!("{shown}: the URL has a SAS token already; drop --access-key/--sas-token"),
+    };
+    if access_key.is_none() && sas_token.is_none() {
+        anyhow::bail!(
+            "{shown}: no credentials: add the container's SAS to the URL (…?sv=…&sig=…), or give --access-key or \
+             --sas-token"
+        );
+    }
+    let config = AzureBlobConfig {
+        account: Some(account),
+        access_key,
+        sas_token,
+        endpoint: Some(endpoint),
+        ..blank_config(&container)
+    };
+    Ok((config, segments.join("/")))
+}
+
+fn percent_decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+/// The URL without its query (a SAS signature must not reach a message).
+fn redact_query(text: &str) -> String {
+    match text.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => text.to_string(),
+    }
+}
+
+/// Every file under `root`, relative and '/'-separated. Symbolic links to
+/// folders are not followed (a link loop would never end); names that are
+/// not UTF-8 cannot be blob names and are left out with a warning.
+fn walk(root: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let entries = std::fs::read_dir(&folder).map_err(|e| anyhow::anyhow!("listing {}: {e}", folder.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| anyhow::anyhow!("listing {}: {e}", folder.display()))?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            if !(kind.is_file() || (kind.is_symlink() && path.is_file())) {
+                continue;
+            }
+            let relative = path.strip_prefix(root).expect("walked from root");
+            match relative.to_str() {
+                Some(name) => names.push(name.replace(std::path::MAIN_SEPARATOR, "/")),
+                None => tracing::warn!(path = %path.display(), "skipping a file whose name is not UTF-8"),
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn file_name(path: &Path) -> anyhow::Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("{}: the file name is not UTF-8", path.display()))
+}
+
+/// Renames `from` to `to` and syncs both folders: after Ok the move survives
+/// a crash. Already moved (from gone, to there) is Ok.
+fn move_durably(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if !from.exists() && to.exists() {
+        return Ok(());
+    }
+    let to_folder = to.parent().expect("blob paths have folders");
+    std::fs::create_dir_all(to_folder).map_err(|e| anyhow::anyhow!("creating {}: {e}", to_folder.display()))?;
+    std::fs::rename(from, to).map_err(|e| anyhow::anyhow!("moving {} to {}: {e}", from.display(), to.display()))?;
+    sync_folder(to_folder)?;
+    sync_folder(from.parent().expect("blob paths have folders"))
+}
+
+fn remove_durably(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_folder(path.parent().expect("blob paths have folders")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("deleting {}: {e}", path.display())),
+    }
+}
+
+fn sync_folder(folder: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(folder)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| anyhow::anyhow!("syncing {}: {e}", folder.display()))
+}
+
+/// The hour folder `<y>/<m>/<d>/<h>` a blob sits directly in (UTC), if its
+/// name has one.
+pub fn blob_hour(name: &str) -> Option<DateTime<Utc>> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let [y, m, d, h, _file] = parts.get(parts.len().checked_sub(5)?..)? else { return None };
+    let number = |text: &str, digits: std::ops::RangeInclusive<usize>| {
+        (digits.contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse::<u32>().ok())?
+    };
+    let (y, m, d, h) = (number(y, 4..=4)?, number(m, 1..=2)?, number(d, 1..=2)?, number(h, 1..=2)?);
+    Some(NaiveDate::from_ymd_opt(y as i32, m, d)?.and_hms_opt(h, 0, 0)?.and_utc())
+}
+
+/// The subscription folder: the one just above the hour folders.
+pub fn blob_subscription(name: &str) -> Option<&str> {
+    blob_hour(name)?;
+    name.rsplit('/').nth(5).filter(|s| !s.is_empty())
 }
 
 /// Publish times a replay wants: `since <= publishTime < until`.
@@ -85,6 +439,20 @@ impl Source {
 pub struct TimeWindow {
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+}
+
+impl TimeWindow {
+    pub fn contains(&self, time: DateTime<Utc>) -> bool {
+        self.since.is_none_or(|since| time >= since) && self.until.is_none_or(|until| time < until)
+    }
+
+    /// Whether the hour folder starting at `hour` can hold an event published
+    /// inside the window: its events were dead-lettered in that hour, so
+    /// published in `[hour - DEAD_LETTER_LAG, hour + 1h)`.
+    pub fn may_hold(&self, hour: DateTime<Utc>) -> bool {
+        self.since.is_none_or(|since| hour + TimeDelta::hours(1) > since)
+            && self.until.is_none_or(|until| hour - DEAD_LETTER_LAG < until)
+    }
 }
 
 /// Which record layout a record was in.
@@ -104,18 +472,27 @@ pub enum Shape {
 #[derive(Debug, Clone)]
 pub struct Record {
     pub blob: String,
+    /// Its place in the blob's array (0-based); with `blob`, names the record.
     pub index: usize,
     pub event: Event,
     pub shape: Shape,
     /// The subscription folder the blob sits in (upper-case as Event Grid writes it).
     pub subscription: Option<String>,
+    /// `gridfnHandler`: the handler that rejected it, in gridfn's own records.
     pub handler: Option<String>,
+    /// `deadLetterReason`, free text (Microsoft publishes no closed list).
     pub reason: Option<String>,
+    /// `deadLetterDescription`: gridfn's records carry the handler's own words.
     pub description: Option<String>,
+    /// `lastDeliveryOutcome` (namespaces: `deliveryresult`), free text.
     pub outcome: Option<String>,
+    /// `lastHttpStatusCode`.
     pub http_status: Option<u16>,
+    /// `deliveryAttempts`.
     pub delivery_attempts: Option<u32>,
+    /// `publishTime` (namespaces: `publishutc`): when Event Grid (or gridfn) accepted it.
     pub publish_time: Option<DateTime<Utc>>,
+    /// `lastDeliveryAttemptTime` (namespaces: `deliveryattemptutc`).
     pub last_attempt_time: Option<DateTime<Utc>>,
 }
 
@@ -123,22 +500,265 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BadRecord {
     pub blob: String,
-    /// Which record of the blob (0-based); `None` when the blob itself is unreadable.
+    /// Which record of the blob (0-based); `None` when the blob as a whole
+    /// is not a JSON array of records.
     pub index: Option<usize>,
     pub problem: String,
 }
 
-/// What a replay selects.
+impl fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.index {
+            Some(index) => write!(f, "{} record {index}: {}", self.blob, self.problem),
+            None => write!(f, "{}: {}", self.blob, self.problem),
+        }
+    }
+}
+
+/// The records of one blob's bytes. `subscription` is the blob's
+/// subscription folder, which every record of it shares.
+pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Vec<Result<Record, BadRecord>> {
+    let bad = |index: Option<usize>, problem: String| BadRecord { blob: blob.to_string(), index, problem };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
+        Err(e) => return vec![Err(bad(None, format!("the blob is not UTF-8 text: {e}")))],
+    };
+    let items = match text.trim_start().as_bytes().first() {
+        Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(text),
+        Some(b'{') => serde_json::from_str::<&RawValue>(text).map(|one| vec![one]),
+        _ => return vec![Err(bad(None, "the blob is not a JSON array of dead-letter records".to_string()))],
+    };
+    let items = match items {
+        Ok(items) if items.is_empty() => return vec![Err(bad(None, "the blob is an empty array".to_string()))],
+        Ok(items) => items,
+        Err(e) => return vec![Err(bad(None, format!("the blob is not valid JSON: {e}")))],
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            let (event, shape, attributes) = parse_record(raw).map_err(|problem| bad(Some(index), problem))?;
+            Ok(Record {
+                blob: blob.to_string(),
+                index,
+                event,
+                shape,
+                subscription: subscription.map(str::to_string),
+                handler: attributes.handler,
+                reason: attributes.reason,
+                description: attributes.description,
+                outcome: attributes.outcome,
+                http_status: attributes.http_status,
+                delivery_attempts: attributes.attempts,
+                publish_time: attributes.publish_time,
+                last_attempt_time: attributes.last_attempt_time,
+            })
+        })
+        .collect()
+}
+
+/// One record: its event (decoded without the dead-letter attributes), the
+/// layout it was in, and the attributes.
+fn parse_record(raw: &RawValue) -> Result<(Event, Shape, Attributes), String> {
+    let members = members(raw)?;
+    let wrapped = !members.iter().any(|(name, _)| name == "id")
+        && members.iter().any(|(name, value)| name == "event" && value.get().starts_with('{'));
+    let mut attributes = Attributes::default();
+    let (members, shape) = if wrapped {
+        let mut event = None;
+        for (name, value) in members {
+            if name == "event" {
+                event = Some(value);
+            } else {
+                attributes.take(&name, value)?;
+            }
+        }
+        (self::members(event.expect("checked above"))?, Shape::Namespace)
+    } else {
+        let cloudevent = members.iter().any(|(name, _)| name == "specversion")
+            || (members.iter().any(|(name, _)| name == "type") && !members.iter().any(|(name, _)| name == "eventType"));
+        (members, if cloudevent { Shape::CloudEvents } else { Shape::EventGrid })
+    };
+    let mut kept = Vec::with_capacity(members.len());
+    for (name, value) in members {
+        if !attributes.take(&name, value)? {
+            kept.push((name, value));
+        }
+    }
+    let mut event = String::with_capacity(raw.get().len());
+    event.push('{');
+    for (position, (name, value)) in kept.iter().enumerate() {
+        if position > 0 {
+            event.push(',');
+        }
+        event.push_str(&serde_json::to_string(name).expect("a string serialises"));
+        event.push(':');
+        event.push_str(value.get());
+    }
+    event.push('}');
+    let decoded = match shape {
+        Shape::EventGrid => decode_event_grid(event.as_bytes()),
+        Shape::CloudEvents | Shape::Namespace => decode_cloudevents(event.as_bytes()),
+    };
+    let mut events = decoded.map_err(|e| problem(&e))?;
+    Ok((events.pop().expect("one object decodes to one event"), shape, attributes))
+}
+
+/// A decoder's complaint about the one event it was given, without its
+/// "event 0" (the record's index is the place that means something here).
+fn problem(error: &DecodeError) -> String {
+    match &error.field {
+        Some(field) => format!("{field}: {}", error.message),
+        None => error.message.clone(),
+    }
+}
+
+/// An object's members in order, values still raw.
+fn members(raw: &RawValue) -> Result<Vec<(String, &RawValue)>, String> {
+    struct Members<'a>(Vec<(String, &'a RawValue)>);
+    impl<'de> serde::Deserialize<'de> for Members<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Members<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                    let mut members = Vec::new();
+                    while let Some(member) = map.next_entry()? {
+                        members.push(member);
+                    }
+                    Ok(Members(members))
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    serde_json::from_str::<Members>(raw.get())
+        .map(|Members(members)| members)
+        .map_err(|_| format!("expected a JSON object, found {}", json_kind(raw.get())))
+}
+
+fn json_kind(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// The dead-letter attributes of one record.
+#[derive(Default)]
+struct Attributes {
+    reason: Option<String>,
+    description: Option<String>,
+    outcome: Option<String>,
+    handler: Option<String>,
+    attempts: Option<u32>,
+    http_status: Option<u16>,
+    publish_time: Option<DateTime<Utc>>,
+    last_attempt_time: Option<DateTime<Utc>>,
+}
+
+impl Attributes {
+    /// Takes `name` if it is a dead-letter attribute, or one of the objects
+    /// that hold them (whose own members are then taken); true when taken.
+    /// The names are Event Grid's camelCase, the CloudEvents lower case, and
+    /// the namespace properties' names, matched ignoring case.
+    fn take(&mut self, name: &str, value: &RawValue) -> Result<bool, String> {
+        let text = |value: &RawValue| match serde_json::from_str::<Option<String>>(value.get()) {
+            Ok(text) => Ok(text),
+            Err(_) => Err(format!("{name}: must be a string, found {}", json_kind(value.get()))),
+        };
+        let lower = name.to_ascii_lowercase();
+        match lower.as_str() {
+            "deadletterreason" => self.reason = text(value)?,
+            "deadletterdescription" => self.description = text(value)?,
+            "lastdeliveryoutcome" | "deliveryresult" => self.outcome = text(value)?,
+            "gridfnhandler" => self.handler = text(value)?,
+            "deliveryattempts" => self.attempts = number(name, value)?,
+            "lasthttpstatuscode" => self.http_status = number(name, value)?,
+            "publishtime" | "publishutc" => self.publish_time = time(name, value)?,
+            "lastdeliveryattempttime" | "deliveryattemptutc" => self.last_attempt_time = time(name, value)?,
+            "deadletterproperties" | "brokerproperties" => {
+                for (inner, value) in members(value).map_err(|e| format!("{name}: {e}"))? {
+                    // Unknown properties are Event Grid's to add; they are not the event's.
+                    self.take(&inner, value).map_err(|e| format!("{name}.{e}"))?;
+                }
+            }
+            // Headers the subscription added to its deliveries, not part of the event.
+            "customdeliveryproperties" => {}
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// A whole number (JSON number, or digits in a string as some tools write
+/// them); null is absent.
+fn number<T: TryFrom<u64>>(name: &str, value: &RawValue) -> Result<Option<T>, String> {
+    let wrong = || format!("{name}: must be a whole number, found {}", value.get());
+    let parsed = match serde_json::from_str::<serde_json::Value>(value.get()).map_err(|_| wrong())? {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    parsed.and_then(|n| T::try_from(n).ok()).map(Some).ok_or_else(wrong)
+}
+
+/// An RFC 3339 time; Event Grid's seven fractional digits are fine, and a
+/// time without an offset is UTC (as in Event Grid's own quirky payloads).
+fn time(name: &str, value: &RawValue) -> Result<Option<DateTime<Utc>>, String> {
+    let text = match serde_json::from_str::<Option<String>>(value.get()) {
+        Ok(None) => return Ok(None),
+        Ok(Some(text)) => text,
+        Err(_) => return Err(format!("{name}: must be a time string, found {}", json_kind(value.get()))),
+    };
+    parse_rfc3339(&text).map(Some).ok_or_else(|| format!("{name}: {text:?} is not an RFC 3339 time"))
+}
+
+fn parse_rfc3339(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc()))
+}
+
+/// What a replay selects: every non-empty criterion must hold (within one,
+/// any of its values may match).
+///
+/// Matching: `reasons`, `outcomes`, `types` and `subscriptions` are exact but
+/// ignore case (Event Grid upper-cases subscription folders; reasons are free
+/// text). `subject_prefixes`, `handlers` and `ids` are exact and
+/// case-sensitive, as subjects, handler names and event ids are.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
+    /// `--reason`: `deadLetterReason`, e.g. `MaxDeliveryAttemptsExceeded`.
     pub reasons: Vec<String>,
+    /// `--outcome`: `lastDeliveryOutcome`, e.g. `Busy`, `TimedOut`.
     pub outcomes: Vec<String>,
+    /// `--type`: the event's type (`eventType` / `type`).
     pub types: Vec<String>,
+    /// `--subject-prefix`: the subject begins with one of these.
     pub subject_prefixes: Vec<String>,
+    /// `--since`: published at or after (the window also prunes hour folders).
     pub since: Option<DateTime<Utc>>,
+    /// `--until`: published before.
     pub until: Option<DateTime<Utc>>,
+    /// `--subscription`: the subscription folder the blob sits in.
     pub subscriptions: Vec<String>,
+    /// `--handler`: records gridfn dead-lettered from another handler are
+    /// skipped. Records that name no handler (Event Grid's own) are not: for
+    /// them `--handler` says where they go, which is the runner's business.
     pub handlers: Vec<String>,
+    /// `--id`/`--ids-from`: `None` selects any id; an empty set selects none
+    /// (an empty `--ids-from` file must not mean "everything").
     pub ids: Option<HashSet<String>>,
 }
 
@@ -147,28 +767,126 @@ impl Selection {
         TimeWindow { since: self.since, until: self.until }
     }
 
-    /// Why `record` is not selected (for the dry run's table), or None when it is.
+    /// Why `record` is not selected (for the dry run's table), or None when
+    /// it is. The first criterion that fails is the reason given.
     pub fn skip_reason(&self, record: &Record) -> Option<String> {
-        let _ = record;
-        todo!()
+        if let Some(ids) = &self.ids
+            && !ids.contains(&record.event.id)
+        {
+            return Some(format!("id {:?} is not among the --id/--ids-from ids", record.event.id));
+        }
+        if let Some(why) = mismatch(
+            "subscription",
+            "--subscription",
+            record.subscription.as_deref(),
+            &self.subscriptions,
+            eq_ignore_case,
+        ) {
+            return Some(why);
+        }
+        if let Some(handler) = &record.handler
+            && !self.handlers.is_empty()
+            && !self.handlers.contains(handler)
+        {
+            return Some(format!("dead-lettered by handler {handler}, not --handler {}", self.handlers.join(", ")));
+        }
+        let event = &record.event;
+        let checks = [
+            ("reason", "--reason", record.reason.as_deref(), &self.reasons),
+            ("outcome", "--outcome", record.outcome.as_deref(), &self.outcomes),
+            ("type", "--type", Some(event.event_type.as_str()), &self.types),
+        ];
+        for (what, flag, value, wanted) in checks {
+            if let Some(why) = mismatch(what, flag, value, wanted, eq_ignore_case) {
+                return Some(why);
+            }
+        }
+        if let Some(why) = mismatch(
+            "subject",
+            "--subject-prefix",
+            event.subject.as_deref(),
+            &self.subject_prefixes,
+            |subject, prefix| subject.starts_with(prefix),
+        ) {
+            return Some(why);
+        }
+        let window = self.window();
+        if window == TimeWindow::default() {
+            return None;
+        }
+        let Some(published) = record.publish_time else {
+            return Some("has no publish time to compare with --since/--until".to_string());
+        };
+        let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        match (window.since, window.until) {
+            (Some(since), _) if published < since => {
+                Some(format!("published {}, before --since {}", stamp(published), stamp(since)))
+            }
+            (_, Some(until)) if published >= until => {
+                Some(format!("published {}, not before --until {}", stamp(published), stamp(until)))
+            }
+            _ => None,
+        }
     }
 }
 
-/// The records of one blob's bytes.
-pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Vec<Result<Record, BadRecord>> {
-    let _ = (blob, subscription, bytes);
-    todo!()
+/// Why `value` fails a criterion, if it does; an empty `wanted` accepts anything.
+fn mismatch(
+    what: &str,
+    flag: &str,
+    value: Option<&str>,
+    wanted: &[String],
+    matches: fn(&str, &str) -> bool,
+) -> Option<String> {
+    if wanted.is_empty() {
+        return None;
+    }
+    let wanted_text = wanted.join(", ");
+    match value {
+        None => Some(format!("has no {what}; {flag} wants {wanted_text}")),
+        Some(value) if wanted.iter().any(|w| matches(value, w)) => None,
+        Some(value) => Some(format!("{what} {value:?} is not {flag} {wanted_text}")),
+    }
 }
 
-/// `--ids-from FILE`: one id per line; blank lines and `#` comments ignored.
+fn eq_ignore_case(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || a.to_lowercase() == b.to_lowercase()
+}
+
+/// `--ids-from FILE`: one id per line; blank lines and `#` comments ignored,
+/// surrounding white space trimmed.
 pub fn read_ids(path: &Path) -> anyhow::Result<HashSet<String>> {
-    let _ = path;
-    todo!()
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--ids-from {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect())
 }
 
-/// `--since`/`--until`: RFC 3339, a date-time without offset (UTC), a date, or
-/// a duration ago (`90m`, `2h`, `3d`).
+/// `--since`/`--until`: RFC 3339 (`2024-01-05T09:00:00Z`), a date-time
+/// without offset (UTC, seconds optional), a date (its midnight, UTC), or a
+/// duration ago (`90m`, `2h`, `3d`, humantime syntax).
 pub fn parse_time(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
-    let _ = (text, now);
-    todo!()
+    let text = text.trim();
+    if let Some(time) = parse_rfc3339(text) {
+        return Ok(time);
+    }
+    if let Ok(time) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M") {
+        return Ok(time.and_utc());
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    if let Ok(ago) = humantime::parse_duration(text)
+        && let Ok(ago) = TimeDelta::from_std(ago)
+        && let Some(time) = now.checked_sub_signed(ago)
+    {
+        return Ok(time);
+    }
+    anyhow::bail!(
+        "{text:?} is not a time: use RFC 3339 (2024-01-05T09:00:00Z), a UTC date-time (2024-01-05T09:00), a date \
+         (2024-01-05) or a duration ago (90m, 2h, 3d)"
+    )
 }
