@@ -202,7 +202,13 @@ impl Summary {
         if self.interrupted {
             let _ = writeln!(out, "INTERRUPTED: run the same command again to resume");
         }
-        if self.total.replayed == 0 && self.total.already_done > 0 && self.total.not_sent == 0 {
+        if self.records == 0 {
+            let _ = writeln!(
+                out,
+                "nothing to do: no dead-lettered records left in {} (done blobs are under replayed/)",
+                self.source
+            );
+        } else if self.total.replayed == 0 && self.total.already_done > 0 && self.total.not_sent == 0 {
             let _ = writeln!(
                 out,
                 "nothing to do: {} already replayed (ledger {})",
