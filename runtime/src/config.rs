@@ -1,20 +1,26 @@
-//! The manifest (`gridfn.toml`): its types, its defaults, and the checks that
-//! run before anything starts, so a mistake is reported once, naming its key,
-//! instead of surfacing as a failed delivery later.
+//! The manifest (`gridfn.toml`): what it may say, its defaults, and how it is
+//! parsed into settings that can only hold valid values. Each section has one
+//! parsing function that returns its settings or records every problem under
+//! the key it concerns, so `gridfn check` reports all mistakes at once and
+//! nothing that starts later meets a value that was let through.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use url::Url;
 
+use crate::deadletter::DeadLetter;
 use crate::deadletter::azure::AzureBlobConfig;
 use crate::entra::EntraConfig;
 use crate::filter::Filter;
 use crate::outbound::AllowedHost;
+use crate::pipeline::RetryPolicy;
 use crate::publish::Topic;
 
 /// The dedup store unless `dedup.store` says otherwise.
@@ -22,6 +28,18 @@ pub const DEFAULT_DEDUP_STORE: &str = "embedded";
 
 /// Where `gridfn serve` listens unless the manifest or `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7071";
+
+/// Event Grid's public, US Government and China clouds.
+pub const EVENT_GRID_DOMAINS: [&str; 3] = ["eventgrid.azure.net", "eventgrid.azure.us", "eventgrid.azure.cn"];
+
+/// Event Grid's 1 MiB batch limit plus room for headers and encoding.
+const DEFAULT_MAX_BODY: usize = 1024 * 1024 + 64 * 1024;
+
+/// How long a request's headers, or its body, may take to arrive.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Event Grid retries a delivery for up to 24 hours.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// A manifest that has been read and checked: every path is absolute, every
 /// key is resolved, every handler is valid.
@@ -48,7 +66,8 @@ pub struct Server {
     /// Event Grid's 1 MiB batch limit plus headroom); larger gets 413.
     pub max_body: usize,
     /// `state_dir`: where gridfn keeps what it writes unless told otherwise
-    /// (dead letters, compile cache); default `.gridfn` beside the manifest.
+    /// (dedup records, kv, dead letters, compile cache, deployments); default
+    /// `.gridfn` beside the manifest.
     pub state_dir: PathBuf,
     /// `cache_dir`: compiled handlers, keyed by engine and module hash, so a
     /// restart skips compilation; default `<state_dir>/cache`.
@@ -96,9 +115,6 @@ pub enum Validation {
     AutoUrl,
 }
 
-/// Event Grid's public, US Government and China clouds.
-pub const EVENT_GRID_DOMAINS: [&str; 3] = ["eventgrid.azure.net", "eventgrid.azure.us", "eventgrid.azure.cn"];
-
 /// `[dedup]`: how gridfn remembers which (handler, event) pairs are done.
 #[derive(Debug, Clone)]
 pub struct Dedup {
@@ -109,7 +125,8 @@ pub struct Dedup {
     pub ttl: Duration,
 }
 
-/// `dedup.store`: where done pairs are remembered.
+/// `dedup.store`: where done pairs are remembered. Each store takes only its
+/// own settings; another store's key is a problem, not silently ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DedupStore {
     /// `"memory"`: per process, lost on restart; `max_records` (default
@@ -118,65 +135,79 @@ pub enum DedupStore {
     /// `"embedded"` (the default): on disk at `path` (default
     /// `<state_dir>/dedup`), crash-safe, survives restarts.
     Embedded { path: PathBuf },
-    /// `"redis"`: shared by several hosts through `url`, with in-flight
-    /// leases so two hosts never run one event at once; keys start with
-    /// `key_prefix` (default `gridfn:dedup:`).
+    /// `"redis"`: shared by several hosts through `url` (literal or
+    /// `env:NAME`), with in-flight leases so two hosts never run one event at
+    /// once; keys start with `key_prefix` (default `gridfn:dedup:`).
     Redis { url: String, key_prefix: String },
 }
 
-/// Local retries of transient failures, before gridfn answers 503.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Runs in all, the first included; 1 means no local retry (the default).
-    pub attempts: u32,
-    /// Whether the delay doubles from `initial` up to `max`, or stays at `initial`.
-    pub exponential: bool,
-    pub initial: Duration,
-    pub max: Duration,
-}
+/// A handler's name: 1 to 64 lowercase ASCII letters, digits, `-` and `_`,
+/// because it appears in URLs, metric labels and file names. Only
+/// [`HandlerName::parse`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HandlerName(String);
 
-impl RetryPolicy {
-    pub const NONE: RetryPolicy = RetryPolicy {
-        attempts: 1,
-        exponential: true,
-        initial: Duration::from_millis(100),
-        max: Duration::from_secs(2),
-    };
-
-    /// The pause before run number `run` (2 is the first retry), or `None`
-    /// when the attempts are used up. A delay the handler asked for wins.
-    pub fn delay_before(&self, run: u32, asked: Option<Duration>) -> Option<Duration> {
-        if run > self.attempts {
-            return None;
+impl HandlerName {
+    pub fn parse(name: &str) -> Result<HandlerName, String> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        match valid {
+            true => Ok(HandlerName(name.to_owned())),
+            false => {
+                Err("use lowercase letters, digits, '-' and '_', 1 to 64 of them (it appears in URLs and file names)"
+                    .into())
+            }
         }
-        let computed = if self.exponential {
-            self.initial.saturating_mul(1 << (run - 2).min(20)).min(self.max)
-        } else {
-            self.initial
-        };
-        Some(asked.unwrap_or(computed))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-/// `[deadletter]`: where rejected events are written, in Event Grid's
-/// dead-letter blob layout and format.
-#[derive(Debug, Clone)]
-pub enum DeadLetter {
-    /// `store = "dir"` (the default): a folder, `path` (default
-    /// `<state_dir>/deadletter`).
-    Dir { path: PathBuf },
-    /// `store = "azure-blob"`: a container in Azure Blob Storage (or Azurite):
-    /// `container`, `prefix`, and `connection_string` (or `account` with
-    /// `access_key` or `sas_token`), `endpoint`, `create_container`. Secrets
-    /// may be `env:NAME`.
-    AzureBlob(AzureBlobConfig),
+impl Deref for HandlerName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HandlerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for HandlerName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for HandlerName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for HandlerName {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl From<HandlerName> for String {
+    fn from(name: HandlerName) -> String {
+        name.0
+    }
 }
 
 /// `[[handler]]`: one WebAssembly component and what it may use.
 #[derive(Debug, Clone)]
 pub struct Handler {
     /// `name`: used in URLs (`/api/events/{name}`), metrics and logs.
-    pub name: String,
+    pub name: HandlerName,
     /// `module`: path to the component (`.wasm`), relative to the manifest.
     pub module: PathBuf,
     /// `timeout`: wall-clock deadline per event; default 10s.
@@ -247,224 +278,39 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
+/// Looks up an environment variable, for `env:NAME` values; a parameter so
+/// tests and the fuzzer choose the environment.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 impl Manifest {
     /// Reads and checks the manifest at `path`; relative paths in it are
-    /// relative to its folder.
+    /// relative to its folder, whatever the working directory.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let fail = |problem: String| ManifestError { file: path.to_owned(), problems: vec![problem] };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-        let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-        Manifest::parse(&text, &base, &|name| std::env::var(name).ok())
-            .map_err(|problems| ManifestError { file: path.to_owned(), problems })
+        let fail = |problems| ManifestError { file: path.to_owned(), problems };
+        let text = read(path).map_err(fail)?;
+        Manifest::parse(&text, path.parent().unwrap_or(Path::new("")), &|name| std::env::var(name).ok()).map_err(fail)
     }
 
-    /// Parses and checks manifest text; `env` resolves `env:NAME` keys.
-    pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest, Vec<String>> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
-        let mut problems = Vec::new();
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    /// Parses and checks manifest text: relative paths in it are relative to
+    /// `base` (itself relative to the working directory, or absolute), and
+    /// `env` resolves `env:NAME` values. Every problem is returned, each
+    /// naming its key.
+    pub fn parse(text: &str, base: &Path, env: Env) -> Result<Manifest, Vec<String>> {
+        let raw = raw_manifest(text)?;
+        let cx = Context::new(base, env)?;
+        let mut problems = Problems::default();
+        let p = &mut problems;
 
-        let server = raw.server.unwrap_or_default();
-        let listen = match server.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse() {
-            Ok(addr) => addr,
-            Err(e) => {
-                problems.push(format!("server.listen: {e} (expected host:port, e.g. {DEFAULT_LISTEN})"));
-                DEFAULT_LISTEN.parse().expect("default listen address parses")
-            }
-        };
-        let admin_keys = resolve_keys(&server.admin_keys, "server.admin_keys", env, &mut problems);
-        let keys = resolve_keys(&server.keys, "server.keys", env, &mut problems);
-        if server.keys.is_empty() && server.entra.is_none() && !server.allow_anonymous {
-            problems.push(
-                "server.keys: no key configured; add one (e.g. keys = [\"env:GRIDFN_KEY\"]), configure [server.entra], or set allow_anonymous = true"
-                    .into(),
-            );
-        }
-        let mut server = server;
-        if let Some(entra) = &mut server.entra {
-            entra.jwks_file = entra.jwks_file.take().map(&resolve);
-        }
-        if let Some(entra) = &server.entra {
-            problems.extend(entra.problems().into_iter().map(|p| format!("server.entra.{p}")));
-        }
-        let max_body = match server.max_body.as_deref().map(parse_size).transpose() {
-            Ok(size) => size.unwrap_or(1024 * 1024 + 64 * 1024),
-            Err(e) => {
-                problems.push(format!("server.max_body: {e}"));
-                0
-            }
-        };
-        let max_connections = server.max_connections.unwrap_or(512);
-        if max_connections == 0 {
-            problems.push("server.max_connections: must be at least 1".into());
-        }
-        let header_timeout = duration_or(
-            server.header_timeout.as_deref(),
-            Duration::from_secs(30),
-            "server.header_timeout",
-            &mut problems,
-        );
-        let body_timeout =
-            duration_or(server.body_timeout.as_deref(), Duration::from_secs(30), "server.body_timeout", &mut problems);
-        let state_dir = resolve(server.state_dir.unwrap_or_else(|| ".gridfn".into()));
-        let cache_dir = resolve(server.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
-        let event_grid_domains =
-            server.event_grid_domains.unwrap_or_else(|| EVENT_GRID_DOMAINS.iter().map(|d| d.to_string()).collect());
-        for (i, domain) in event_grid_domains.iter().enumerate() {
-            if domain.is_empty() || domain.contains('/') || domain.contains(':') {
-                problems.push(format!("server.event_grid_domains[{i}]: {domain:?} is not a domain name"));
-            }
-        }
-
-        let dedup = raw.dedup.unwrap_or_default();
-        let ttl = duration_or(dedup.ttl.as_deref(), Duration::from_secs(24 * 3600), "dedup.ttl", &mut problems);
-        let dedup_store = match dedup.store.as_deref().unwrap_or(DEFAULT_DEDUP_STORE) {
-            "memory" => DedupStore::Memory { max_records: dedup.max_records.unwrap_or(1_000_000) },
-            "embedded" => DedupStore::Embedded { path: resolve(dedup.path.unwrap_or_else(|| state_dir.join("dedup"))) },
-            "redis" => match dedup.url {
-                Some(url) => {
-                    DedupStore::Redis { url, key_prefix: dedup.key_prefix.unwrap_or_else(|| "gridfn:dedup:".into()) }
-                }
-                None => {
-                    problems
-                        .push("dedup.url: required with store = \"redis\" (e.g. \"redis://127.0.0.1:6379\")".into());
-                    DedupStore::Memory { max_records: 1 }
-                }
-            },
-            other => {
-                problems.push(format!(
-                    "dedup.store: \"{other}\" is not a store; use \"memory\", \"embedded\" or \"redis\""
-                ));
-                DedupStore::Memory { max_records: 1 }
-            }
-        };
-
-        let deadletter = dead_letter(raw.deadletter.unwrap_or_default(), &state_dir, &resolve, env, &mut problems);
-
-        let mut names = HashSet::new();
-        let mut handlers = Vec::new();
-        if raw.handler.is_empty() {
-            problems.push("handler: no [[handler]] listed; gridfn has nothing to run".into());
-        }
-        for (i, h) in raw.handler.into_iter().enumerate() {
-            let at = format!("handler[{i}] ({})", h.name);
-            if !valid_name(&h.name) {
-                problems.push(format!(
-                    "{at}.name: use lowercase letters, digits, '-' and '_' (it appears in URLs and file names)"
-                ));
-            }
-            if !names.insert(h.name.clone()) {
-                problems.push(format!("{at}.name: another handler has this name"));
-            }
-            let module = resolve(h.module);
-            if !module.is_file() {
-                problems.push(format!("{at}.module: {} does not exist (build the handler first)", module.display()));
-            }
-            let timeout =
-                duration_or(h.timeout.as_deref(), Duration::from_secs(10), &format!("{at}.timeout"), &mut problems);
-            let memory = match h.memory.as_deref().map(parse_size).transpose() {
-                Ok(size) => size.unwrap_or(64 << 20),
-                Err(e) => {
-                    problems.push(format!("{at}.memory: {e}"));
-                    0
-                }
-            };
-            if let Some(filter) = &h.filter {
-                for problem in filter.problems() {
-                    problems.push(format!("{at}.filter.{problem}"));
-                }
-            }
-            let retry = match &h.retry {
-                None => RetryPolicy::NONE,
-                Some(raw) => retry_policy(raw, &format!("{at}.retry"), &mut problems),
-            };
-            let positive = |value: Option<u64>, key: &str, default: u64, problems: &mut Vec<String>| match value {
-                Some(0) => {
-                    problems.push(format!("{at}.{key}: must be at least 1"));
-                    default
-                }
-                Some(n) => n,
-                None => default,
-            };
-            let max_concurrency = positive(h.max_concurrency, "max_concurrency", 16, &mut problems) as usize;
-            let queue = h.queue.unwrap_or(1024) as usize;
-            let instance_reuse =
-                positive(h.instance_reuse, "instance_reuse", 1, &mut problems).min(u32::MAX as u64) as u32;
-            let fuel = h.fuel.map(|f| positive(Some(f), "fuel", 1, &mut problems));
-            handlers.push(Handler {
-                name: h.name,
-                module,
-                timeout,
-                memory,
-                filter: h.filter,
-                retry,
-                max_concurrency,
-                queue,
-                fuel,
-                instance_reuse,
-                capabilities: Capabilities {
-                    config: h.capabilities.config.map(|values| {
-                        values
-                            .into_iter()
-                            .map(|(key, value)| {
-                                let value = match value.strip_prefix("env:") {
-                                    Some(var) => env(var).unwrap_or_else(|| {
-                                        problems.push(format!(
-                                            "{at}.capabilities.config.{key}: environment variable {var} is not set"
-                                        ));
-                                        String::new()
-                                    }),
-                                    None => value,
-                                };
-                                (key, value)
-                            })
-                            .collect()
-                    }),
-                    kv: h.capabilities.kv,
-                    log: h.capabilities.log.unwrap_or(true),
-                    allowed_outbound_hosts: h
-                        .capabilities
-                        .allowed_outbound_hosts
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(n, entry)| {
-                            AllowedHost::parse(entry)
-                                .map_err(|e| {
-                                    problems.push(format!("{at}.capabilities.allowed_outbound_hosts[{n}]: {e}"))
-                                })
-                                .ok()
-                        })
-                        .collect(),
-                    publish: h.capabilities.publish.and_then(|raw| publish_topic(raw, &at, env, &mut problems)),
-                },
-            });
-        }
-
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        Ok(Manifest {
-            server: Server {
-                listen,
-                keys,
-                allow_anonymous: server.allow_anonymous,
-                max_body,
-                state_dir,
-                cache_dir,
-                validation: server.validation.unwrap_or(Validation::Sync),
-                event_grid_domains,
-                entra: server.entra,
-                admin_keys,
-                watch: server.watch.map(&resolve),
-                max_connections,
-                header_timeout,
-                body_timeout,
-            },
-            dedup: Dedup { store: dedup_store, ttl },
-            deadletter,
-            handlers,
-        })
+        let mut raw_server = raw.server.unwrap_or_default();
+        let state_dir = cx.path(raw_server.state_dir.take().unwrap_or_else(|| ".gridfn".into()));
+        let server = server(raw_server, &state_dir, &cx, p);
+        let dedup = dedup(raw.dedup.unwrap_or_default(), &state_dir, &cx, p);
+        let deadletter = deadletter(raw.deadletter.unwrap_or_default(), &state_dir, &cx, p);
+        let handlers = handlers(raw.handler, &cx, p);
+        let manifest = (|| -> Result<_, Reported> {
+            Ok(Manifest { server: server?, dedup: dedup?, deadletter: deadletter?, handlers: handlers? })
+        })();
+        problems.finish(manifest)
     }
 
     pub fn handler(&self, name: &str) -> Option<&Handler> {
@@ -472,135 +318,347 @@ impl Manifest {
     }
 
     /// Only the routing part of a manifest: each handler's name and filter,
-    /// with the filters checked. For `gridfn explain`, which needs neither
-    /// built modules nor keys.
+    /// with the filters checked by the parser `parse` uses. For `gridfn
+    /// explain`, which needs neither built modules nor keys.
     pub fn load_routes(path: &Path) -> Result<Vec<(String, Option<Filter>)>, ManifestError> {
-        let fail = |problems: Vec<String>| ManifestError { file: path.to_owned(), problems };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(vec![format!("cannot read it: {e}")]))?;
-        let raw: RawManifest = toml::from_str(&text).map_err(|e| fail(vec![toml_problem(&e)]))?;
-        let problems: Vec<String> = raw
-            .handler
-            .iter()
-            .enumerate()
-            .flat_map(|(i, h)| {
-                let filter_problems = h.filter.as_ref().map(Filter::problems).unwrap_or_default();
-                filter_problems.into_iter().map(move |p| format!("handler[{i}] ({}).filter.{p}", h.name))
-            })
+        let fail = |problems| ManifestError { file: path.to_owned(), problems };
+        let raw = raw_manifest(&read(path).map_err(fail)?).map_err(fail)?;
+        let mut problems = Problems::default();
+        let routes: Vec<_> = (raw.handler.into_iter().enumerate())
+            .map(|(i, h)| filter(h.filter, &handler_key(i, &h.name), &mut problems).map(|filter| (h.name, filter)))
             .collect();
-        if !problems.is_empty() {
-            return Err(fail(problems));
-        }
-        Ok(raw.handler.into_iter().map(|h| (h.name, h.filter)).collect())
+        problems.finish(routes.into_iter().collect()).map_err(fail)
     }
 }
 
-/// `[deadletter]`: `store` picks the kind; the rest of the table is that
-/// kind's settings.
-fn dead_letter(
-    mut table: toml::Table,
-    state_dir: &Path,
-    resolve: &dyn Fn(PathBuf) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<String>,
-) -> DeadLetter {
-    let store = table.remove("store");
-    let default_dir = || DeadLetter::Dir { path: state_dir.join("deadletter") };
-    match store.as_ref().map(|s| s.as_str()) {
-        None | Some(Some("dir")) => match table.try_into::<RawDeadLetterDir>() {
-            Ok(dir) => DeadLetter::Dir { path: resolve(dir.path.unwrap_or_else(|| state_dir.join("deadletter"))) },
-            Err(e) => {
-                problems.push(format!("deadletter: {}", e.message()));
-                default_dir()
-            }
-        },
-        Some(Some("azure-blob")) => {
-            for secret in ["connection_string", "access_key", "sas_token"] {
-                let Some(toml::Value::String(value)) = table.get(secret) else { continue };
-                let Some(var) = value.strip_prefix("env:") else { continue };
-                match env(var) {
-                    Some(resolved) => {
-                        table.insert(secret.into(), resolved.into());
-                    }
-                    None => problems.push(format!("deadletter.{secret}: environment variable {var} is not set")),
-                }
-            }
-            match table.try_into::<AzureBlobConfig>() {
-                Ok(config) => {
-                    problems.extend(config.problems().into_iter().map(|p| format!("deadletter.{p}")));
-                    DeadLetter::AzureBlob(config)
-                }
-                Err(e) => {
-                    problems.push(format!("deadletter: {}", e.message()));
-                    default_dir()
-                }
-            }
-        }
-        _ => {
-            problems
-                .push(format!("deadletter.store: {} is not a store; use \"dir\" or \"azure-blob\"", store.unwrap()));
-            default_dir()
-        }
-    }
+fn read(path: &Path) -> Result<String, Vec<String>> {
+    std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read it: {e}")])
 }
 
-/// Resolves literal and `env:NAME` keys, naming each problem's key.
-fn resolve_keys(
-    keys: &[String],
-    key: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<String>,
-) -> Vec<String> {
-    let mut resolved = Vec::new();
-    for (i, value) in keys.iter().enumerate() {
-        match value.strip_prefix("env:") {
-            Some(var) => match env(var) {
-                Some(value) if !value.is_empty() => resolved.push(value),
-                _ => problems.push(format!(
-                    "{key}[{i}]: environment variable {var} is not set (export it, or list the key itself)"
-                )),
-            },
-            None if value.is_empty() => problems.push(format!("{key}[{i}]: empty key")),
-            None => resolved.push(value.clone()),
-        }
-    }
-    resolved
+/// What the file says, or the TOML error (which names the line and key).
+fn raw_manifest(text: &str) -> Result<RawManifest, Vec<String>> {
+    toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().replace('\n', "\n    ")])
 }
 
-fn retry_policy(raw: &RawRetry, key: &str, problems: &mut Vec<String>) -> RetryPolicy {
-    let attempts = raw.attempts.unwrap_or(3);
-    if !(1..=10).contains(&attempts) {
-        problems.push(format!("{key}.attempts: {attempts} is out of range (1 to 10)"));
-    }
-    let exponential = match raw.backoff.as_deref().unwrap_or("exponential") {
-        "exponential" => true,
-        "fixed" => false,
+// ---------------------------------------------------------------------------
+// Sections: one function each, returning the settings or `Reported`.
+// ---------------------------------------------------------------------------
+
+/// `[server]`; `state_dir` is resolved by the caller, since other sections'
+/// defaults live under it.
+fn server(raw: RawServer, state_dir: &Path, cx: &Context, p: &mut Problems) -> Result<Server, Reported> {
+    let no_credentials = raw.keys.is_empty() && raw.entra.is_none() && !raw.allow_anonymous;
+    let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse();
+    let listen =
+        p.check("server.listen", listen.map_err(|e| format!("{e} (expected host:port, e.g. {DEFAULT_LISTEN})")));
+    let keys = p.list("server.keys", raw.keys, |key| cx.key(&key));
+    let admin_keys = p.list("server.admin_keys", raw.admin_keys, |key| cx.key(&key));
+    let credentials = match no_credentials {
+        true => p.fail(
+            "server.keys",
+            "no key configured; add one (e.g. keys = [\"env:GRIDFN_KEY\"]), configure [server.entra], or set allow_anonymous = true",
+        ),
+        false => Ok(()),
+    };
+    let entra = raw.entra.map(|entra| entra_config(entra, cx, p)).transpose();
+    let max_body = p.check("server.max_body", raw.max_body.as_deref().map_or(Ok(DEFAULT_MAX_BODY), parse_size));
+    let domains = raw.event_grid_domains.unwrap_or_else(|| EVENT_GRID_DOMAINS.map(String::from).to_vec());
+    let event_grid_domains = p.list("server.event_grid_domains", domains, domain_name);
+    let max_connections = p.check("server.max_connections", raw.max_connections.map_or(Ok(512), at_least_one));
+    let header_timeout =
+        p.check("server.header_timeout", raw.header_timeout.as_deref().map_or(Ok(DEFAULT_TIMEOUT), duration));
+    let body_timeout =
+        p.check("server.body_timeout", raw.body_timeout.as_deref().map_or(Ok(DEFAULT_TIMEOUT), duration));
+    credentials?;
+    Ok(Server {
+        listen: listen?,
+        keys: keys?,
+        allow_anonymous: raw.allow_anonymous,
+        max_body: max_body?,
+        state_dir: state_dir.to_owned(),
+        cache_dir: raw.cache_dir.map_or_else(|| state_dir.join("cache"), |dir| cx.path(dir)),
+        validation: raw.validation.unwrap_or(Validation::Sync),
+        event_grid_domains: event_grid_domains?,
+        entra: entra?,
+        watch: raw.watch.map(|dir| cx.path(dir)),
+        admin_keys: admin_keys?,
+        max_connections: max_connections? as usize,
+        header_timeout: header_timeout?,
+        body_timeout: body_timeout?,
+    })
+}
+
+/// `[server.entra]`: the table's own checks, with `jwks_file` made absolute.
+fn entra_config(mut entra: EntraConfig, cx: &Context, p: &mut Problems) -> Result<EntraConfig, Reported> {
+    entra.jwks_file = entra.jwks_file.map(|file| cx.path(file));
+    p.nested("server.entra", entra.problems())?;
+    Ok(entra)
+}
+
+/// `[dedup]`: `ttl`, and `store` with that store's settings.
+fn dedup(raw: RawDedup, state_dir: &Path, cx: &Context, p: &mut Problems) -> Result<Dedup, Reported> {
+    let ttl = p.check("dedup.ttl", raw.ttl.as_deref().map_or(Ok(DEFAULT_TTL), duration));
+    let store = match raw.store.as_deref().unwrap_or(DEFAULT_DEDUP_STORE) {
+        "memory" => {
+            let memory: RawMemoryDedup = settings("dedup", raw.settings, p)?;
+            let max_records = p.check("dedup.max_records", memory.max_records.map_or(Ok(1_000_000), at_least_one))?;
+            DedupStore::Memory { max_records: max_records as usize }
+        }
+        "embedded" => {
+            let embedded: RawEmbeddedDedup = settings("dedup", raw.settings, p)?;
+            DedupStore::Embedded { path: embedded.path.map_or_else(|| state_dir.join("dedup"), |dir| cx.path(dir)) }
+        }
+        "redis" => {
+            let redis: RawRedisDedup = settings("dedup", raw.settings, p)?;
+            let url = match redis.url {
+                Some(url) => cx.value(&url).and_then(|url| redis_url(&url)),
+                None => Err("required with store = \"redis\" (e.g. \"redis://127.0.0.1:6379\")".into()),
+            };
+            let url = p.check("dedup.url", url)?;
+            DedupStore::Redis { url, key_prefix: redis.key_prefix.unwrap_or_else(|| "gridfn:dedup:".into()) }
+        }
         other => {
-            problems.push(format!("{key}.backoff: \"{other}\" is not a backoff; use \"exponential\" or \"fixed\""));
-            true
+            return p
+                .fail("dedup.store", format!("\"{other}\" is not a store; use \"memory\", \"embedded\" or \"redis\""));
         }
     };
-    let initial = duration_or(raw.initial.as_deref(), RetryPolicy::NONE.initial, &format!("{key}.initial"), problems);
-    let max = duration_or(raw.max.as_deref(), RetryPolicy::NONE.max, &format!("{key}.max"), problems);
-    RetryPolicy { attempts, exponential, initial, max }
+    Ok(Dedup { store, ttl: ttl? })
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+/// `[deadletter]`: `store`, and that store's settings.
+fn deadletter(raw: RawDeadLetter, state_dir: &Path, cx: &Context, p: &mut Problems) -> Result<DeadLetter, Reported> {
+    match raw.store.as_deref().unwrap_or("dir") {
+        "dir" => {
+            let dir: RawDeadLetterDir = settings("deadletter", raw.settings, p)?;
+            Ok(DeadLetter::Dir { path: dir.path.map_or_else(|| state_dir.join("deadletter"), |dir| cx.path(dir)) })
+        }
+        "azure-blob" => azure_blob(raw.settings, cx, p).map(DeadLetter::AzureBlob),
+        other => p.fail("deadletter.store", format!("\"{other}\" is not a store; use \"dir\" or \"azure-blob\"")),
+    }
 }
 
-fn duration_or(text: Option<&str>, default: Duration, key: &str, problems: &mut Vec<String>) -> Duration {
-    match text.map(humantime::parse_duration).transpose() {
-        Ok(Some(d)) if d.is_zero() => {
-            problems.push(format!("{key}: must be more than zero"));
-            default
+/// `[deadletter]` with `store = "azure-blob"`: secrets resolved from `env:`,
+/// then the table's own checks.
+fn azure_blob(mut table: toml::Table, cx: &Context, p: &mut Problems) -> Result<AzureBlobConfig, Reported> {
+    let mut secrets = Ok(());
+    for secret in ["connection_string", "access_key", "sas_token"] {
+        if let Some(toml::Value::String(value)) = table.get_mut(secret) {
+            match p.check(format!("deadletter.{secret}"), cx.value(value)) {
+                Ok(resolved) => *value = resolved,
+                Err(reported) => secrets = Err(reported),
+            }
         }
-        Ok(d) => d.unwrap_or(default),
-        Err(e) => {
-            problems.push(format!("{key}: {e} (write e.g. \"500ms\", \"10s\", \"24h\")"));
-            default
+    }
+    let config: AzureBlobConfig = settings("deadletter", table, p)?;
+    secrets?;
+    p.nested("deadletter", config.problems())?;
+    Ok(config)
+}
+
+/// `[[handler]]`: at least one, each valid, no two with one name.
+fn handlers(raw: Vec<RawHandler>, cx: &Context, p: &mut Problems) -> Result<Vec<Handler>, Reported> {
+    if raw.is_empty() {
+        return p.fail("handler", "no [[handler]] listed; gridfn has nothing to run");
+    }
+    let mut names = HashSet::new();
+    let handlers: Vec<_> = (raw.into_iter().enumerate())
+        .map(|(i, raw)| {
+            let at = handler_key(i, &raw.name);
+            let unique = match names.insert(raw.name.clone()) {
+                true => Ok(()),
+                false => p.fail(format!("{at}.name"), "another handler has this name"),
+            };
+            let handler = handler(&at, raw, cx, p);
+            unique.and(handler)
+        })
+        .collect();
+    handlers.into_iter().collect()
+}
+
+/// How problems name a handler: its place and its name, as written.
+fn handler_key(index: usize, name: &str) -> String {
+    format!("handler[{index}] ({name})")
+}
+
+/// One `[[handler]]`; `at` names it in problems.
+fn handler(at: &str, raw: RawHandler, cx: &Context, p: &mut Problems) -> Result<Handler, Reported> {
+    let key = |field: &str| format!("{at}.{field}");
+    let name = p.check(key("name"), HandlerName::parse(&raw.name));
+    let module = cx.path(raw.module);
+    let module = match module.is_file() {
+        true => Ok(module),
+        false => p.fail(key("module"), format!("{} does not exist (build the handler first)", module.display())),
+    };
+    let timeout = p.check(key("timeout"), raw.timeout.as_deref().map_or(Ok(Duration::from_secs(10)), duration));
+    let memory = p.check(key("memory"), raw.memory.as_deref().map_or(Ok(64 << 20), parse_size));
+    let filter = filter(raw.filter, at, p);
+    let retry = raw.retry.map_or(Ok(RetryPolicy::NONE), |retry| retry_policy(retry, &key("retry"), p));
+    let max_concurrency = p.check(key("max_concurrency"), raw.max_concurrency.map_or(Ok(16), at_least_one));
+    let fuel = raw.fuel.map(|fuel| p.check(key("fuel"), at_least_one(fuel))).transpose();
+    let instance_reuse = p.check(key("instance_reuse"), raw.instance_reuse.map_or(Ok(1), at_least_one));
+    let capabilities = capabilities(raw.capabilities, &key("capabilities"), cx, p);
+    Ok(Handler {
+        name: name?,
+        module: module?,
+        timeout: timeout?,
+        memory: memory?,
+        filter: filter?,
+        retry: retry?,
+        max_concurrency: max_concurrency? as usize,
+        queue: raw.queue.unwrap_or(1024) as usize,
+        fuel: fuel?,
+        instance_reuse: instance_reuse?.min(u32::MAX.into()) as u32,
+        capabilities: capabilities?,
+    })
+}
+
+/// `handler.filter`, with the checks Event Grid makes when a subscription is
+/// created; shared with `gridfn explain`.
+fn filter(filter: Option<Filter>, at: &str, p: &mut Problems) -> Result<Option<Filter>, Reported> {
+    if let Some(filter) = &filter {
+        p.nested(&format!("{at}.filter"), filter.problems())?;
+    }
+    Ok(filter)
+}
+
+fn retry_policy(raw: RawRetry, key: &str, p: &mut Problems) -> Result<RetryPolicy, Reported> {
+    let attempts = match raw.attempts.unwrap_or(3) {
+        attempts @ 1..=10 => Ok(attempts),
+        attempts => Err(format!("{attempts} is out of range (1 to 10)")),
+    };
+    let attempts = p.check(format!("{key}.attempts"), attempts);
+    let exponential = match raw.backoff.as_deref().unwrap_or("exponential") {
+        "exponential" => Ok(true),
+        "fixed" => Ok(false),
+        other => Err(format!("\"{other}\" is not a backoff; use \"exponential\" or \"fixed\"")),
+    };
+    let exponential = p.check(format!("{key}.backoff"), exponential);
+    let initial =
+        p.check(format!("{key}.initial"), raw.initial.as_deref().map_or(Ok(RetryPolicy::NONE.initial), duration));
+    let max = p.check(format!("{key}.max"), raw.max.as_deref().map_or(Ok(RetryPolicy::NONE.max), duration));
+    Ok(RetryPolicy { attempts: attempts?, exponential: exponential?, initial: initial?, max: max? })
+}
+
+/// `[handler.capabilities]`; `at` is its key.
+fn capabilities(raw: RawCapabilities, at: &str, cx: &Context, p: &mut Problems) -> Result<Capabilities, Reported> {
+    let config = raw.config.map(|values| {
+        let values: Vec<_> = (values.into_iter())
+            .map(|(name, value)| p.check(format!("{at}.config.{name}"), cx.value(&value)).map(|value| (name, value)))
+            .collect();
+        values.into_iter().collect::<Result<HashMap<_, _>, _>>()
+    });
+    let allowed_outbound_hosts =
+        p.list(&format!("{at}.allowed_outbound_hosts"), raw.allowed_outbound_hosts, |entry| AllowedHost::parse(&entry));
+    let publish = raw.publish.map(|publish| publish_topic(publish, &format!("{at}.publish"), cx, p)).transpose();
+    Ok(Capabilities {
+        config: config.transpose()?,
+        kv: raw.kv,
+        log: raw.log.unwrap_or(true),
+        allowed_outbound_hosts: allowed_outbound_hosts?,
+        publish: publish?,
+    })
+}
+
+fn publish_topic(raw: RawPublish, at: &str, cx: &Context, p: &mut Problems) -> Result<Topic, Reported> {
+    match raw {
+        RawPublish::Named(name) if name == "local" => Ok(Topic::Local),
+        RawPublish::Named(other) => p.fail(
+            at,
+            format!(
+                "{other:?} is not a topic; use \"local\" or {{ endpoint = \"https://<topic>.<region>-1.eventgrid.azure.net/api/events\", key = \"env:TOPIC_KEY\" }}"
+            ),
+        ),
+        RawPublish::EventGrid { endpoint, key } => {
+            let endpoint = match Url::parse(&endpoint) {
+                Ok(url) if matches!(url.scheme(), "https" | "http") => Ok(url),
+                _ => p.fail(format!("{at}.endpoint"), format!("{endpoint:?} is not an http(s) URL")),
+            };
+            let key = p.check(format!("{at}.key"), cx.key(&key));
+            Ok(Topic::EventGrid { endpoint: endpoint?, key: key? })
         }
+    }
+}
+
+/// A store's settings table, in the store's own shape (unknown keys are
+/// problems); `section` names it in problems.
+fn settings<T: DeserializeOwned>(section: &str, table: toml::Table, p: &mut Problems) -> Result<T, Reported> {
+    p.check(section, table.try_into().map_err(|e: toml::de::Error| e.message().to_owned()))
+}
+
+// ---------------------------------------------------------------------------
+// Values.
+// ---------------------------------------------------------------------------
+
+/// What parsing is relative to: the manifest's folder, made absolute once so
+/// every path in the manifest (and every default under `state_dir`) is
+/// resolved exactly once, and the environment for `env:NAME` values.
+struct Context<'a> {
+    base: PathBuf,
+    env: Env<'a>,
+}
+
+impl<'a> Context<'a> {
+    fn new(base: &Path, env: Env<'a>) -> Result<Context<'a>, Vec<String>> {
+        let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+        let absolute = std::path::absolute(base)
+            .map_err(|e| vec![format!("cannot resolve paths relative to {}: {e}", base.display())])?;
+        Ok(Context { base: absolute, env })
+    }
+
+    /// A path from the manifest: relative ones are relative to its folder.
+    fn path(&self, path: impl AsRef<Path>) -> PathBuf {
+        self.base.join(path)
+    }
+
+    /// The one rule for `env:NAME` values, wherever they are allowed: the
+    /// variable's value, which must be set and not empty (an empty secret is
+    /// a mistake, not a choice). Any other value is itself.
+    fn value(&self, value: &str) -> Result<String, String> {
+        let Some(name) = value.strip_prefix("env:") else { return Ok(value.to_owned()) };
+        match (self.env)(name) {
+            None => Err(format!("environment variable {name} is not set (export it, or write the value itself)")),
+            Some(value) if value.is_empty() => Err(format!("environment variable {name} is set but empty")),
+            Some(value) => Ok(value),
+        }
+    }
+
+    /// A key callers present: literal or `env:NAME`, never empty.
+    fn key(&self, key: &str) -> Result<String, String> {
+        match self.value(key)? {
+            key if key.is_empty() => Err("empty key".into()),
+            key => Ok(key),
+        }
+    }
+}
+
+fn domain_name(domain: String) -> Result<String, String> {
+    match domain.is_empty() || domain.contains('/') || domain.contains(':') {
+        true => Err(format!("{domain:?} is not a domain name")),
+        false => Ok(domain),
+    }
+}
+
+/// A URL the `redis` crate connects to.
+fn redis_url(url: &str) -> Result<String, String> {
+    match Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => Ok(url.to_owned()),
+        _ => Err("not a Redis URL (e.g. \"redis://127.0.0.1:6379\")".into()),
+    }
+}
+
+fn at_least_one(n: u64) -> Result<u64, String> {
+    match n {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// Parses durations like `500ms`, `10s`, `24h`; zero is refused.
+fn duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (write e.g. \"500ms\", \"10s\", \"24h\")")),
     }
 }
 
@@ -626,18 +684,68 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     Ok(size)
 }
 
-fn toml_problem(e: &toml::de::Error) -> String {
-    e.to_string().trim_end().replace('\n', "\n    ")
+// ---------------------------------------------------------------------------
+// Problems.
+// ---------------------------------------------------------------------------
+
+/// Every problem found so far, each `key: what is wrong`.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+/// A value could not be parsed, and [`Problems`] holds why. Only `Problems`
+/// makes one, so a section that fails has always said why.
+struct Reported(());
+
+impl Problems {
+    fn check<T>(&mut self, key: impl fmt::Display, parsed: Result<T, String>) -> Result<T, Reported> {
+        parsed.or_else(|problem| self.fail(key, problem))
+    }
+
+    fn fail<T>(&mut self, key: impl fmt::Display, problem: impl fmt::Display) -> Result<T, Reported> {
+        self.0.push(format!("{key}: {problem}"));
+        Err(Reported(()))
+    }
+
+    /// A list's entries, each checked (all of them, not up to the first
+    /// problem) and named `key[i]`.
+    fn list<I, T>(
+        &mut self,
+        key: &str,
+        items: impl IntoIterator<Item = I>,
+        mut parse: impl FnMut(I) -> Result<T, String>,
+    ) -> Result<Vec<T>, Reported> {
+        let parsed: Vec<_> =
+            (items.into_iter().enumerate()).map(|(i, item)| self.check(format!("{key}[{i}]"), parse(item))).collect();
+        parsed.into_iter().collect()
+    }
+
+    /// Problems a table's own checks found, named relative to the table at `key`.
+    fn nested(&mut self, key: &str, problems: Vec<impl fmt::Display>) -> Result<(), Reported> {
+        if problems.is_empty() {
+            return Ok(());
+        }
+        self.0.extend(problems.into_iter().map(|problem| format!("{key}.{problem}")));
+        Err(Reported(()))
+    }
+
+    fn finish<T>(self, parsed: Result<T, Reported>) -> Result<T, Vec<String>> {
+        match parsed {
+            Ok(value) if self.0.is_empty() => Ok(value),
+            _ => Err(self.0),
+        }
+    }
 }
 
+// ---------------------------------------------------------------------------
 // What the file says, before defaults and checks.
+// ---------------------------------------------------------------------------
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     server: Option<RawServer>,
     dedup: Option<RawDedup>,
-    deadletter: Option<toml::Table>,
+    deadletter: Option<RawDeadLetter>,
     #[serde(default)]
     handler: Vec<RawHandler>,
 }
@@ -659,29 +767,45 @@ struct RawServer {
     #[serde(default)]
     admin_keys: Vec<String>,
     watch: Option<PathBuf>,
-    max_connections: Option<usize>,
+    max_connections: Option<u64>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
 }
 
+/// `[dedup]`: the keys every store has; the rest is the store's own.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawDedup {
     store: Option<String>,
     ttl: Option<String>,
-    max_records: Option<usize>,
-    path: Option<PathBuf>,
-    url: Option<String>,
-    key_prefix: Option<String>,
+    #[serde(flatten)]
+    settings: toml::Table,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRetry {
-    attempts: Option<u32>,
-    backoff: Option<String>,
-    initial: Option<String>,
-    max: Option<String>,
+struct RawMemoryDedup {
+    max_records: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmbeddedDedup {
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedisDedup {
+    url: Option<String>,
+    key_prefix: Option<String>,
+}
+
+/// `[deadletter]`: `store` picks the kind; the rest is that kind's settings.
+#[derive(Deserialize, Default)]
+struct RawDeadLetter {
+    store: Option<String>,
+    #[serde(flatten)]
+    settings: toml::Table,
 }
 
 #[derive(Deserialize)]
@@ -707,10 +831,20 @@ struct RawHandler {
     capabilities: RawCapabilities,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: Option<u32>,
+    backoff: Option<String>,
+    initial: Option<String>,
+    max: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCapabilities {
-    config: Option<HashMap<String, String>>,
+    /// Sorted, so problems come in the order of the keys.
+    config: Option<BTreeMap<String, String>>,
     #[serde(default)]
     kv: bool,
     log: Option<bool>,
@@ -726,35 +860,6 @@ enum RawPublish {
     EventGrid { endpoint: String, key: String },
 }
 
-fn publish_topic(
-    raw: RawPublish,
-    at: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<String>,
-) -> Option<Topic> {
-    let key_name = format!("{at}.capabilities.publish");
-    match raw {
-        RawPublish::Named(name) if name == "local" => Some(Topic::Local),
-        RawPublish::Named(other) => {
-            problems.push(format!(
-                "{key_name}: {other:?} is not a topic; use \"local\" or {{ endpoint = \"https://<topic>.<region>-1.eventgrid.azure.net/api/events\", key = \"env:TOPIC_KEY\" }}"
-            ));
-            None
-        }
-        RawPublish::EventGrid { endpoint, key } => {
-            let endpoint = match Url::parse(&endpoint) {
-                Ok(url) if matches!(url.scheme(), "https" | "http") => url,
-                _ => {
-                    problems.push(format!("{key_name}.endpoint: {endpoint:?} is not an http(s) URL"));
-                    return None;
-                }
-            };
-            let key = resolve_keys(&[key], &format!("{key_name}.key"), env, problems).pop()?;
-            Some(Topic::EventGrid { endpoint, key })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -762,7 +867,12 @@ mod tests {
     fn problems(text: &str) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("h.wasm"), b"").unwrap();
-        match Manifest::parse(text, dir.path(), &|name| (name == "KEY").then(|| "secret".to_string())) {
+        let env = |name: &str| match name {
+            "KEY" => Some("secret".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        match Manifest::parse(text, dir.path(), &env) {
             Ok(_) => vec![],
             Err(problems) => problems,
         }
@@ -820,6 +930,99 @@ mod tests {
                 "dedup.store: \"etcd\"",
             ),
             ("[server]\nallow_anonymous=true\n", "handler: no [[handler]] listed"),
+            // One rule for `env:` wherever it is allowed: set, and not empty.
+            (
+                "[server]\nkeys=[\"env:EMPTY\"]\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.keys[0]: environment variable EMPTY is set but empty",
+            ),
+            (
+                "[server]\nallow_anonymous=true\nadmin_keys=[\"env:NOPE\"]\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.admin_keys[0]: environment variable NOPE is not set",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\ncapabilities.config={greeting=\"env:EMPTY\"}\n",
+                "handler[0] (h).capabilities.config.greeting: environment variable EMPTY is set but empty",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\ncapabilities.publish={endpoint=\"https://t.westus-1.eventgrid.azure.net/api/events\",key=\"env:EMPTY\"}\n",
+                "handler[0] (h).capabilities.publish.key: environment variable EMPTY is set but empty",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\ncapabilities.publish={endpoint=\"ftp://t\",key=\"k\"}\n",
+                "handler[0] (h).capabilities.publish.endpoint: \"ftp://t\" is not an http(s) URL",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[deadletter]\nstore=\"azure-blob\"\ncontainer=\"dlq\"\nconnection_string=\"env:EMPTY\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "deadletter.connection_string: environment variable EMPTY is set but empty",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[deadletter]\nstore=\"azure-blob\"\ncontainer=\"dlq\"\naccount=\"acct\"\naccess_key=\"env:NOPE\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "deadletter.access_key: environment variable NOPE is not set",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[deadletter]\nstore=\"azure-blob\"\ncontainer=\"Bad_Name\"\nconnection_string=\"UseDevelopmentStorage=true\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "deadletter.container: \"Bad_Name\" is not a valid container name",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[deadletter]\nstore=\"s3\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "deadletter.store: \"s3\" is not a store",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[deadletter]\nbucket=\"x\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "deadletter: unknown field `bucket`",
+            ),
+            (
+                "[server.entra]\ntenant_id=\"\"\naudiences=[\"api://x\"]\njwks_file=\"keys.json\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.entra.tenant_id: must not be empty",
+            ),
+            (
+                "[server]\nallow_anonymous=true\nmax_connections=0\nbody_timeout=\"slow\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.max_connections: must be at least 1",
+            ),
+            (
+                "[server]\nallow_anonymous=true\nbody_timeout=\"slow\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "server.body_timeout: ",
+            ),
+            // Each dedup store takes only its own settings.
+            (
+                "[server]\nallow_anonymous=true\n[dedup]\nstore=\"memory\"\nurl=\"redis://127.0.0.1\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "dedup: unknown field `url`",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[dedup]\nstore=\"memory\"\nmax_records=0\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "dedup.max_records: must be at least 1",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[dedup]\nstore=\"redis\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "dedup.url: required with store = \"redis\"",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[dedup]\nstore=\"redis\"\nurl=\"127.0.0.1:6379\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "dedup.url: not a Redis URL",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[dedup]\nttl=\"0s\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "dedup.ttl: must be more than zero",
+            ),
+            (
+                &format!(
+                    "[server]\nallow_anonymous=true\n[[handler]]\nname=\"{}\"\nmodule=\"h.wasm\"\n",
+                    "a".repeat(65)
+                ),
+                ".name: use lowercase letters, digits, '-' and '_', 1 to 64",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nmax_concurrency=0\n",
+                "handler[0] (h).max_concurrency: must be at least 1",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nretry={attempts=11}\n",
+                "handler[0] (h).retry.attempts: 11 is out of range",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\ncapabilities.allowed_outbound_hosts=[\"https://ok.example\",\"example.com\"]\n",
+                "handler[0] (h).capabilities.allowed_outbound_hosts[1]: \"example.com\" needs a scheme",
+            ),
         ];
         for (text, expected) in cases {
             let found = problems(text);
@@ -828,6 +1031,67 @@ mod tests {
                 "manifest:\n{text}\nexpected a problem containing {expected:?}, got {found:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_just_the_first_section() {
+        let text = "[server]\nkeys=[\"env:NOPE\", \"\"]\nmax_body=\"lots\"\n[dedup]\nstore=\"etcd\"\n[deadletter]\nstore=\"s3\"\n\
+                    [[handler]]\nname=\"h\"\nmodule=\"missing.wasm\"\ntimeout=\"soon\"\nretry={backoff=\"linear\"}\n\
+                    [[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n";
+        let keys: Vec<String> = problems(text).iter().map(|p| p.split(": ").next().unwrap().to_owned()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.keys[0]",
+                "server.keys[1]",
+                "server.max_body",
+                "dedup.store",
+                "deadletter.store",
+                "handler[0] (h).module",
+                "handler[0] (h).timeout",
+                "handler[0] (h).retry.backoff",
+                "handler[1] (h).name",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_relative_folder_resolves_every_path_once() {
+        // `gridfn serve --config app/gridfn.toml`: the base is relative to the
+        // working directory, and the defaults under state_dir must not be
+        // resolved against it a second time.
+        let module = tempfile::NamedTempFile::new().unwrap();
+        let text = format!("[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule={:?}\n", module.path());
+        let m = Manifest::parse(&text, Path::new("app"), &|_| None).unwrap();
+        let state = std::env::current_dir().unwrap().join("app/.gridfn");
+        assert_eq!(m.server.state_dir, state);
+        assert_eq!(m.server.cache_dir, state.join("cache"));
+        assert_eq!(m.dedup.store, DedupStore::Embedded { path: state.join("dedup") });
+        assert!(matches!(&m.deadletter, DeadLetter::Dir { path } if *path == state.join("deadletter")));
+        assert_eq!(m.handlers[0].module, module.path());
+
+        let text = format!("{text}[dedup]\npath=\"records\"\n[deadletter]\npath=\"/var/dl\"\n");
+        let m = Manifest::parse(&text, Path::new("app"), &|_| None).unwrap();
+        assert_eq!(m.dedup.store, DedupStore::Embedded { path: std::env::current_dir().unwrap().join("app/records") });
+        assert!(matches!(&m.deadletter, DeadLetter::Dir { path } if *path == Path::new("/var/dl")));
+    }
+
+    #[test]
+    fn explain_reads_names_and_checked_filters_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gridfn.toml");
+        let handlers = "[[handler]]\nname=\"a\"\nmodule=\"not-built.wasm\"\nfilter={includedEventTypes=[\"t\"]}\n\
+                        [[handler]]\nname=\"b\"\nmodule=\"not-built.wasm\"\n";
+        std::fs::write(&path, handlers).unwrap();
+        let routes = Manifest::load_routes(&path).unwrap();
+        assert_eq!(routes.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(routes[0].1.is_some() && routes[1].1.is_none());
+
+        let bad = "[[handler]]\nname=\"a\"\nmodule=\"x.wasm\"\nfilter={subjectBeginsWith=\"\", advancedFilters=[{operatorType=\"NumberIn\", key=\"data.n\"}]}\n";
+        std::fs::write(&path, bad).unwrap();
+        let error = Manifest::load_routes(&path).unwrap_err();
+        assert!(!error.problems.is_empty());
+        assert!(error.problems.iter().all(|p| p.starts_with("handler[0] (a).filter.")), "{:?}", error.problems);
     }
 
     #[test]

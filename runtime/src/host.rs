@@ -15,7 +15,6 @@ use crate::pipeline::Pipeline;
 use crate::push::Webhook;
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
-use crate::server::Limits;
 use crate::webhook::{Authenticator, EventGridDomains};
 
 /// A started gridfn: what the HTTP routes and the background tasks share.
@@ -31,6 +30,15 @@ pub struct Host {
     pub watch: Option<PathBuf>,
     /// What clients may hold, and how long shutdown waits.
     pub limits: Limits,
+}
+
+/// Limits on what clients can hold, and how long shutdown waits
+/// ([`crate::server::serve`] applies them).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub drain: Duration,
 }
 
 /// How long shutdown waits beyond the longest handler deadline, for the

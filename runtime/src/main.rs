@@ -89,7 +89,12 @@ struct Admin {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // gridfn's own lines and its handlers' (targets `handler`, `handler::stdio`)
+        // at info; dependencies only when something is wrong. RUST_LOG overrides.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,gridfn=info,handler=info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -182,7 +187,7 @@ fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
             handlers.join(", "),
             started.elapsed().as_millis()
         );
-        gridfn::server::serve(listener, host.clone(), host.limits, shutdown_signal()).await?;
+        gridfn::server::serve(listener, host, shutdown_signal()).await?;
         tracing::info!("gridfn stopped");
         Ok(())
     })

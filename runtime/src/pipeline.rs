@@ -450,6 +450,42 @@ impl Pipeline {
     }
 }
 
+/// A handler's `retry` policy: local retries of transient failures,
+/// before the source is told to retry (Event Grid: 503). The schedule lives
+/// here, beside [`Pipeline::run_with_local_retries`], the code that follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Runs in all, the first included; 1 means no local retry (the default).
+    pub attempts: u32,
+    /// Whether the delay doubles from `initial` up to `max`, or stays at `initial`.
+    pub exponential: bool,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub const NONE: RetryPolicy = RetryPolicy {
+        attempts: 1,
+        exponential: true,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+    };
+
+    /// The pause before run number `run` (2 is the first retry), or `None`
+    /// when the attempts are used up. A delay the handler asked for wins.
+    pub fn delay_before(&self, run: u32, asked: Option<Duration>) -> Option<Duration> {
+        if run > self.attempts {
+            return None;
+        }
+        let computed = if self.exponential {
+            self.initial.saturating_mul(1 << (run - 2).min(20)).min(self.max)
+        } else {
+            self.initial
+        };
+        Some(asked.unwrap_or(computed))
+    }
+}
+
 /// A batch named a handler this gridfn does not have.
 #[derive(Debug)]
 pub struct UnknownHandler(pub String);

@@ -161,13 +161,13 @@ impl Registry {
         let mut tried: std::collections::HashMap<String, String> = Default::default();
         loop {
             for route in &self.routes {
-                let name = &route.config.name;
+                let name = route.config.name.as_str();
                 let Ok(bytes) = tokio::fs::read(folder.join(format!("{name}.wasm"))).await else { continue };
                 let version = version_of(&bytes);
                 if version == route.handler().version || tried.get(name) == Some(&version) {
                     continue;
                 }
-                tried.insert(name.clone(), version);
+                tried.insert(name.to_owned(), version);
                 if let Err(e) = self.deploy(name, bytes).await {
                     tracing::error!(handler = %name, "not deploying {name}.wasm from {}: {e}", folder.display());
                 }
@@ -202,7 +202,7 @@ impl Route {
         let current = self.handler();
         let previous = self.previous.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.version.clone());
         HandlerVersion {
-            name: self.config.name.clone(),
+            name: self.config.name.to_string(),
             version: current.version.clone(),
             source: current.source.clone(),
             deployed_at: current.loaded_at.format(&Rfc3339).unwrap_or_default(),

@@ -28,16 +28,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::host::Host;
+use crate::host::{Host, Limits};
 use crate::{admin, push};
-
-/// Limits on what clients can hold, and how long shutdown waits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub header_timeout: Duration,
-    pub drain: Duration,
-}
 
 /// The routes, over a started [`Host`].
 pub fn app(host: Arc<Host>) -> Router {
@@ -62,9 +54,9 @@ pub fn app(host: Arc<Host>) -> Router {
 pub async fn serve(
     listener: TcpListener,
     host: Arc<Host>,
-    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits: Limits = host.limits;
     let background = background_tasks(&host);
     let in_flight = InFlight::default();
     let app = app(host).layer(axum::middleware::from_fn_with_state(in_flight.clone(), InFlight::track));

@@ -39,7 +39,7 @@ function init(args)
 end
 
 -- One event: everything but the id is fixed text (a real BlobCreated body,
--- ~800 bytes, like /work/shared/vectors/eventgrid/StorageBlobCreatedEvent.json).
+-- ~800 bytes, like tests/vectors/eventgrid/StorageBlobCreatedEvent.json).
 local part1 = '{"topic":"/subscriptions/319a9601-1ec0-0000-aebc-8fe82724c81e/resourceGroups/benchrg/providers/Microsoft.Storage/storageAccounts/benchaccount",' ..
    '"subject":"/blobServices/default/containers/uploads/blobs/'
 local part2 = '.json","eventType":"Microsoft.Storage.BlobCreated","eventTime":"2025-11-21T09:57:26.005121Z","id":"'

@@ -1,5 +1,6 @@
 //! The host foundation: handshake, auth, decode, dedup, sandbox, verdict.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -282,4 +283,66 @@ fn every_event_grid_vector_is_accepted_by_the_audit_log() {
     // Several vectors share the placeholder id "<id>" with the same topic, so
     // some are duplicates; every event either ran or was recognised as done.
     assert_eq!(gridfn.events("audit-log", "success") + gridfn.events("audit-log", "duplicate"), 54.0);
+}
+
+#[test]
+fn every_relative_path_resolves_once_against_the_manifests_folder() {
+    // `gridfn serve --config app/gridfn.toml`, typed in the folder above the
+    // manifest's, with every path in the manifest relative and every store
+    // in its default place.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let app = root.join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::copy(component("audit-log"), app.join("audit.wasm")).unwrap();
+    std::fs::copy(component("scripted"), app.join("scripted.wasm")).unwrap();
+    let manifest = format!(
+        r#"
+[server]
+keys = ["{KEY}"]
+
+[[handler]]
+name = "audit-log"
+module = "audit.wasm"
+capabilities = {{ kv = true }}
+
+[[handler]]
+name = "scripted"
+module = "scripted.wasm"
+"#
+    );
+    std::fs::write(app.join("gridfn.toml"), manifest).unwrap();
+    let gridfn = Gridfn::start_in(dir, &root, Path::new("app/gridfn.toml"));
+
+    let counted = gridfn.notify("/api/events/audit-log", batch(&[event("p-1", json!({}))]));
+    assert_eq!(counted.json::<Value>().unwrap()["succeeded"], 1);
+    assert_eq!(gridfn.log_count("audit: Microsoft.Storage.BlobCreated p-1 "), 1);
+    assert_eq!(gridfn.log_count("seen=1"), 1, "the kv store counted the event");
+    let rejected = gridfn.notify("/api/events/scripted", batch(&[event("p-2", json!({"act": "reject"}))]));
+    assert_eq!(rejected.json::<Value>().unwrap()["rejected"], 1);
+
+    let listing = || {
+        let mut found: Vec<String> =
+            walk(&root).iter().map(|p| p.strip_prefix(&root).unwrap().display().to_string()).collect();
+        found.sort();
+        found.join("\n")
+    };
+    for store in ["dedup", "kv", "cache", "deadletter"] {
+        assert!(app.join(".gridfn").join(store).is_dir(), "{store} is not in app/.gridfn; the files:\n{}", listing());
+    }
+    assert!(!app.join("app").exists(), "a path was resolved twice; the files:\n{}", listing());
+}
+
+#[test]
+fn the_default_log_shows_gridfn_and_its_handlers_but_not_its_dependencies_chatter() {
+    let gridfn = host();
+    gridfn.notify("/api/events/audit-log", batch(&[event("l-1", json!({}))]));
+    let lines = gridfn.log_lines();
+    assert!(lines.iter().any(|line| line.contains("gridfn listening on")), "{lines:#?}");
+    assert!(lines.iter().any(|line| line.contains("audit: Microsoft.Storage.BlobCreated l-1 ")), "{lines:#?}");
+    let chatter: Vec<_> = lines
+        .iter()
+        .filter(|line| line.contains(" INFO ") && (line.contains("fjall") || line.contains("lsm_tree")))
+        .collect();
+    assert!(chatter.is_empty(), "dependencies' INFO lines in the default log: {chatter:#?}");
 }

@@ -137,6 +137,13 @@ impl Gridfn {
         Self::spawn(dir, config, "127.0.0.1:0")
     }
 
+    /// Starts `gridfn serve --config CONFIG` from the working directory
+    /// `cwd`, as a person would type it (`config` may be relative to `cwd`),
+    /// with the manifest used as written: its own state and cache folders.
+    pub fn start_in(dir: tempfile::TempDir, cwd: &Path, config: &Path) -> Gridfn {
+        Self::spawn_in(dir, config.to_owned(), "127.0.0.1:0", Some(cwd))
+    }
+
     /// Kills this gridfn with SIGKILL (no graceful anything) and starts a new
     /// one on the same manifest, state and port; the log carries on.
     pub fn crash_and_restart(mut self) -> Gridfn {
@@ -151,11 +158,20 @@ impl Gridfn {
     }
 
     fn spawn(dir: tempfile::TempDir, config: PathBuf, listen: &str) -> Gridfn {
+        Self::spawn_in(dir, config, listen, None)
+    }
+
+    fn spawn_in(dir: tempfile::TempDir, config: PathBuf, listen: &str, cwd: Option<&Path>) -> Gridfn {
         let share = Share::take();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gridfn"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gridfn"));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(["serve", "--listen", listen, "--config"])
             .arg(&config)
-            .env("RUST_LOG", "info")
+            // The log a user sees: gridfn's default filter, not the caller's RUST_LOG.
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

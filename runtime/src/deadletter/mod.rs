@@ -14,10 +14,24 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::config;
 use crate::event::{Event, Schema};
 
 pub mod azure;
+
+/// `[deadletter]` in the manifest (`crate::config` parses it): where
+/// rejected events are written, in Event Grid's dead-letter blob layout and
+/// format.
+#[derive(Debug, Clone)]
+pub enum DeadLetter {
+    /// `store = "dir"` (the default): a folder, `path` (default
+    /// `<state_dir>/deadletter`).
+    Dir { path: PathBuf },
+    /// `store = "azure-blob"`: a container in Azure Blob Storage (or Azurite):
+    /// `container`, `prefix`, and `connection_string` (or `account` with
+    /// `access_key` or `sas_token`), `endpoint`, `create_container`. Secrets
+    /// may be `env:NAME`.
+    AzureBlob(azure::AzureBlobConfig),
+}
 
 /// Why and how an event ended up dead-lettered.
 pub struct Rejection<'a> {
@@ -44,10 +58,10 @@ impl DeadLetterStore {
     /// Opens the store the manifest names.
     /// Checks an Azure container is reachable (creating it when configured
     /// to), so a wrong key shows at start rather than at the first rejection.
-    pub async fn open(config: &config::DeadLetter) -> anyhow::Result<DeadLetterStore> {
+    pub async fn open(config: &DeadLetter) -> anyhow::Result<DeadLetterStore> {
         Ok(match config {
-            config::DeadLetter::Dir { path } => DeadLetterStore::Dir(path.clone()),
-            config::DeadLetter::AzureBlob(azure) => {
+            DeadLetter::Dir { path } => DeadLetterStore::Dir(path.clone()),
+            DeadLetter::AzureBlob(azure) => {
                 let store = azure::AzureBlobDeadLetter::new(azure)?;
                 store.ensure_container().await?;
                 DeadLetterStore::AzureBlob(store)
