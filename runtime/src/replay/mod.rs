@@ -164,7 +164,9 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
     });
     let destinations = match (&options.to, &manifest) {
         (Some(url), _) => Destinations::Url { per_handler: HttpTarget::per_handler(url) },
-        (None, Some(manifest)) => Destinations::Handlers(manifest.handlers.iter().map(|h| h.name.clone()).collect()),
+        (None, Some(manifest)) => {
+            Destinations::Handlers(manifest.handlers.iter().map(|h| h.name.to_string()).collect())
+        }
         (None, None) => unreachable!("loaded above"),
     };
     let target_name = match &options.to {
