@@ -1403,6 +1403,120 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_azure_container_is_read_pruned_and_archived_like_a_folder() {
+        use crate::deadletter::azure::tests::{azurite, key_config, unique_container};
+        use crate::deadletter::azure::{DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+        let container = unique_container();
+        let writer = AzureBlobDeadLetter::new(&AzureBlobConfig {
+            prefix: Some("eventgrid/deadletters".into()),
+            ..key_config(&container)
+        })
+        .unwrap();
+        writer.ensure_container().await.unwrap();
+        for (name, body) in vector_blobs() {
+            writer.put(&name, body.into()).await.unwrap();
+        }
+        writer.put("replayed/ORDERS-WEBHOOK-SUB/2024/1/5/9/old.json", b"[]".to_vec().into()).await.unwrap();
+        writer.put("TELEMETRY-SUB/notes.json", b"{}".to_vec().into()).await.unwrap();
+
+        // Path-style URL (as Azurite serves it) with the account key; the prefix is in the URL.
+        let auth = AzureAuth { access_key: Some(DEV_ACCOUNT_KEY.to_string()), ..AzureAuth::default() };
+        let url = format!("{}/{container}/eventgrid/deadletters", azurite());
+        assert!(url.contains(DEV_ACCOUNT));
+        let source = Source::parse(&url, &auth).unwrap();
+        assert_eq!(source.id(), format!("azure:{}/{container}/eventgrid/deadletters", azurite()));
+        assert!(!format!("{source:?}").contains(DEV_ACCOUNT_KEY));
+        let mut expected: Vec<String> = vector_blobs().into_iter().map(|(name, _)| name).collect();
+        expected.sort();
+        assert_eq!(source.blobs(&TimeWindow::default()).await.unwrap(), expected, "replayed/ and notes.json skipped");
+        let window = TimeWindow { since: Some(utc("2023-12-30T23:00:00Z")), until: Some(utc("2023-12-31T00:00:00Z")) };
+        let listed = source.blobs(&window).await.unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+
+        let telemetry = &listed[1];
+        let record = source.read(telemetry).await.unwrap().pop().unwrap().unwrap();
+        assert_eq!(record.subscription.as_deref(), Some("TELEMETRY-SUB"));
+        assert_eq!(record.event.id, "c1e2d3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f");
+        assert_eq!(record.reason.as_deref(), Some("TimeToLiveExceeded"));
+
+        // A source one level down (the subscription in the prefix) still knows its subscription.
+        let below = Source::from_azure(&key_config(&container), "eventgrid/deadletters/TELEMETRY-SUB").unwrap();
+        let names = below.blobs(&TimeWindow::default()).await.unwrap();
+        assert_eq!(names.len(), 1);
+        let record = below.read(&names[0]).await.unwrap().pop().unwrap().unwrap();
+        assert_eq!(record.subscription.as_deref(), Some("TELEMETRY-SUB"));
+
+        source.archive(telemetry).await.unwrap();
+        source.archive(telemetry).await.unwrap();
+        assert!(writer.exists(&format!("replayed/{telemetry}")).await.unwrap());
+        assert!(!writer.exists(telemetry).await.unwrap());
+        assert_eq!(source.blobs(&TimeWindow::default()).await.unwrap().len(), expected.len() - 1);
+        let gone = &listed[0];
+        source.delete(gone).await.unwrap();
+        source.delete(gone).await.unwrap();
+        assert!(!writer.exists(gone).await.unwrap());
+        assert!(source.archive(gone).await.is_err(), "neither the blob nor an archived copy is there");
+
+        // A connection string goes with azure://CONTAINER/PREFIX.
+        let connection_string = format!(
+            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_ACCOUNT_KEY};BlobEndpoint={}",
+            azurite()
+        );
+        let auth = AzureAuth { connection_string: Some(connection_string), ..AzureAuth::default() };
+        let source = Source::parse(&format!("azure://{container}/eventgrid/deadletters"), &auth).unwrap();
+        assert_eq!(source.blobs(&TimeWindow::default()).await.unwrap().len(), expected.len() - 2);
+
+        // A container that is not there says so.
+        let missing = Source::from_azure(&key_config(&unique_container()), "").unwrap();
+        let err = missing.blobs(&TimeWindow::default()).await.unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn container_urls_and_their_credentials() {
+        let sas = AzureAuth::default();
+        let Source::Azure { store, prefix } =
+            Source::parse("https://contoso.blob.core.windows.net/dead-letters/ns/topic?sv=2024-01-01&sig=abc", &sas)
+                .unwrap()
+        else {
+            panic!("an Azure source")
+        };
+        assert_eq!(prefix, "ns/topic");
+        assert_eq!(store.location(), "https://contoso.blob.core.windows.net/dead-letters/ns/topic");
+
+        let cases: &[(&str, AzureAuth, &str)] = &[
+            ("azure://dead-letters", AzureAuth::default(), "needs a connection string"),
+            ("https://contoso.blob.core.windows.net/dead-letters", AzureAuth::default(), "no credentials"),
+            (
+                "https://contoso.blob.core.windows.net/",
+                AzureAuth { access_key: Some("a2V5".into()), ..Default::default() },
+                "names no container",
+            ),
+            (
+                "https://contoso.blob.core.windows.net/dl?sv=1&sig=secret",
+                AzureAuth { access_key: Some("a2V5".into()), ..Default::default() },
+                "has a SAS token already",
+            ),
+            (
+                "https://contoso.blob.core.windows.net/dl",
+                AzureAuth { connection_string: Some("UseDevelopmentStorage=true".into()), ..Default::default() },
+                "goes with azure://dl",
+            ),
+            (
+                "https://contoso.blob.core.windows.net/Bad_Name?sv=1&sig=secret",
+                AzureAuth::default(),
+                "not a valid container name",
+            ),
+            ("/no/such/folder", AzureAuth::default(), "/no/such/folder"),
+        ];
+        for (text, auth, message) in cases {
+            let err = Source::parse(text, auth).unwrap_err().to_string();
+            assert!(err.contains(message), "{text}: {err}");
+            assert!(!err.contains("secret"), "{text}: the SAS leaked: {err}");
+        }
+    }
+
     fn vector_blobs() -> Vec<(String, Vec<u8>)> {
         let index: Vec<Value> =
             serde_json::from_slice(&std::fs::read(format!("{VECTORS}/index.json")).unwrap()).unwrap();
