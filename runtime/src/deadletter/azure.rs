@@ -1090,6 +1090,31 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn copy_delete_and_exists_for_archiving() {
+        let dl = store(&AzureBlobConfig { prefix: Some("dl".into()), ..key_config(&unique_container()) });
+        dl.ensure_container().await.unwrap();
+        let name = event_grid_name("arch", OffsetDateTime::now_utc());
+        let archived = format!("replayed/{name}");
+        dl.put(&name, record("a")).await.unwrap();
+        assert!(dl.exists(&name).await.unwrap() && !dl.exists(&archived).await.unwrap());
+        dl.copy(&name, &archived).await.unwrap();
+        assert_eq!(dl.get(&archived).await.unwrap(), record("a"), "the copy is complete when copy returns");
+        assert!(dl.delete(&name).await.unwrap(), "deleted");
+        assert!(!dl.delete(&name).await.unwrap(), "already gone is not an error");
+        assert!(!dl.exists(&name).await.unwrap());
+        assert_eq!(dl.list("").await.unwrap(), vec![archived.clone()]);
+        let err = dl.copy(&name, &archived).await.unwrap_err();
+        assert!(matches!(err, DeadLetterError::BlobNotFound { .. }), "{err:?}");
+        assert!(dl.location().ends_with("/dl") && !dl.location().contains(DEV_ACCOUNT_KEY), "{}", dl.location());
+
+        let gone = store(&key_config(&unique_container()));
+        assert!(matches!(gone.delete(&name).await, Err(DeadLetterError::ContainerNotFound { .. })));
+        assert!(matches!(gone.exists(&name).await, Err(DeadLetterError::ContainerNotFound { .. })));
+        let copied = gone.copy(&name, &archived).await;
+        assert!(matches!(copied, Err(DeadLetterError::ContainerNotFound { .. })), "{copied:?}");
+    }
+
+    #[tokio::test]
     async fn get_of_a_missing_blob_says_so() {
         let dl = store(&key_config(&unique_container()));
         dl.ensure_container().await.unwrap();

@@ -160,11 +160,14 @@ impl Source {
         Ok(Source::Azure { store, prefix })
     }
 
-    /// Blob names (relative to the source root, '/'-separated), sorted,
-    /// skipping anything under a `replayed/` folder and files that are not
-    /// `*.json` (e.g. gridfn's `*.json.partial` writes in progress); blobs
-    /// whose hour folder cannot hold an event published inside `window` are
-    /// not listed.
+    /// Blob names (relative to the source root, '/'-separated), sorted.
+    /// A blob is a `*.json` file directly in an hour folder (`<y>/<m>/<d>/<h>/`),
+    /// as Event Grid lays them out; anything under a `replayed/` folder, other
+    /// files (e.g. gridfn's `*.json.partial` writes in progress, an
+    /// `index.json` beside the subscription folders) are not blobs, and
+    /// `*.json` files outside hour folders are named in a warning. A
+    /// [`Source::File`] is a blob wherever it is. Blobs whose hour folder
+    /// cannot hold an event published inside `window` are not listed.
     pub async fn blobs(&self, window: &TimeWindow) -> anyhow::Result<Vec<String>> {
         let names = match self {
             Source::Dir(root) => {
@@ -174,13 +177,23 @@ impl Source {
             Source::File(path) => vec![file_name(path)?],
             Source::Azure { store, .. } => store.list("").await?,
         };
-        let mut names: Vec<String> = names
+        let (mut blobs, others): (Vec<String>, Vec<String>) = names
             .into_iter()
             .filter(|name| name.ends_with(".json") && !name.split('/').any(|segment| segment == REPLAYED))
-            .filter(|name| blob_hour(&self.full_name(name)).is_none_or(|hour| window.may_hold(hour)))
-            .collect();
-        names.sort();
-        Ok(names)
+            .partition(|name| match self {
+                Source::File(_) => true,
+                _ => blob_hour(&self.full_name(name)).is_some(),
+            });
+        if let Some(example) = others.first() {
+            tracing::warn!(
+                source = %self.id(), count = others.len(), %example,
+                "skipping *.json files outside <y>/<m>/<d>/<h>/ hour folders: they are not dead-letter blobs \
+                 (to replay one, name the file itself)"
+            );
+        }
+        blobs.retain(|name| blob_hour(&self.full_name(name)).is_none_or(|hour| window.may_hold(hour)));
+        blobs.sort();
+        Ok(blobs)
     }
 
     /// Every record of one blob, each decoded or reported. Err only when the
@@ -889,4 +902,683 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc
         "{text:?} is not a time: use RFC 3339 (2024-01-05T09:00:00Z), a UTC date-time (2024-01-05T09:00), a date \
          (2024-01-05) or a duration ago (90m, 2h, 3d)"
     )
+}
+
+/// The end-to-end tests' generated data set, read back here too.
+#[cfg(test)]
+#[path = "../../../tests/e2e/replay_data.rs"]
+mod replay_data;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    use super::replay_data;
+
+    const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/deadletter");
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        parse_rfc3339(text).unwrap_or_else(|| panic!("{text}"))
+    }
+
+    fn one(bytes: &[u8]) -> Result<Record, BadRecord> {
+        let mut records = parse_records("SUB/2024/1/1/0/x.json", Some("SUB"), bytes);
+        assert_eq!(records.len(), 1, "{records:?}");
+        records.pop().unwrap()
+    }
+
+    fn raw_json(record: &Record) -> Value {
+        serde_json::from_str(record.event.raw.get()).unwrap()
+    }
+
+    /// The names of the dead-letter attributes, as every shape spells them.
+    const ATTRIBUTES: [&str; 8] = [
+        "deadletterreason",
+        "deadletterdescription",
+        "deliveryattempts",
+        "lastdeliveryoutcome",
+        "lasthttpstatuscode",
+        "publishtime",
+        "lastdeliveryattempttime",
+        "gridfnhandler",
+    ];
+
+    #[tokio::test]
+    async fn every_vector_blob_parses_as_its_index_says() {
+        let index: Vec<Value> =
+            serde_json::from_slice(&std::fs::read(format!("{VECTORS}/index.json")).unwrap()).unwrap();
+        let source = Source::path(Path::new(VECTORS)).unwrap();
+        let blobs = source.blobs(&TimeWindow::default()).await.unwrap();
+        let listed: Vec<&str> = index.iter().map(|e| e["path"].as_str().unwrap()).collect();
+        let mut expected_names = listed.clone();
+        expected_names.sort();
+        assert_eq!(blobs, expected_names, "index.json is outside the hour folders: not a blob");
+        for entry in &index {
+            let path = entry["path"].as_str().unwrap();
+            let original: Vec<Value> =
+                serde_json::from_slice(&std::fs::read(format!("{VECTORS}/{path}")).unwrap()).unwrap();
+            let records: Vec<Record> =
+                source.read(path).await.unwrap().into_iter().map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect();
+            assert_eq!(records.len() as u64, entry["event_count"].as_u64().unwrap(), "{path}");
+            let shape = match entry["schema"].as_str().unwrap() {
+                "eventgrid" => Shape::EventGrid,
+                _ => Shape::CloudEvents,
+            };
+            let mut reasons: Vec<String> = records.iter().map(|r| r.reason.clone().unwrap()).collect();
+            reasons.sort();
+            reasons.dedup();
+            let expected_reasons: Vec<String> =
+                entry["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+            assert_eq!(reasons, expected_reasons, "{path}");
+            for (record, original) in records.iter().zip(&original) {
+                assert_eq!(record.shape, shape, "{path}");
+                let subscription = record.subscription.as_deref().unwrap();
+                assert!(subscription.eq_ignore_ascii_case(entry["subscription_name"].as_str().unwrap()), "{path}");
+                assert_eq!(record.event.id, original["id"].as_str().unwrap(), "{path}");
+                // The event is the original minus the dead-letter attributes, nothing else.
+                let mut stripped = original.as_object().unwrap().clone();
+                stripped.retain(|name, _| !ATTRIBUTES.contains(&name.to_ascii_lowercase().as_str()));
+                assert!(stripped.len() < original.as_object().unwrap().len(), "{path}: attributes were there");
+                assert_eq!(raw_json(record), Value::Object(stripped), "{path}");
+                let attempts = original.get("deliveryAttempts").or(original.get("deliveryattempts"));
+                assert_eq!(record.delivery_attempts.map(u64::from), attempts.and_then(Value::as_u64), "{path}");
+                let published = original.get("publishTime").or(original.get("publishtime")).unwrap();
+                assert_eq!(record.publish_time, Some(utc(published.as_str().unwrap())), "{path}");
+                assert!(record.outcome.is_some() && record.handler.is_none(), "{path}");
+            }
+        }
+        // Spot checks against the files' text.
+        let telemetry = &source.read(listed[2]).await.unwrap()[0].as_ref().unwrap().clone();
+        assert_eq!((telemetry.http_status, telemetry.outcome.as_deref()), (Some(503), Some("Busy")));
+        assert_eq!(telemetry.last_attempt_time, Some(utc("2023-12-31T00:05:12.3456789Z")));
+    }
+
+    #[test]
+    fn event_grid_records_keep_the_event_byte_for_byte() {
+        let body = br#"[{"id":"e1","eventType":"T","subject":"/a","data":{"b": 1.50, "a":"\u00e9"},
+            "deadLetterReason":"MaxDeliveryAttemptsExceeded","deliveryAttempts":"3","lastDeliveryOutcome":"Busy",
+            "lastHttpStatusCode":503,"publishTime":"2024-01-05T09:03:00.5000000Z","topic":"/t"}]"#;
+        let record = one(body).unwrap();
+        assert_eq!(record.shape, Shape::EventGrid);
+        assert_eq!(record.event.data, br#"{"b": 1.50, "a":"\u00e9"}"#);
+        assert_eq!(record.event.source, "/t", "members after the attributes are kept");
+        assert_eq!(
+            record.event.raw.get(),
+            r#"{"id":"e1","eventType":"T","subject":"/a","data":{"b": 1.50, "a":"\u00e9"},"topic":"/t"}"#
+        );
+        assert_eq!(record.delivery_attempts, Some(3), "digits in a string are a number");
+        assert_eq!(record.publish_time, Some(utc("2024-01-05T09:03:00.5Z")));
+    }
+
+    #[test]
+    fn cloudevents_records_lose_their_attributes_before_decoding() {
+        let body = br#"[{"specversion":"1.0","id":"c1","source":"/s","type":"T","traceparent":"00-1",
+            "deadletterreason":"TimeToLiveExceeded","deliveryattempts":12,"lastdeliveryoutcome":"TimedOut",
+            "lasthttpstatuscode":408,"publishtime":"2024-02-08T04:00:00.1000000Z",
+            "lastdeliveryattempttime":"2024-02-09T04:00:00Z"}]"#;
+        let record = one(body).unwrap();
+        assert_eq!(record.shape, Shape::CloudEvents);
+        assert_eq!(record.event.extensions, vec![("traceparent".to_string(), "00-1".to_string())]);
+        assert_eq!((record.reason.as_deref(), record.http_status), (Some("TimeToLiveExceeded"), Some(408)));
+        assert_eq!(record.last_attempt_time, Some(utc("2024-02-09T04:00:00Z")));
+    }
+
+    #[test]
+    fn namespace_records_in_every_spelling() {
+        let event = json!({"specversion":"1.0","id":"n1","source":"/ns","type":"T","data_base64":"AAE="});
+        let properties = json!({"deadletterreason":"Undeliverable due to client error","deliveryattempts":3,
+            "deliveryresult":"Unauthorized","publishutc":"2023-06-19T23:28:08.3063899Z",
+            "deliveryattemptutc":"2023-06-19T23:29:08Z"});
+        for key in ["deadletterProperties", "deadLetterProperties", "brokerProperties"] {
+            // Wrapped, as the docs show for binary mode.
+            let wrapped = json!([{"event": event, "customDeliveryProperties": {"h": "1"}, key: properties}]);
+            // Flattened, as the docs show for structured mode.
+            let mut flat = event.clone();
+            flat["customDeliveryProperties"] = json!({"h": "1"});
+            flat[key] = properties.clone();
+            for (body, shape) in [(wrapped, Shape::Namespace), (json!([flat]), Shape::CloudEvents)] {
+                let record = one(&serde_json::to_vec(&body).unwrap()).unwrap_or_else(|e| panic!("{key}: {e}"));
+                assert_eq!(record.shape, shape, "{key}");
+                assert_eq!(raw_json(&record), event, "{key}: only the event is left");
+                assert_eq!(record.event.data, [0, 1]);
+                assert_eq!(record.reason.as_deref(), Some("Undeliverable due to client error"));
+                assert_eq!(record.outcome.as_deref(), Some("Unauthorized"), "deliveryresult is the outcome");
+                assert_eq!(record.delivery_attempts, Some(3));
+                assert_eq!(record.publish_time, Some(utc("2023-06-19T23:28:08.3063899Z")));
+            }
+        }
+        // The docs' single-object blob.
+        let bare = serde_json::to_vec(&json!({"event": event, "deadletterProperties": properties})).unwrap();
+        assert_eq!(one(&bare).unwrap().event.id, "n1");
+    }
+
+    #[tokio::test]
+    async fn gridfns_own_records_round_trip_through_its_dead_letter_store() {
+        use crate::deadletter::{DeadLetterStore, Rejection};
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::Dir(dir.path().to_owned());
+        let cloud = crate::event::decode_cloudevents(
+            br#"{"specversion":"1.0","id":"g1","source":"/s","type":"T","data":{"n":1}}"#,
+        )
+        .unwrap();
+        let grid =
+            crate::event::decode_event_grid(br#"[{"id":"g2","eventType":"T","subject":"/x","data":{"n":2}}]"#).unwrap();
+        let received = time::OffsetDateTime::now_utc();
+        for (event, handler) in [(&cloud[0], "h-cloud"), (&grid[0], "h-grid")] {
+            let rejection =
+                Rejection { subscription: "orders-sub", handler, reason: "bad order", attempts: 2, received };
+            store.write(event, &rejection).await.unwrap();
+        }
+        let source = Source::path(dir.path()).unwrap();
+        let blobs = source.blobs(&TimeWindow::default()).await.unwrap();
+        assert_eq!(blobs.len(), 2);
+        let mut seen = Vec::new();
+        for blob in &blobs {
+            let record = source.read(blob).await.unwrap().pop().unwrap().unwrap();
+            assert_eq!(record.subscription.as_deref(), Some("ORDERS-SUB"));
+            assert_eq!(record.reason.as_deref(), Some("HandlerRejected"));
+            assert_eq!(record.description.as_deref(), Some("bad order"));
+            assert_eq!(record.outcome.as_deref(), Some("Rejected"));
+            assert_eq!(record.delivery_attempts, Some(2));
+            let original = if record.event.id == "g1" { &cloud[0] } else { &grid[0] };
+            assert_eq!(raw_json(&record), serde_json::from_str::<Value>(original.raw.get()).unwrap());
+            assert_eq!(record.event.schema, original.schema);
+            seen.push(record.handler.unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, ["h-cloud", "h-grid"]);
+    }
+
+    #[test]
+    fn bad_records_name_their_blob_index_and_problem() {
+        let cases: &[(&[u8], Option<usize>, &str)] = &[
+            (b"", None, "not a JSON array"),
+            (b"\xff\xfe", None, "not UTF-8"),
+            (b"[{\"id\": ", None, "not valid JSON"),
+            (b"[]", None, "empty array"),
+            (b"[42]", Some(0), "expected a JSON object, found a number"),
+            (br#"[{"id":"1","eventType":"T"},{"id":"2"}]"#, Some(1), "eventType: is required"),
+            (br#"[{"specversion":"0.3","id":"1","source":"/s","type":"T"}]"#, Some(0), "specversion:"),
+            (br#"[{"id":"1","type":"T","source":"/s","deadletterreason":"x"}]"#, Some(0), "specversion: is required"),
+            (br#"[{"id":"1","eventType":"T","publishTime":"yesterday"}]"#, Some(0), "publishTime: \"yesterday\" is not an RFC 3339 time"),
+            (br#"[{"id":"1","eventType":"T","deliveryAttempts":-1}]"#, Some(0), "deliveryAttempts: must be a whole number"),
+            (br#"[{"id":"1","eventType":"T","lastHttpStatusCode":70000}]"#, Some(0), "lastHttpStatusCode: must be a whole number"),
+            (br#"[{"id":"1","eventType":"T","deadLetterReason":7}]"#, Some(0), "deadLetterReason: must be a string"),
+            (br#"[{"event":{"specversion":"1.0","source":"/s","type":"T"},"brokerProperties":{}}]"#, Some(0), "id: is required"),
+            (br#"[{"event":{"specversion":"1.0","id":"1","source":"/s","type":"T"},"brokerProperties":{"publishutc":1}}]"#, Some(0), "brokerProperties.publishutc: must be a time string"),
+        ];
+        for (body, index, problem) in cases {
+            let records = parse_records("S/2024/1/1/0/b.json", Some("S"), body);
+            let bad = records.iter().find_map(|r| r.as_ref().err()).unwrap_or_else(|| panic!("{records:?}"));
+            assert_eq!(bad.blob, "S/2024/1/1/0/b.json");
+            assert_eq!(bad.index, *index, "{bad}");
+            assert!(bad.problem.contains(problem), "{bad} should say {problem:?}");
+        }
+        // The good record beside a bad one is still there.
+        let records = parse_records("b.json", None, br#"[{"id":"1","eventType":"T"},{"id":"2"}]"#);
+        assert!(records[0].is_ok() && records[1].is_err());
+    }
+
+    #[test]
+    fn hour_and_subscription_folders_are_read_at_any_depth() {
+        let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+            ("ORDERS/2024/1/5/9/u.json", Some("2024-01-05T09:00:00Z"), Some("ORDERS")),
+            ("/data/dl/ns/topic/SUB/2023/12/31/0/u.json", Some("2023-12-31T00:00:00Z"), Some("SUB")),
+            ("2024/1/5/9/u.json", Some("2024-01-05T09:00:00Z"), None),
+            ("SUB/2024/01/05/09/u.json", Some("2024-01-05T09:00:00Z"), Some("SUB")),
+            ("SUB/2024/13/5/9/u.json", None, None),
+            ("SUB/2024/2/30/9/u.json", None, None),
+            ("SUB/2024/1/5/24/u.json", None, None),
+            ("SUB/24/1/5/9/u.json", None, None),
+            ("SUB/2024/1/5/9/extra/u.json", None, None),
+            ("u.json", None, None),
+        ];
+        for (name, hour, subscription) in cases {
+            assert_eq!(blob_hour(name), hour.map(utc), "{name}");
+            assert_eq!(blob_subscription(name), *subscription, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn hour_folders_that_cannot_hold_the_window_are_not_listed() {
+        let source = Source::path(Path::new(VECTORS)).unwrap();
+        let window = |since: &str, until: &str| TimeWindow { since: Some(utc(since)), until: Some(utc(until)) };
+        // TELEMETRY-SUB's event was published 2023-12-30T23:40 and dead-lettered in hour 2023-12-31T00.
+        let listed = source.blobs(&window("2023-12-30T23:00:00Z", "2023-12-31T00:00:00Z")).await.unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(
+            listed[0].starts_with("ORDERS-WEBHOOK-SUB/2024/1/5/"),
+            "within DEAD_LETTER_LAG after until: {listed:?}"
+        );
+        assert!(listed[1].starts_with("TELEMETRY-SUB/2023/12/31/0/"), "{listed:?}");
+        let record = source.read(&listed[1]).await.unwrap().pop().unwrap().unwrap();
+        let selection = Selection {
+            since: Some(utc("2023-12-30T23:00:00Z")),
+            until: Some(utc("2023-12-31T00:00:00Z")),
+            ..Selection::default()
+        };
+        assert_eq!(selection.skip_reason(&record), None, "published inside the window");
+
+        // 2020's folders end long before; 2024's start more than DEAD_LETTER_LAG after.
+        let listed = source.blobs(&window("2023-12-31T01:00:00Z", "2023-12-31T02:00:00Z")).await.unwrap();
+        assert_eq!(listed.len(), 1, "only 2024-01-05 is within DEAD_LETTER_LAG: {listed:?}");
+        assert!(listed[0].starts_with("ORDERS-WEBHOOK-SUB/2024/1/5/9/"), "{listed:?}");
+        let listed = source.blobs(&window("2020-08-13T18:00:00Z", "2020-08-13T21:30:00Z")).await.unwrap();
+        assert_eq!(listed.len(), 1, "the hour-17 folder cannot hold 18:00 on: {listed:?}");
+        assert!(listed[0].starts_with("CE-WEBHOOK-SUB/2020/8/13/21/"));
+        let since_only = TimeWindow { since: Some(utc("2024-01-01T00:00:00Z")), until: None };
+        assert_eq!(source.blobs(&since_only).await.unwrap().len(), 2);
+        let until_only = TimeWindow { since: None, until: Some(utc("2020-08-01T00:00:00Z")) };
+        let lag_days = DEAD_LETTER_LAG.num_days();
+        assert_eq!(lag_days, 9);
+        assert_eq!(source.blobs(&until_only).await.unwrap(), Vec::<String>::new(), "2020-08-13 is > 9 days after");
+
+        // A source that starts below the subscription folder still knows its hour and subscription.
+        let inside = Source::path(Path::new(&format!("{VECTORS}/TELEMETRY-SUB/2023"))).unwrap();
+        let names = inside.blobs(&window("2023-12-31T01:00:00Z", "2023-12-31T02:00:00Z")).await.unwrap();
+        assert!(names.is_empty(), "{names:?}");
+        let names = inside.blobs(&TimeWindow::default()).await.unwrap();
+        let record = inside.read(&names[0]).await.unwrap().pop().unwrap().unwrap();
+        assert_eq!(record.subscription.as_deref(), Some("TELEMETRY-SUB"));
+        assert!(names[0].starts_with("12/31/0/"), "{names:?}");
+    }
+
+    fn record_with(reason: &str, handler: Option<&str>, published: &str) -> Record {
+        let body = json!([{"id": "r1", "eventType": "Contoso.Orders.Created", "subject": "/orders/7",
+            "deadLetterReason": reason, "lastDeliveryOutcome": "Busy", "publishTime": published,
+            "gridfnHandler": handler}]);
+        let mut record = one(&serde_json::to_vec(&body).unwrap()).unwrap();
+        record.subscription = Some("ORDERS-SUB".into());
+        record
+    }
+
+    #[test]
+    fn selection_says_why_each_record_is_skipped() {
+        let record = record_with("MaxDeliveryAttemptsExceeded", Some("billing"), "2024-01-05T09:30:00Z");
+        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases: Vec<(Selection, Option<&str>)> = vec![
+            (Selection::default(), None),
+            (Selection { reasons: strings(&["maxdeliveryattemptsexceeded"]), ..Default::default() }, None),
+            (
+                Selection { reasons: strings(&["TimeToLiveExceeded", "HandlerRejected"]), ..Default::default() },
+                Some("reason \"MaxDeliveryAttemptsExceeded\" is not --reason TimeToLiveExceeded, HandlerRejected"),
+            ),
+            (Selection { outcomes: strings(&["BUSY"]), ..Default::default() }, None),
+            (
+                Selection { outcomes: strings(&["Bus"]), ..Default::default() },
+                Some("outcome \"Busy\" is not --outcome Bus"),
+            ),
+            (Selection { types: strings(&["contoso.orders.created"]), ..Default::default() }, None),
+            (
+                Selection { types: strings(&["Contoso.Orders"]), ..Default::default() },
+                Some("type \"Contoso.Orders.Created\" is not --type"),
+            ),
+            (Selection { subject_prefixes: strings(&["/orders/"]), ..Default::default() }, None),
+            (
+                Selection { subject_prefixes: strings(&["/ORDERS/"]), ..Default::default() },
+                Some("subject \"/orders/7\" is not --subject-prefix /ORDERS/"),
+            ),
+            (Selection { subscriptions: strings(&["orders-sub"]), ..Default::default() }, None),
+            (
+                Selection { subscriptions: strings(&["other"]), ..Default::default() },
+                Some("subscription \"ORDERS-SUB\" is not --subscription other"),
+            ),
+            (Selection { handlers: strings(&["billing"]), ..Default::default() }, None),
+            (
+                Selection { handlers: strings(&["audit"]), ..Default::default() },
+                Some("dead-lettered by handler billing, not --handler audit"),
+            ),
+            (Selection { ids: Some(["r1".to_string()].into()), ..Default::default() }, None),
+            (
+                Selection { ids: Some(HashSet::new()), ..Default::default() },
+                Some("id \"r1\" is not among the --id/--ids-from ids"),
+            ),
+            (
+                Selection {
+                    since: Some(utc("2024-01-05T09:30:00Z")),
+                    until: Some(utc("2024-01-05T09:31:00Z")),
+                    ..Default::default()
+                },
+                None,
+            ),
+            (
+                Selection { since: Some(utc("2024-01-05T09:30:01Z")), ..Default::default() },
+                Some("published 2024-01-05T09:30:00Z, before --since 2024-01-05T09:30:01Z"),
+            ),
+            (
+                Selection { until: Some(utc("2024-01-05T09:30:00Z")), ..Default::default() },
+                Some("published 2024-01-05T09:30:00Z, not before --until 2024-01-05T09:30:00Z"),
+            ),
+        ];
+        for (selection, expected) in cases {
+            let reason = selection.skip_reason(&record);
+            match expected {
+                None => assert_eq!(reason, None, "{selection:?}"),
+                Some(text) => {
+                    assert!(reason.as_deref().is_some_and(|r| r.starts_with(text)), "{selection:?}: {reason:?}")
+                }
+            }
+        }
+        // A record that names no handler is not skipped by --handler: the runner routes it there.
+        let unnamed = record_with("MaxDeliveryAttemptsExceeded", None, "2024-01-05T09:30:00Z");
+        let selection = Selection { handlers: vec!["audit".into()], ..Default::default() };
+        assert_eq!(selection.skip_reason(&unnamed), None);
+        let mut timeless = unnamed.clone();
+        timeless.publish_time = None;
+        let selection = Selection { since: Some(utc("2024-01-01T00:00:00Z")), ..Default::default() };
+        assert!(selection.skip_reason(&timeless).unwrap().contains("no publish time"));
+        timeless.reason = None;
+        let selection = Selection { reasons: vec!["X".into()], ..Default::default() };
+        assert_eq!(selection.skip_reason(&timeless).unwrap(), "has no reason; --reason wants X");
+    }
+
+    #[test]
+    fn times_and_id_files_parse() {
+        let now = utc("2026-01-10T12:00:00Z");
+        assert_eq!(parse_time("2024-01-05T09:00:00+01:00", now).unwrap(), utc("2024-01-05T08:00:00Z"));
+        assert_eq!(parse_time("2024-01-05T09:00", now).unwrap(), utc("2024-01-05T09:00:00Z"));
+        assert_eq!(parse_time("2024-01-05T09:00:30", now).unwrap(), utc("2024-01-05T09:00:30Z"));
+        assert_eq!(parse_time("2024-01-05", now).unwrap(), utc("2024-01-05T00:00:00Z"));
+        assert_eq!(parse_time("90m", now).unwrap(), utc("2026-01-10T10:30:00Z"));
+        assert_eq!(parse_time("2d", now).unwrap(), utc("2026-01-08T12:00:00Z"));
+        assert!(parse_time("yesterday", now).unwrap_err().to_string().contains("RFC 3339"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ids.txt");
+        std::fs::write(&file, "# failed on 5 Jan\n a-1 \n\na-2\n").unwrap();
+        assert_eq!(read_ids(&file).unwrap(), HashSet::from(["a-1".to_string(), "a-2".to_string()]));
+        assert!(read_ids(&dir.path().join("none")).unwrap_err().to_string().contains("--ids-from"));
+    }
+
+    #[tokio::test]
+    async fn archive_and_delete_move_folder_blobs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "SUB/2024/1/5/9/a.json";
+        let body = br#"[{"id":"1","eventType":"T"}]"#;
+        for blob in [name, "SUB/2024/1/5/9/b.json", "SUB/2024/1/5/9/c.json.partial", "SUB/notes.txt", "SUB/loose.json"]
+        {
+            std::fs::create_dir_all(dir.path().join(blob).parent().unwrap()).unwrap();
+            std::fs::write(dir.path().join(blob), body).unwrap();
+        }
+        let source = Source::path(dir.path()).unwrap();
+        assert_eq!(source.blobs(&TimeWindow::default()).await.unwrap(), [name, "SUB/2024/1/5/9/b.json"]);
+        source.archive(name).await.unwrap();
+        source.archive(name).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("replayed").join(name)).unwrap(), body);
+        assert!(!dir.path().join(name).exists());
+        assert_eq!(source.blobs(&TimeWindow::default()).await.unwrap(), ["SUB/2024/1/5/9/b.json"]);
+        source.delete("SUB/2024/1/5/9/b.json").await.unwrap();
+        source.delete("SUB/2024/1/5/9/b.json").await.unwrap();
+        assert!(source.blobs(&TimeWindow::default()).await.unwrap().is_empty());
+        assert!(source.read("../outside.json").await.unwrap_err().to_string().contains("not a blob name"));
+        assert!(source.archive("SUB/x.json").await.is_err(), "a blob that was never there is an error");
+        assert_eq!(source.id(), format!("dir:{}", dir.path().canonicalize().unwrap().display()));
+
+        // A single file archives beside itself.
+        std::fs::write(dir.path().join("one.json"), body).unwrap();
+        let file = Source::path(&dir.path().join("one.json")).unwrap();
+        assert!(file.id().starts_with("file:"));
+        assert_eq!(file.blobs(&TimeWindow::default()).await.unwrap(), ["one.json"]);
+        assert!(file.read("one.json").await.unwrap()[0].is_ok());
+        file.archive("one.json").await.unwrap();
+        assert!(dir.path().join("replayed/one.json").is_file());
+    }
+
+    #[tokio::test]
+    async fn the_generated_set_reads_back_as_generated() {
+        let spec = replay_data::Spec::default();
+        let generated = replay_data::generate(&spec);
+        let again = replay_data::generate(&spec);
+        assert!(generated.blobs.iter().zip(&again.blobs).all(|(a, b)| a.name == b.name && a.body == b.body));
+        assert_eq!(generated.blobs.len(), spec.blobs);
+        assert_eq!(generated.records().count(), spec.records);
+        let invalid = generated.records().filter(|r| !r.valid).count();
+        assert!((50..200).contains(&invalid), "{invalid} invalid records");
+        assert!(generated.valid().count() >= 10_000);
+        for kind in replay_data::Kind::ALL {
+            assert!(generated.valid().filter(|r| r.kind == kind).count() > 2_000, "{kind:?}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        generated.write_to(dir.path()).unwrap();
+        let source = Source::path(dir.path()).unwrap();
+        let started = Instant::now();
+        let blobs = source.blobs(&TimeWindow::default()).await.unwrap();
+        assert_eq!(blobs.len(), spec.blobs);
+        let mut read = std::collections::HashMap::new();
+        for blob in &blobs {
+            for (position, result) in source.read(blob).await.unwrap().into_iter().enumerate() {
+                let key =
+                    (blob.clone(), result.as_ref().map(|r| r.index).unwrap_or_else(|b| b.index.unwrap_or(usize::MAX)));
+                assert!(result.as_ref().map_or(true, |r| r.index == position));
+                read.insert(key, result);
+            }
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "read {} records in {} blobs in {elapsed:?}: {:.0} records/s (debug build)",
+            read.len(),
+            blobs.len(),
+            read.len() as f64 / elapsed.as_secs_f64()
+        );
+        let unreadable = &read[&(generated.unreadable.clone(), usize::MAX)];
+        assert!(unreadable.as_ref().unwrap_err().problem.contains("not valid JSON"));
+        assert_eq!(read.len(), spec.records + 1);
+        for expected in generated.records() {
+            let result = &read[&(expected.blob.clone(), expected.index)];
+            let record = match (result, expected.valid) {
+                (Ok(record), true) => record,
+                (Err(bad), false) => {
+                    assert!(bad.problem.contains("is required"), "{bad}");
+                    continue;
+                }
+                (other, valid) => panic!("{expected:?} (valid: {valid}) read as {other:?}"),
+            };
+            assert_eq!(record.event.id, expected.id);
+            assert_eq!(record.event.event_type, expected.event_type);
+            assert_eq!(record.event.subject.as_deref(), Some(expected.subject.as_str()));
+            assert_eq!(record.reason.as_deref(), Some(expected.reason.as_str()));
+            assert_eq!(record.outcome.as_deref(), Some(expected.outcome.as_str()));
+            assert_eq!(record.handler, expected.handler);
+            assert_eq!(record.publish_time, Some(expected.publish_time));
+            assert_eq!(record.subscription.as_deref(), Some(expected.kind.subscription()));
+            let raw = record.event.raw.get().to_ascii_lowercase();
+            assert!(!raw.contains("deadletter") && !raw.contains("customdelivery"), "{raw}");
+        }
+
+        // A window of 6 hours lists fewer blobs, and never drops one that holds a selected record.
+        let since = spec.start + TimeDelta::hours(30);
+        let selection =
+            Selection { since: Some(since), until: Some(since + TimeDelta::hours(6)), ..Default::default() };
+        let listed: HashSet<String> = source.blobs(&selection.window()).await.unwrap().into_iter().collect();
+        assert!(listed.len() < blobs.len() && !listed.is_empty(), "{} of {}", listed.len(), blobs.len());
+        for expected in generated.valid() {
+            let selected = selection.window().contains(expected.publish_time);
+            assert!(!selected || listed.contains(&expected.blob), "{expected:?} was pruned");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_azure_container_is_read_pruned_and_archived_like_a_folder() {
+        use crate::deadletter::azure::tests::{azurite, key_config, unique_container};
+        use crate::deadletter::azure::{DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+        let container = unique_container();
+        let writer = AzureBlobDeadLetter::new(&AzureBlobConfig {
+            prefix: Some("eventgrid/deadletters".into()),
+            ..key_config(&container)
+        })
+        .unwrap();
+        writer.ensure_container().await.unwrap();
+        for (name, body) in vector_blobs() {
+            writer.put(&name, body.into()).await.unwrap();
+        }
+        writer.put("replayed/ORDERS-WEBHOOK-SUB/2024/1/5/9/old.json", b"[]".to_vec().into()).await.unwrap();
+        writer.put("TELEMETRY-SUB/notes.json", b"{}".to_vec().into()).await.unwrap();
+
+        // Path-style URL (as Azurite serves it) with the account key; the prefix is in the URL.
+        let auth = AzureAuth { access_key: Some(DEV_ACCOUNT_KEY.to_string()), ..AzureAuth::default() };
+        let url = format!("{}/{container}/eventgrid/deadletters", azurite());
+        assert!(url.contains(DEV_ACCOUNT));
+        let source = Source::parse(&url, &auth).unwrap();
+        assert_eq!(source.id(), format!("azure:{}/{container}/eventgrid/deadletters", azurite()));
+        assert!(!format!("{source:?}").contains(DEV_ACCOUNT_KEY));
+        let mut expected: Vec<String> = vector_blobs().into_iter().map(|(name, _)| name).collect();
+        expected.sort();
+        assert_eq!(source.blobs(&TimeWindow::default()).await.unwrap(), expected, "replayed/ and notes.json skipped");
+        let window = TimeWindow { since: Some(utc("2023-12-30T23:00:00Z")), until: Some(utc("2023-12-31T00:00:00Z")) };
+        let listed = source.blobs(&window).await.unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+
+        let telemetry = &listed[1];
+        let record = source.read(telemetry).await.unwrap().pop().unwrap().unwrap();
+        assert_eq!(record.subscription.as_deref(), Some("TELEMETRY-SUB"));
+        assert_eq!(record.event.id, "c1e2d3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f");
+        assert_eq!(record.reason.as_deref(), Some("TimeToLiveExceeded"));
+
+        // A source one level down (the subscription in the prefix) still knows its subscription.
+        let below = Source::from_azure(&key_config(&container), "eventgrid/deadletters/TELEMETRY-SUB").unwrap();
+        let names = below.blobs(&TimeWindow::default()).await.unwrap();
+        assert_eq!(names.len(), 1);
+        let record = below.read(&names[0]).await.unwrap().pop().unwrap().unwrap();
+        assert_eq!(record.subscription.as_deref(), Some("TELEMETRY-SUB"));
+
+        source.archive(telemetry).await.unwrap();
+        source.archive(telemetry).await.unwrap();
+        assert!(writer.exists(&format!("replayed/{telemetry}")).await.unwrap());
+        assert!(!writer.exists(telemetry).await.unwrap());
+        assert_eq!(source.blobs(&TimeWindow::default()).await.unwrap().len(), expected.len() - 1);
+        let gone = &listed[0];
+        source.delete(gone).await.unwrap();
+        source.delete(gone).await.unwrap();
+        assert!(!writer.exists(gone).await.unwrap());
+        assert!(source.archive(gone).await.is_err(), "neither the blob nor an archived copy is there");
+
+        // A connection string goes with azure://CONTAINER/PREFIX.
+        let connection_string = format!(
+            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_ACCOUNT_KEY};BlobEndpoint={}",
+            azurite()
+        );
+        let auth = AzureAuth { connection_string: Some(connection_string), ..AzureAuth::default() };
+        let source = Source::parse(&format!("azure://{container}/eventgrid/deadletters"), &auth).unwrap();
+        assert_eq!(source.blobs(&TimeWindow::default()).await.unwrap().len(), expected.len() - 2);
+
+        // A container that is not there says so.
+        let missing = Source::from_azure(&key_config(&unique_container()), "").unwrap();
+        let err = missing.blobs(&TimeWindow::default()).await.unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn container_urls_and_their_credentials() {
+        let sas = AzureAuth::default();
+        let Source::Azure { store, prefix } =
+            Source::parse("https://contoso.blob.core.windows.net/dead-letters/ns/topic?sv=2024-01-01&sig=abc", &sas)
+                .unwrap()
+        else {
+            panic!("an Azure source")
+        };
+        assert_eq!(prefix, "ns/topic");
+        assert_eq!(store.location(), "https://contoso.blob.core.windows.net/dead-letters/ns/topic");
+
+        let cases: &[(&str, AzureAuth, &str)] = &[
+            ("azure://dead-letters", AzureAuth::default(), "needs a connection string"),
+            ("https://contoso.blob.core.windows.net/dead-letters", AzureAuth::default(), "no credentials"),
+            (
+                "https://contoso.blob.core.windows.net/",
+                AzureAuth { access_key: Some("a2V5".into()), ..Default::default() },
+                "names no container",
+            ),
+            (
+                "https://contoso.blob.core.windows.net/dl?sv=1&sig=secret",
+                AzureAuth { access_key: Some("a2V5".into()), ..Default::default() },
+                "has a SAS token already",
+            ),
+            (
+                "https://contoso.blob.core.windows.net/dl",
+                AzureAuth { connection_string: Some("UseDevelopmentStorage=true".into()), ..Default::default() },
+                "goes with azure://dl",
+            ),
+            (
+                "https://contoso.blob.core.windows.net/Bad_Name?sv=1&sig=secret",
+                AzureAuth::default(),
+                "not a valid container name",
+            ),
+            ("/no/such/folder", AzureAuth::default(), "/no/such/folder"),
+        ];
+        for (text, auth, message) in cases {
+            let err = Source::parse(text, auth).unwrap_err().to_string();
+            assert!(err.contains(message), "{text}: {err}");
+            assert!(!err.contains("secret"), "{text}: the SAS leaked: {err}");
+        }
+    }
+
+    fn vector_blobs() -> Vec<(String, Vec<u8>)> {
+        let index: Vec<Value> =
+            serde_json::from_slice(&std::fs::read(format!("{VECTORS}/index.json")).unwrap()).unwrap();
+        index
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_string())
+            .map(|path| (path.clone(), std::fs::read(format!("{VECTORS}/{path}")).unwrap()))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any corruption of a real blob reads as records or bad records, never a panic,
+        /// and every bad record names the blob.
+        #[test]
+        fn mutated_blobs_never_panic(
+            which in 0usize..5,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 1..8),
+        ) {
+            let (name, mut bytes) = vector_blobs().swap_remove(which);
+            for (at, byte, op) in edits {
+                let at = at.index(bytes.len().max(1));
+                match op {
+                    0 if !bytes.is_empty() => {
+                        let last = bytes.len() - 1;
+                        bytes[at.min(last)] = byte;
+                    }
+                    1 => bytes.insert(at.min(bytes.len()), byte),
+                    2 if !bytes.is_empty() => {
+                        let last = bytes.len() - 1;
+                        bytes.remove(at.min(last));
+                    }
+                    _ => bytes.truncate(at),
+                }
+            }
+            for result in parse_records(&name, None, &bytes) {
+                match result {
+                    Ok(record) => prop_assert_eq!(&record.blob, &name),
+                    Err(bad) => prop_assert_eq!(&bad.blob, &name),
+                }
+            }
+        }
+
+        /// Structural mutations: any member of any record replaced by another JSON value.
+        #[test]
+        fn records_with_any_member_replaced_never_panic(
+            which in 0usize..5,
+            member in any::<prop::sample::Index>(),
+            value in prop_oneof![
+                Just(json!(null)), Just(json!(true)), any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|n| json!(n)), ".{0,12}".prop_map(|s| json!(s)),
+                Just(json!([])), Just(json!({"event": {}})), Just(json!({"deadletterreason": 1})),
+            ],
+        ) {
+            let (name, bytes) = vector_blobs().swap_remove(which);
+            let mut blob: Value = serde_json::from_slice(&bytes).unwrap();
+            let record = blob[0].as_object_mut().unwrap();
+            let key = record.keys().nth(member.index(record.len())).unwrap().clone();
+            record.insert(key, value);
+            let records = parse_records(&name, None, &serde_json::to_vec(&blob).unwrap());
+            prop_assert_eq!(records.len(), blob.as_array().unwrap().len());
+        }
+    }
 }
