@@ -227,7 +227,8 @@ impl Pipeline {
         // lease outlives every local attempt, so no other host starts it meanwhile.
         let wait = handler.timeout() + Duration::from_secs(1);
         let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
-        let lease = match self.dedup.claim(key, wait, lease_for).await {
+        // A replay may run a pair that was dead-lettered (never one that succeeded).
+        let mut lease = match self.dedup.claim_as(key, wait, lease_for, delivery.replay).await {
             Claim::Run(lease) => lease,
             Claim::Done => return PairRun::new(index, &event, &handler, None, None),
             Claim::Busy => {
@@ -258,8 +259,10 @@ impl Pipeline {
             Outcome::Reject { reason } => self.dead_letter(&event, &handler, &delivery, &reason, received).await,
             other => other,
         };
-        if matches!(outcome, Outcome::Success | Outcome::Reject { .. }) {
-            lease.mark_done();
+        match outcome {
+            Outcome::Success => lease.mark_done(),
+            Outcome::Reject { .. } => lease.mark_rejected(),
+            Outcome::Retry { .. } => {}
         }
         PairRun::new(index, &event, &handler, Some(outcome), Some(lease))
     }

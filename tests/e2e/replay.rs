@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::replay_data::{Spec, generate};
-use crate::support::{Gridfn, KEY, component, vector};
+use crate::support::{Gridfn, KEY, component, event, vector};
 
 /// The vectors' seven events, by id.
 const VECTOR_IDS: [&str; 7] = [
@@ -405,4 +405,47 @@ fn an_azure_container_is_replayed_and_archived() {
     assert!(left.iter().all(|name| name.contains("replayed/")) && left.len() == 5, "{left:?}");
     let again = setup.replay(&[&url, "--account-key", ACCOUNT_KEY, "--handler", "scripted"]).expect(0);
     assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+}
+
+/// Dedup holds across replays: an event gridfn dead-lettered runs again when
+/// replayed (and only then: a plain redelivery stays a duplicate), without a
+/// second dead-letter blob; an event that succeeded never runs again, even if
+/// a dead-letter record of it turns up.
+#[test]
+fn a_rejected_event_runs_again_on_replay_and_a_succeeded_one_never() {
+    let gridfn = Gridfn::start(&format!("[[handler]]\nname = \"scripted\"\nmodule = {:?}\n", component("scripted")));
+    let ok = event("dedup-ok", serde_json::json!({}));
+    let bad = event("dedup-bad", serde_json::json!({"act": "reject"}));
+    let answer: Value =
+        gridfn.notify("/api/events/scripted", serde_json::to_vec(&[&ok, &bad]).unwrap()).json().unwrap();
+    assert_eq!((answer["succeeded"].as_u64(), answer["rejected"].as_u64()), (Some(1), Some(1)), "{answer}");
+
+    // gridfn's own dead-letter blob of the rejected event, and a record of
+    // the succeeded one beside it (as Event Grid writes when it gave up on
+    // a delivery gridfn had in fact handled).
+    let deadletter = gridfn.dir.path().join("state/deadletter");
+    let blobs: Vec<String> = tree(&deadletter).into_keys().collect();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let mut record: Vec<Value> = serde_json::from_slice(&std::fs::read(deadletter.join(&blobs[0])).unwrap()).unwrap();
+    record[0]["id"] = ok["id"].clone();
+    record[0]["data"] = ok["data"].clone();
+    let twin = deadletter.join(Path::new(&blobs[0]).with_file_name("00000000-0000-4000-8000-000000000000.json"));
+    std::fs::write(&twin, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    let setup = Setup::new("");
+    let url = format!("{}/api/events/{{handler}}", gridfn.base);
+    let replayed = setup.replay(&[deadletter.to_str().unwrap(), "--to", &url, "--key", KEY, "--json"]).expect(2);
+    let total = &replayed.json()["total"];
+    assert_eq!((total["duplicate"].as_u64(), total["rejected_again"].as_u64()), (Some(1), Some(1)), "{total}");
+
+    let ran = runs(&gridfn.log_text());
+    assert_eq!(ran["dedup-ok"], vec![false], "the success never ran again");
+    assert_eq!(ran["dedup-bad"], vec![false, true], "the rejection ran again, as a replay");
+    let left: Vec<String> = tree(&deadletter).into_keys().filter(|name| !name.starts_with("replayed/")).collect();
+    assert_eq!(left, blobs, "the rejected-again record stays, and no second blob is written");
+
+    // A plain redelivery of the rejected event is still a duplicate.
+    let again: Value = gridfn.notify("/api/events/scripted", serde_json::to_vec(&[&bad]).unwrap()).json().unwrap();
+    assert_eq!(again["duplicates"], 1, "{again}");
+    assert_eq!(runs(&gridfn.log_text())["dedup-bad"].len(), 2);
 }

@@ -2,7 +2,7 @@
 //! when full, the oldest records are forgotten first (their events would run
 //! again if redelivered: at-least-once is kept, memory is not unbounded).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ struct Records {
     /// Pairs in the order they were recorded; with one TTL for all, that is
     /// also the order in which they expire.
     order: VecDeque<(Instant, String)>,
+    /// The recorded pairs that were done by a rejection.
+    rejected: HashSet<String>,
 }
 
 impl MemoryStore {
@@ -53,6 +55,7 @@ impl Records {
             // entry matching its current expiry removes it.
             if self.expires.get(key) == Some(expiry) {
                 self.expires.remove(key);
+                self.rejected.remove(key);
             }
             self.order.pop_front();
         }
@@ -61,23 +64,33 @@ impl Records {
 
 #[async_trait::async_trait]
 impl DedupStore for MemoryStore {
-    async fn begin(&self, key: &DedupKey, _lease_for: Duration) -> Result<Begin, StoreError> {
+    async fn begin_as(&self, key: &DedupKey, _lease_for: Duration, replay: bool) -> Result<Begin, StoreError> {
         let records = self.lock();
-        match records.expires.get(&key.storage_key()) {
+        let key = key.storage_key();
+        match records.expires.get(&key) {
+            Some(_) if replay && records.rejected.contains(&key) => Ok(Begin::Run),
             Some(expiry) if *expiry > Instant::now() => Ok(Begin::Done),
             _ => Ok(Begin::Run),
         }
     }
 
-    async fn commit(&self, keys: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
+    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
         let expiry = now + ttl;
         let mut records = self.lock();
-        records.evict(now, self.max_records, keys.len().min(self.max_records));
-        for key in keys {
-            let key = key.storage_key();
-            records.expires.insert(key.clone(), expiry);
-            records.order.push_back((expiry, key));
+        let count = succeeded.len() + rejected.len();
+        records.evict(now, self.max_records, count.min(self.max_records));
+        for (keys, was_rejected) in [(succeeded, false), (rejected, true)] {
+            for key in keys {
+                let key = key.storage_key();
+                if was_rejected {
+                    records.rejected.insert(key.clone());
+                } else {
+                    records.rejected.remove(&key);
+                }
+                records.expires.insert(key.clone(), expiry);
+                records.order.push_back((expiry, key));
+            }
         }
         Ok(())
     }

@@ -145,7 +145,6 @@ pub fn command(options: Options) -> anyhow::Result<bool> {
 }
 
 async fn replay(options: Options) -> anyhow::Result<bool> {
-    let started = Instant::now();
     let selection = selection(&options)?;
     let auth = AzureAuth {
         connection_string: options.connection_string.clone(),
@@ -203,7 +202,9 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
 
     let _lock = LedgerLock::acquire(&ledger_path)?;
     let mut ledger = Ledger::open(&ledger_path)?;
+    let reading = Instant::now();
     let plan = Plan::build(&source, &choice, &ledger).await?;
+    let reading = reading.elapsed().as_secs_f64();
     let to_replay = plan.to_replay().count() as u64;
     let target = match (&options.to, &manifest) {
         (Some(url), _) => Target::Http(HttpTarget::new(url, options.key.clone())?),
@@ -226,13 +227,12 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
     let ran = run::execute(&plan, &source, Arc::new(target), &mut ledger, &pace, options.on_success, &progress).await?;
     progress.finish();
     let mut summary = Summary::new(&plan, &ran, header(&ledger_path), false, sending.elapsed().as_secs_f64());
+    summary.reading_seconds = reading;
     if options.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print!("{}", summary.render());
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    tracing::debug!("replay took {:.1}s in all", summary.seconds);
     Ok(summary.success())
 }
 

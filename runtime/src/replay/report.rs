@@ -142,8 +142,11 @@ pub struct Summary {
     pub archived: usize,
     pub deleted: usize,
     pub blob_errors: Vec<String>,
+    /// Time spent sending (from the first batch to the last answer).
     pub seconds: f64,
-    /// Events replayed per second.
+    /// Time spent listing and reading the blobs before that.
+    pub reading_seconds: f64,
+    /// Events replayed per second of sending.
     pub rate: f64,
 }
 
@@ -168,6 +171,7 @@ impl Summary {
             deleted: ran.deleted,
             blob_errors: ran.blob_errors.clone(),
             seconds,
+            reading_seconds: 0.0,
             rate: 0.0,
         };
         for (index, item) in plan.items.iter().enumerate() {
