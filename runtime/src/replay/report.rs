@@ -214,7 +214,9 @@ impl Summary {
                 "nothing to do: no dead-lettered records left in {} (done blobs are under replayed/)",
                 self.source
             );
-        } else if self.total.replayed == 0 && self.total.already_done > 0 && self.total.not_sent == 0 {
+            return out;
+        }
+        if self.total.replayed == 0 && self.total.already_done > 0 && self.total.not_sent == 0 {
             let _ = writeln!(
                 out,
                 "nothing to do: {} already replayed (ledger {})",
