@@ -172,3 +172,53 @@ fn destinations_of(record: &Record, choice: &Choice<'_>) -> Result<Vec<String>, 
     }
     Ok(wanted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::read::parse_records;
+
+    /// One gridfn record (names its handler) and one Event Grid record.
+    fn records() -> Vec<Record> {
+        let blob = br#"[
+          {"id":"g1","eventType":"T","subject":"s","topic":"/t","eventTime":"2026-01-01T00:00:00Z","data":{},
+           "dataVersion":"1","deadLetterReason":"HandlerRejected","deliveryAttempts":1,"gridfnHandler":"orders"},
+          {"id":"e1","eventType":"T","subject":"s","topic":"/t","eventTime":"2026-01-01T00:00:00Z","data":{},
+           "dataVersion":"1","deadLetterReason":"MaxDeliveryAttemptsExceeded","deliveryAttempts":30}
+        ]"#;
+        parse_records("SUB/2026/1/1/0/b.json", Some("SUB"), blob).into_iter().map(Result::unwrap).collect()
+    }
+
+    fn choice<'a>(handlers: &'a [String], destinations: &'a Destinations, selection: &'a Selection) -> Choice<'a> {
+        Choice { selection, handlers, destinations, max_replays: 5, limit: None }
+    }
+
+    #[test]
+    fn events_go_only_where_they_came_from() {
+        let [gridfn, event_grid] = <[Record; 2]>::try_from(records()).unwrap();
+        let selection = Selection::default();
+        let known = Destinations::Handlers(["orders".to_owned(), "audit".to_owned()].into());
+        let none: Vec<String> = Vec::new();
+        assert_eq!(destinations_of(&gridfn, &choice(&none, &known, &selection)), Ok(vec!["orders".to_owned()]));
+        let why = destinations_of(&event_grid, &choice(&none, &known, &selection)).unwrap_err();
+        assert!(why.contains("pass --handler"), "{why}");
+
+        let audit = vec!["audit".to_owned()];
+        assert_eq!(destinations_of(&event_grid, &choice(&audit, &known, &selection)), Ok(audit.clone()));
+        let why = destinations_of(&gridfn, &choice(&audit, &known, &selection)).unwrap_err();
+        assert!(why.contains("dead-lettered from handler orders"), "{why}");
+
+        let elsewhere = Destinations::Handlers(["billing".to_owned()].into());
+        let why = destinations_of(&gridfn, &choice(&none, &elsewhere, &selection)).unwrap_err();
+        assert!(why.contains("handler orders is not in the manifest"), "{why}");
+
+        let per_handler = Destinations::Url { per_handler: true };
+        assert_eq!(destinations_of(&gridfn, &choice(&none, &per_handler, &selection)), Ok(vec!["orders".to_owned()]));
+        assert!(destinations_of(&event_grid, &choice(&none, &per_handler, &selection)).is_err());
+        let whole = Destinations::Url { per_handler: false };
+        assert_eq!(
+            destinations_of(&event_grid, &choice(&none, &whole, &selection)),
+            Ok(vec![WHOLE_ENDPOINT.to_owned()])
+        );
+    }
+}

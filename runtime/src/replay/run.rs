@@ -216,3 +216,71 @@ async fn finish_blobs(plan: &Plan, source: &Source, ledger: &Ledger, on_success:
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::ledger::Pair;
+    use crate::replay::plan::Item;
+    use crate::replay::read::parse_records;
+
+    /// `count` gridfn records for handler `h`, `attempts` delivery attempts
+    /// each, with `padding` bytes of data.
+    fn plan(count: usize, attempts: impl Fn(usize) -> u32, padding: usize) -> Plan {
+        let records: Vec<String> = (0..count)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"e{i}","eventType":"T","subject":"s","topic":"/t","eventTime":"2026-01-01T00:00:00Z","data":{{"pad":"{}"}},"dataVersion":"1","deadLetterReason":"HandlerRejected","deliveryAttempts":{},"gridfnHandler":"h"}}"#,
+                    "x".repeat(padding),
+                    attempts(i)
+                )
+            })
+            .collect();
+        let blob = format!("[{}]", records.join(","));
+        let records: Vec<_> =
+            parse_records("S/2026/1/1/0/b.json", Some("S"), blob.as_bytes()).into_iter().map(Result::unwrap).collect();
+        let items = (0..count)
+            .map(|i| Item {
+                pair: Pair { blob: "S/2026/1/1/0/b.json".into(), index: i, destination: "h".into() },
+                record: i,
+                action: Action::Replay,
+                attempts: 0,
+            })
+            .collect();
+        Plan { blobs: vec!["S/2026/1/1/0/b.json".into()], records, invalid: Vec::new(), items }
+    }
+
+    fn pace(batch: usize, bounded_bytes: bool) -> Pace {
+        Pace { batch, concurrency: 1, rate: None, bounded_bytes }
+    }
+
+    #[test]
+    fn batches_hold_one_attempt_count_and_at_most_batch_events() {
+        let plan = plan(250, |i| if i % 2 == 0 { 1 } else { 7 }, 0);
+        let batches = batches(&plan, &pace(100, false));
+        assert_eq!(batches.iter().map(|b| b.events.len()).sum::<usize>(), 250);
+        assert!(batches.iter().all(|b| b.events.len() <= 100));
+        for batch in &batches {
+            let attempts: Vec<u32> = batch.items.iter().map(|i| plan.records[*i].delivery_attempts.unwrap()).collect();
+            assert!(
+                attempts.iter().all(|a| *a == batch.attempt),
+                "{attempts:?} in a batch for attempt {}",
+                batch.attempt
+            );
+        }
+        assert_eq!(batches.len(), 4, "125 events per attempt count: 100 + 25 each");
+    }
+
+    #[test]
+    fn http_batches_stay_under_one_mebibyte() {
+        let plan = plan(40, |_| 1, 100_000);
+        let batches = batches(&plan, &pace(100, true));
+        assert!(batches.len() >= 4, "{} batches of 100 kB events", batches.len());
+        assert!(
+            batches.iter().all(|b| b.bytes <= MAX_BODY),
+            "{:?}",
+            batches.iter().map(|b| b.bytes).collect::<Vec<_>>()
+        );
+        assert_eq!(batches.iter().map(|b| b.events.len()).sum::<usize>(), 40);
+    }
+}
