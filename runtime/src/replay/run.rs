@@ -214,7 +214,7 @@ async fn finish_blobs(plan: &Plan, source: &Source, ledger: &Ledger, on_success:
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 #[cfg(test)]
