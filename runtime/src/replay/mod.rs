@@ -201,7 +201,7 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
     }
 
     let _lock = LedgerLock::acquire(&ledger_path)?;
-    let mut ledger = Ledger::open(&ledger_path)?;
+    let ledger = Ledger::open(&ledger_path)?;
     let reading = Instant::now();
     let plan = Plan::build(&source, &choice, &ledger).await?;
     let reading = reading.elapsed().as_secs_f64();
@@ -224,7 +224,7 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
     };
     let progress = Progress::new(to_replay, options.json);
     let sending = Instant::now();
-    let ran = run::execute(&plan, &source, Arc::new(target), &mut ledger, &pace, options.on_success, &progress).await?;
+    let ran = run::execute(&plan, &source, Arc::new(target), ledger, &pace, options.on_success, &progress).await?;
     progress.finish();
     let mut summary = Summary::new(&plan, &ran, header(&ledger_path), false, sending.elapsed().as_secs_f64());
     summary.reading_seconds = reading;

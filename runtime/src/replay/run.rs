@@ -67,7 +67,7 @@ pub async fn execute(
     plan: &Plan,
     source: &Source,
     target: Arc<Target>,
-    ledger: &mut Ledger,
+    ledger: Ledger,
     pace: &Pace,
     on_success: OnSuccess,
     progress: &Progress,
@@ -79,7 +79,23 @@ pub async fn execute(
     let mut in_flight: JoinSet<(Vec<usize>, Sent)> = JoinSet::new();
     let mut queue = batches.into_iter();
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    // The ledger is written on a thread of its own, so a sync never holds up
+    // the next batch; whatever finished while it synced goes into its next write.
+    let (to_ledger, entries_in) = std::sync::mpsc::channel::<Vec<Entry>>();
+    let writer = std::thread::spawn(move || -> anyhow::Result<Ledger> {
+        let mut ledger = ledger;
+        while let Ok(mut entries) = entries_in.recv() {
+            while let Ok(more) = entries_in.try_recv() {
+                entries.extend(more);
+            }
+            ledger.append(entries)?;
+        }
+        Ok(ledger)
+    });
     loop {
+        if writer.is_finished() {
+            break;
+        }
         // Start batches while there is room and the rate allows.
         while !ran.interrupted && in_flight.len() < pace.concurrency.max(1) {
             let Some(batch) = queue.next() else { break };
@@ -133,10 +149,14 @@ pub async fn execute(
                 });
             }
         }
-        tokio::task::block_in_place(|| ledger.append(entries))?;
+        let _ = to_ledger.send(entries);
     }
+    drop(to_ledger);
+    let ledger = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the ledger writer panicked"))??;
     if !ran.interrupted {
-        finish_blobs(plan, source, ledger, on_success, &mut ran).await;
+        finish_blobs(plan, source, &ledger, on_success, &mut ran).await;
     }
     Ok(ran)
 }
