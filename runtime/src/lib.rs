@@ -43,6 +43,7 @@
 //! - [`publish`]: events handlers publish: checked, encoded, sent to an Event Grid topic.
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`replay`]: `gridfn replay`: dead-lettered events read back ([`replay::read`]) and run again.
 
 pub mod admin;
 pub mod admission;
@@ -62,6 +63,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod push;
 pub mod registry;
+pub mod replay;
 pub mod sandbox;
 pub mod server;
 pub mod webhook;

@@ -70,6 +70,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put dead-lettered events back through the handlers they were
+    /// dead-lettered from, once each: exit 0 when every replayed event
+    /// succeeded (or had before), 2 when some failed or were rejected again.
+    Replay(Box<gridfn::replay::Options>),
 }
 
 /// Where the admin API is, and the key for it.
@@ -106,6 +110,11 @@ fn main() -> ExitCode {
         Command::Rollback { handler, admin } => {
             admin_call(&admin, reqwest::Method::POST, &format!("/admin/handlers/{handler}/rollback"), Vec::new())
         }
+        Command::Replay(options) => match gridfn::replay::command(*options) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::admission::QueueFull;
 use crate::deadletter::{DeadLetterStore, Rejection};
@@ -66,15 +66,21 @@ pub enum Target<'a> {
 }
 
 /// What became of a batch: counts per outcome, and the pairs to retry.
-#[derive(Debug, Default, Serialize)]
+/// (Deserialize: `gridfn replay --to` reads it back from a remote gridfn.)
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Verdict {
     pub succeeded: usize,
     pub duplicates: usize,
     pub rejected: usize,
     /// Events no handler's filter wanted: acknowledged, not run.
     pub unmatched: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry: Vec<RetryItem>,
+    /// For a replay only: what became of each event, so the replay's ledger
+    /// knows which records are done and which stay (a push delivery's answer
+    /// stays small).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<EventOutcome>,
     /// The longest delay a pair to retry asked for (else Event Grid's first
     /// retry interval); `None` when every pair is done.
     #[serde(skip)]
@@ -82,12 +88,37 @@ pub struct Verdict {
 }
 
 /// One (event, handler) pair that must be retried, and why.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RetryItem {
     pub event_index: usize,
     pub id: String,
     pub handler: String,
     pub reason: String,
+}
+
+/// What became of one event of a replayed batch (for one handler).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventOutcome {
+    pub event_index: usize,
+    /// Empty when no handler's filter wanted the event.
+    pub handler: String,
+    pub outcome: ReplayOutcome,
+}
+
+/// A replayed pair's outcome, as the replay's ledger and summary count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayOutcome {
+    Succeeded,
+    /// Succeeded before: not run again.
+    Duplicate,
+    /// Rejected again; not dead-lettered a second time (the record replayed
+    /// is still where it was).
+    Rejected,
+    /// To retry: the handler failed again, or could not run.
+    Failed,
+    /// The handler's filter does not want the event.
+    Unmatched,
 }
 
 impl Pipeline {
@@ -144,7 +175,7 @@ impl Pipeline {
     ) -> BoxFuture<'a, Verdict> {
         async move {
             let mut pairs = Vec::new();
-            let mut unmatched = 0;
+            let mut unmatched = Vec::new();
             for (index, event) in events.into_iter().map(Arc::new).enumerate() {
                 if event.event_type == SUBSCRIPTION_DELETED_EVENT {
                     let (topic, subject) = (&event.source, &event.subject);
@@ -155,7 +186,7 @@ impl Pipeline {
                 let json = std::cell::OnceCell::new();
                 let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event, &json)).collect();
                 if wanted_by.is_empty() {
-                    unmatched += 1;
+                    unmatched.push(index);
                     self.metrics.count(unmatched_label, PairOutcome::Unmatched);
                 }
                 for route in wanted_by {
@@ -163,8 +194,15 @@ impl Pipeline {
                 }
             }
             let pairs = self.record(join_all(pairs).await).await;
-            let mut verdict = Verdict::from_pairs(pairs);
-            verdict.unmatched = unmatched;
+            let mut verdict = Verdict::from_pairs(pairs, delivery.replay);
+            verdict.unmatched = unmatched.len();
+            if delivery.replay {
+                verdict.outcomes.extend(unmatched.into_iter().map(|event_index| EventOutcome {
+                    event_index,
+                    handler: String::new(),
+                    outcome: ReplayOutcome::Unmatched,
+                }));
+            }
             verdict
         }
         .boxed()
@@ -189,7 +227,8 @@ impl Pipeline {
         // lease outlives every local attempt, so no other host starts it meanwhile.
         let wait = handler.timeout() + Duration::from_secs(1);
         let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
-        let lease = match self.dedup.claim(key, wait, lease_for).await {
+        // A replay may run a pair that was dead-lettered (never one that succeeded).
+        let mut lease = match self.dedup.claim_as(key, wait, lease_for, delivery.replay).await {
             Claim::Run(lease) => lease,
             Claim::Done => return PairRun::new(index, &event, &handler, None, None),
             Claim::Busy => {
@@ -211,11 +250,19 @@ impl Pipeline {
             other => other,
         };
         let outcome = match outcome {
+            // A replayed record that is rejected again stays where it is (the
+            // replay's ledger notes it): a second blob would replay it twice.
+            Outcome::Reject { reason } if delivery.replay => {
+                tracing::warn!(handler = %handler.name, event_id = %event.id, "replayed event rejected again: {reason}");
+                Outcome::Reject { reason }
+            }
             Outcome::Reject { reason } => self.dead_letter(&event, &handler, &delivery, &reason, received).await,
             other => other,
         };
-        if matches!(outcome, Outcome::Success | Outcome::Reject { .. }) {
-            lease.mark_done();
+        match outcome {
+            Outcome::Success => lease.mark_done(),
+            Outcome::Reject { .. } => lease.mark_rejected(),
+            Outcome::Retry { .. } => {}
         }
         PairRun::new(index, &event, &handler, Some(outcome), Some(lease))
     }
@@ -482,9 +529,20 @@ impl PairRun {
 }
 
 impl Verdict {
-    fn from_pairs(pairs: Vec<PairRun>) -> Self {
+    /// Counts the pairs; `per_event` also lists each pair's outcome (replays).
+    fn from_pairs(pairs: Vec<PairRun>, per_event: bool) -> Self {
         let mut verdict = Verdict::default();
         for pair in pairs {
+            if per_event {
+                let outcome = match &pair.outcome {
+                    None => ReplayOutcome::Duplicate,
+                    Some(Outcome::Success) => ReplayOutcome::Succeeded,
+                    Some(Outcome::Reject { .. }) => ReplayOutcome::Rejected,
+                    Some(Outcome::Retry { .. }) => ReplayOutcome::Failed,
+                };
+                let handler = pair.handler.clone();
+                verdict.outcomes.push(EventOutcome { event_index: pair.index, handler, outcome });
+            }
             match pair.outcome {
                 None => verdict.duplicates += 1,
                 Some(Outcome::Success) => verdict.succeeded += 1,

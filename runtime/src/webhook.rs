@@ -325,12 +325,16 @@ async fn confirm_validation_url(url: String) {
     }
 }
 
-/// The delivery metadata Event Grid sends in headers.
+/// Set (to `true`) by `gridfn replay --to`: the events are replays of
+/// dead-lettered ones, so a pair gridfn rejected before may run again.
+pub const REPLAY_HEADER: &str = "gridfn-replay";
+
+/// The delivery metadata Event Grid sends in headers (and `gridfn replay`'s).
 pub fn delivery_info(headers: &HeaderMap) -> DeliveryInfo {
     DeliveryInfo {
         attempt: header_text(headers, "aeg-delivery-count").and_then(|n| n.parse().ok()).unwrap_or(0),
         subscription: header_text(headers, "aeg-subscription-name").map(str::to_owned),
-        replay: false,
+        replay: header_text(headers, REPLAY_HEADER) == Some("true"),
     }
 }
 

@@ -9,6 +9,8 @@ mod capabilities;
 mod durability;
 mod foundation;
 mod protocol;
+mod replay;
+mod replay_data;
 mod routing;
 mod sandbox;
 mod serving;

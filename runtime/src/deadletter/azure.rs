@@ -43,8 +43,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Azurite's (and the legacy storage emulator's) published development account.
-const DEV_ACCOUNT: &str = "devstoreaccount1";
-const DEV_ACCOUNT_KEY: &str =
+pub(crate) const DEV_ACCOUNT: &str = "devstoreaccount1";
+pub(crate) const DEV_ACCOUNT_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const DEV_BLOB_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
 
@@ -413,6 +413,62 @@ impl AzureBlobDeadLetter {
         self.bounded("get", &target, fetched.bytes()).await
     }
 
+    /// Copies blob `from` to `to` (both relative, as for `get`), overwriting
+    /// `to`, inside Azure (Copy Blob: within one account it completes before
+    /// the answer, so Ok means `to` is there).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), DeadLetterError> {
+        let (source, destination) = (self.blob_path(from)?, self.blob_path(to)?);
+        let target = self.blob_url(&source);
+        match self.bounded("copy", &target, self.store.copy(&source, &destination)).await {
+            // As for `get`: a 404 does not say whether the blob or the container is missing.
+            Err(DeadLetterError::ContainerNotFound { .. }) => Err(match self.container_exists().await {
+                Ok(false) => self.container_not_found(),
+                _ => DeadLetterError::BlobNotFound { target },
+            }),
+            other => other,
+        }
+    }
+
+    /// Deletes one blob; Ok(false) when it was not there (so a repeated
+    /// delete, e.g. after an interrupted replay, is not an error).
+    pub async fn delete(&self, blob_name: &str) -> Result<bool, DeadLetterError> {
+        let path = self.blob_path(blob_name)?;
+        let target = self.blob_url(&path);
+        // A single Delete Blob: `object_store`'s delete goes through the Blob
+        // Batch API, which a SAS limited to the container need not allow.
+        let mut url = self.container_url();
+        url.path_segments_mut().expect("http(s) URL").extend(path.parts().map(|p| p.as_ref().to_string()));
+        match self.container_request(http::Method::DELETE, url, "delete", &target).await? {
+            s if s.is_success() => Ok(true),
+            http::StatusCode::NOT_FOUND => match self.container_exists().await? {
+                true => Ok(false),
+                false => Err(self.container_not_found()),
+            },
+            s => Err(self.status_error("delete", target, s)),
+        }
+    }
+
+    /// Whether a blob is there.
+    pub async fn exists(&self, blob_name: &str) -> Result<bool, DeadLetterError> {
+        let path = self.blob_path(blob_name)?;
+        let target = self.blob_url(&path);
+        match self.bounded("head", &target, self.store.head(&path)).await {
+            Ok(_) => Ok(true),
+            Err(DeadLetterError::ContainerNotFound { .. }) => match self.container_exists().await? {
+                true => Ok(false),
+                false => Err(self.container_not_found()),
+            },
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Where the blobs are, without credentials: `<endpoint>/<container>[/<prefix>]`;
+    /// stable, so it can name this store in ledgers and locks.
+    pub fn location(&self) -> String {
+        let container = self.container_url().to_string();
+        if self.prefix.is_empty() { container } else { format!("{container}/{}", self.prefix) }
+    }
+
     /// `container/prefix/name` as an object_store path, checked.
     fn blob_path(&self, blob_name: &str) -> Result<Path, DeadLetterError> {
         let invalid = |reason: String| DeadLetterError::InvalidName { name: blob_name.to_string(), reason };
@@ -757,7 +813,7 @@ fn transport_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::{BufRead, BufReader};
     use std::process::{Child, Command, Stdio};
     use std::sync::OnceLock;
@@ -771,7 +827,7 @@ mod tests {
 
     /// The blob endpoint of the Azurite the tests use: `GRIDFN_TEST_AZURITE_BLOB`,
     /// or one started here (once per test binary) and stopped when it exits.
-    fn azurite() -> &'static str {
+    pub(crate) fn azurite() -> &'static str {
         static AZURITE: OnceLock<String> = OnceLock::new();
         AZURITE.get_or_init(|| match std::env::var("GRIDFN_TEST_AZURITE_BLOB") {
             Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_string(),
@@ -835,11 +891,11 @@ mod tests {
         format!("http://127.0.0.1:{port}/{DEV_ACCOUNT}")
     }
 
-    fn unique_container() -> String {
+    pub(crate) fn unique_container() -> String {
         format!("dl-{}", uuid::Uuid::new_v4().simple())
     }
 
-    fn key_config(container: &str) -> AzureBlobConfig {
+    pub(crate) fn key_config(container: &str) -> AzureBlobConfig {
         key_config_at(container, azurite())
     }
 
@@ -1017,6 +1073,31 @@ mod tests {
         dl.ensure_container().await.unwrap();
         dl.ensure_container().await.unwrap();
         assert_eq!(dl.list("LAZY").await.unwrap(), vec![name]);
+    }
+
+    #[tokio::test]
+    async fn copy_delete_and_exists_for_archiving() {
+        let dl = store(&AzureBlobConfig { prefix: Some("dl".into()), ..key_config(&unique_container()) });
+        dl.ensure_container().await.unwrap();
+        let name = event_grid_name("arch", Utc::now());
+        let archived = format!("replayed/{name}");
+        dl.put(&name, record("a")).await.unwrap();
+        assert!(dl.exists(&name).await.unwrap() && !dl.exists(&archived).await.unwrap());
+        dl.copy(&name, &archived).await.unwrap();
+        assert_eq!(dl.get(&archived).await.unwrap(), record("a"), "the copy is complete when copy returns");
+        assert!(dl.delete(&name).await.unwrap(), "deleted");
+        assert!(!dl.delete(&name).await.unwrap(), "already gone is not an error");
+        assert!(!dl.exists(&name).await.unwrap());
+        assert_eq!(dl.list("").await.unwrap(), vec![archived.clone()]);
+        let err = dl.copy(&name, &archived).await.unwrap_err();
+        assert!(matches!(err, DeadLetterError::BlobNotFound { .. }), "{err:?}");
+        assert!(dl.location().ends_with("/dl") && !dl.location().contains(DEV_ACCOUNT_KEY), "{}", dl.location());
+
+        let gone = store(&key_config(&unique_container()));
+        assert!(matches!(gone.delete(&name).await, Err(DeadLetterError::ContainerNotFound { .. })));
+        assert!(matches!(gone.exists(&name).await, Err(DeadLetterError::ContainerNotFound { .. })));
+        let copied = gone.copy(&name, &archived).await;
+        assert!(matches!(copied, Err(DeadLetterError::ContainerNotFound { .. })), "{copied:?}");
     }
 
     #[tokio::test]

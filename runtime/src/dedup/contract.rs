@@ -58,4 +58,29 @@ pub async fn check(label: &str, store: &dyn DedupStore) {
     store.sweep().await.unwrap();
     assert_eq!(store.begin(&k("h", "/s", "short"), LEASE).await.unwrap(), Begin::Run, "{label}: expired record");
     assert_eq!(store.begin(&k("h", "/s", "1"), LEASE).await.unwrap(), Begin::Done, "{label}: sweep keeps live records");
+
+    // A rejected (dead-lettered) pair is done for redeliveries, runs again
+    // on replay, and a success then replaces the rejection for good.
+    let (ok, no) = (k("h", "/replay", "ok"), k("h", "/replay", "no"));
+    for pair in [&ok, &no] {
+        assert_eq!(store.begin(pair, LEASE).await.unwrap(), Begin::Run);
+    }
+    store.commit_all(std::slice::from_ref(&ok), std::slice::from_ref(&no), TTL).await.unwrap();
+    assert_eq!(store.begin(&no, LEASE).await.unwrap(), Begin::Done, "{label}: rejected, redelivered");
+    assert_eq!(store.begin_as(&no, LEASE, true).await.unwrap(), Begin::Run, "{label}: rejected, replayed");
+    assert_eq!(store.begin_as(&ok, LEASE, true).await.unwrap(), Begin::Done, "{label}: succeeded, replayed");
+    store.commit(std::slice::from_ref(&no), TTL).await.unwrap();
+    assert_eq!(store.begin_as(&no, LEASE, true).await.unwrap(), Begin::Done, "{label}: replay succeeded");
+    assert_eq!(store.begin(&no, LEASE).await.unwrap(), Begin::Done, "{label}: replay succeeded, redelivered");
+    // A replay rejected again stays replayable.
+    let again = k("h", "/replay", "again");
+    assert_eq!(store.begin(&again, LEASE).await.unwrap(), Begin::Run);
+    store.commit_all(&[], std::slice::from_ref(&again), TTL).await.unwrap();
+    assert_eq!(store.begin_as(&again, LEASE, true).await.unwrap(), Begin::Run);
+    store.commit_all(&[], std::slice::from_ref(&again), TTL).await.unwrap();
+    assert_eq!(store.begin_as(&again, LEASE, true).await.unwrap(), Begin::Run, "{label}: rejected twice");
+    // A replay that must be retried leaves the pair replayable.
+    store.release(std::slice::from_ref(&again)).await.unwrap();
+    assert_eq!(store.begin_as(&again, LEASE, true).await.unwrap(), Begin::Run, "{label}: released replay");
+    store.release(&[again]).await.unwrap();
 }

@@ -6,7 +6,9 @@
 //!
 //! Layout: the store's path is a folder holding one fjall database with two keyspaces, written together
 //! in one atomic batch:
-//! - `records`: storage key → expiry (unix millis, big-endian u64);
+//! - `records`: storage key → expiry (unix millis, big-endian u64), followed by `R` when the pair was
+//!   done by a rejection (a replay may run it again); records written before that byte existed are
+//!   successes, which never run again;
 //! - `expiry`: expiry (big-endian u64) ++ storage key → nothing, so `sweep` reads expired records in
 //!   expiry order instead of scanning every record.
 //!
@@ -32,8 +34,14 @@ const MAX_JOURNALING_BYTES: u64 = 64 << 20;
 /// Per-keyspace write buffer; smaller than fjall's default so less journal waits to be replayed.
 const MAX_MEMTABLE_BYTES: u64 = 16 << 20;
 
+/// The marker after a rejected pair's expiry.
+const REJECTED: u8 = b'R';
+
+/// One record to write: storage key, expiry, done by a rejection.
+type Entry = (Vec<u8>, u64, bool);
+
 enum Op {
-    Commit { entries: Vec<(Vec<u8>, u64)>, done: oneshot::Sender<Result<(), String>> },
+    Commit { entries: Vec<Entry>, done: oneshot::Sender<Result<(), String>> },
     Sweep { now: u64, done: oneshot::Sender<Result<usize, String>> },
 }
 
@@ -142,23 +150,26 @@ impl Drop for EmbeddedStore {
 
 #[async_trait::async_trait]
 impl DedupStore for EmbeddedStore {
-    async fn begin(&self, key: &DedupKey, _lease_for: Duration) -> Result<Begin, StoreError> {
+    async fn begin_as(&self, key: &DedupKey, _lease_for: Duration, replay: bool) -> Result<Begin, StoreError> {
         // Read in place: a lookup is a few microseconds (recent records are in
         // the memtable and block cache, at worst a block read from an SSD),
         // cheaper than handing it to another thread for every event.
         let found = self.records.get(key.storage_key().as_bytes()).map_err(|e| self.failed("lookup", e))?;
+        let rejected = found.as_deref().and_then(|value| value.get(8)) == Some(&REJECTED);
         Ok(match found.as_deref().and_then(decode_expiry) {
+            Some(_) if replay && rejected => Begin::Run,
             Some(expiry) if expiry > now_ms() => Begin::Done,
             _ => Begin::Run,
         })
     }
 
-    async fn commit(&self, keys: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
-        if keys.is_empty() {
+    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
+        if succeeded.is_empty() && rejected.is_empty() {
             return Ok(());
         }
         let expiry = now_ms().saturating_add(ttl_ms(ttl));
-        let entries = keys.iter().map(|k| (k.storage_key().into_bytes(), expiry)).collect();
+        let entry = |was_rejected: bool| move |k: &DedupKey| (k.storage_key().into_bytes(), expiry, was_rejected);
+        let entries = succeeded.iter().map(entry(false)).chain(rejected.iter().map(entry(true))).collect();
         let (done, rx) = oneshot::channel();
         self.send(Op::Commit { entries, done })?;
         rx.await.map_err(|e| self.failed("commit", e))?.map_err(|e| self.failed("commit", e))
@@ -220,14 +231,18 @@ impl Writer {
     }
 
     /// One atomic batch over both keyspaces, `fdatasync`ed before it returns.
-    fn commit(&self, entries: &[(Vec<u8>, u64)]) -> fjall::Result<()> {
+    fn commit(&self, entries: &[Entry]) -> fjall::Result<()> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        for (key, expiry) in entries {
+        for (key, expiry, rejected) in entries {
             // Only this thread writes, so the old expiry read here is still current.
             if let Some(old) = self.records.get(key)?.as_deref().and_then(decode_expiry) {
                 batch.remove(&self.by_expiry, expiry_key(old, key));
             }
-            batch.insert(&self.records, key.as_slice(), expiry.to_be_bytes());
+            let mut value = expiry.to_be_bytes().to_vec();
+            if *rejected {
+                value.push(REJECTED);
+            }
+            batch.insert(&self.records, key.as_slice(), value);
             batch.insert(&self.by_expiry, expiry_key(*expiry, key), []);
         }
         batch.commit()

@@ -16,9 +16,16 @@ use super::{Begin, DedupKey, DedupStore, StoreError};
 /// map and the order in step and the bound exact.
 pub struct MemoryStore {
     max_records: usize,
-    /// Expiry per pair.
-    expires: DashMap<String, Instant>,
+    /// Each recorded pair: when it expires, and whether it was done by a
+    /// rejection (which a replay may run again).
+    expires: DashMap<String, Record>,
     order: Mutex<Order>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    expiry: Instant,
+    rejected: bool,
 }
 
 /// Pairs in the order they were recorded; with one TTL for all, that is also
@@ -57,7 +64,7 @@ impl MemoryStore {
             }
             // A pair recorded again has a newer entry further back; only the
             // entry matching its current expiry removes it.
-            if self.expires.remove_if(key, |_, current| current == expiry).is_some() {
+            if self.expires.remove_if(key, |_, current| current.expiry == *expiry).is_some() {
                 order.records -= 1;
             }
             order.queue.pop_front();
@@ -67,24 +74,29 @@ impl MemoryStore {
 
 #[async_trait::async_trait]
 impl DedupStore for MemoryStore {
-    async fn begin(&self, key: &DedupKey, _lease_for: Duration) -> Result<Begin, StoreError> {
-        match self.expires.get(&key.storage_key()) {
-            Some(expiry) if *expiry > Instant::now() => Ok(Begin::Done),
-            _ => Ok(Begin::Run),
+    async fn begin_as(&self, key: &DedupKey, _lease_for: Duration, replay: bool) -> Result<Begin, StoreError> {
+        match self.expires.get(&key.storage_key()).map(|record| *record) {
+            Some(record) if record.expiry <= Instant::now() => Ok(Begin::Run),
+            Some(record) if replay && record.rejected => Ok(Begin::Run),
+            Some(_) => Ok(Begin::Done),
+            None => Ok(Begin::Run),
         }
     }
 
-    async fn commit(&self, keys: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
+    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
         let expiry = now + ttl;
         let mut order = self.order();
-        self.evict(&mut order, now, self.max_records, keys.len().min(self.max_records));
-        for key in keys {
-            let key = key.storage_key();
-            if self.expires.insert(key.clone(), expiry).is_none() {
-                order.records += 1;
+        let count = succeeded.len() + rejected.len();
+        self.evict(&mut order, now, self.max_records, count.min(self.max_records));
+        for (keys, rejected) in [(succeeded, false), (rejected, true)] {
+            for key in keys {
+                let key = key.storage_key();
+                if self.expires.insert(key.clone(), Record { expiry, rejected }).is_none() {
+                    order.records += 1;
+                }
+                order.queue.push_back((expiry, key));
             }
-            order.queue.push_back((expiry, key));
         }
         Ok(())
     }

@@ -14,6 +14,11 @@
 //! pair (succeeded or dead-lettered) is committed in one write before the 2xx
 //! goes out; every other pair is released. A crash can cause a re-run, never a
 //! loss.
+//!
+//! A done pair is remembered with how it was done. A dead-lettered
+//! (rejected) pair is done for Event Grid's redeliveries, but a replay of the
+//! dead-lettered event (`gridfn replay`) may run it again, and a success then
+//! replaces the rejection; a succeeded pair never runs again, replay or not.
 
 #[cfg(test)]
 mod contract;
@@ -51,9 +56,10 @@ impl DedupKey {
 /// What a store says about a pair at the start of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Begin {
-    /// Neither done nor leased elsewhere: this host now holds the lease; run it.
+    /// Neither done nor leased elsewhere (or, for a replay, only rejected):
+    /// this host now holds the lease; run it.
     Run,
-    /// Done (succeeded or dead-lettered) within the TTL: do not run it.
+    /// Done (succeeded, or dead-lettered and this is no replay) within the TTL: do not run it.
     Done,
     /// Another host holds a live lease on it: it is running there.
     Busy,
@@ -66,19 +72,30 @@ pub struct StoreError(pub String);
 /// Where done (handler, event) pairs are remembered, and, for stores shared
 /// by several hosts, who is running which pair right now.
 ///
-/// gridfn calls `begin` before running a pair, then, once the whole delivery
-/// has run, `commit` with every pair that is done (one durable write per
+/// gridfn calls `begin_as` before running a pair, then, once the whole delivery
+/// has run, `commit_all` with every pair that is done (one durable write per
 /// delivery: when it returns Ok the records survive a crash, and only then does
 /// the 2xx go out), and `release` with the pairs that must be retried.
 /// Copies of one pair on the same host never reach the store concurrently:
 /// the [`Dedup`] coordinator serialises them.
 #[async_trait::async_trait]
 pub trait DedupStore: Send + Sync + 'static {
-    /// Is the pair done? If not, and no other host holds a live lease, take the
-    /// lease for `lease_for` (a crashed holder's lease expires after that).
-    async fn begin(&self, key: &DedupKey, lease_for: Duration) -> Result<Begin, StoreError>;
-    /// Records the pairs done for `ttl`, durably, in one write.
-    async fn commit(&self, keys: &[DedupKey], ttl: Duration) -> Result<(), StoreError>;
+    /// Is the pair done (for a `replay`: succeeded)? If not, and no other
+    /// host holds a live lease, take the lease for `lease_for` (a crashed
+    /// holder's lease expires after that).
+    async fn begin_as(&self, key: &DedupKey, lease_for: Duration, replay: bool) -> Result<Begin, StoreError>;
+    /// Records the pairs done for `ttl`, durably, in one write: `succeeded`
+    /// for good, `rejected` so that only a replay runs them again. A pair
+    /// recorded again takes its new record.
+    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError>;
+    /// `begin_as` for a delivery that is not a replay.
+    async fn begin(&self, key: &DedupKey, lease_for: Duration) -> Result<Begin, StoreError> {
+        self.begin_as(key, lease_for, false).await
+    }
+    /// `commit_all` of succeeded pairs only.
+    async fn commit(&self, keys: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
+        self.commit_all(keys, &[], ttl).await
+    }
     /// Drops this host's leases on pairs that were not done, so a redelivery can run them at once.
     async fn release(&self, keys: &[DedupKey]) -> Result<(), StoreError>;
     /// Forgets records older than their TTL; gridfn calls it every minute.
@@ -144,6 +161,8 @@ pub struct Lease {
     // dropped (released).
     state: watch::Sender<LocalState>,
     settled: bool,
+    /// Done by a rejection (dead-lettered), not a success.
+    rejected: bool,
 }
 
 impl Dedup {
@@ -155,6 +174,11 @@ impl Dedup {
     /// elsewhere. `lease_for` bounds how long another host waits if this one
     /// crashes mid-run.
     pub async fn claim(self: &Arc<Self>, key: DedupKey, wait: Duration, lease_for: Duration) -> Claim {
+        self.claim_as(key, wait, lease_for, false).await
+    }
+
+    /// [`Dedup::claim`]; for a `replay`, a pair done by a rejection runs again.
+    pub async fn claim_as(self: &Arc<Self>, key: DedupKey, wait: Duration, lease_for: Duration, replay: bool) -> Claim {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let lease = match self.claim_locally(&key) {
@@ -172,7 +196,7 @@ impl Dedup {
                     }
                 }
             };
-            match self.store.begin(&key, lease_for).await {
+            match self.store.begin_as(&key, lease_for, replay).await {
                 Ok(Begin::Run) => return Claim::Run(lease),
                 Ok(Begin::Done) => {
                     lease.forget();
@@ -199,7 +223,7 @@ impl Dedup {
             Entry::Vacant(free) => {
                 let (sender, receiver) = watch::channel(LocalState::Running);
                 free.insert(receiver);
-                Ok(Lease { dedup: self.clone(), key: key.clone(), state: sender, settled: false })
+                Ok(Lease { dedup: self.clone(), key: key.clone(), state: sender, settled: false, rejected: false })
             }
         }
     }
@@ -212,11 +236,15 @@ impl Dedup {
     /// releases the others. On a failed commit nothing is done and everything
     /// is released; the error says why, and the caller answers with a retry.
     pub async fn settle(&self, done: Vec<Lease>, not_done: Vec<Lease>) -> Result<(), StoreError> {
-        let done_keys: Vec<DedupKey> = done.iter().map(|l| l.key.clone()).collect();
-        let committed = if done_keys.is_empty() { Ok(()) } else { self.store.commit(&done_keys, self.ttl).await };
+        let (rejected, succeeded): (Vec<&Lease>, Vec<&Lease>) = done.iter().partition(|l| l.rejected);
+        let keys = |leases: Vec<&Lease>| -> Vec<DedupKey> { leases.into_iter().map(|l| l.key.clone()).collect() };
+        let (succeeded, rejected) = (keys(succeeded), keys(rejected));
+        let committed =
+            if done.is_empty() { Ok(()) } else { self.store.commit_all(&succeeded, &rejected, self.ttl).await };
         let mut release: Vec<DedupKey> = not_done.iter().map(|l| l.key.clone()).collect();
         if committed.is_err() {
-            release.extend(done_keys);
+            release.extend(succeeded);
+            release.extend(rejected);
         }
         if !release.is_empty()
             && let Err(e) = self.store.release(&release).await
@@ -243,6 +271,13 @@ impl Lease {
     /// committed with the rest of the delivery.
     pub fn mark_done(&self) {
         self.state.send_replace(LocalState::Done);
+    }
+
+    /// Like [`Lease::mark_done`], for a run that was rejected (and
+    /// dead-lettered): recorded so that only a replay runs it again.
+    pub fn mark_rejected(&mut self) {
+        self.rejected = true;
+        self.mark_done();
     }
 
     /// Ends the local claim without touching the store (the caller has).
@@ -287,6 +322,28 @@ mod tests {
         dedup.settle(vec![one], vec![two]).await.unwrap();
         assert!(matches!(dedup.claim(key("1"), Duration::ZERO, LEASE).await, Claim::Done));
         assert!(matches!(dedup.claim(key("2"), Duration::ZERO, LEASE).await, Claim::Run(_)));
+    }
+
+    #[tokio::test]
+    async fn a_rejected_pair_runs_again_only_on_replay_and_a_success_never() {
+        let dedup = dedup();
+        let Claim::Run(mut rejected) = dedup.claim(key("r"), Duration::ZERO, LEASE).await else { panic!() };
+        let Claim::Run(succeeded) = dedup.claim(key("s"), Duration::ZERO, LEASE).await else { panic!() };
+        rejected.mark_rejected();
+        succeeded.mark_done();
+        dedup.settle(vec![rejected, succeeded], vec![]).await.unwrap();
+        assert!(matches!(dedup.claim(key("r"), Duration::ZERO, LEASE).await, Claim::Done), "redelivery");
+        assert!(matches!(dedup.claim(key("s"), Duration::ZERO, LEASE).await, Claim::Done));
+        assert!(
+            matches!(dedup.claim_as(key("s"), Duration::ZERO, LEASE, true).await, Claim::Done),
+            "replay of a success"
+        );
+        let Claim::Run(replayed) = dedup.claim_as(key("r"), Duration::ZERO, LEASE, true).await else {
+            panic!("a replay runs a rejected pair")
+        };
+        replayed.mark_done();
+        dedup.settle(vec![replayed], vec![]).await.unwrap();
+        assert!(matches!(dedup.claim_as(key("r"), Duration::ZERO, LEASE, true).await, Claim::Done));
     }
 
     #[tokio::test]
@@ -346,10 +403,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl DedupStore for FailingCommits {
-        async fn begin(&self, key: &DedupKey, lease_for: Duration) -> Result<Begin, StoreError> {
-            self.0.begin(key, lease_for).await
+        async fn begin_as(&self, key: &DedupKey, lease_for: Duration, replay: bool) -> Result<Begin, StoreError> {
+            self.0.begin_as(key, lease_for, replay).await
         }
-        async fn commit(&self, _: &[DedupKey], _: Duration) -> Result<(), StoreError> {
+        async fn commit_all(&self, _: &[DedupKey], _: &[DedupKey], _: Duration) -> Result<(), StoreError> {
             Err(StoreError("disk full".into()))
         }
         async fn release(&self, keys: &[DedupKey]) -> Result<(), StoreError> {

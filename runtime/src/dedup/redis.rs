@@ -5,7 +5,11 @@
 //! One Redis string per (handler, event) pair, named `key_prefix + DedupKey::storage_key()`:
 //!
 //! * absent: never seen, or its record or lease has expired;
-//! * `done`: the pair ran (succeeded or was dead-lettered); it expires after the `ttl` given to `commit`;
+//! * `done`: the pair succeeded; it expires after the `ttl` given to `commit_all`;
+//! * `rejected`: the pair was dead-lettered: done, except for a replay, which may run it again (its
+//!   lease replaces the marker, so a replay that fails and is released leaves the pair free, not
+//!   rejected: Event Grid does not redeliver an event gridfn dead-lettered, and the replay keeps its
+//!   own record of what is left);
 //! * `lease:<uuid>`: a host is running the pair right now. The value is the holder's lease token, a random
 //!   one per [`RedisStore`] (so one per process; clones share it). It expires after the `lease_for` given
 //!   to `begin`, so the lease of a host that crashed mid-run frees itself.
@@ -52,6 +56,8 @@ use super::{Begin, DedupKey, DedupStore, StoreError};
 
 /// The value of a pair that is done. Lease tokens start with `lease:`, so never equal it.
 const DONE: &str = "done";
+/// The value of a pair done by a rejection.
+const REJECTED: &str = "rejected";
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,11 +68,18 @@ const RECONNECT_RETRIES: usize = 2;
 /// Longest expiry handed to Redis (about ten years); longer ones are cut to it.
 const MAX_EXPIRY_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
-/// KEYS[1] = the pair; ARGV = token, lease in ms, done marker.
-/// Returns 0 (Done), 1 (Run) or 2 (Busy).
+/// KEYS[1] = the pair; ARGV = token, lease in ms, done marker, rejected
+/// marker, "1" for a replay. Returns 0 (Done), 1 (Run) or 2 (Busy).
 const BEGIN_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[3] then
+  return 0
+end
+if v == ARGV[4] then
+  if ARGV[5] == '1' then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+  end
   return 0
 end
 if v == ARGV[1] then
@@ -82,10 +95,16 @@ end
 return 2
 ";
 
-/// KEYS = the pairs; ARGV = ttl in ms, done marker. Returns how many pairs it wrote.
+/// KEYS = the succeeded pairs, then the rejected ones; ARGV = ttl in ms,
+/// done marker, rejected marker, how many succeeded. Returns how many pairs it wrote.
 const COMMIT_LUA: &str = r"
+local succeeded = tonumber(ARGV[4])
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[2], 'PX', ARGV[1])
+  local marker = ARGV[2]
+  if i > succeeded then
+    marker = ARGV[3]
+  end
+  redis.call('SET', KEYS[i], marker, 'PX', ARGV[1])
 end
 return #KEYS
 ";
@@ -166,13 +185,15 @@ impl DedupStore for RedisStore {
     /// `Done` if the pair is done; `Run` if it was free (this store now holds a lease on it for
     /// `lease_for`) or already leased by this store (a local retry: the lease is renewed for
     /// `lease_for`); `Busy` if another store holds a live lease on it.
-    async fn begin(&self, key: &DedupKey, lease_for: Duration) -> Result<Begin, StoreError> {
+    async fn begin_as(&self, key: &DedupKey, lease_for: Duration, replay: bool) -> Result<Begin, StoreError> {
         let mut con = self.con.clone();
         let code: i64 = BEGIN_SCRIPT
             .key(self.redis_key(key))
             .arg(&self.token)
             .arg(expiry_ms(lease_for))
             .arg(DONE)
+            .arg(REJECTED)
+            .arg(if replay { "1" } else { "0" })
             .invoke_async(&mut con)
             .await
             .map_err(|e| self.error("begin", e))?;
@@ -184,23 +205,23 @@ impl DedupStore for RedisStore {
         }
     }
 
-    /// Marks every pair done for `ttl`, whoever holds its lease, in one atomic script call.
-    async fn commit(&self, keys: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
-        if keys.is_empty() {
+    /// Marks every pair done (or rejected) for `ttl`, whoever holds its lease, in one atomic script call.
+    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
+        let count = succeeded.len() + rejected.len();
+        if count == 0 {
             return Ok(());
         }
         let mut invocation = COMMIT_SCRIPT.prepare_invoke();
-        for key in keys {
+        for key in succeeded.iter().chain(rejected) {
             invocation.key(self.redis_key(key));
         }
-        invocation.arg(expiry_ms(ttl)).arg(DONE);
+        invocation.arg(expiry_ms(ttl)).arg(DONE).arg(REJECTED).arg(succeeded.len());
         let mut con = self.con.clone();
         let written: i64 = invocation.invoke_async(&mut con).await.map_err(|e| self.error("commit", e))?;
-        if written != keys.len() as i64 {
+        if written != count as i64 {
             return Err(StoreError(format!(
                 "redis at {}: commit wrote {written} of {} records",
-                self.shown_url,
-                keys.len()
+                self.shown_url, count
             )));
         }
         Ok(())

@@ -1,0 +1,269 @@
+//! The replay ledger: what each replay of a source did per (blob, record,
+//! destination), so the same command run again does only what is left, and a
+//! replay cut off (Ctrl-C, `kill -9`) resumes where it was.
+//!
+//! A JSON-lines file, appended to and synced (`fdatasync`) once per group of
+//! finished batches, last line per key wins. Chosen over an fjall database:
+//! the ledger is written a few hundred times a run and read once, a user can
+//! read or `grep` it, it needs no second lock beside the replay's own, and a
+//! crash can only tear the last line, which reading drops (the batch it
+//! described runs again, and dedup makes that run a duplicate).
+//!
+//! A lock file beside it ([`LedgerLock`]) keeps two replays of one source from
+//! running at once; the operating system releases it when the process dies,
+//! however it dies.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::ReplayOutcome;
+
+/// One record's replay to one destination: the ledger's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pair {
+    pub blob: String,
+    pub index: usize,
+    /// The handler (in-process, or substituted into `--to`), or `*` for a
+    /// `--to` endpoint that takes every event.
+    pub destination: String,
+}
+
+/// What the replays of one pair came to so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub pair: Pair,
+    /// Replays that ran (this one included); `--max-replays` bounds it.
+    pub attempts: u32,
+    pub outcome: ReplayOutcome,
+    /// When this replay finished (RFC 3339, UTC).
+    pub at: String,
+}
+
+impl Entry {
+    /// Succeeded now or before (or the handler's filter does not want it):
+    /// nothing more to do for this pair.
+    pub fn is_done(&self) -> bool {
+        is_done(self.outcome)
+    }
+}
+
+/// Whether a pair with this outcome needs no further replay.
+pub fn is_done(outcome: ReplayOutcome) -> bool {
+    matches!(outcome, ReplayOutcome::Succeeded | ReplayOutcome::Duplicate | ReplayOutcome::Unmatched)
+}
+
+/// The ledger of one source, read into memory, appended to as batches finish.
+pub struct Ledger {
+    path: PathBuf,
+    entries: HashMap<Pair, Entry>,
+    /// `None` for a dry run: it reads, never writes.
+    file: Option<File>,
+}
+
+impl Ledger {
+    /// Reads the ledger at `path` (none yet is an empty ledger) without
+    /// creating or changing anything: for `--dry-run`.
+    pub fn read_only(path: &Path) -> anyhow::Result<Ledger> {
+        let entries = match File::open(path) {
+            Ok(file) => read_entries(file, path)?.0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => anyhow::bail!("cannot read the replay ledger {}: {e}", path.display()),
+        };
+        Ok(Ledger { path: path.to_owned(), entries, file: None })
+    }
+
+    /// Opens (or creates) the ledger for appending; a torn last line, left by
+    /// a crash mid-write, is cut off first.
+    pub fn open(path: &Path) -> anyhow::Result<Ledger> {
+        let shown = path.display();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open the replay ledger {shown}: {e}"))?;
+        let (entries, good_len) = read_entries(file.try_clone()?, path)?;
+        if good_len < file.metadata()?.len() {
+            file.set_len(good_len)?;
+            file.sync_data()?;
+        }
+        file.seek(SeekFrom::End(0))?;
+        Ok(Ledger { path: path.to_owned(), entries, file: Some(file) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get(&self, pair: &Pair) -> Option<&Entry> {
+        self.entries.get(pair)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends `entries` and syncs them to disk: once this returns Ok, they
+    /// survive a crash.
+    pub fn append(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let Some(file) = &mut self.file else { anyhow::bail!("the ledger was opened read-only") };
+        let mut text = Vec::with_capacity(entries.len() * 160);
+        for entry in &entries {
+            serde_json::to_writer(&mut text, entry)?;
+            text.push(b'\n');
+        }
+        file.write_all(&text).and_then(|()| file.sync_data()).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write the replay ledger {}: {e} (the next run redoes this batch)",
+                self.path.display()
+            )
+        })?;
+        for entry in entries {
+            self.entries.insert(entry.pair.clone(), entry);
+        }
+        Ok(())
+    }
+}
+
+/// Every entry in `file` (the last per pair), and the length of the part
+/// made of whole, readable lines.
+fn read_entries(file: File, path: &Path) -> anyhow::Result<(HashMap<Pair, Entry>, u64)> {
+    let mut entries = HashMap::new();
+    let mut good_len = 0u64;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .map_err(|e| anyhow::anyhow!("cannot read the replay ledger {}: {e}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        // Only the last line can be torn (appends are sequential); a line
+        // without its newline, or that does not parse, ends the ledger.
+        let Some(text) = line.strip_suffix('\n') else { break };
+        let Ok(entry) = serde_json::from_str::<Entry>(text) else {
+            tracing::warn!("{}: dropping an unreadable line and what follows it", path.display());
+            break;
+        };
+        good_len += read as u64;
+        entries.insert(entry.pair.clone(), entry);
+    }
+    Ok((entries, good_len))
+}
+
+/// Held while a replay of one source runs; the OS lets go when the process
+/// ends, so a killed replay never leaves a stale lock.
+pub struct LedgerLock {
+    _file: File,
+}
+
+impl LedgerLock {
+    /// Takes the lock beside `ledger`, or says who holds it.
+    pub fn acquire(ledger: &Path) -> anyhow::Result<LedgerLock> {
+        let path = ledger.with_extension("lock");
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open the replay lock {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+                anyhow::bail!(
+                    "another `gridfn replay` of this source is running{holder}: two replays at once could run an event twice; wait for it to finish or stop it (lock: {})",
+                    path.display()
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => anyhow::bail!("cannot lock {}: {e}", path.display()),
+        }
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+        Ok(LedgerLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: usize, outcome: ReplayOutcome) -> Entry {
+        let pair = Pair { blob: "SUB/2024/1/2/3/a.json".into(), index, destination: "h".into() };
+        Entry { pair, attempts: 1, outcome, at: "2026-11-30T03:00:00Z".into() }
+    }
+
+    #[test]
+    fn entries_survive_reopening_and_the_last_one_per_pair_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let mut ledger = Ledger::open(&path).unwrap();
+        ledger.append(vec![entry(0, ReplayOutcome::Failed), entry(1, ReplayOutcome::Succeeded)]).unwrap();
+        ledger.append(vec![Entry { attempts: 2, ..entry(0, ReplayOutcome::Duplicate) }]).unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.len(), 2);
+        let first = ledger.get(&entry(0, ReplayOutcome::Failed).pair).unwrap();
+        assert_eq!((first.attempts, first.outcome), (2, ReplayOutcome::Duplicate));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_cut_off_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        Ledger::open(&path).unwrap().append(vec![entry(0, ReplayOutcome::Succeeded)]).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"blob":"SUB/2024/1/2/3/a.json","ind"#);
+        std::fs::write(&path, &torn).unwrap();
+
+        assert_eq!(Ledger::read_only(&path).unwrap().len(), 1, "the torn line is not an entry");
+        let mut ledger = Ledger::open(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), whole, "opening cuts the torn line");
+        ledger.append(vec![entry(1, ReplayOutcome::Rejected)]).unwrap();
+        assert_eq!(Ledger::read_only(&path).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_dry_run_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replay").join("l.jsonl");
+        assert!(Ledger::read_only(&path).unwrap().is_empty());
+        assert!(!dir.path().join("replay").exists());
+    }
+
+    #[test]
+    fn a_second_lock_on_one_ledger_is_refused_until_the_first_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let first = LedgerLock::acquire(&path).unwrap();
+        let error = LedgerLock::acquire(&path).err().expect("second lock refused").to_string();
+        assert!(error.contains("another `gridfn replay` of this source is running"), "{error}");
+        assert!(error.contains(&format!("pid {}", std::process::id())), "{error}");
+        drop(first);
+        LedgerLock::acquire(&path).unwrap();
+    }
+}

@@ -1,0 +1,384 @@
+//! What a user sees: a progress bar with rate and ETA on a terminal (plain
+//! lines every few seconds otherwise), the dry run's table, and the summary
+//! at the end, per handler and per dead-letter reason, as a table or JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::plan::{Action, Plan};
+use super::read::BadRecord;
+use super::run::Ran;
+use crate::pipeline::ReplayOutcome;
+
+/// How often the plain (not a terminal) progress line is printed.
+const PLAIN_EVERY: Duration = Duration::from_secs(2);
+
+/// Progress on stderr.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    plain: Mutex<Plain>,
+    total: u64,
+}
+
+struct Plain {
+    done: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal (and `quiet` is off), else plain lines.
+    pub fn new(total: u64, quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            let style =
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  ETA {eta}  {msg}")
+                    .expect("the template is valid");
+            bar.set_style(style);
+            bar
+        });
+        let now = Instant::now();
+        Progress { bar, plain: Mutex::new(Plain { done: 0, started: now, last: now }), total }
+    }
+
+    pub fn advance(&self, events: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(events);
+            return;
+        }
+        let mut plain = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        plain.done += events;
+        if plain.last.elapsed() >= PLAIN_EVERY {
+            plain.last = Instant::now();
+            let elapsed = plain.started.elapsed().as_secs_f64();
+            let rate = plain.done as f64 / elapsed.max(1e-3);
+            let left = self.total.saturating_sub(plain.done) as f64 / rate.max(1e-3);
+            eprintln!("replayed {}/{} events ({rate:.0}/s, ETA {left:.0}s)", plain.done, self.total);
+        }
+    }
+
+    /// A line that does not disturb the bar.
+    pub fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Counts of what became of (record, destination) pairs.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Sent to a handler (or URL) this run.
+    pub replayed: usize,
+    pub succeeded: usize,
+    /// Succeeded before: not run again.
+    pub duplicate: usize,
+    pub failed_again: usize,
+    pub rejected_again: usize,
+    /// The handler's filter does not want the event.
+    pub unmatched: usize,
+    /// Not selected, or with nowhere to go.
+    pub skipped: usize,
+    /// Done by an earlier replay (the ledger says so).
+    pub already_done: usize,
+    /// Failed `--max-replays` times.
+    pub gave_up: usize,
+    /// Selected, but not sent because the replay was interrupted.
+    pub not_sent: usize,
+}
+
+impl Counts {
+    fn add(&mut self, action: &Action, outcome: Option<ReplayOutcome>) {
+        match (action, outcome) {
+            (Action::Replay, Some(outcome)) => {
+                self.replayed += 1;
+                match outcome {
+                    ReplayOutcome::Succeeded => self.succeeded += 1,
+                    ReplayOutcome::Duplicate => self.duplicate += 1,
+                    ReplayOutcome::Failed => self.failed_again += 1,
+                    ReplayOutcome::Rejected => self.rejected_again += 1,
+                    ReplayOutcome::Unmatched => self.unmatched += 1,
+                }
+            }
+            (Action::Replay, None) => self.not_sent += 1,
+            (Action::Skip { .. }, _) => self.skipped += 1,
+            (Action::AlreadyDone { .. }, _) => self.already_done += 1,
+            (Action::GaveUp { .. }, _) => self.gave_up += 1,
+        }
+    }
+}
+
+/// The end of a replay, for people (a table) and scripts (`--json`).
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub source: String,
+    pub target: String,
+    pub ledger: String,
+    pub dry_run: bool,
+    pub interrupted: bool,
+    pub blobs: usize,
+    pub records: usize,
+    pub total: Counts,
+    pub per_handler: BTreeMap<String, Counts>,
+    pub per_reason: BTreeMap<String, Counts>,
+    /// Why records were skipped, with how many each.
+    pub skipped_because: BTreeMap<String, usize>,
+    /// Why batches failed, with how many events each.
+    pub errors: BTreeMap<String, usize>,
+    /// Records that are not valid events, with where they are.
+    pub invalid: Vec<BadRecord>,
+    pub archived: usize,
+    pub deleted: usize,
+    pub blob_errors: Vec<String>,
+    /// Time spent sending (from the first batch to the last answer).
+    pub seconds: f64,
+    /// Time spent listing and reading the blobs before that.
+    pub reading_seconds: f64,
+    /// Events replayed per second of sending.
+    pub rate: f64,
+}
+
+impl Summary {
+    pub fn new(plan: &Plan, ran: &Ran, header: (String, String, String), dry_run: bool, seconds: f64) -> Summary {
+        let (source, target, ledger) = header;
+        let mut summary = Summary {
+            source,
+            target,
+            ledger,
+            dry_run,
+            interrupted: ran.interrupted,
+            blobs: plan.blobs.len(),
+            records: plan.records.len() + plan.invalid.len(),
+            total: Counts::default(),
+            per_handler: BTreeMap::new(),
+            per_reason: BTreeMap::new(),
+            skipped_because: BTreeMap::new(),
+            errors: ran.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            invalid: plan.invalid.clone(),
+            archived: ran.archived,
+            deleted: ran.deleted,
+            blob_errors: ran.blob_errors.clone(),
+            seconds,
+            reading_seconds: 0.0,
+            rate: 0.0,
+        };
+        for (index, item) in plan.items.iter().enumerate() {
+            let record = &plan.records[item.record];
+            let outcome = ran.outcomes.get(&index).copied();
+            let handler = match item.pair.destination.as_str() {
+                "" => record.handler.clone().unwrap_or_else(|| "-".into()),
+                destination => destination.to_owned(),
+            };
+            let reason = record.reason.clone().unwrap_or_else(|| "-".into());
+            summary.total.add(&item.action, outcome);
+            summary.per_handler.entry(handler).or_default().add(&item.action, outcome);
+            summary.per_reason.entry(reason).or_default().add(&item.action, outcome);
+            if let Action::Skip { why } = &item.action {
+                *summary.skipped_because.entry(why.clone()).or_default() += 1;
+            }
+        }
+        summary.rate = summary.total.replayed as f64 / seconds.max(1e-3);
+        summary
+    }
+
+    /// Everything replayed succeeded (or had before) and nothing selected
+    /// was left unsent. Invalid records are reported, not counted: they
+    /// were never replayed, and would fail every scheduled run.
+    pub fn success(&self) -> bool {
+        let t = &self.total;
+        t.failed_again == 0 && t.rejected_again == 0 && t.not_sent == 0 && !self.interrupted
+    }
+
+    /// The summary as a table.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "replay of {} into {}", self.source, self.target);
+        if self.interrupted {
+            let _ = writeln!(out, "INTERRUPTED: run the same command again to resume");
+        }
+        if self.records == 0 {
+            let _ = writeln!(
+                out,
+                "nothing to do: no dead-lettered records left in {} (done blobs are under replayed/)",
+                self.source
+            );
+            return out;
+        }
+        if self.total.replayed == 0 && self.total.already_done > 0 && self.total.not_sent == 0 {
+            let _ = writeln!(
+                out,
+                "nothing to do: {} already replayed (ledger {})",
+                plural(self.total.already_done, "pair"),
+                self.ledger
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{} in {}; {} replayed in {:.1}s ({:.0} events/s)",
+            plural(self.records, "record"),
+            plural(self.blobs, "blob"),
+            plural(self.total.replayed, "event"),
+            self.seconds,
+            self.rate
+        );
+        let mut table = Table::default();
+        table.row(&[
+            "",
+            "replayed",
+            "succeeded",
+            "duplicate",
+            "failed again",
+            "rejected again",
+            "unmatched",
+            "skipped",
+            "already done",
+            "gave up",
+        ]);
+        let mut add = |name: String, c: &Counts| {
+            let cells = [
+                c.replayed,
+                c.succeeded,
+                c.duplicate,
+                c.failed_again,
+                c.rejected_again,
+                c.unmatched,
+                c.skipped,
+                c.already_done,
+                c.gave_up,
+            ];
+            let mut row = vec![name];
+            row.extend(cells.iter().map(usize::to_string));
+            table.row(&row.iter().map(String::as_str).collect::<Vec<_>>());
+        };
+        add("total".into(), &self.total);
+        for (handler, counts) in &self.per_handler {
+            add(format!("handler {handler}"), counts);
+        }
+        for (reason, counts) in &self.per_reason {
+            add(format!("reason {reason}"), counts);
+        }
+        out.push_str(&table.render());
+        for (why, count) in &self.skipped_because {
+            let _ = writeln!(out, "skipped {count}: {why}");
+        }
+        for (error, count) in &self.errors {
+            let _ = writeln!(out, "failed {count}: {error}");
+        }
+        for bad in &self.invalid {
+            let at = bad.index.map_or(String::new(), |i| format!(" record {i}"));
+            let _ = writeln!(out, "invalid: {}{at}: {}", bad.blob, bad.problem);
+        }
+        if self.total.not_sent > 0 {
+            let _ = writeln!(out, "not sent (interrupted): {}", self.total.not_sent);
+        }
+        if self.archived > 0 {
+            let _ = writeln!(out, "archived {} under replayed/", plural(self.archived, "blob"));
+        }
+        if self.deleted > 0 {
+            let _ = writeln!(out, "deleted {}", plural(self.deleted, "blob"));
+        }
+        for error in &self.blob_errors {
+            let _ = writeln!(out, "blob left in place: {error}");
+        }
+        out
+    }
+}
+
+/// The dry run: one line per (record, destination), what would happen and why.
+#[derive(Serialize)]
+pub struct DryRunRow<'a> {
+    pub blob: &'a str,
+    pub index: usize,
+    pub id: &'a str,
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    pub reason: Option<&'a str>,
+    pub destination: &'a str,
+    #[serde(flatten)]
+    pub action: &'a Action,
+}
+
+pub fn dry_run_rows(plan: &Plan) -> Vec<DryRunRow<'_>> {
+    plan.items
+        .iter()
+        .map(|item| {
+            let record = &plan.records[item.record];
+            DryRunRow {
+                blob: &item.pair.blob,
+                index: item.pair.index,
+                id: &record.event.id,
+                event_type: &record.event.event_type,
+                reason: record.reason.as_deref(),
+                destination: &item.pair.destination,
+                action: &item.action,
+            }
+        })
+        .collect()
+}
+
+pub fn render_dry_run(rows: &[DryRunRow<'_>]) -> String {
+    let mut table = Table::default();
+    table.row(&["BLOB", "#", "ID", "TYPE", "REASON", "TO", "WOULD"]);
+    for row in rows {
+        let would = match row.action {
+            Action::Replay => "replay".to_owned(),
+            Action::Skip { why } => format!("skip: {why}"),
+            Action::AlreadyDone { outcome, at } => format!("skip: already replayed ({outcome:?} at {at})"),
+            Action::GaveUp { attempts, outcome } => {
+                format!("skip: gave up after {attempts} replays (last {outcome:?}); raise --max-replays")
+            }
+        };
+        let index = row.index.to_string();
+        table.row(&[row.blob, &index, row.id, row.event_type, row.reason.unwrap_or("-"), row.destination, &would]);
+    }
+    table.render()
+}
+
+/// Columns padded to their widest cell (the last one is not padded).
+#[derive(Default)]
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn row(&mut self, cells: &[&str]) {
+        self.rows.push(cells.iter().map(|c| (*c).to_owned()).collect());
+    }
+
+    fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}

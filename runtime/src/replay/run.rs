@@ -1,0 +1,306 @@
+//! Running a plan: the items to replay grouped into batches, sent with at
+//! most `--concurrency` batches in flight and at most `--rate` events a
+//! second, every finished batch written to the ledger before it counts, and
+//! the blobs whose records are all done archived (or deleted) at the end.
+//!
+//! What makes a cut-off replay safe to run again: a pair's success is
+//! recorded by dedup before its batch returns, and by the ledger right after;
+//! a crash between the two makes the next run send it again, and dedup
+//! answers it as a duplicate instead of running it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::ledger::{Entry, Ledger, is_done};
+use super::plan::{Action, Plan};
+use super::read::Source;
+use super::report::Progress;
+use super::target::{Batch, MAX_BODY, Sent, Target};
+use crate::event::Schema;
+use crate::pipeline::ReplayOutcome;
+
+/// What to do with a blob once every record in it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSuccess {
+    /// Leave it where it is (the ledger still keeps it from running twice).
+    Keep,
+    /// Move it under `replayed/`.
+    Archive,
+    /// Delete it.
+    Delete,
+}
+
+/// How hard a replay pushes.
+pub struct Pace {
+    /// Events per batch (a `--to` body is also kept under 1 MiB).
+    pub batch: usize,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    /// Events started per second, at most.
+    pub rate: Option<f64>,
+    /// Whether batches are HTTP bodies (and so bounded in bytes).
+    pub bounded_bytes: bool,
+}
+
+/// What a run did.
+#[derive(Default)]
+pub struct Ran {
+    /// Per plan item sent: its outcome.
+    pub outcomes: HashMap<usize, ReplayOutcome>,
+    /// Why batches failed, with how many events each reason covered.
+    pub errors: HashMap<String, usize>,
+    pub archived: usize,
+    pub deleted: usize,
+    /// Blobs that could not be archived or deleted, and why.
+    pub blob_errors: Vec<String>,
+    /// Ctrl-C stopped it before every batch was sent.
+    pub interrupted: bool,
+}
+
+/// Sends the plan's items, records each finished batch in the ledger, then
+/// archives the blobs that are done.
+pub async fn execute(
+    plan: &Plan,
+    source: &Source,
+    target: Arc<Target>,
+    ledger: Ledger,
+    pace: &Pace,
+    on_success: OnSuccess,
+    progress: &Progress,
+) -> anyhow::Result<Ran> {
+    let mut ran = Ran::default();
+    let batches = batches(plan, pace);
+    let started = Instant::now();
+    let mut sent_events = 0usize;
+    let mut in_flight: JoinSet<(Vec<usize>, Sent)> = JoinSet::new();
+    let mut queue = batches.into_iter();
+    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    // The ledger is written on a thread of its own, so a sync never holds up
+    // the next batch; whatever finished while it synced goes into its next write.
+    let (to_ledger, entries_in) = std::sync::mpsc::channel::<Vec<Entry>>();
+    let writer = std::thread::spawn(move || -> anyhow::Result<Ledger> {
+        let mut ledger = ledger;
+        while let Ok(mut entries) = entries_in.recv() {
+            while let Ok(more) = entries_in.try_recv() {
+                entries.extend(more);
+            }
+            ledger.append(entries)?;
+        }
+        Ok(ledger)
+    });
+    loop {
+        if writer.is_finished() {
+            break;
+        }
+        // Start batches while there is room and the rate allows.
+        while !ran.interrupted && in_flight.len() < pace.concurrency.max(1) {
+            let Some(batch) = queue.next() else { break };
+            if let Some(rate) = pace.rate {
+                let due = started + Duration::from_secs_f64(sent_events as f64 / rate);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = &mut interrupt => { ran.interrupted = true; break; }
+                }
+            }
+            sent_events += batch.events.len();
+            let target = target.clone();
+            in_flight.spawn(async move {
+                let items = batch.items.clone();
+                (items, target.send(batch).await)
+            });
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        let first = tokio::select! {
+            done = in_flight.join_next() => done,
+            _ = &mut interrupt, if !ran.interrupted => {
+                ran.interrupted = true;
+                progress.note("interrupted: finishing the batches in flight, then stopping (the next run resumes)");
+                continue;
+            }
+        };
+        // Every batch finished by now goes into one ledger write.
+        let mut finished = Vec::new();
+        finished.extend(first);
+        while let Some(done) = in_flight.try_join_next() {
+            finished.push(done);
+        }
+        let mut entries = Vec::new();
+        let now = now_rfc3339();
+        for done in finished {
+            let (items, sent) = done.map_err(|e| anyhow::anyhow!("a replay batch panicked: {e}"))?;
+            if let Some(error) = sent.error {
+                *ran.errors.entry(error).or_default() += sent.outcomes.iter().filter(|o| !is_done(**o)).count();
+            }
+            progress.advance(items.len() as u64);
+            for (item, outcome) in items.into_iter().zip(sent.outcomes) {
+                let planned = &plan.items[item];
+                ran.outcomes.insert(item, outcome);
+                entries.push(Entry {
+                    pair: planned.pair.clone(),
+                    attempts: planned.attempts + 1,
+                    outcome,
+                    at: now.clone(),
+                });
+            }
+        }
+        let _ = to_ledger.send(entries);
+    }
+    drop(to_ledger);
+    let ledger = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the ledger writer panicked"))??;
+    if !ran.interrupted {
+        finish_blobs(plan, source, &ledger, on_success, &mut ran).await;
+    }
+    Ok(ran)
+}
+
+/// Groups the items to replay into batches: one destination, subscription,
+/// attempt count and schema each, at most `pace.batch` events (and 1 MiB
+/// for HTTP), in the order the items came.
+fn batches(plan: &Plan, pace: &Pace) -> Vec<Batch> {
+    type Key = (String, Option<String>, u32, Schema);
+    let mut open: HashMap<Key, Batch> = HashMap::new();
+    let mut out = Vec::new();
+    for (index, item) in plan.items.iter().enumerate() {
+        if !matches!(item.action, Action::Replay) {
+            continue;
+        }
+        let record = &plan.records[item.record];
+        let attempt = record.delivery_attempts.unwrap_or(0);
+        let key: Key = (item.pair.destination.clone(), record.subscription.clone(), attempt, record.event.schema);
+        let size = record.event.raw.get().len() + 1;
+        if let Some(batch) = open.get(&key)
+            && pace.bounded_bytes
+            && batch.bytes + size > MAX_BODY
+        {
+            out.extend(open.remove(&key));
+        }
+        let batch = open.entry(key.clone()).or_insert_with(|| Batch {
+            destination: key.0.clone(),
+            subscription: key.1.clone(),
+            attempt,
+            schema: key.3,
+            events: Vec::new(),
+            items: Vec::new(),
+            bytes: 0,
+        });
+        batch.events.push(record.event.clone());
+        batch.items.push(index);
+        batch.bytes += size;
+        if batch.events.len() >= pace.batch.max(1) {
+            out.extend(open.remove(&key));
+        }
+    }
+    let mut rest: Vec<Batch> = open.into_values().collect();
+    rest.sort_by_key(|batch| batch.items[0]);
+    out.extend(rest);
+    out
+}
+
+/// Archives (or deletes) every blob whose records are all done, by this run
+/// or earlier ones; a blob with a record not selected, failing, or invalid
+/// stays.
+async fn finish_blobs(plan: &Plan, source: &Source, ledger: &Ledger, on_success: OnSuccess, ran: &mut Ran) {
+    if on_success == OnSuccess::Keep {
+        return;
+    }
+    let invalid: BTreeSet<&str> = plan.invalid.iter().map(|bad| bad.blob.as_str()).collect();
+    let mut open: BTreeSet<&str> = invalid;
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for item in &plan.items {
+        seen.insert(&item.pair.blob);
+        let done = ledger.get(&item.pair).is_some_and(Entry::is_done);
+        if !done {
+            open.insert(&item.pair.blob);
+        }
+    }
+    for blob in seen.difference(&open) {
+        let result = match on_success {
+            OnSuccess::Archive => source.archive(blob).await.map(|()| ran.archived += 1),
+            OnSuccess::Delete => source.delete(blob).await.map(|()| ran.deleted += 1),
+            OnSuccess::Keep => Ok(()),
+        };
+        if let Err(e) = result {
+            ran.blob_errors.push(format!("{blob}: {e:#}"));
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::ledger::Pair;
+    use crate::replay::plan::Item;
+    use crate::replay::read::parse_records;
+
+    /// `count` gridfn records for handler `h`, `attempts` delivery attempts
+    /// each, with `padding` bytes of data.
+    fn plan(count: usize, attempts: impl Fn(usize) -> u32, padding: usize) -> Plan {
+        let records: Vec<String> = (0..count)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"e{i}","eventType":"T","subject":"s","topic":"/t","eventTime":"2026-01-01T00:00:00Z","data":{{"pad":"{}"}},"dataVersion":"1","deadLetterReason":"HandlerRejected","deliveryAttempts":{},"gridfnHandler":"h"}}"#,
+                    "x".repeat(padding),
+                    attempts(i)
+                )
+            })
+            .collect();
+        let blob = format!("[{}]", records.join(","));
+        let records: Vec<_> =
+            parse_records("S/2026/1/1/0/b.json", Some("S"), blob.as_bytes()).into_iter().map(Result::unwrap).collect();
+        let items = (0..count)
+            .map(|i| Item {
+                pair: Pair { blob: "S/2026/1/1/0/b.json".into(), index: i, destination: "h".into() },
+                record: i,
+                action: Action::Replay,
+                attempts: 0,
+            })
+            .collect();
+        Plan { blobs: vec!["S/2026/1/1/0/b.json".into()], records, invalid: Vec::new(), items }
+    }
+
+    fn pace(batch: usize, bounded_bytes: bool) -> Pace {
+        Pace { batch, concurrency: 1, rate: None, bounded_bytes }
+    }
+
+    #[test]
+    fn batches_hold_one_attempt_count_and_at_most_batch_events() {
+        let plan = plan(250, |i| if i % 2 == 0 { 1 } else { 7 }, 0);
+        let batches = batches(&plan, &pace(100, false));
+        assert_eq!(batches.iter().map(|b| b.events.len()).sum::<usize>(), 250);
+        assert!(batches.iter().all(|b| b.events.len() <= 100));
+        for batch in &batches {
+            let attempts: Vec<u32> = batch.items.iter().map(|i| plan.records[*i].delivery_attempts.unwrap()).collect();
+            assert!(
+                attempts.iter().all(|a| *a == batch.attempt),
+                "{attempts:?} in a batch for attempt {}",
+                batch.attempt
+            );
+        }
+        assert_eq!(batches.len(), 4, "125 events per attempt count: 100 + 25 each");
+    }
+
+    #[test]
+    fn http_batches_stay_under_one_mebibyte() {
+        let plan = plan(40, |_| 1, 100_000);
+        let batches = batches(&plan, &pace(100, true));
+        assert!(batches.len() >= 4, "{} batches of 100 kB events", batches.len());
+        assert!(
+            batches.iter().all(|b| b.bytes <= MAX_BODY),
+            "{:?}",
+            batches.iter().map(|b| b.bytes).collect::<Vec<_>>()
+        );
+        assert_eq!(batches.iter().map(|b| b.events.len()).sum::<usize>(), 40);
+    }
+}
