@@ -704,8 +704,17 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// An object's members in order, values still raw; names borrowed from the
+/// text unless they had escapes. For readers of envelopes around events
+/// (dead-letter records), so every reader parses objects one way.
+pub(crate) fn object_members(raw: &RawValue) -> Result<Vec<(std::borrow::Cow<'_, str>, &RawValue)>, String> {
+    serde_json::from_str::<Members>(raw.get())
+        .map(|Members(members)| members.into_iter().map(|(Name(name), value)| (name, value)).collect())
+        .map_err(|_| format!("expected a JSON object, found {}", json_kind(raw.get())))
+}
+
 /// Names the kind of a JSON value, for error messages.
-fn json_kind(text: &str) -> &'static str {
+pub(crate) fn json_kind(text: &str) -> &'static str {
     match text.trim_start().as_bytes().first() {
         Some(b'{') => "an object",
         Some(b'[') => "an array",

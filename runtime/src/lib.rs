@@ -12,7 +12,11 @@
 //!   handshake or decodes it, dispatches, and answers 200 or 503;
 //! - local topic: a handler's published events are dispatched by the
 //!   pipeline itself (`Pipeline::local_topic`), one hop deeper, and the
-//!   verdict becomes the publisher's outcome.
+//!   verdict becomes the publisher's outcome;
+//! - replay: `gridfn replay` reads dead-letter blobs ([`replay::read`]),
+//!   dispatches each event to the handler it was dead-lettered from with
+//!   `delivery.replay = true` (or POSTs it to a running gridfn), and records
+//!   each outcome in its ledger.
 //!
 //! Inside the pipeline, per (event, handler) pair: route ([`filter`]), claim
 //! ([`dedup`]), admit ([`admission`]), run ([`sandbox`]), retry locally,

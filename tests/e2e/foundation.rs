@@ -346,3 +346,19 @@ fn the_default_log_shows_gridfn_and_its_handlers_but_not_its_dependencies_chatte
         .collect();
     assert!(chatter.is_empty(), "dependencies' INFO lines in the default log: {chatter:#?}");
 }
+
+/// Every repository file the run command and the sample manifest point a new
+/// user to exists (`samples/README.md` once did not).
+#[test]
+fn the_files_the_sample_points_to_exist() {
+    for pointer in ["scripts/sample", "samples/gridfn.toml", "README.md"] {
+        let text = std::fs::read_to_string(crate::support::repo(pointer)).unwrap();
+        let named = text
+            .split(|c: char| c.is_whitespace() || "`'\"()[]".contains(c))
+            .map(|word| word.trim_end_matches(['.', ',', ';', ':']).trim_end_matches("'s"))
+            .filter(|word| word.starts_with("samples/") && word.ends_with(".md"));
+        for file in named {
+            assert!(crate::support::repo(file).is_file(), "{pointer} points to {file}, which does not exist");
+        }
+    }
+}

@@ -58,7 +58,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use serde_json::value::RawValue;
 
 use crate::deadletter::azure::{AzureBlobConfig, AzureBlobDeadLetter};
-use crate::event::{DecodeError, Event, decode_cloudevents, decode_event_grid};
+use crate::event::{DecodeError, Event, decode_cloudevents, decode_event_grid, json_kind, object_members};
 
 /// The folder archived blobs move to, under the source's root.
 pub const REPLAYED: &str = "replayed";
@@ -628,40 +628,7 @@ fn problem(error: &DecodeError) -> String {
 
 /// An object's members in order, values still raw.
 fn members(raw: &RawValue) -> Result<Vec<(String, &RawValue)>, String> {
-    struct Members<'a>(Vec<(String, &'a RawValue)>);
-    impl<'de> serde::Deserialize<'de> for Members<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct Visitor;
-            impl<'de> serde::de::Visitor<'de> for Visitor {
-                type Value = Members<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                    let mut members = Vec::new();
-                    while let Some(member) = map.next_entry()? {
-                        members.push(member);
-                    }
-                    Ok(Members(members))
-                }
-            }
-            deserializer.deserialize_map(Visitor)
-        }
-    }
-    serde_json::from_str::<Members>(raw.get())
-        .map(|Members(members)| members)
-        .map_err(|_| format!("expected a JSON object, found {}", json_kind(raw.get())))
-}
-
-fn json_kind(text: &str) -> &'static str {
-    match text.trim_start().as_bytes().first() {
-        Some(b'{') => "an object",
-        Some(b'[') => "an array",
-        Some(b'"') => "a string",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'n') => "null",
-        _ => "a number",
-    }
+    Ok(object_members(raw)?.into_iter().map(|(name, value)| (name.into_owned(), value)).collect())
 }
 
 /// The dead-letter attributes of one record.
