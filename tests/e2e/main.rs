@@ -5,6 +5,7 @@
 
 mod support;
 
+mod ai_services;
 mod capabilities;
 mod durability;
 mod foundation;
