@@ -113,45 +113,44 @@ def event(kind: str, service: BlobService, container: str, name: str, data: dict
             "data": data, "dataVersion": "", "metadataVersion": "1"}
 
 
-def upload(service: BlobService, container: str, path: Path, schema: str) -> dict:
-    body = path.read_bytes()
-    content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    status, headers, client_request_id = service.request(
-        "PUT", f"{container}/{path.name}", body=body,
-        headers={"x-ms-blob-type": "BlockBlob", "Content-Type": content_type, "Content-Length": str(len(body))},
-    )
-    if status != 201:
-        sys.exit(f"storage.py: uploading {path} answered {status}")
-    data = {
-        "api": "PutBlob",
+def blob_data(service: BlobService, container: str, name: str, api: str, answer, **fields) -> dict:
+    """The `data` of a Blob Storage event: what the request changed, and which request it was."""
+    status, headers, client_request_id = answer
+    return {
+        "api": api,
         "clientRequestId": client_request_id,
         "requestId": headers.get("x-ms-request-id", str(uuid.uuid4())),
-        "eTag": headers.get("ETag", "").strip('"'),
-        "contentType": content_type,
-        "contentLength": len(body),
-        "blobType": "BlockBlob",
-        "accessTier": "Default",
-        "url": f"{service.account_url}/{container}/{path.name}",
-        "sequencer": f"{uuid.uuid4().int % 10**32:032d}",
-        "storageDiagnostics": {"batchId": str(uuid.uuid4())},
-    }
-    return event("BlobCreated", service, container, path.name, data, schema)
-
-
-def delete(service: BlobService, container: str, name: str, schema: str) -> dict:
-    status, headers, client_request_id = service.request("DELETE", f"{container}/{name}")
-    if status != 202:
-        sys.exit(f"storage.py: deleting {name} answered {status}")
-    data = {
-        "api": "DeleteBlob",
-        "clientRequestId": client_request_id,
-        "requestId": headers.get("x-ms-request-id", str(uuid.uuid4())),
-        "contentType": CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream"),
+        **fields,
         "blobType": "BlockBlob",
         "url": f"{service.account_url}/{container}/{name}",
         "sequencer": f"{uuid.uuid4().int % 10**32:032d}",
         "storageDiagnostics": {"batchId": str(uuid.uuid4())},
     }
+
+
+def upload(service: BlobService, container: str, path: Path, schema: str) -> dict:
+    body = path.read_bytes()
+    content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    answer = service.request(
+        "PUT", f"{container}/{path.name}", body=body,
+        headers={"x-ms-blob-type": "BlockBlob", "Content-Type": content_type, "Content-Length": str(len(body))},
+    )
+    if answer[0] != 201:
+        sys.exit(f"storage.py: uploading {path} answered {answer[0]}")
+    data = blob_data(
+        service, container, path.name, "PutBlob", answer,
+        eTag=answer[1].get("ETag", "").strip('"'), contentType=content_type, contentLength=len(body),
+    )
+    data["accessTier"] = "Default"
+    return event("BlobCreated", service, container, path.name, data, schema)
+
+
+def delete(service: BlobService, container: str, name: str, schema: str) -> dict:
+    answer = service.request("DELETE", f"{container}/{name}")
+    if answer[0] != 202:
+        sys.exit(f"storage.py: deleting {name} answered {answer[0]}")
+    content_type = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
+    data = blob_data(service, container, name, "DeleteBlob", answer, contentType=content_type)
     return event("BlobDeleted", service, container, name, data, schema)
 
 

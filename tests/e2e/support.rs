@@ -427,22 +427,14 @@ fn ai_venv() -> &'static Path {
 /// its data in a temporary folder; killed when dropped. Telemetry is off, and
 /// tests only hand it embeddings, so it never reaches the network.
 pub struct Chroma {
-    child: Child,
-    url: String,
+    service: Service,
     _data: tempfile::TempDir,
 }
 
 impl Chroma {
     /// e.g. `http://127.0.0.1:PORT`; the REST API v2 is under `/api/v2`.
     pub fn url(&self) -> &str {
-        &self.url
-    }
-}
-
-impl Drop for Chroma {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        &self.service.url
     }
 }
 
@@ -458,14 +450,14 @@ pub fn chroma() -> Chroma {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let mut chroma = Chroma { child, url: format!("http://127.0.0.1:{port}"), _data: data };
-    let heartbeat = format!("{}/api/v2/heartbeat", chroma.url);
+    let mut chroma = Chroma { service: Service { child, url: format!("http://127.0.0.1:{port}") }, _data: data };
+    let heartbeat = format!("{}/api/v2/heartbeat", chroma.url());
     let client = Client::new();
     for _ in 0..300 {
         if client.get(&heartbeat).send().is_ok_and(|r| r.status().is_success()) {
             return chroma;
         }
-        if let Ok(Some(status)) = chroma.child.try_wait() {
+        if let Ok(Some(status)) = chroma.service.child.try_wait() {
             panic!("chroma run exited ({status}) before answering {heartbeat}");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -477,8 +469,7 @@ pub fn chroma() -> Chroma {
 /// wordllama, 256 dimensions) on a free loopback port, demanding
 /// [`EMBEDDINGS_KEY`]; killed when dropped.
 pub struct EmbeddingsServer {
-    child: Child,
-    url: String,
+    service: Service,
     client: Client,
 }
 
@@ -499,7 +490,7 @@ impl EmbeddingsServer {
     /// `http://127.0.0.1:PORT`; append `/v1/embeddings` or
     /// `/openai/deployments/{d}/embeddings?api-version=...`.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.service.url
     }
 
     /// The next `count` embedding calls answer `status` (with `Retry-After` when given).
@@ -518,21 +509,14 @@ impl EmbeddingsServer {
 
     /// Every embeddings call since the start (or the last reset), in order.
     pub fn calls(&self) -> Vec<Call> {
-        let response = self.client.get(format!("{}/_control/calls", self.url)).send().unwrap();
+        let response = self.client.get(format!("{}/_control/calls", self.url())).send().unwrap();
         assert!(response.status().is_success(), "GET /_control/calls: {}", response.status());
         response.json().unwrap()
     }
 
     fn control(&self, command: serde_json::Value) {
-        let response = self.client.post(format!("{}/_control", self.url)).json(&command).send().unwrap();
+        let response = self.client.post(format!("{}/_control", self.url())).json(&command).send().unwrap();
         assert!(response.status().is_success(), "POST /_control {command}: {}", response.status());
-    }
-}
-
-impl Drop for EmbeddingsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -552,5 +536,5 @@ pub fn embeddings_server() -> EmbeddingsServer {
         let _ = child.kill();
         panic!("samples/embeddings/server.py did not start (first line: {line:?}; its stderr is above)");
     };
-    EmbeddingsServer { url: url.to_owned(), child, client: Client::new() }
+    EmbeddingsServer { service: Service { child, url: url.to_owned() }, client: Client::new() }
 }
