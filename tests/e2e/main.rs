@@ -8,6 +8,7 @@ mod support;
 mod capabilities;
 mod durability;
 mod foundation;
+mod moderation;
 mod protocol;
 mod replay;
 mod replay_data;
