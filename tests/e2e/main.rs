@@ -8,6 +8,7 @@ mod support;
 mod ai_services;
 mod capabilities;
 mod durability;
+mod embeddings;
 mod foundation;
 mod protocol;
 mod replay;
