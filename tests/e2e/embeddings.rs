@@ -61,6 +61,11 @@ struct Pipeline {
 impl Pipeline {
     /// `embeddings_path`: `/v1/embeddings` or Azure OpenAI's deployment path.
     fn start(embeddings_path: &str) -> Pipeline {
+        Self::start_publishing(embeddings_path, "\"local\"")
+    }
+
+    /// Like [`Pipeline::start`], with the handler's `publish` grant.
+    fn start_publishing(embeddings_path: &str, publish: &str) -> Pipeline {
         let azurite = azurite();
         let blobs = Blobs::new(&azurite.url);
         let (chroma, embeddings) = (chroma(), embeddings_server());
@@ -74,7 +79,7 @@ retry = {{ attempts = 3, backoff = "fixed", initial = "200ms" }}
 filter = {{ includedEventTypes = ["Microsoft.Storage.BlobCreated", "Microsoft.Storage.BlobDeleted"], advancedFilters = [{{ operatorType = "StringEndsWith", key = "subject", values = [".md", ".txt"] }}] }}
 [handler.capabilities]
 kv = true
-publish = "local"
+publish = {publish}
 allowed_outbound_hosts = ["http://127.0.0.1:*"]
 config = {{ embeddings_url = "{embeddings}{embeddings_path}", embeddings_key = "{EMBEDDINGS_KEY}", model = "{MODEL}", batch_size = "2", chroma_url = "{chroma}", collection = "documents", storage_account_key = "{ACCOUNT_KEY}", chunk_size = "400", chunk_overlap = "60", content_types = "text/plain,text/markdown" }}
 
@@ -447,4 +452,87 @@ fn dead_letters(dir: &std::path::Path) -> Vec<Value> {
         }
     }
     records
+}
+
+/// The published `EmbeddingsRefreshed`, as an Event Grid topic receives it
+/// (a CloudEvents batch), carries what the contract names: subject = the
+/// blob path, and model, chunks, dimensions, durationMs, contentHash, blobUrl.
+#[test]
+fn the_refreshed_event_carries_the_documents_figures() {
+    let topic = Topic::start();
+    let pipeline = Pipeline::start_publishing(
+        "/v1/embeddings",
+        &format!("{{ endpoint = \"{}/api/events\", key = \"topic-key\" }}", topic.url),
+    );
+    pipeline.blobs.put("guide.md", GUIDE, "text/markdown");
+    let guide = pipeline.blobs.url("guide.md");
+    let answer = pipeline.deliver(&[created("guide-1", &guide)]);
+    assert_eq!(counts(&answer), (2, 0, 0, 0), "{answer}");
+
+    let received = topic.received();
+    assert_eq!(received.len(), 1, "one POST to the topic");
+    let (headers, body) = &received[0];
+    assert!(headers.contains("content-type: application/cloudevents-batch+json"), "{headers}");
+    assert!(headers.contains("aeg-sas-key: topic-key"), "{headers}");
+    let events: Vec<Value> = serde_json::from_slice(body).unwrap();
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    assert_eq!(event["type"], REFRESHED);
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(event["source"], "/gridfn/handlers/embeddings-refresh");
+    assert_eq!(event["subject"], "/blobServices/default/containers/docs/blobs/guide.md");
+    let data = &event["data"];
+    assert_eq!(data["model"], MODEL);
+    assert_eq!(data["chunks"].as_u64().unwrap() as usize, pipeline.records(&guide).len());
+    assert_eq!(data["dimensions"], 256);
+    assert_eq!(data["contentHash"], sha256_hex(GUIDE));
+    assert_eq!(data["blobUrl"], guide);
+    let duration = data["durationMs"].as_u64().expect("durationMs is a whole number");
+    assert!(duration < 10_000, "{duration}");
+    let keys: std::collections::BTreeSet<&str> = data.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["blobUrl", "chunks", "contentHash", "dimensions", "durationMs", "model"].into());
+}
+
+/// A stand-in for an Event Grid topic: answers every POST with 200 and
+/// keeps its headers (lower-cased) and body.
+struct Topic {
+    url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl Topic {
+    fn start() -> Topic {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut headers = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    headers.push_str(&line.to_ascii_lowercase());
+                }
+                let length = headers
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map_or(0, |value| value.trim().parse().unwrap());
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                keep.lock().unwrap().push((headers, body));
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Topic { url, received }
+    }
+
+    fn received(&self) -> Vec<(String, Vec<u8>)> {
+        self.received.lock().unwrap().clone()
+    }
 }
