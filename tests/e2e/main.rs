@@ -5,8 +5,10 @@
 
 mod support;
 
+mod ai_services;
 mod capabilities;
 mod durability;
+mod embeddings;
 mod foundation;
 mod moderation;
 mod protocol;
