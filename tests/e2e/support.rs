@@ -326,15 +326,23 @@ pub fn repo(relative: &str) -> PathBuf {
 /// Starts the sample app (samples/gridfn.toml) as written, except for the
 /// test's key, port, cache and state folder.
 pub fn start_sample() -> Gridfn {
-    let text = std::fs::read_to_string(repo("samples/gridfn.toml")).unwrap();
+    start_manifest("samples/gridfn.toml", "")
+}
+
+/// Starts a manifest of the repository (e.g. a sample's) as written, except
+/// for its `[server]` table: the test's key, port, cache and state folder,
+/// plus the `[server]` keys in `server`.
+pub fn start_manifest(relative: &str, server: &str) -> Gridfn {
+    let path = repo(relative);
+    let text = std::fs::read_to_string(&path).unwrap();
     let mut manifest: toml::Table = toml::from_str(&text).unwrap();
     manifest.remove("server");
     for handler in manifest["handler"].as_array_mut().unwrap() {
         let module = handler["module"].as_str().unwrap();
-        let absolute = repo("samples").join(module);
+        let absolute = path.parent().unwrap().join(module);
         handler.as_table_mut().unwrap().insert("module".into(), absolute.to_string_lossy().into_owned().into());
     }
-    Gridfn::start(&toml::to_string(&manifest).unwrap())
+    Gridfn::start_with_server(server, &toml::to_string(&manifest).unwrap())
 }
 
 /// Runs a gridfn subcommand to completion.

@@ -65,7 +65,9 @@ fn request(url: &str, auth: &StorageAuth, now: SystemTime) -> Result<Request, Fa
         }
         StorageAuth::SharedKey(key) => {
             let resource = Resource::from_url(url).ok_or_else(|| {
-                Failure::Permanent(format!("no storage account in blob URL {url}, to sign for with storage_account_key"))
+                Failure::Permanent(format!(
+                    "no storage account in blob URL {url}, to sign for with storage_account_key"
+                ))
             })?;
             let date = httpdate::fmt_http_date(now);
             let ms_headers = [("x-ms-date", date.as_str()), ("x-ms-version", shared_key::VERSION)];
@@ -87,7 +89,8 @@ mod tests {
         let plain = request("https://a.blob.core.windows.net/c/b.md", &sas, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(plain.url, "https://a.blob.core.windows.net/c/b.md?sv=2024&sig=abc");
         assert!(plain.headers.is_empty());
-        let queried = request("https://a.blob.core.windows.net/c/b.md?snapshot=1", &sas, SystemTime::UNIX_EPOCH).unwrap();
+        let queried =
+            request("https://a.blob.core.windows.net/c/b.md?snapshot=1", &sas, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(queried.url, "https://a.blob.core.windows.net/c/b.md?snapshot=1&sv=2024&sig=abc");
     }
 

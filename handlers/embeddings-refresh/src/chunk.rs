@@ -235,7 +235,10 @@ mod tests {
     fn headings_and_list_lines_are_sentence_breaks() {
         let text = format!("# Title\n{}\n- item one\n- item two", "word ".repeat(30).trim_end());
         let chunks = split(&text, spec(160, 0));
-        assert_eq!(chunks, vec![format!("# Title\n{}", "word ".repeat(30).trim_end()), "- item one\n- item two".into()]);
+        assert_eq!(
+            chunks,
+            vec![format!("# Title\n{}", "word ".repeat(30).trim_end()), "- item one\n- item two".into()]
+        );
     }
 
     /// Independent of how the cuts are chosen: over many sizes, overlaps and

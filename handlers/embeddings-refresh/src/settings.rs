@@ -124,18 +124,21 @@ impl Settings {
             }
             (Some(sas), None) => StorageAuth::Sas(sas.trim_start_matches('?').to_owned()),
             (None, Some(key)) => {
-                let decoded = base64::engine::general_purpose::STANDARD.decode(key.trim()).map_err(|e| ConfigError {
-                    key: "storage_account_key",
-                    problem: format!("is not base64 ({e}): copy the key from the storage account's access keys"),
-                })?;
+                let decoded =
+                    base64::engine::general_purpose::STANDARD.decode(key.trim()).map_err(|e| ConfigError {
+                        key: "storage_account_key",
+                        problem: format!("is not base64 ({e}): copy the key from the storage account's access keys"),
+                    })?;
                 StorageAuth::SharedKey(decoded)
             }
             (None, None) => StorageAuth::Anonymous,
         };
         let size = config.positive("chunk_size", 800)?.get();
         let overlap = config.number("chunk_overlap", 100)?;
-        let chunking = ChunkSpec::new(size, overlap)
-            .ok_or_else(|| ConfigError { key: "chunk_overlap", problem: format!("is {overlap}: it must be less than chunk_size ({size})") })?;
+        let chunking = ChunkSpec::new(size, overlap).ok_or_else(|| ConfigError {
+            key: "chunk_overlap",
+            problem: format!("is {overlap}: it must be less than chunk_size ({size})"),
+        })?;
         let types = config.optional("content_types").unwrap_or_else(|| "text/plain,text/markdown".into());
         let types: Vec<String> =
             types.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect();
@@ -235,17 +238,28 @@ mod tests {
         let key = parse(&[("storage_account_key", "AAEC")]).unwrap();
         assert_eq!(key.storage, StorageAuth::SharedKey(vec![0, 1, 2]));
         assert!(error(&[("storage_sas", "sv=1"), ("storage_account_key", "AAEC")]).contains("set one of them"));
-        assert!(error(&[("storage_account_key", "not base64!")]).starts_with("config key \"storage_account_key\" is not base64"));
+        assert!(
+            error(&[("storage_account_key", "not base64!")])
+                .starts_with("config key \"storage_account_key\" is not base64")
+        );
     }
 
     #[test]
     fn each_bad_key_is_named() {
         let missing = Settings::from_lookup(|_| None).unwrap_err();
         assert_eq!(missing, ConfigError { key: "embeddings_url", problem: "is missing".into() });
-        assert!(error(&[("chroma_url", "127.0.0.1:8000")]).starts_with("config key \"chroma_url\" is \"127.0.0.1:8000\", not an http"));
+        assert!(
+            error(&[("chroma_url", "127.0.0.1:8000")])
+                .starts_with("config key \"chroma_url\" is \"127.0.0.1:8000\", not an http")
+        );
         assert!(error(&[("batch_size", "0")]).starts_with("config key \"batch_size\" is 0"));
-        assert!(error(&[("chunk_size", "big")]).starts_with("config key \"chunk_size\" is \"big\", not a whole number"));
-        assert!(error(&[("chunk_size", "100"), ("chunk_overlap", "100")]).starts_with("config key \"chunk_overlap\" is 100: it must be less than chunk_size (100)"));
+        assert!(
+            error(&[("chunk_size", "big")]).starts_with("config key \"chunk_size\" is \"big\", not a whole number")
+        );
+        assert!(
+            error(&[("chunk_size", "100"), ("chunk_overlap", "100")])
+                .starts_with("config key \"chunk_overlap\" is 100: it must be less than chunk_size (100)")
+        );
         assert!(error(&[("content_types", " , ")]).starts_with("config key \"content_types\" lists no content type"));
         assert!(error(&[("model", "")]).starts_with("config key \"model\" is missing"), "empty counts as unset");
     }

@@ -37,7 +37,8 @@ impl Resource {
             None => host.split(':').next().unwrap_or_default(),
         };
         let path_style = host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || !host.contains('.');
-        let account = if path_style { path.trim_start_matches('/').split('/').next()? } else { host.split('.').next()? };
+        let account =
+            if path_style { path.trim_start_matches('/').split('/').next()? } else { host.split('.').next()? };
         if account.is_empty() {
             return None;
         }
@@ -76,8 +77,11 @@ fn string_to_sign(method: &str, resource: &Resource, ms_headers: &[(&str, &str)]
         text.push_str(&format!("{name}:{value}\n"));
     }
     text.push_str(&format!("/{}{}", resource.account, resource.path));
-    let mut query: Vec<(String, String)> =
-        resource.query.iter().map(|(name, value)| (percent_decode(name).to_ascii_lowercase(), percent_decode(value))).collect();
+    let mut query: Vec<(String, String)> = resource
+        .query
+        .iter()
+        .map(|(name, value)| (percent_decode(name).to_ascii_lowercase(), percent_decode(value)))
+        .collect();
     query.sort();
     for (name, value) in query {
         text.push_str(&format!("\n{name}:{value}"));
@@ -127,7 +131,10 @@ mod tests {
 
     #[test]
     fn the_string_to_sign_follows_azures_layout() {
-        let resource = Resource::from_url("https://contoso.blob.core.windows.net/docs/a.md?snapshot=2024-01-01T00%3A00%3A00Z&Comp=x").unwrap();
+        let resource = Resource::from_url(
+            "https://contoso.blob.core.windows.net/docs/a.md?snapshot=2024-01-01T00%3A00%3A00Z&Comp=x",
+        )
+        .unwrap();
         let text = string_to_sign("get", &resource, &[("x-ms-version", VERSION), ("X-MS-Date", DATE)]);
         assert_eq!(
             text,
