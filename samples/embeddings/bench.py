@@ -66,7 +66,7 @@ def main() -> int:
     parser.add_argument("--documents", type=int, default=200)
     parser.add_argument("--batch", type=int, default=10, help="events per delivery (Event Grid's maxEventsPerBatch)")
     parser.add_argument("--concurrency", type=int, default=4, help="deliveries in flight at once")
-    parser.add_argument("--gridfn", default="http://127.0.0.1:7072/api/events")
+    parser.add_argument("--gridfn", default="http://127.0.0.1:7073/api/events")
     parser.add_argument("--key", default="dev-key")
     args = parser.parse_args()
 

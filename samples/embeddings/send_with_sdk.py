@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Delivers Event Grid schema events to gridfn with the azure-eventgrid SDK.
 
-    python send_with_sdk.py EVENTS.json --endpoint http://127.0.0.1:7072/api/events --key KEY
+    python send_with_sdk.py EVENTS.json --endpoint http://127.0.0.1:7073/api/events --key KEY
 
 EVENTS.json is an array of Event Grid schema events (as storage.py prints
 them). Each becomes an ``EventGridEvent`` with its own id, topic, subject,
