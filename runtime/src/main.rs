@@ -165,17 +165,15 @@ fn explain(config: &Path, event_file: &Path, json: bool) -> anyhow::Result<()> {
     let events = gridfn::explain::parse_events(&text).map_err(|e| anyhow::anyhow!("{}: {e}", event_file.display()))?;
     let routings = gridfn::explain::explain(&routes, &events);
     if json {
-        println!("{}", serde_json::to_string_pretty(&routings)?);
+        output(&format!("{}\n", serde_json::to_string_pretty(&routings)?))
     } else {
-        print!("{}", gridfn::explain::render_text(&routings));
+        output(&gridfn::explain::render_text(&routings))
     }
-    Ok(())
 }
 
 /// Calls the admin API and prints its JSON answer.
 fn admin_call(admin: &Admin, method: reqwest::Method, path: &str, body: Vec<u8>) -> anyhow::Result<()> {
-    println!("{}", admin_request(admin, method, path, body)?);
-    Ok(())
+    output(&format!("{}\n", admin_request(admin, method, path, body)?))
 }
 
 /// `gridfn kv list`: the entries as lines, or the JSON as it came.
@@ -188,20 +186,31 @@ fn kv_list(admin: &Admin, handler: &str, prefix: &str, limit: Option<usize>, jso
     let path = format!("/admin/kv/{handler}?{}", query.finish());
     let answer = admin_request(admin, reqwest::Method::GET, &path, Vec::new())?;
     if json {
-        println!("{answer}");
-        return Ok(());
+        return output(&format!("{answer}\n"));
     }
     let listing: gridfn::admin::KvListing = serde_json::from_str(&answer)?;
+    let mut lines = String::new();
     for entry in &listing.entries {
-        match entry.encoding {
-            gridfn::admin::Encoding::Utf8 => println!("{} {}", entry.key, entry.value),
-            gridfn::admin::Encoding::Base64 => println!("{} base64:{}", entry.key, entry.value),
-        }
+        let marker = match entry.encoding {
+            gridfn::admin::Encoding::Utf8 => "",
+            gridfn::admin::Encoding::Base64 => "base64:",
+        };
+        lines.push_str(&format!("{} {marker}{}\n", entry.key, entry.value));
     }
     if listing.truncated {
         eprintln!("(more keys match; list with a longer --prefix or a larger --limit)");
     }
-    Ok(())
+    output(&lines)
+}
+
+/// Writes a command's output to stdout. A reader that stopped early
+/// (`gridfn kv list … | head`) is not an error: `println!` would panic there.
+fn output(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Calls the admin API; its answer, pretty-printed when it is JSON.
