@@ -95,6 +95,9 @@ pub struct DeliveryInfo {
     pub subscription: Option<String>,
     /// Whether it is a replay of a dead-lettered event.
     pub replay: bool,
+    /// The request's W3C `traceparent`, the parent of each pair's span
+    /// unless the event carries its own ([`crate::trace`]).
+    pub traceparent: Option<crate::trace::TraceParent>,
 }
 
 /// Splits a body into its events' raw JSON objects: an array of events

@@ -46,7 +46,9 @@
 //! - [`outbound`]: the handlers' `wasi:http` requests, allowed only to listed hosts.
 //! - [`publish`]: events handlers publish: checked, encoded, sent to an Event Grid topic.
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
-//! - [`metrics`]: the Prometheus metrics.
+//! - [`metrics`]: the Prometheus metrics, each handler's series created at start.
+//! - [`trace`]: W3C `traceparent` in (request, event) and out (published events).
+//! - [`health`]: `/healthz` and `/readyz`.
 //! - [`replay`]: `gridfn replay`: dead-lettered events read back ([`replay::read`]) and run again.
 
 pub mod admin;
@@ -59,6 +61,7 @@ pub mod error;
 pub mod event;
 pub mod explain;
 pub mod filter;
+pub mod health;
 pub mod host;
 pub mod kv;
 pub mod metrics;
@@ -70,4 +73,5 @@ pub mod registry;
 pub mod replay;
 pub mod sandbox;
 pub mod server;
+pub mod trace;
 pub mod webhook;

@@ -20,6 +20,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `pretty` (one line per event,
+    /// coloured on a terminal) or `json` (one JSON object per line, with the
+    /// delivery and pair spans' fields, plus a line as each delivery and
+    /// (event, handler) pair ends: its outcome and timing; for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "GRIDFN_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -112,17 +124,8 @@ struct Admin {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        // gridfn's own lines and its handlers' (targets `handler`, `handler::stdio`)
-        // at info; dependencies only when something is wrong. RUST_LOG overrides.
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,gridfn=info,handler=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Check { config } => check(&config),
@@ -149,6 +152,25 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    // gridfn's own lines and its handlers' (targets `handler`, `handler::stdio`)
+    // at info; dependencies only when something is wrong. RUST_LOG overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,gridfn=info,handler=info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        // A line also when each delivery and (event, handler) span closes:
+        // the pair's outcome and attempt, and how long it took, for collectors.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .init(),
     }
 }
 

@@ -27,10 +27,11 @@ use crate::admission::QueueFull;
 use crate::deadletter::{DeadLetterStore, Rejection};
 use crate::dedup::{Claim, Dedup, DedupKey, Lease};
 use crate::event::{DeliveryInfo, Event, SUBSCRIPTION_DELETED_EVENT};
-use crate::metrics::{Metrics, PairOutcome};
+use crate::metrics::{Destination, Metrics, PairOutcome};
 use crate::publish::{MAX_LOCAL_DEPTH, Published, Topic};
 use crate::registry::{Registry, Route};
 use crate::sandbox::{Invocation, LoadedHandler, Outcome};
+use crate::trace::pair_span;
 
 /// Retry-After when no handler asked for a specific delay: Event Grid's own
 /// first retry interval.
@@ -40,8 +41,7 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// out well before Event Grid's 30 s timeout (after which it retries anyway).
 const LOCAL_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
-/// The `handler` label of events no handler's filter wanted.
-pub const UNMATCHED_LABEL: &str = "*";
+pub use crate::metrics::UNMATCHED_LABEL;
 
 /// What handlers see as `delivery.subscription` for events from the local topic.
 pub const LOCAL_TOPIC_SUBSCRIPTION: &str = "gridfn-local-topic";
@@ -161,6 +161,21 @@ impl Pipeline {
         self.dedup.sweep().await;
     }
 
+    /// Why the stores every pair needs (dedup, dead-letter) cannot be used
+    /// now, each given `limit` to answer; empty when both do (`/readyz`).
+    pub async fn unreachable_stores(&self, limit: Duration) -> Vec<String> {
+        let late = || anyhow::anyhow!("no answer within {limit:?}");
+        let (dedup, deadletter) = tokio::join!(
+            tokio::time::timeout(limit, self.dedup.ping()),
+            tokio::time::timeout(limit, self.deadletter.check())
+        );
+        let dedup = dedup.map_err(|_| late()).and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}")));
+        let deadletter = deadletter.map_err(|_| late()).and_then(|r| r);
+        let dedup = dedup.err().map(|e| format!("dedup store: {e:#}"));
+        let deadletter = deadletter.err().map(|e| format!("dead-letter store: {e:#}"));
+        dedup.into_iter().chain(deadletter).collect()
+    }
+
     /// Routes each event to the handlers that want it, runs every pair, and
     /// records the done ones. `depth` counts local-topic hops: boxed, because
     /// publishing to the local topic comes back here.
@@ -211,7 +226,13 @@ impl Pipeline {
     /// One (event, handler) pair: claim it, run it until it succeeds, rejects,
     /// or its local retries are used up, send what a successful run
     /// published, and dead-letter a rejection. Recording it as done is left
-    /// to [`Pipeline::record`].
+    /// to [`Pipeline::record`]. Runs in the pair's span ([`crate::trace`]).
+    #[tracing::instrument(name = "pair", level = "info", skip_all, fields(
+        event_id = %event.id, event_type = %event.event_type, subject = event.subject.as_deref(),
+        handler = %route.config.name, delivery_count = delivery.attempt, attempt = tracing::field::Empty,
+        outcome = tracing::field::Empty, trace_id = tracing::field::Empty, span_id = tracing::field::Empty,
+        parent_id = tracing::field::Empty,
+    ))]
     async fn run_pair(
         &self,
         index: usize,
@@ -222,13 +243,16 @@ impl Pipeline {
         depth: u32,
     ) -> PairRun {
         let handler = route.handler();
+        let trace = pair_span(&event, delivery.traceparent);
         let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
         // A copy already running gets as long as its deadline to finish, and a
         // lease outlives every local attempt, so no other host starts it meanwhile.
         let wait = handler.timeout() + Duration::from_secs(1);
         let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
         // A replay may run a pair that was dead-lettered (never one that succeeded).
-        let mut lease = match self.dedup.claim_as(key, wait, lease_for, delivery.replay).await {
+        let claim = self.dedup.claim_as(key, wait, lease_for, delivery.replay).await;
+        self.metrics.handler(&handler.name).claimed(&claim);
+        let mut lease = match claim {
             Claim::Run(lease) => lease,
             Claim::Done => return PairRun::new(index, &event, &handler, None, None),
             Claim::Busy => {
@@ -241,8 +265,10 @@ impl Pipeline {
             }
         };
 
-        let (Invocation { outcome, published }, delivery) =
+        let (Invocation { outcome, mut published, .. }, delivery) =
             self.run_with_local_retries(route, &handler, &event, delivery, received).await;
+        tracing::Span::current().record("attempt", delivery.attempt + 1);
+        published.iter_mut().for_each(|event| event.traceparent = Some(trace));
         let outcome = match outcome {
             Outcome::Success if !published.is_empty() => {
                 self.publish(route, &handler, published, received, depth).await
@@ -288,6 +314,7 @@ impl Pipeline {
                 return (run, delivery);
             }
             tracing::info!(handler = %handler.name, event_id = %event.id, "retrying locally in {delay:?}: {reason}");
+            self.metrics.handler(&handler.name).retried_locally();
             tokio::time::sleep(delay).await;
             runs += 1;
             delivery.attempt += 1;
@@ -303,6 +330,8 @@ impl Pipeline {
         event: &Event,
         delivery: &DeliveryInfo,
     ) -> Invocation {
+        let metrics = self.metrics.handler(&handler.name);
+        let queued = metrics.queued();
         let admitted = match route.admission.admit().await {
             Ok(admitted) => admitted,
             Err(QueueFull { queue }) => {
@@ -310,13 +339,18 @@ impl Pipeline {
                 return Invocation::failed(Outcome::Retry { reason, after: Some(QueueFull::RETRY_AFTER) });
             }
         };
+        drop(queued);
+        let _in_flight = metrics.in_flight();
         let started = Instant::now();
         // The handler runs right here, on this task. A panic in gridfn's own
         // host code must not take the connection down with it.
         let run = AssertUnwindSafe(handler.invoke(event, delivery)).catch_unwind();
         match admitted.run(run).await {
             Ok(invocation) => {
-                self.metrics.observe_run(&handler.name, started.elapsed().as_secs_f64());
+                metrics.observe_run(started.elapsed().as_secs_f64());
+                if let Some(instantiation) = invocation.instantiation {
+                    metrics.observe_instantiation(instantiation.as_secs_f64());
+                }
                 invocation
             }
             Err(panic) => {
@@ -342,12 +376,17 @@ impl Pipeline {
         depth: u32,
     ) -> Outcome {
         let count = events.len();
+        let metrics = self.metrics.handler(&handler.name);
         match &route.config.capabilities.publish {
             None => unreachable!("a handler without the publish grant cannot publish"),
-            Some(Topic::Local) => self.local_topic(events, received, depth).await,
+            Some(Topic::Local) => {
+                metrics.published(Destination::Local, count);
+                self.local_topic(events, received, depth).await
+            }
             Some(Topic::EventGrid { endpoint, key }) => {
                 match crate::publish::send_to_event_grid(&self.publisher, endpoint, key, &events).await {
                     Ok(()) => {
+                        metrics.published(Destination::EventGrid, count);
                         tracing::debug!(handler = %handler.name, "published {count} events to {endpoint}");
                         Outcome::Success
                     }
@@ -409,7 +448,9 @@ impl Pipeline {
             attempts: delivery.attempt + 1,
             received: received.time,
         };
-        match self.deadletter.write(event, &rejection).await {
+        let written = self.deadletter.write(event, &rejection).await;
+        self.metrics.handler(&handler.name).dead_lettered(written.is_ok());
+        match written {
             Ok(location) => {
                 tracing::warn!(handler = %handler.name, event_id = %event.id, blob = %location, "event rejected and dead-lettered: {reason}");
                 Outcome::Reject { reason: reason.to_owned() }
@@ -438,16 +479,10 @@ impl Pipeline {
             }
         }
         for run in &runs {
-            let counted = match &run.outcome {
-                None => PairOutcome::Duplicate,
-                Some(Outcome::Success) => PairOutcome::Success,
-                Some(Outcome::Reject { .. }) => PairOutcome::Reject,
-                Some(Outcome::Retry { reason, .. }) => {
-                    tracing::warn!(handler = %run.handler, event_id = %run.event_id, "event will be retried: {reason}");
-                    PairOutcome::Retry
-                }
-            };
-            self.metrics.count(&run.handler, counted);
+            if let Some(Outcome::Retry { reason, .. }) = &run.outcome {
+                tracing::warn!(handler = %run.handler, event_id = %run.event_id, "event will be retried: {reason}");
+            }
+            self.metrics.count(&run.handler, counted(run.outcome.as_ref()));
         }
         runs
     }
@@ -489,6 +524,16 @@ impl RetryPolicy {
     }
 }
 
+/// A pair's outcome as metrics and spans count it (`None`: done before).
+fn counted(outcome: Option<&Outcome>) -> PairOutcome {
+    match outcome {
+        None => PairOutcome::Duplicate,
+        Some(Outcome::Success) => PairOutcome::Success,
+        Some(Outcome::Reject { .. }) => PairOutcome::Reject,
+        Some(Outcome::Retry { .. }) => PairOutcome::Retry,
+    }
+}
+
 /// A batch named a handler this gridfn does not have.
 #[derive(Debug)]
 pub struct UnknownHandler(pub String);
@@ -519,6 +564,8 @@ impl PairRun {
         outcome: Option<Outcome>,
         lease: Option<Lease>,
     ) -> Self {
+        // The pair's span (current here) says how it ended.
+        tracing::Span::current().record("outcome", counted(outcome.as_ref()).label());
         PairRun { index, event_id: event.id.clone(), handler: handler.name.to_string(), outcome, lease }
     }
 

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use url::Url;
 
 use crate::event::{Event, decode_cloudevents, is_json_media_type};
+use crate::trace::TraceParent;
 
 /// Events one handled event may publish, and their total data size: Event
 /// Grid's own limit for one batch.
@@ -46,6 +47,9 @@ pub struct Published {
     pub subject: Option<String>,
     pub data_content_type: String,
     pub data: Vec<u8>,
+    /// The CloudEvents distributed-tracing extension: the span of the
+    /// (event, handler) pair that published it, set by the pipeline.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// What a handler published during one call, within the limits.
@@ -102,6 +106,7 @@ impl Outbox {
             subject: draft.subject,
             data_content_type,
             data: draft.data,
+            traceparent: None,
         };
         // The CloudEvents rules pushed events must meet (a URI-reference
         // source, a media type, no control characters…), checked by the same
@@ -138,6 +143,8 @@ struct CloudEvent<'a> {
     data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 impl<'a> CloudEvent<'a> {
@@ -168,6 +175,7 @@ impl<'a> CloudEvent<'a> {
             datacontenttype: &event.data_content_type,
             data,
             data_base64,
+            traceparent: event.traceparent.map(|t| t.to_string()),
         }
     }
 }

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::config::Validation;
 use crate::error::RequestError;
+use crate::event::DeliveryInfo;
 use crate::pipeline::{Pipeline, Target, UnknownHandler, Verdict};
 use crate::webhook::{self, Authenticator, EventGridDomains, RequestKind};
 
@@ -84,7 +85,12 @@ pub async fn abuse_protection(State(webhook): State<Arc<Webhook>>, headers: Head
 }
 
 impl Webhook {
-    /// One pushed request, from credentials to verdict.
+    /// One pushed request, from credentials to verdict, in the delivery's
+    /// span (each pair's span is a child of it).
+    #[tracing::instrument(name = "delivery", level = "info", skip_all, fields(
+        subscription = tracing::field::Empty, delivery_count = tracing::field::Empty,
+        events = tracing::field::Empty, trace_id = tracing::field::Empty, parent_id = tracing::field::Empty,
+    ))]
     async fn deliver(
         &self,
         target: Target<'_>,
@@ -111,10 +117,22 @@ impl Webhook {
             RequestKind::Notification => {
                 let events = webhook::decode(headers, &body)?;
                 let delivery = webhook::delivery_info(headers);
+                describe_span(&delivery, events.len());
                 let verdict = self.pipeline.dispatch(events, &delivery, target).await?;
                 Ok(verdict.into_response())
             }
         }
+    }
+}
+
+/// Records what the delivery's span shows once the request is decoded.
+fn describe_span(delivery: &DeliveryInfo, events: usize) {
+    let span = tracing::Span::current();
+    span.record("subscription", delivery.subscription.as_deref());
+    span.record("delivery_count", delivery.attempt);
+    span.record("events", events);
+    if let Some(parent) = delivery.traceparent {
+        parent.record(&span, "parent_id");
     }
 }
 

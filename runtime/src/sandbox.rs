@@ -81,12 +81,15 @@ pub enum Outcome {
 pub struct Invocation {
     pub outcome: Outcome,
     pub published: Vec<Published>,
+    /// How long creating a fresh instance took; `None` when a warm one ran
+    /// it (or none could be created).
+    pub instantiation: Option<Duration>,
 }
 
 impl Invocation {
     /// A call that never got to run the handler.
     pub fn failed(outcome: Outcome) -> Self {
-        Invocation { outcome, published: Vec::new() }
+        Invocation { outcome, published: Vec::new(), instantiation: None }
     }
 }
 
@@ -274,9 +277,15 @@ impl LoadedHandler {
     pub async fn invoke(&self, event: &Event, delivery: &DeliveryInfo) -> Invocation {
         let _running = self.clock.start_running();
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut instantiation = None;
         let instance = match warm {
             Some(instance) => Ok(instance),
-            None => self.instantiate().await,
+            None => {
+                let started = Instant::now();
+                let instance = self.instantiate().await;
+                instantiation = Some(started.elapsed());
+                instance
+            }
         };
         let mut instance = match instance {
             Ok(instance) => instance,
@@ -310,7 +319,7 @@ impl LoadedHandler {
             instance.store.data_mut().outbox = Outbox::default();
             self.warm.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
         }
-        Invocation { outcome, published }
+        Invocation { outcome, published, instantiation }
     }
 
     /// A fresh instance: WASI with nothing granted, stdout and stderr

@@ -29,7 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::host::{Host, Limits};
-use crate::{admin, push};
+use crate::metrics::Metrics;
+use crate::{admin, health, push};
 
 /// The routes, over a started [`Host`].
 pub fn app(host: Arc<Host>) -> Router {
@@ -37,7 +38,8 @@ pub fn app(host: Arc<Host>) -> Router {
         .route("/api/events", post(push::all_handlers).options(push::abuse_protection))
         .route("/api/events/{handler}", post(push::one_handler).options(push::abuse_protection))
         .route("/runtime/webhooks/eventgrid", post(push::functions_style).options(push::abuse_protection))
-        .with_state(host.webhook.clone());
+        .with_state(host.webhook.clone())
+        .layer(axum::middleware::from_fn_with_state(host.metrics.clone(), count_delivery));
     let admin = Router::new()
         .route("/admin/handlers", get(admin::list))
         .route(
@@ -47,8 +49,9 @@ pub fn app(host: Arc<Host>) -> Router {
         .route("/admin/handlers/{handler}/rollback", post(admin::rollback))
         .route("/admin/kv/{handler}", get(admin::kv_list))
         .route("/metrics", get(metrics))
+        .route("/readyz", get(health::readyz))
         .with_state(host);
-    push.merge(admin).route("/healthz", get(|| async { "ok" }))
+    push.merge(admin).route("/healthz", get(health::healthz))
 }
 
 /// Serves `host` on `listener` until `shutdown` completes, then drains.
@@ -179,6 +182,17 @@ fn background_tasks(host: &Arc<Host>) -> Vec<tokio::task::JoinHandle<()>> {
         tasks.push(tokio::spawn(host.registry.clone().watch_folder(folder, Duration::from_secs(1))));
     }
     tasks
+}
+
+/// Middleware on the push routes: counts each answer by status.
+async fn count_delivery(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    metrics.count_delivery(response.status().as_u16());
+    response
 }
 
 async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {

@@ -335,6 +335,7 @@ pub fn delivery_info(headers: &HeaderMap) -> DeliveryInfo {
         attempt: header_text(headers, "aeg-delivery-count").and_then(|n| n.parse().ok()).unwrap_or(0),
         subscription: header_text(headers, "aeg-subscription-name").map(str::to_owned),
         replay: header_text(headers, REPLAY_HEADER) == Some("true"),
+        traceparent: crate::trace::TraceParent::from_headers(headers),
     }
 }
 

@@ -126,6 +126,11 @@ impl Gridfn {
 
     /// Like [`Gridfn::start`], with more `[server]` keys.
     pub fn start_with_server(server: &str, manifest_tail: &str) -> Gridfn {
+        Self::start_with_args(&[], server, manifest_tail)
+    }
+
+    /// Like [`Gridfn::start_with_server`], with more `gridfn serve` arguments.
+    pub fn start_with_args(args: &[&str], server: &str, manifest_tail: &str) -> Gridfn {
         let dir = tempfile::tempdir().unwrap();
         let manifest = format!(
             "[server]\nkeys = [\"{KEY}\"]\ncache_dir = {:?}\nstate_dir = {:?}\n{server}\n\n{manifest_tail}",
@@ -134,14 +139,14 @@ impl Gridfn {
         );
         let config = dir.path().join("gridfn.toml");
         std::fs::write(&config, manifest).unwrap();
-        Self::spawn(dir, config, "127.0.0.1:0")
+        Self::spawn_in(dir, config, "127.0.0.1:0", None, args)
     }
 
     /// Starts `gridfn serve --config CONFIG` from the working directory
     /// `cwd`, as a person would type it (`config` may be relative to `cwd`),
     /// with the manifest used as written: its own state and cache folders.
     pub fn start_in(dir: tempfile::TempDir, cwd: &Path, config: &Path) -> Gridfn {
-        Self::spawn_in(dir, config.to_owned(), "127.0.0.1:0", Some(cwd))
+        Self::spawn_in(dir, config.to_owned(), "127.0.0.1:0", Some(cwd), &[])
     }
 
     /// Kills this gridfn with SIGKILL (no graceful anything) and starts a new
@@ -158,10 +163,10 @@ impl Gridfn {
     }
 
     fn spawn(dir: tempfile::TempDir, config: PathBuf, listen: &str) -> Gridfn {
-        Self::spawn_in(dir, config, listen, None)
+        Self::spawn_in(dir, config, listen, None, &[])
     }
 
-    fn spawn_in(dir: tempfile::TempDir, config: PathBuf, listen: &str, cwd: Option<&Path>) -> Gridfn {
+    fn spawn_in(dir: tempfile::TempDir, config: PathBuf, listen: &str, cwd: Option<&Path>, args: &[&str]) -> Gridfn {
         let share = Share::take();
         let mut command = Command::new(env!("CARGO_BIN_EXE_gridfn"));
         if let Some(cwd) = cwd {
@@ -170,6 +175,7 @@ impl Gridfn {
         let mut child = command
             .args(["serve", "--listen", listen, "--config"])
             .arg(&config)
+            .args(args)
             // The log a user sees: gridfn's default filter, not the caller's RUST_LOG.
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -551,7 +551,7 @@ impl AzureBlobDeadLetter {
 
     /// Asks with a one-result List Blobs: a permission the store needs anyway
     /// (replay), which a SAS scoped to the container also grants.
-    async fn container_exists(&self) -> Result<bool, DeadLetterError> {
+    pub(crate) async fn container_exists(&self) -> Result<bool, DeadLetterError> {
         let target = self.container_url().to_string();
         let url = self.container_request_url(&[("restype", "container"), ("comp", "list"), ("maxresults", "1")]);
         match self.container_request(http::Method::GET, url, "check container", &target).await? {
@@ -586,7 +586,7 @@ impl AzureBlobDeadLetter {
         }
     }
 
-    fn container_not_found(&self) -> DeadLetterError {
+    pub(crate) fn container_not_found(&self) -> DeadLetterError {
         DeadLetterError::ContainerNotFound {
             container: self.container.clone(),
             endpoint: self.endpoint.as_str().trim_end_matches('/').to_string(),

@@ -68,6 +68,20 @@ impl DeadLetterStore {
         })
     }
 
+    /// Whether a write could succeed now (`/readyz`): the folder can be
+    /// created, or the container exists and the credentials are accepted.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        match self {
+            DeadLetterStore::Dir(root) => tokio::fs::create_dir_all(root)
+                .await
+                .map_err(|e| anyhow::anyhow!("dead-letter folder {}: {e}", root.display())),
+            DeadLetterStore::AzureBlob(store) => match store.container_exists().await? {
+                true => Ok(()),
+                false => Err(store.container_not_found().into()),
+            },
+        }
+    }
+
     /// Writes one blob for `event`; returns where it went once it is durable.
     pub async fn write(&self, event: &Event, rejection: &Rejection<'_>) -> anyhow::Result<String> {
         let now = Utc::now();

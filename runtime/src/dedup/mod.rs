@@ -102,6 +102,10 @@ pub trait DedupStore: Send + Sync + 'static {
     async fn sweep(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether the store answers now (`/readyz`); a store in this process always does.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Opens the store the manifest names.
@@ -255,6 +259,11 @@ impl Dedup {
             lease.forget();
         }
         committed
+    }
+
+    /// Whether the store answers now.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
     }
 
     /// Forgets expired records.

@@ -247,6 +247,13 @@ impl DedupStore for RedisStore {
     async fn sweep(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// `PING`, within the connection's response timeout.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let _pong: String = ::redis::cmd("PING").query_async(&mut con).await.map_err(|e| self.error("PING", e))?;
+        Ok(())
+    }
 }
 
 /// A reconnecting connection to the Redis at `url` that has answered `PING`, with this store's timeouts

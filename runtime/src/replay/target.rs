@@ -69,8 +69,12 @@ impl Target {
         match self {
             Target::InProcess(host) => {
                 let count = batch.events.len();
-                let delivery =
-                    DeliveryInfo { attempt: batch.attempt, subscription: batch.subscription.clone(), replay: true };
+                let delivery = DeliveryInfo {
+                    attempt: batch.attempt,
+                    subscription: batch.subscription.clone(),
+                    replay: true,
+                    traceparent: None,
+                };
                 let target = PipelineTarget::Handler(&batch.destination);
                 match host.pipeline.dispatch(batch.events, &delivery, target).await {
                     Ok(verdict) => Sent::from_verdict(count, &verdict),
