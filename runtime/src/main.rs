@@ -21,9 +21,10 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// How log lines are written to stderr: `pretty` (one line per event,
-    /// coloured on a terminal) or `json` (one JSON object per line, with the
-    /// delivery and pair spans' fields, plus a line as each delivery and
-    /// (event, handler) pair ends: its outcome and timing; for log collectors).
+    /// coloured on a terminal) or `json` (one JSON object per line, each in
+    /// its delivery's and (event, handler) pair's spans with their trace ids,
+    /// plus a line as each span ends, with the pair's outcome and timing; for
+    /// log collectors).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "GRIDFN_LOG_FORMAT")]
     log_format: LogFormat,
 }
@@ -157,9 +158,15 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     // gridfn's own lines and its handlers' (targets `handler`, `handler::stdio`)
-    // at info; dependencies only when something is wrong. RUST_LOG overrides.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "warn,gridfn=info,handler=info".into());
+    // at info; dependencies only when something is wrong. For collectors
+    // (json) also the delivery and pair spans (target `gridfn::spans`): the
+    // fmt layer formats a span's fields when it opens, a few microseconds per
+    // span, which the terminal log does without. RUST_LOG overrides.
+    let default = match format {
+        LogFormat::Pretty => "warn,gridfn=info,handler=info",
+        LogFormat::Json => "warn,gridfn=info,gridfn::spans=debug,handler=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),

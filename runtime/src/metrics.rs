@@ -135,66 +135,64 @@ impl Metrics {
     /// The metrics of a gridfn running `handlers`.
     pub fn new<'a>(handlers: impl IntoIterator<Item = &'a str>) -> Self {
         let mut registry = Registry::default();
-        let events = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        let events: Family<OutcomeLabels, Counter> = register(
+            &mut registry,
             "gridfn_events",
             "(Event, handler) pairs by outcome: success, retry, reject, duplicate (done before), unmatched (handler \"*\": no handler's filter wanted the event)",
-            events.clone(),
+            Family::default(),
         );
-        let deliveries = Family::<StatusLabels, Counter>::default();
-        registry.register(
+        let deliveries: Family<StatusLabels, Counter> = register(
+            &mut registry,
             "gridfn_deliveries",
             "Push requests (deliveries and handshakes) by the HTTP status gridfn answered",
-            deliveries.clone(),
+            Family::default(),
         );
         for status in USUAL_STATUSES {
             drop(deliveries.get_or_create(&StatusLabels { status }));
         }
-        let claims = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let claims: Family<ResultLabels, Counter> = register(
+            &mut registry,
             "gridfn_dedup_claims",
             "Dedup checks before a run, by result: run (new), done (a dedup hit: handled before), busy (a copy still running), failed (store unreachable)",
-            claims.clone(),
+            Family::default(),
         );
-        // 10 µs to ~10 s: sandboxed calls are microseconds, timeouts seconds.
-        let seconds = || Histogram::new(exponential_buckets(1e-5, 4.0, 11));
-        let duration = Family::<HandlerLabels, Histogram>::new_with_constructor(seconds);
-        registry.register(
+        let duration: Family<HandlerLabels, Histogram, fn() -> Histogram> = register(
+            &mut registry,
             "gridfn_handler_duration_seconds",
             "Time to instantiate and run a handler for one event",
-            duration.clone(),
+            Family::new_with_constructor(seconds),
         );
-        let instantiation = Family::<HandlerLabels, Histogram>::new_with_constructor(seconds);
-        registry.register(
+        let instantiation: Family<HandlerLabels, Histogram, fn() -> Histogram> = register(
+            &mut registry,
             "gridfn_instantiation_seconds",
             "Time to create a fresh handler instance (not observed when a warm instance is reused)",
-            instantiation.clone(),
+            Family::new_with_constructor(seconds),
         );
-        let in_flight = Family::<HandlerLabels, Gauge>::default();
-        registry.register("gridfn_instances_in_flight", "Handler instances running now", in_flight.clone());
-        let queued = Family::<HandlerLabels, Gauge>::default();
-        registry.register(
+        let in_flight: Family<HandlerLabels, Gauge> =
+            register(&mut registry, "gridfn_instances_in_flight", "Handler instances running now", Family::default());
+        let queued: Family<HandlerLabels, Gauge> = register(
+            &mut registry,
             "gridfn_instances_queued",
             "Events waiting for an instance (the handler is at max_concurrency, or the pool is full)",
-            queued.clone(),
+            Family::default(),
         );
-        let dead_letters = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let dead_letters: Family<ResultLabels, Counter> = register(
+            &mut registry,
             "gridfn_dead_letter_writes",
             "Dead-letter writes of rejected events, by result: written, or failed (the event is then retried)",
-            dead_letters.clone(),
+            Family::default(),
         );
-        let local_retries = Family::<HandlerLabels, Counter>::default();
-        registry.register(
+        let local_retries: Family<HandlerLabels, Counter> = register(
+            &mut registry,
             "gridfn_local_retries",
             "Runs repeated locally after a retry outcome (the handler's retry policy), before answering",
-            local_retries.clone(),
+            Family::default(),
         );
-        let published = Family::<DestinationLabels, Counter>::default();
-        registry.register(
+        let published: Family<DestinationLabels, Counter> = register(
+            &mut registry,
             "gridfn_published_events",
             "Events handlers published and gridfn sent, by destination: local (the local topic) or event_grid",
-            published.clone(),
+            Family::default(),
         );
 
         let handles = |name: &str| {
@@ -268,7 +266,6 @@ impl Metrics {
 impl HandlerMetrics {
     /// Handles registered nowhere: they count, and no scrape shows them.
     fn detached() -> Self {
-        let seconds = || Histogram::new(exponential_buckets(1e-5, 4.0, 11));
         HandlerMetrics {
             outcomes: Default::default(),
             claims: Default::default(),
@@ -315,6 +312,23 @@ impl HandlerMetrics {
     pub fn published(&self, destination: Destination, count: usize) {
         self.published[destination as usize].inc_by(count as u64);
     }
+}
+
+/// `family`, registered as `name` with its help text.
+fn register<F: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    family: F,
+) -> F {
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// A duration histogram: 10 µs to ~10 s (sandboxed calls are microseconds,
+/// timeouts seconds).
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(1e-5, 4.0, 11))
 }
 
 /// Holds a gauge one higher while it lives (also when the future holding it

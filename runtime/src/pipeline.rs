@@ -31,7 +31,7 @@ use crate::metrics::{Destination, Metrics, PairOutcome};
 use crate::publish::{MAX_LOCAL_DEPTH, Published, Topic};
 use crate::registry::{Registry, Route};
 use crate::sandbox::{Invocation, LoadedHandler, Outcome};
-use crate::trace::pair_span;
+use crate::trace::{current_pair, pair_span};
 
 /// Retry-After when no handler asked for a specific delay: Event Grid's own
 /// first retry interval.
@@ -164,16 +164,18 @@ impl Pipeline {
     /// Why the stores every pair needs (dedup, dead-letter) cannot be used
     /// now, each given `limit` to answer; empty when both do (`/readyz`).
     pub async fn unreachable_stores(&self, limit: Duration) -> Vec<String> {
-        let late = || anyhow::anyhow!("no answer within {limit:?}");
         let (dedup, deadletter) = tokio::join!(
             tokio::time::timeout(limit, self.dedup.ping()),
             tokio::time::timeout(limit, self.deadletter.check())
         );
-        let dedup = dedup.map_err(|_| late()).and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}")));
-        let deadletter = deadletter.map_err(|_| late()).and_then(|r| r);
-        let dedup = dedup.err().map(|e| format!("dedup store: {e:#}"));
-        let deadletter = deadletter.err().map(|e| format!("dead-letter store: {e:#}"));
-        dedup.into_iter().chain(deadletter).collect()
+        let late = |_| anyhow::anyhow!("no answer within {limit:?}");
+        // StoreError's own text starts with "dedup store".
+        let dedup = dedup.map_err(late).and_then(|answer| answer.map_err(|e| anyhow::anyhow!(e.0)));
+        let deadletter = deadletter.map_err(late).and_then(|answer| answer);
+        [("dedup store", dedup), ("dead-letter store", deadletter)]
+            .into_iter()
+            .filter_map(|(store, answer)| answer.err().map(|e| format!("{store}: {e:#}")))
+            .collect()
     }
 
     /// Routes each event to the handlers that want it, runs every pair, and
@@ -226,8 +228,9 @@ impl Pipeline {
     /// One (event, handler) pair: claim it, run it until it succeeds, rejects,
     /// or its local retries are used up, send what a successful run
     /// published, and dead-letter a rejection. Recording it as done is left
-    /// to [`Pipeline::record`]. Runs in the pair's span ([`crate::trace`]).
-    #[tracing::instrument(name = "pair", level = "info", skip_all, fields(
+    /// to [`Pipeline::record`]. Runs in the pair's span ([`crate::trace`]),
+    /// off unless `gridfn::spans` is enabled at debug (see `main.rs`).
+    #[tracing::instrument(name = "pair", target = "gridfn::spans", level = "debug", skip_all, fields(
         event_id = %event.id, event_type = %event.event_type, subject = event.subject.as_deref(),
         handler = %route.config.name, delivery_count = delivery.attempt, attempt = tracing::field::Empty,
         outcome = tracing::field::Empty, trace_id = tracing::field::Empty, span_id = tracing::field::Empty,
@@ -267,7 +270,7 @@ impl Pipeline {
 
         let (Invocation { outcome, mut published, .. }, delivery) =
             self.run_with_local_retries(route, &handler, &event, delivery, received).await;
-        tracing::Span::current().record("attempt", delivery.attempt + 1);
+        current_pair().record("attempt", delivery.attempt + 1);
         published.iter_mut().for_each(|event| event.traceparent = Some(trace));
         let outcome = match outcome {
             Outcome::Success if !published.is_empty() => {
@@ -565,7 +568,7 @@ impl PairRun {
         lease: Option<Lease>,
     ) -> Self {
         // The pair's span (current here) says how it ended.
-        tracing::Span::current().record("outcome", counted(outcome.as_ref()).label());
+        current_pair().record("outcome", counted(outcome.as_ref()).label());
         PairRun { index, event_id: event.id.clone(), handler: handler.name.to_string(), outcome, lease }
     }
 

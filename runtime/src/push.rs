@@ -86,8 +86,9 @@ pub async fn abuse_protection(State(webhook): State<Arc<Webhook>>, headers: Head
 
 impl Webhook {
     /// One pushed request, from credentials to verdict, in the delivery's
-    /// span (each pair's span is a child of it).
-    #[tracing::instrument(name = "delivery", level = "info", skip_all, fields(
+    /// span (each pair's span is a child of it), off unless `gridfn::spans`
+    /// is enabled at debug (see `main.rs`).
+    #[tracing::instrument(name = "delivery", target = "gridfn::spans", level = "debug", skip_all, fields(
         subscription = tracing::field::Empty, delivery_count = tracing::field::Empty,
         events = tracing::field::Empty, trace_id = tracing::field::Empty, parent_id = tracing::field::Empty,
     ))]

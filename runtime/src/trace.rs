@@ -102,18 +102,30 @@ fn random_span_id() -> u64 {
 
 /// The span of one (event, handler) pair: a child of the event's
 /// `traceparent`, else of the request's (`delivery`), else the root of a new
-/// trace. Its ids are recorded on the current `tracing` span (fields
+/// trace. Its ids are recorded on the pair's `tracing` span (fields
 /// `trace_id`, `span_id`, and `parent_id` when there is a parent); it is the
 /// `traceparent` of the events the handler publishes.
 pub fn pair_span(event: &Event, delivery: Option<TraceParent>) -> TraceParent {
     let parent = TraceParent::from_event(event).or(delivery);
     let span = parent.map_or_else(TraceParent::root, |parent| parent.child());
-    let current = tracing::Span::current();
+    let current = current_pair();
     if let Some(parent) = parent {
         parent.record(&current, "parent_id");
     }
     span.record(&current, "span_id");
     span
+}
+
+/// The pair's `tracing` span when it is the current one, else a disabled
+/// span. A disabled pair span is never entered, so the current span is then
+/// the delivery's, and the pair's fields must not land there.
+pub fn current_pair() -> tracing::Span {
+    let current = tracing::Span::current();
+    match current.metadata() {
+        // The name `Pipeline::run_pair`'s `#[instrument]` gives it.
+        Some(metadata) if metadata.name() == "pair" => current,
+        _ => tracing::Span::none(),
+    }
 }
 
 #[cfg(test)]

@@ -270,12 +270,13 @@ fn readyz_fails_while_the_dead_letter_folder_cannot_be_created() {
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
+const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 #[test]
 fn the_request_traceparent_reaches_spans_json_logs_and_published_events() {
     // The "Event Grid topic" is a second gridfn: the publisher's events
     // arrive there with the CloudEvents `traceparent` extension.
-    let topic = Gridfn::start(&scripted("subscriber", ""));
+    let topic = Gridfn::start_with_args(&["--log-format", "json"], "", &scripted("subscriber", ""));
     let publisher = Gridfn::start_with_args(
         &["--log-format", "json"],
         "",
@@ -302,12 +303,7 @@ fn the_request_traceparent_reaches_spans_json_logs_and_published_events() {
 
     // The publisher's log: JSON lines; the handler's own line sits in the
     // pair span, under the delivery span, both in the sender's trace.
-    let line = publisher
-        .log_lines()
-        .into_iter()
-        .find(|line| line.contains("scripted ran doc-1"))
-        .unwrap_or_else(|| panic!("no handler line in {}", publisher.log_text()));
-    let line: Value = serde_json::from_str(&line).expect("--log-format json writes JSON lines");
+    let line = handler_line(&publisher, "scripted ran doc-1");
     let pair = &line["span"];
     assert_eq!(pair["name"], "pair", "{line}");
     assert_eq!(pair["trace_id"], TRACE_ID, "{line}");
@@ -327,13 +323,20 @@ fn the_request_traceparent_reaches_spans_json_logs_and_published_events() {
 
     // The topic's handler ran in a span whose parent is the publisher's pair:
     // the published event carried traceparent = (trace, that pair's span).
-    let handled = topic
+    let handled = handler_line(&topic, "scripted ran doc-1:stored:0");
+    assert_eq!(handled["span"]["trace_id"], TRACE_ID, "{handled}");
+    assert_eq!(handled["span"]["parent_id"], span_id.as_str(), "{handled}");
+    assert!(handled["spans"][0].get("trace_id").is_none(), "the topic's request had no traceparent header: {handled}");
+}
+
+/// The JSON log line (`--log-format json`) whose message contains `needle`.
+fn handler_line(gridfn: &Gridfn, needle: &str) -> Value {
+    let line = gridfn
         .log_lines()
         .into_iter()
-        .find(|line| line.contains("scripted ran doc-1:stored:0"))
-        .unwrap_or_else(|| panic!("the published event did not arrive: {}", topic.log_text()));
-    assert!(handled.contains(&format!("trace_id={TRACE_ID}")), "{handled}");
-    assert!(handled.contains(&format!("parent_id={span_id}")), "{handled}");
+        .find(|line| line.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in {}", gridfn.log_text()));
+    serde_json::from_str(&line).expect("--log-format json writes JSON lines")
 }
 
 #[test]
@@ -354,4 +357,40 @@ fn without_a_traceparent_each_pair_starts_a_trace_and_its_end_is_logged_with_the
     assert!(pair.get("parent_id").is_none(), "{line}");
     assert_eq!(pair["outcome"], "reject", "{line}");
     assert_eq!(pair["attempt"], 1, "{line}");
+}
+
+#[test]
+fn an_events_own_traceparent_wins_over_the_requests() {
+    let gridfn = Gridfn::start_with_args(&["--log-format", "json"], "", &scripted("h", ""));
+    let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let body = json!([
+        {"specversion": "1.0", "id": "ce-1", "source": "/orders", "type": "Order.Placed", "traceparent": own, "data": {"act": "ok"}},
+        {"specversion": "1.0", "id": "ce-2", "source": "/orders", "type": "Order.Placed", "data": {"act": "ok"}}
+    ]);
+    let response = gridfn.post(
+        "/api/events",
+        serde_json::to_vec(&body).unwrap(),
+        &[
+            ("content-type", "application/cloudevents-batch+json; charset=utf-8"),
+            ("aeg-sas-key", KEY),
+            ("traceparent", &format!("00-{TRACE_ID}-{PARENT}-01")),
+        ],
+    );
+    assert_eq!(response.status(), 200, "{}", gridfn.log_text());
+    let first = handler_line(&gridfn, "scripted ran ce-1");
+    assert_eq!(first["span"]["trace_id"], "0af7651916cd43dd8448eb211c80319c", "{first}");
+    assert_eq!(first["span"]["parent_id"], "b7ad6b7169203331", "{first}");
+    let second = handler_line(&gridfn, "scripted ran ce-2");
+    assert_eq!(second["span"]["trace_id"], TRACE_ID, "{second}");
+    assert_eq!(second["span"]["parent_id"], PARENT, "{second}");
+}
+
+#[test]
+fn the_default_terminal_log_leaves_spans_out() {
+    let quiet = Gridfn::start(&scripted("h", ""));
+    let traced = &[("aeg-event-type", "Notification"), ("aeg-sas-key", KEY), ("traceparent", EXAMPLE)];
+    assert_eq!(quiet.post("/api/events", batch(&[event("quiet-1", json!({"act": "ok"}))]), traced).status(), 200);
+    let lines = quiet.log_lines();
+    let line = lines.iter().find(|line| line.contains("scripted ran quiet-1")).expect("the handler's line");
+    assert!(!line.contains("delivery{") && !line.contains("pair{"), "spans cost microseconds per event: {line}");
 }
