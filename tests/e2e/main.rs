@@ -1,7 +1,8 @@
 //! End-to-end tests: the real `gridfn` binary, real sockets, real components.
 //!
 //! The handler components must be built first (`scripts/test` does it):
-//! `cargo build --release --target wasm32-wasip2 -p audit-log -p scripted`.
+//! `cargo build --release --target wasm32-wasip2 -p audit-log -p scripted`,
+//! and the Python ones (`*_py.wasm`) with componentize-py.
 
 mod support;
 
@@ -9,6 +10,7 @@ mod capabilities;
 mod durability;
 mod foundation;
 mod protocol;
+mod python_handlers;
 mod replay;
 mod replay_data;
 mod routing;
