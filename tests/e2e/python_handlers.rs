@@ -5,7 +5,11 @@
 //! handler that raises, loops or hoards memory is retried while the host
 //! carries on.
 
-use std::sync::Mutex;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -40,13 +44,21 @@ fn lab_events() -> Vec<u8> {
 }
 
 /// A Python component takes seconds to compile (a minute on a loaded
-/// machine): tests starting gridfn at once would each compile the same ones
-/// and time out together. They start one at a time, so each start after the
-/// first takes them from the shared compile cache.
-static STARTING: Mutex<()> = Mutex::new(());
+/// machine), and a gridfn with two new ones compiles both at once: tests
+/// start gridfn one at a time, and the first compiles each Python component
+/// alone into the shared compile cache, so every start finds them there.
+static STARTING: Mutex<bool> = Mutex::new(false);
+
+const PYTHON_COMPONENTS: [&str; 3] = ["audit-log-py", "moderation-router-py", "scripted-py"];
 
 fn start(manifest: &str) -> Gridfn {
-    let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cached = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    if !*cached {
+        for name in PYTHON_COMPONENTS {
+            drop(Gridfn::start(&handler("compile", name, "")));
+        }
+        *cached = true;
+    }
     Gridfn::start(manifest)
 }
 
@@ -242,4 +254,54 @@ fn a_python_handler_that_raises_loops_or_hoards_memory_is_retried_and_the_host_c
     for (i, served) in [1, 2, 3].into_iter().enumerate() {
         assert_eq!(gridfn.log_count(&format!("scripted-py ran h-fine-{i} act= attempt=0 served={served}")), 1);
     }
+}
+
+/// Answers every request `delay` after it arrives, and remembers how many
+/// it held at once.
+struct SlowServer {
+    port: u16,
+    most_at_once: Arc<AtomicUsize>,
+}
+
+impl SlowServer {
+    fn start(delay: Duration) -> SlowServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, most_at_once) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let most = most_at_once.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().map_while(Result::ok) {
+                let (open, most) = (open.clone(), most.clone());
+                std::thread::spawn(move || {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let _ = stream.read(&mut [0; 4096]);
+                    std::thread::sleep(delay);
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow");
+                });
+            }
+        });
+        SlowServer { port, most_at_once }
+    }
+}
+
+#[test]
+fn a_hundred_python_instances_are_alive_at_once() {
+    // Each instance of a Python component holds 14 core instances (a Rust
+    // one 3): the pool must have room for them, or the ones beyond it fail
+    // to start and are retried.
+    let server = SlowServer::start(Duration::from_secs(3));
+    let manifest = format!(
+        "max_concurrency = 100\ntimeout = \"60s\"\n[handler.capabilities]\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]",
+        server.port
+    );
+    let gridfn = start(&handler("waiter", "scripted-py", &manifest));
+    let url = format!("http://127.0.0.1:{}/wait", server.port);
+    let events: Vec<Value> = (0..100).map(|i| event(&format!("w-{i}"), json!({"act": "http", "url": url}))).collect();
+    let response = gridfn.notify("/api/events/waiter", batch(&events));
+    let verdict: Value = response.json().unwrap();
+    assert_eq!(verdict["succeeded"], 100, "{verdict}");
+    let most = server.most_at_once.load(Ordering::SeqCst);
+    assert!(most > 80, "the instances waited on the server together: {most} at once");
 }
