@@ -8,6 +8,7 @@ mod support;
 mod capabilities;
 mod durability;
 mod foundation;
+mod js_handlers;
 mod protocol;
 mod replay;
 mod replay_data;
