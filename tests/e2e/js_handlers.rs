@@ -86,12 +86,17 @@ fn post_cloud_events(gridfn: &Gridfn, path: &str, events: &Value) -> Value {
 /// The moderation contract, run through gridfn against the router in
 /// `module` (a component name): the lab's events routed by type, an
 /// advanced filter that escalates confident, severe flags through `config`,
-/// the escalation it publishes handled by the review route, and what the
-/// router rejects.
+/// the escalation it publishes handled by the review route, the counts kept
+/// in kv (in a real Redis, to read them), and what the router rejects.
 fn follows_the_moderation_contract(module: &str) {
     let m = component(module);
+    let redis = crate::support::redis_server();
     let gridfn = start(&format!(
         r#"
+[dedup]
+store = "redis"
+url = "{redis}"
+
 [[handler]]
 name = "moderation-flagged"
 module = {m:?}
@@ -125,7 +130,8 @@ name = "moderation-misconfigured"
 module = {m:?}
 filter = {{ includedEventTypes = ["com.contoso.ai.Odd"] }}
 capabilities = {{ config = {{ action = "delete" }} }}
-"#
+"#,
+        redis = redis.url
     ));
 
     let verdict = post_cloud_events(&gridfn, "/api/events", &lab_events());
@@ -146,6 +152,16 @@ capabilities = {{ config = {{ action = "delete" }} }}
     assert_eq!(gridfn.events("moderation-review", "success"), 2.0);
     assert_eq!(gridfn.log_count("for human review"), 3, "the review route publishes nothing: no loop");
     assert_eq!(gridfn.log_count("moderation-severe: quarantine doc-2054"), 0);
+    // kv keys live under `<key_prefix>kv:` and the length-prefixed handler name;
+    // the flagged route has no kv grant and counts nothing, without failing.
+    let mut redis = redis::Client::open(redis.url.as_str()).unwrap().get_connection().unwrap();
+    let mut count = |handler: &str, action: &str| -> Option<String> {
+        let key = format!("gridfn:dedup:kv:{}:{handler}count/{action}", handler.len());
+        redis::cmd("GET").arg(key).query(&mut redis).unwrap()
+    };
+    assert_eq!(count("moderation-approved", "publish").as_deref(), Some("2"));
+    assert_eq!(count("moderation-review", "escalate").as_deref(), Some("2"));
+    assert_eq!(count("moderation-flagged", "quarantine"), None);
 
     // What can never succeed is dead-lettered, not retried.
     let mut odd = lab_events()[0].clone();
