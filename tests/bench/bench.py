@@ -7,12 +7,13 @@ by hand only with the paths it needs:
         --native target/release/bench-native \
         --handler target/wasm32-wasip2/release/bench_handler.wasm \
         --http-component target/wasm32-wasip2/release/bench_http_component.wasm \
-        [--wasmtime PATH | --wasmtime-skip REASON] --gunicorn VENV/bin/gunicorn
+        [--wasmtime PATH | --wasmtime-skip REASON] --gunicorn VENV/bin/gunicorn \
+        [--js-handler target/wasm32-wasip2/release/bench_handler_js.wasm]
 
 Settings from the environment (defaults = the full run):
     BENCH_WARMUP=2 BENCH_DURATION=8 (seconds), BENCH_THREADS=1,
     BENCH_CONNECTIONS=32, BENCH_BATCHES=1,10,100,
-    BENCH_SYSTEMS=gridfn,gridfn-reuse,native,wasmtime-serve,python,
+    BENCH_SYSTEMS=gridfn,gridfn-reuse,gridfn-js,gridfn-js-reuse,native,wasmtime-serve,python,
     BENCH_PACED=1 (gridfn batch-1 latency at ~80 % of its max rate),
     BENCH_STARTUP=1 (gridfn start-up to ready, 1 and 20 handlers, cold/warm).
 
@@ -40,7 +41,10 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = os.path.join(HERE, "eventgrid.lua")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SYSTEMS = ["gridfn", "gridfn-reuse", "native", "wasmtime-serve", "python"]
+SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse", "native", "wasmtime-serve", "python"]
+# gridfn with a handler: the Rust one (tests/bench/handler) or, for the -js
+# systems, the same work in JavaScript (tests/bench/handler-js).
+GRIDFN_SYSTEMS = {"gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse"}
 
 
 def log(*args):
@@ -359,6 +363,7 @@ def main():
     p.add_argument("--wasmtime")
     p.add_argument("--wasmtime-skip", help="why wasmtime-serve is not run")
     p.add_argument("--gunicorn", required=True)
+    p.add_argument("--js-handler", help="the JavaScript bench handler; without it the gridfn-js rows are skipped")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     for path in ("gridfn", "native", "handler", "http_component", "gunicorn"):
@@ -390,8 +395,14 @@ def main():
         raw["skipped"].append({"system": system, "reason": reason})
 
     for system in systems:
-        if system in ("gridfn", "gridfn-reuse"):
-            reuse = 64 if system == "gridfn-reuse" else None
+        if system in GRIDFN_SYSTEMS:
+            reuse = 64 if system.endswith("-reuse") else None
+            handler = args.handler
+            if "-js" in system:
+                if not args.js_handler:
+                    skip(system, "no --js-handler (scripts/components builds it)")
+                    continue
+                handler = os.path.abspath(args.js_handler)
             state = tempfile.mkdtemp(prefix=system + "-", dir=work)
             manifest = os.path.join(state, "gridfn.toml")
             # The handler's wait queue must hold every event in flight (connections x batch),
@@ -399,7 +410,7 @@ def main():
             # key is refused (an older gridfn).
             queue = int(env_num("BENCH_GRIDFN_QUEUE", max(1024, 2 * Cfg.conns * max(batches))))
             for q in (queue, None):
-                gridfn_manifest(manifest, 0, args.handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=q)
+                gridfn_manifest(manifest, 0, handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=q)
                 chk = subprocess.run([args.gridfn, "check", "--config", manifest], capture_output=True, text=True)
                 if chk.returncode == 0:
                     queue = q
@@ -415,10 +426,14 @@ def main():
         for batch in batches:
             port = free_port()
             ready_kwargs, scrape, paced = {}, False, False
-            if system in ("gridfn", "gridfn-reuse"):
-                gridfn_manifest(manifest, port, args.handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=queue)
+            if system in GRIDFN_SYSTEMS:
+                gridfn_manifest(manifest, port, handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=queue)
                 argv = [args.gridfn, "serve", "--config", manifest, "--listen", f"127.0.0.1:{port}"]
-                scrape = True
+                # The sandbox figures below are the Rust handler's; a JavaScript
+                # component's first start compiles 12 MB (tens of seconds).
+                scrape = "-js" not in system
+                if "-js" in system:
+                    ready_kwargs = {"timeout": 600.0}
                 paced = batch == 1 and env_num("BENCH_PACED", 1) > 0 and system == "gridfn"
             elif system == "native":
                 argv = [args.native, "--listen", f"127.0.0.1:{port}"]

@@ -10,6 +10,7 @@ mod capabilities;
 mod durability;
 mod embeddings;
 mod foundation;
+mod js_handlers;
 mod moderation;
 mod protocol;
 mod replay;
