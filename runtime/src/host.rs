@@ -10,6 +10,7 @@ use crate::config::Manifest;
 use crate::deadletter::DeadLetterStore;
 use crate::dedup::Dedup;
 use crate::entra::EntraValidator;
+use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::push::Webhook;
@@ -24,6 +25,9 @@ pub struct Host {
     /// The push source (Event Grid's webhook).
     pub webhook: Arc<Webhook>,
     pub metrics: Arc<Metrics>,
+    /// The handlers' kv store (when any handler is granted `kv`), for the
+    /// admin API's listing.
+    pub kv: Option<Arc<dyn KvStore>>,
     /// `server.admin_keys`; the admin API is off without one.
     pub admin_keys: Vec<String>,
     /// `server.watch`: the folder watched for new handler versions.
@@ -56,7 +60,7 @@ impl Host {
             true => Some(crate::kv::open(&manifest.dedup.store, &manifest.server.state_dir).await?),
             false => None,
         };
-        let sandbox = Arc::new(Sandbox::new(max_memory, fuel, &manifest.server.cache_dir, kv)?);
+        let sandbox = Arc::new(Sandbox::new(max_memory, fuel, &manifest.server.cache_dir, kv.clone())?);
         let registry = Arc::new(Registry::load(manifest, sandbox)?);
         let entra = match &manifest.server.entra {
             Some(config) => Some(EntraValidator::new(config).await?),
@@ -90,6 +94,7 @@ impl Host {
             pipeline,
             webhook,
             metrics,
+            kv,
             admin_keys: manifest.server.admin_keys.clone(),
             watch: manifest.server.watch.clone(),
             limits,

@@ -28,6 +28,14 @@ fn scoped(handler: &str, key: &str) -> String {
     format!("{}:{handler}{key}", handler.len())
 }
 
+/// The handler's own key, from a stored one that [`scoped`] made for it.
+fn unscoped<'a>(handler: &str, stored: &'a str) -> Option<&'a str> {
+    stored.strip_prefix(&scoped(handler, ""))
+}
+
+/// A key as the handler wrote it, and its value.
+pub type KeyValue = (String, Vec<u8>);
+
 #[async_trait::async_trait]
 pub trait KvStore: Send + Sync {
     async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
@@ -35,6 +43,11 @@ pub trait KvStore: Send + Sync {
     async fn delete(&self, handler: &str, key: &str) -> Result<(), String>;
     /// Adds `delta` to the integer at `key` (0 when absent), atomically.
     async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String>;
+    /// The first `limit` of `handler`'s keys that start with `prefix`, in
+    /// byte order, with their values. Not a handler capability: it is how a
+    /// person reads a handler's state (an audit trail) from outside, through
+    /// the admin API, while gridfn runs.
+    async fn list(&self, handler: &str, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String>;
 }
 
 /// Opens the store that matches the dedup store.
@@ -90,6 +103,18 @@ impl KvStore for MemoryKv {
         let value = incremented(current, delta)?;
         entry.insert(value.to_string().into_bytes());
         Ok(value)
+    }
+    async fn list(&self, handler: &str, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String> {
+        let wanted = scoped(handler, prefix);
+        let mut entries: Vec<KeyValue> = self
+            .0
+            .iter()
+            .filter(|stored| stored.key().starts_with(&wanted))
+            .filter_map(|stored| Some((unscoped(handler, stored.key())?.to_owned(), stored.value().clone())))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.truncate(limit);
+        Ok(entries)
     }
 }
 
@@ -168,6 +193,21 @@ impl KvStore for EmbeddedKv {
         })
         .await
     }
+    async fn list(&self, handler: &str, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String> {
+        let (handler, wanted) = (handler.to_owned(), scoped(handler, prefix));
+        self.blocking(move |store| {
+            let mut entries = Vec::new();
+            for item in store.values.prefix(&wanted).take(limit) {
+                let (key, value) = item.into_inner().map_err(|e| e.to_string())?;
+                // Keys come from handlers' strings; anything else is not theirs.
+                if let Some(key) = std::str::from_utf8(&key).ok().and_then(|key| unscoped(&handler, key)) {
+                    entries.push((key.to_owned(), value.to_vec()));
+                }
+            }
+            Ok(entries)
+        })
+        .await
+    }
 }
 
 /// In Redis, shared by every host that shares the dedup store, through the
@@ -207,6 +247,46 @@ impl KvStore for RedisKv {
     async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
         self.run(redis::cmd("INCRBY").arg(self.key(handler, key)).arg(delta)).await
     }
+    /// SCAN (which never blocks Redis, unlike KEYS) for the prefix, then one
+    /// MGET for the first `limit` in key order; a key deleted in between is
+    /// left out.
+    async fn list(&self, handler: &str, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String> {
+        let stored_prefix = self.key(handler, "");
+        let pattern = format!("{}*", glob_escaped(&self.key(handler, prefix)));
+        let mut keys = std::collections::BTreeSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) =
+                self.run(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000)).await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let keys: Vec<String> = keys.into_iter().take(limit).collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<Vec<u8>>> = self.run(redis::cmd("MGET").arg(&keys)).await?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter_map(|(key, value)| Some((key.strip_prefix(&stored_prefix)?.to_owned(), value?)))
+            .collect())
+    }
+}
+
+/// `text` matched literally by a Redis glob pattern.
+fn glob_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -244,6 +324,42 @@ mod tests {
         let mut seen: Vec<i64> = results.into_iter().map(Result::unwrap).collect();
         seen.sort_unstable();
         assert_eq!(seen, (1..=50).collect::<Vec<_>>(), "{label}: every increment saw its own value");
+
+        listing(label, store, &run).await;
+    }
+
+    /// `list`: the handler's keys under a prefix, in key order, with their values.
+    async fn listing(label: &str, store: &dyn KvStore, run: &str) {
+        let (c, longer) = (format!("c-{run}"), format!("c-{run}x"));
+        assert!(store.list(&c, "", 10).await.unwrap().is_empty(), "{label}: nothing written, nothing listed");
+        for key in ["trail/0002", "trail/0010", "trail/0001", "trail", "trails/1", "tr*il/1", "other"] {
+            store.set(&c, key, key.as_bytes()).await.unwrap();
+        }
+        store.set(&c, "trail/bytes", &[0xff, 0x00, 0x80]).await.unwrap();
+        store.set(&longer, "trail/0000", b"not c's").await.unwrap();
+        store.set(&format!("c-{run}"), "trail/0003", b"three").await.unwrap();
+        store.delete(&c, "trail/0003").await.unwrap();
+
+        let keys = |entries: Vec<KeyValue>| entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let trail = store.list(&c, "trail/", 10).await.unwrap();
+        assert_eq!(
+            trail,
+            vec![
+                ("trail/0001".to_owned(), b"trail/0001".to_vec()),
+                ("trail/0002".to_owned(), b"trail/0002".to_vec()),
+                ("trail/0010".to_owned(), b"trail/0010".to_vec()),
+                ("trail/bytes".to_owned(), vec![0xff, 0x00, 0x80]),
+            ],
+            "{label}: the prefix's keys in key order, values as stored, deleted keys gone, no other handler's"
+        );
+        assert_eq!(keys(store.list(&c, "trail/", 2).await.unwrap()), ["trail/0001", "trail/0002"], "{label}: limit");
+        assert_eq!(keys(store.list(&c, "tr*", 10).await.unwrap()), ["tr*il/1"], "{label}: a prefix is literal");
+        assert_eq!(
+            keys(store.list(&c, "", 100).await.unwrap()),
+            ["other", "tr*il/1", "trail", "trail/0001", "trail/0002", "trail/0010", "trail/bytes", "trails/1"],
+            "{label}: the empty prefix lists every key of the handler"
+        );
+        assert!(store.list(&c, "nothing/", 10).await.unwrap().is_empty(), "{label}: no match");
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@
 //! - [`webhook`]: Event Grid's webhook protocol: keys, `aeg-*` headers, body
 //!   encodings, the validation and CloudEvents handshakes.
 //! - [`entra`]: Microsoft Entra ID bearer tokens, for subscriptions that use them.
-//! - [`admin`]: the admin API (deploy, list, rollback) over HTTP.
+//! - [`admin`]: the admin API (deploy, list, rollback, a handler's kv entries) over HTTP.
 //! - [`error`]: the one HTTP error type and the status each variant means.
 //! - [`pipeline`]: route, claim, run, retry, publish, dead-letter, record; the verdict.
 //! - [`event`]: the one event model, delivery info, and decoding bodies into events.

@@ -59,6 +59,9 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Read a running gridfn's handler state (admin API).
+    #[command(subcommand)]
+    Kv(KvCommand),
     /// Say, for each event in a file and each handler, whether the handler's
     /// filter matches and, if not, the first condition that failed.
     Explain {
@@ -74,6 +77,27 @@ enum Command {
     /// dead-lettered from, once each: exit 0 when every replayed event
     /// succeeded (or had before), 2 when some failed or were rejected again.
     Replay(Box<gridfn::replay::Options>),
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// List a handler's kv entries in key order, one `KEY VALUE` line each
+    /// (a value that is not UTF-8 is shown as `base64:…`).
+    List {
+        /// The handler whose key space to list.
+        handler: String,
+        /// Only keys that start with it, e.g. `trail/` for the audit log's trail.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many entries (the server's default is 1000, its maximum 10000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the admin API's JSON answer instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
 }
 
 /// Where the admin API is, and the key for it.
@@ -110,6 +134,9 @@ fn main() -> ExitCode {
         Command::Rollback { handler, admin } => {
             admin_call(&admin, reqwest::Method::POST, &format!("/admin/handlers/{handler}/rollback"), Vec::new())
         }
+        Command::Kv(KvCommand::List { handler, prefix, limit, json, admin }) => {
+            kv_list(&admin, &handler, &prefix, limit, json)
+        }
         Command::Replay(options) => match gridfn::replay::command(*options) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
@@ -138,15 +165,56 @@ fn explain(config: &Path, event_file: &Path, json: bool) -> anyhow::Result<()> {
     let events = gridfn::explain::parse_events(&text).map_err(|e| anyhow::anyhow!("{}: {e}", event_file.display()))?;
     let routings = gridfn::explain::explain(&routes, &events);
     if json {
-        println!("{}", serde_json::to_string_pretty(&routings)?);
+        output(&format!("{}\n", serde_json::to_string_pretty(&routings)?))
     } else {
-        print!("{}", gridfn::explain::render_text(&routings));
+        output(&gridfn::explain::render_text(&routings))
     }
-    Ok(())
 }
 
 /// Calls the admin API and prints its JSON answer.
 fn admin_call(admin: &Admin, method: reqwest::Method, path: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    output(&format!("{}\n", admin_request(admin, method, path, body)?))
+}
+
+/// `gridfn kv list`: the entries as lines, or the JSON as it came.
+fn kv_list(admin: &Admin, handler: &str, prefix: &str, limit: Option<usize>, json: bool) -> anyhow::Result<()> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("prefix", prefix);
+    if let Some(limit) = limit {
+        query.append_pair("limit", &limit.to_string());
+    }
+    let path = format!("/admin/kv/{handler}?{}", query.finish());
+    let answer = admin_request(admin, reqwest::Method::GET, &path, Vec::new())?;
+    if json {
+        return output(&format!("{answer}\n"));
+    }
+    let listing: gridfn::admin::KvListing = serde_json::from_str(&answer)?;
+    let mut lines = String::new();
+    for entry in &listing.entries {
+        let marker = match entry.encoding {
+            gridfn::admin::Encoding::Utf8 => "",
+            gridfn::admin::Encoding::Base64 => "base64:",
+        };
+        lines.push_str(&format!("{} {marker}{}\n", entry.key, entry.value));
+    }
+    if listing.truncated {
+        eprintln!("(more keys match; list with a longer --prefix or a larger --limit)");
+    }
+    output(&lines)
+}
+
+/// Writes a command's output to stdout. A reader that stopped early
+/// (`gridfn kv list … | head`) is not an error: `println!` would panic there.
+fn output(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Calls the admin API; its answer, pretty-printed when it is JSON.
+fn admin_request(admin: &Admin, method: reqwest::Method, path: &str, body: Vec<u8>) -> anyhow::Result<String> {
     let url = format!("{}{path}", admin.to.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, text) = runtime.block_on(async {
@@ -162,12 +230,7 @@ fn admin_call(admin: &Admin, method: reqwest::Method, path: &str, body: Vec<u8>)
     let pretty = serde_json::from_str::<serde_json::Value>(&text)
         .map(|json| serde_json::to_string_pretty(&json).unwrap_or_default())
         .unwrap_or(text);
-    if status.is_success() {
-        println!("{pretty}");
-        Ok(())
-    } else {
-        anyhow::bail!("{url} answered {status}: {pretty}")
-    }
+    if status.is_success() { Ok(pretty) } else { anyhow::bail!("{url} answered {status}: {pretty}") }
 }
 
 fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {

@@ -45,6 +45,7 @@ pub fn app(host: Arc<Host>) -> Router {
             put(admin::deploy).layer(axum::extract::DefaultBodyLimit::max(admin::MAX_MODULE)),
         )
         .route("/admin/handlers/{handler}/rollback", post(admin::rollback))
+        .route("/admin/kv/{handler}", get(admin::kv_list))
         .route("/metrics", get(metrics))
         .with_state(host);
     push.merge(admin).route("/healthz", get(|| async { "ok" }))

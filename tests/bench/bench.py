@@ -8,12 +8,13 @@ by hand only with the paths it needs:
         --handler target/wasm32-wasip2/release/bench_handler.wasm \
         --handler-py target/wasm32-wasip2/release/bench_handler_py.wasm \
         --http-component target/wasm32-wasip2/release/bench_http_component.wasm \
-        [--wasmtime PATH | --wasmtime-skip REASON] --gunicorn VENV/bin/gunicorn
+        [--wasmtime PATH | --wasmtime-skip REASON] --gunicorn VENV/bin/gunicorn \
+        [--js-handler target/wasm32-wasip2/release/bench_handler_js.wasm]
 
 Settings from the environment (defaults = the full run):
     BENCH_WARMUP=2 BENCH_DURATION=8 (seconds), BENCH_THREADS=1,
     BENCH_CONNECTIONS=32, BENCH_BATCHES=1,10,100,
-    BENCH_SYSTEMS=gridfn,gridfn-reuse,gridfn-py,gridfn-py-reuse,native,wasmtime-serve,python,
+    BENCH_SYSTEMS=gridfn,gridfn-reuse,gridfn-js,gridfn-js-reuse,gridfn-py,gridfn-py-reuse,native,wasmtime-serve,python,
     BENCH_PACED=1 (gridfn batch-1 latency at ~80 % of its max rate),
     BENCH_STARTUP=1 (gridfn start-up to ready, 1 and 20 handlers, cold/warm).
 
@@ -41,10 +42,11 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = os.path.join(HERE, "eventgrid.lua")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-py", "gridfn-py-reuse", "native", "wasmtime-serve", "python"]
-# gridfn with a handler: the Rust one (tests/bench/handler) or the Python one
-# (tests/bench/handler-py), fresh instances or instance_reuse = 64.
-GRIDFN_SYSTEMS = ("gridfn", "gridfn-reuse", "gridfn-py", "gridfn-py-reuse")
+SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse",
+           "native", "wasmtime-serve", "python"]
+# gridfn with a handler: the Rust one (tests/bench/handler) or the same work
+# in JavaScript (-js, tests/bench/handler-js) or Python (-py, tests/bench/handler-py).
+GRIDFN_SYSTEMS = {"gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse"}
 
 
 def log(*args):
@@ -364,6 +366,7 @@ def main():
     p.add_argument("--wasmtime")
     p.add_argument("--wasmtime-skip", help="why wasmtime-serve is not run")
     p.add_argument("--gunicorn", required=True)
+    p.add_argument("--js-handler", help="the JavaScript bench handler; without it the gridfn-js rows are skipped")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     for path in ("gridfn", "native", "handler", "handler_py", "http_component", "gunicorn"):
@@ -398,10 +401,17 @@ def main():
     for system in systems:
         if system in GRIDFN_SYSTEMS:
             reuse = 64 if system.endswith("-reuse") else None
-            handler = args.handler_py if system.startswith("gridfn-py") else args.handler
-            if not handler:
-                skip(system, "no --handler-py component")
-                continue
+            handler = args.handler
+            if "-js" in system:
+                if not args.js_handler:
+                    skip(system, "no --js-handler (scripts/components builds it)")
+                    continue
+                handler = os.path.abspath(args.js_handler)
+            if system.startswith("gridfn-py"):
+                if not args.handler_py:
+                    skip(system, "no --handler-py component")
+                    continue
+                handler = args.handler_py
             state = tempfile.mkdtemp(prefix=system + "-", dir=work)
             manifest = os.path.join(state, "gridfn.toml")
             # The handler's wait queue must hold every event in flight (connections x batch),
@@ -427,10 +437,13 @@ def main():
             ready_kwargs, scrape, paced = {}, False, False
             if system in GRIDFN_SYSTEMS:
                 gridfn_manifest(manifest, port, handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=queue)
-                # The first start compiles the handler (a Python one takes seconds); later ones hit the cache.
-                ready_kwargs = {"timeout": 300}
                 argv = [args.gridfn, "serve", "--config", manifest, "--listen", f"127.0.0.1:{port}"]
-                scrape = True
+                # The sandbox figures below are the Rust and Python handlers'; a
+                # JavaScript or Python component's first start compiles 12-19 MB
+                # (tens of seconds).
+                scrape = "-js" not in system
+                if "-js" in system or "-py" in system:
+                    ready_kwargs = {"timeout": 600.0}
                 paced = batch == 1 and env_num("BENCH_PACED", 1) > 0 and system == "gridfn"
             elif system == "native":
                 argv = [args.native, "--listen", f"127.0.0.1:{port}"]

@@ -16,7 +16,8 @@ import math
 import os
 import sys
 
-SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-py", "gridfn-py-reuse", "native", "wasmtime-serve", "python"]
+SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse",
+           "native", "wasmtime-serve", "python"]
 RUN_KEYS = ["system", "batch", "events_per_s", "requests_per_s", "p50_ms", "p99_ms", "cpu_s_per_1k", "rss_mb", "errors"]
 
 
@@ -135,6 +136,11 @@ def markdown(summary):
             parts = [f"{g}/{peer} {ratio(gr['events_per_s'], (get(summary, peer, batch) or {}).get('events_per_s'))}"
                      for peer in ("native", "wasmtime-serve", "python")]
             ratios.append("Ratios (events/s): " + ", ".join(parts) + ".")
+        js = [f"{j}/{g} {ratio((get(summary, j, batch) or {}).get('events_per_s'), (get(summary, g, batch) or {}).get('events_per_s'))}"
+              for j, g in (("gridfn-js", "gridfn"), ("gridfn-js-reuse", "gridfn-reuse"), ("gridfn-js-reuse", "gridfn-js"))
+              if get(summary, j, batch)]
+        if js:
+            ratios.append("JavaScript handler (events/s): " + ", ".join(js) + ".")
         lines += ratios + [""]
 
     g = summary["gridfn"]

@@ -6,9 +6,13 @@
 
 mod support;
 
+mod ai_services;
 mod capabilities;
 mod durability;
+mod embeddings;
 mod foundation;
+mod js_handlers;
+mod moderation;
 mod protocol;
 mod python_handlers;
 mod replay;

@@ -295,7 +295,7 @@ fn limits_and_content_types_get_their_status_codes() {
 }
 
 /// The Azure SDK's publisher client, in Python, as a real client.
-fn azure_sdk_python() -> String {
+pub(crate) fn azure_sdk_python() -> String {
     let output = std::process::Command::new("bash")
         .arg(repo("tests/python/setup.sh"))
         .output()

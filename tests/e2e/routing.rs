@@ -5,38 +5,51 @@ use std::ffi::OsStr;
 
 use serde_json::{Value, json};
 
-use crate::support::{Gridfn, batch, component, event, gridfn_command, repo, start_sample, vector};
+use crate::support::{Gridfn, KEY, batch, component, event, gridfn_command, repo, start_sample, vector};
 
 #[test]
 fn the_sample_routes_moderation_results_to_the_right_handlers() {
     let gridfn = start_sample();
+    // The classic Event Grid lab's five events, as its publisher sends them:
+    // 2 ContentFlagged, 2 ContentApproved, 1 ReviewEscalated.
     let body = std::fs::read(repo("samples/events/moderation.json")).unwrap();
-    let response = gridfn.notify("/api/events", body);
+    let response = gridfn.post(
+        "/api/events",
+        body,
+        &[
+            ("aeg-event-type", "Notification"),
+            ("aeg-sas-key", KEY),
+            ("content-type", "application/cloudevents-batch+json; charset=utf-8"),
+        ],
+    );
     assert_eq!(response.status(), 200);
-    // 4 events for the audit log, 2 flagged, 2 approved.
-    assert_eq!(response.json::<Value>().unwrap()["succeeded"], 8);
+    // 5 events for the audit log, 2 flagged, 2 approved; the escalation only
+    // reaches the audit log, as in the lab.
+    assert_eq!(response.json::<Value>().unwrap()["succeeded"], 9);
 
-    assert_eq!(gridfn.events("audit-log", "success"), 4.0);
+    assert_eq!(gridfn.events("audit-log", "success"), 5.0);
     assert_eq!(gridfn.events("moderation-flagged", "success"), 2.0);
     assert_eq!(gridfn.events("moderation-approved", "success"), 2.0);
-    assert_eq!(gridfn.log_count("moderation-flagged: quarantine posts/1842 (violence; confidence 0.93)"), 1);
-    assert_eq!(gridfn.log_count("moderation-flagged: quarantine comments/77"), 1);
-    assert_eq!(gridfn.log_count("moderation-approved: publish posts/1843"), 1);
-    assert_eq!(gridfn.log_count("moderation-approved: publish posts/1844"), 1);
+    assert_eq!(gridfn.log_count("moderation-flagged: quarantine img-4821 (violence, high; confidence 0.97)"), 1);
+    assert_eq!(gridfn.log_count("moderation-flagged: quarantine doc-2054 (hate-speech, medium; confidence 0.88)"), 1);
+    assert_eq!(gridfn.log_count("moderation-approved: publish doc-1137"), 1);
+    assert_eq!(gridfn.log_count("moderation-approved: publish img-7733"), 1);
+    assert_eq!(gridfn.log_count("audit: com.contoso.ai.ReviewEscalated mod-0005 from /services/content-moderation"), 1);
     assert_eq!(gridfn.log_count("moderation-flagged: publish"), 0);
     assert_eq!(gridfn.log_count("moderation-approved: quarantine"), 0);
+    assert_eq!(gridfn.log_count("doc-3301 for human review"), 0, "no moderation handler subscribes to escalations");
 
     // A per-handler endpoint applies that handler's filter too.
     let approved_to_flagged = serde_json::to_vec(&json!([{
-        "id": "mod-9", "subject": "posts/9", "eventType": "Contoso.Moderation.ContentApproved",
-        "data": {"contentId": "posts/9", "confidence": 0.1}
+        "id": "mod-9", "subject": "/content/text/doc-9", "eventType": "com.contoso.ai.ContentApproved",
+        "data": {"contentId": "doc-9", "confidence": 0.1}
     }]))
     .unwrap();
     let response = gridfn.notify("/api/events/moderation-flagged", approved_to_flagged);
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().unwrap()["unmatched"], 1);
     assert_eq!(gridfn.events("moderation-flagged", "unmatched"), 1.0);
-    assert_eq!(gridfn.log_count("posts/9"), 0, "nothing ran");
+    assert_eq!(gridfn.log_count("doc-9"), 0, "nothing ran");
 }
 
 #[test]
@@ -114,7 +127,7 @@ fn explain_names_the_failed_condition_and_the_actual_value() {
 [[handler]]
 name = "confident"
 module = "x.wasm"
-filter = { advancedFilters = [{ operatorType = "StringIn", key = "eventType", values = ["Contoso.Moderation.ContentFlagged"] }, { operatorType = "NumberGreaterThan", key = "data.confidence", value = 0.8 }] }
+filter = { advancedFilters = [{ operatorType = "StringIn", key = "eventType", values = ["com.contoso.ai.ContentFlagged"] }, { operatorType = "NumberGreaterThan", key = "data.confidence", value = 0.8 }] }
 
 [[handler]]
 name = "everything"
@@ -125,7 +138,7 @@ module = "x.wasm"
     let event_file = dir.path().join("event.json");
     std::fs::write(
         &event_file,
-        r#"{"id":"e","subject":"s","eventType":"Contoso.Moderation.ContentFlagged","data":{"confidence":0.42}}"#,
+        r#"{"id":"e","subject":"s","eventType":"com.contoso.ai.ContentFlagged","data":{"confidence":0.42}}"#,
     )
     .unwrap();
     let output =

@@ -326,15 +326,23 @@ pub fn repo(relative: &str) -> PathBuf {
 /// Starts the sample app (samples/gridfn.toml) as written, except for the
 /// test's key, port, cache and state folder.
 pub fn start_sample() -> Gridfn {
-    let text = std::fs::read_to_string(repo("samples/gridfn.toml")).unwrap();
+    start_manifest("samples/gridfn.toml", "")
+}
+
+/// Starts a manifest of the repository (e.g. a sample's) as written, except
+/// for its `[server]` table: the test's key, port, cache and state folder,
+/// plus the `[server]` keys in `server`.
+pub fn start_manifest(relative: &str, server: &str) -> Gridfn {
+    let path = repo(relative);
+    let text = std::fs::read_to_string(&path).unwrap();
     let mut manifest: toml::Table = toml::from_str(&text).unwrap();
     manifest.remove("server");
     for handler in manifest["handler"].as_array_mut().unwrap() {
         let module = handler["module"].as_str().unwrap();
-        let absolute = repo("samples").join(module);
+        let absolute = path.parent().unwrap().join(module);
         handler.as_table_mut().unwrap().insert("module".into(), absolute.to_string_lossy().into_owned().into());
     }
-    Gridfn::start(&toml::to_string(&manifest).unwrap())
+    Gridfn::start_with_server(server, &toml::to_string(&manifest).unwrap())
 }
 
 /// Runs a gridfn subcommand to completion.
@@ -399,4 +407,142 @@ pub fn azurite() -> Service {
         .unwrap_or_else(|e| panic!("cannot start Azurite ({bin}: {e}): run scripts/test, which installs it"));
     wait_for_port(port, "Azurite");
     Service { child, url: format!("http://127.0.0.1:{port}/devstoreaccount1") }
+}
+
+/// The Python venv with wordllama and chromadb (samples/embeddings/requirements.txt),
+/// made by `tests/python/setup.sh` (scripts/test runs it; so does the first
+/// test that needs it, once per test process, so parallel tests never race pip).
+fn ai_venv() -> &'static Path {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = repo("target/ai-venv");
+        let output = Command::new("bash")
+            .arg(repo("tests/python/setup.sh"))
+            .arg(repo("samples/embeddings/requirements.txt"))
+            .arg(&venv)
+            .output()
+            .expect("running tests/python/setup.sh");
+        assert!(
+            output.status.success(),
+            "tests/python/setup.sh (embeddings) failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        venv
+    })
+}
+
+/// A real Chroma (`chroma run`, PyPI `chromadb`) on a free loopback port, with
+/// its data in a temporary folder; killed when dropped. Telemetry is off, and
+/// tests only hand it embeddings, so it never reaches the network.
+pub struct Chroma {
+    service: Service,
+    _data: tempfile::TempDir,
+}
+
+impl Chroma {
+    /// e.g. `http://127.0.0.1:PORT`; the REST API v2 is under `/api/v2`.
+    pub fn url(&self) -> &str {
+        &self.service.url
+    }
+}
+
+pub fn chroma() -> Chroma {
+    let bin = ai_venv().join("bin/chroma");
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(&bin)
+        .args(["run", "--host", "127.0.0.1", "--port", &port.to_string(), "--path"])
+        .arg(data.path())
+        .env("ANONYMIZED_TELEMETRY", "False")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let mut chroma = Chroma { service: Service { child, url: format!("http://127.0.0.1:{port}") }, _data: data };
+    let heartbeat = format!("{}/api/v2/heartbeat", chroma.url());
+    let client = Client::new();
+    for _ in 0..300 {
+        if client.get(&heartbeat).send().is_ok_and(|r| r.status().is_success()) {
+            return chroma;
+        }
+        if let Ok(Some(status)) = chroma.service.child.try_wait() {
+            panic!("chroma run exited ({status}) before answering {heartbeat}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("Chroma did not answer {heartbeat} within 30 s");
+}
+
+/// The OpenAI-compatible embeddings server (`samples/embeddings/server.py`,
+/// wordllama, 256 dimensions) on a free loopback port, demanding
+/// [`EMBEDDINGS_KEY`]; killed when dropped.
+pub struct EmbeddingsServer {
+    service: Service,
+    client: Client,
+}
+
+/// The API key the test embeddings server demands (Bearer for `/v1`, `api-key` for Azure's shape).
+pub const EMBEDDINGS_KEY: &str = "embeddings-test-key";
+
+/// One embeddings call the server answered, from `GET /_control/calls`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Call {
+    /// When it arrived, unix seconds.
+    pub time: f64,
+    pub status: u16,
+    /// How many texts it asked to embed.
+    pub inputs: usize,
+}
+
+impl EmbeddingsServer {
+    /// `http://127.0.0.1:PORT`; append `/v1/embeddings` or
+    /// `/openai/deployments/{d}/embeddings?api-version=...`.
+    pub fn url(&self) -> &str {
+        &self.service.url
+    }
+
+    /// The next `count` embedding calls answer `status` (with `Retry-After` when given).
+    pub fn fail(&self, status: u16, count: u32, retry_after: Option<u64>) {
+        let mut fail = serde_json::json!({"status": status, "count": count});
+        if let Some(seconds) = retry_after {
+            fail["retry_after"] = seconds.into();
+        }
+        self.control(serde_json::json!({ "fail": fail }));
+    }
+
+    /// Clears the failure switch and the call log.
+    pub fn reset(&self) {
+        self.control(serde_json::json!({"reset": true}));
+    }
+
+    /// Every embeddings call since the start (or the last reset), in order.
+    pub fn calls(&self) -> Vec<Call> {
+        let response = self.client.get(format!("{}/_control/calls", self.url())).send().unwrap();
+        assert!(response.status().is_success(), "GET /_control/calls: {}", response.status());
+        response.json().unwrap()
+    }
+
+    fn control(&self, command: serde_json::Value) {
+        let response = self.client.post(format!("{}/_control", self.url())).json(&command).send().unwrap();
+        assert!(response.status().is_success(), "POST /_control {command}: {}", response.status());
+    }
+}
+
+pub fn embeddings_server() -> EmbeddingsServer {
+    let python = ai_venv().join("bin/python");
+    // Port 0: the server binds a free port itself and names it on its first
+    // line, so no other process can take the port between choosing and binding.
+    let mut child = Command::new(&python)
+        .arg(repo("samples/embeddings/server.py"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--key", EMBEDDINGS_KEY, "--quiet"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let Some(url) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        panic!("samples/embeddings/server.py did not start (first line: {line:?}; its stderr is above)");
+    };
+    EmbeddingsServer { service: Service { child, url: url.to_owned() }, client: Client::new() }
 }
