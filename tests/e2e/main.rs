@@ -16,4 +16,5 @@ mod replay;
 mod replay_data;
 mod routing;
 mod sandbox;
+mod send;
 mod serving;
