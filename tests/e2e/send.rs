@@ -344,3 +344,32 @@ fn dead_letters_after_the_time_to_live() {
     assert_eq!(blobs[0].1[0]["deadLetterReason"], "TimeToLiveExceeded");
     assert_eq!(blobs[0].1[0]["deliveryAttempts"], attempts);
 }
+
+/// A load: `--rate` events per second for `--duration`, each with a fresh
+/// id from the template, so every one runs; the summary has percentiles.
+#[test]
+fn a_load_publishes_at_the_rate_with_fresh_ids() {
+    let gridfn = start("");
+    let dir = tempfile::tempdir().unwrap();
+    let mut template = event("load-{{uuid}}", serde_json::json!({ "act": "" }));
+    template["subject"] = "/load/{{seq}}".into();
+    let file = dir.path().join("template.json");
+    std::fs::write(&file, serde_json::to_vec(&template).unwrap()).unwrap();
+    let url = gridfn.url("/api/events");
+    let args = ["--to", &url, "--key", KEY, "--rate", "40", "--duration", "1s", "--concurrency", "2", "--json"];
+    let summary = send(&[&args[..], &[file.to_str().unwrap()]].concat()).expect(0).summary();
+    let published = summary["events"]["published"].as_u64().unwrap();
+    assert!((36..=41).contains(&published), "40/s for 1 s: {summary}");
+    assert_eq!(summary["events"]["delivered"], published, "{summary}");
+    assert_eq!(summary["requests"], published, "one event per delivery by default: {summary}");
+    assert!(summary["latency_ms"]["p99"].as_f64().unwrap() >= summary["latency_ms"]["p50"].as_f64().unwrap());
+
+    let ids: std::collections::HashSet<String> = gridfn
+        .log_lines()
+        .iter()
+        .filter_map(|line| line.split("scripted ran load-").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len() as u64, published, "each event had its own id and ran once");
+    assert!(ids.iter().all(|id| uuid::Uuid::parse_str(id).is_ok()), "{ids:?}");
+}
