@@ -58,6 +58,12 @@ fn send(args: &[&str]) -> Sent {
     }
 }
 
+/// `gridfn send --to <gridfn>/api/events --key KEY --json OPTIONS… FILE`.
+fn send_to(gridfn: &Gridfn, options: &[&str], file: &Path) -> Sent {
+    let url = gridfn.url("/api/events");
+    send(&[&["--to", &url, "--key", KEY, "--json"], options, &[file.to_str().unwrap()]].concat())
+}
+
 /// The handler's runs of `id`: (attempt, replay) each.
 fn runs(gridfn: &Gridfn, id: &str) -> Vec<(u32, bool)> {
     let needle = format!("scripted ran {id} ");
@@ -97,9 +103,7 @@ fn validates_synchronously_then_delivers_in_batches() {
     let gridfn = start("");
     let dir = tempfile::tempdir().unwrap();
     let file = event_file(dir.path(), "batch", 10, "");
-    let url = gridfn.url("/api/events");
-    let file = file.to_str().unwrap();
-    let sent = send(&["--to", &url, "--key", KEY, "--max-events-per-batch", "4", "--json", file]).expect(0);
+    let sent = send_to(&gridfn, &["--max-events-per-batch", "4"], &file).expect(0);
     assert!(sent.stderr.contains("validation code in its answer"), "{}", sent.stderr);
     let summary = sent.summary();
     assert_eq!(summary["events"]["published"], 10, "{summary}");
@@ -121,9 +125,8 @@ fn validates_synchronously_then_delivers_in_batches() {
     let per_batch = 1023 / (size + 1);
     let expected = 10usize.div_ceil(per_batch);
     assert!(expected > 1 && expected < 10, "the events are {size} bytes");
-    let file = file.to_str().unwrap();
-    let args = ["--to", &url, "--key", KEY, "--max-events-per-batch", "100", "--preferred-batch-size-kb", "1"];
-    let summary = send(&[&args[..], &["--json", file]].concat()).expect(0).summary();
+    let options = ["--max-events-per-batch", "100", "--preferred-batch-size-kb", "1"];
+    let summary = send_to(&gridfn, &options, &file).expect(0).summary();
     assert_eq!(summary["events"]["batches"], expected, "{summary}");
     assert_eq!(summary["events"]["delivered"], 10, "{summary}");
 }
@@ -136,17 +139,14 @@ fn validates_through_the_validation_url() {
     let gridfn = start("validation = \"auto-url\"\nevent_grid_domains = [\"127.0.0.1\"]");
     let dir = tempfile::tempdir().unwrap();
     let file = event_file(dir.path(), "by-url", 1, "");
-    let url = gridfn.url("/api/events");
-    let sent = send(&["--to", &url, "--key", KEY, "--validation-timeout", "30s", "--json", file.to_str().unwrap()]);
-    let sent = sent.expect(0);
+    let sent = send_to(&gridfn, &["--validation-timeout", "30s"], &file).expect(0);
     assert!(sent.stderr.contains("GET of the validation URL"), "{}", sent.stderr);
     assert_eq!(gridfn.log_count("subscription validated through its validation URL"), 1);
     assert_eq!(runs(&gridfn, "by-url-0"), vec![(0, false)]);
 
     // Without the GET (gridfn refuses URLs outside its domains), nothing is delivered.
     let refusing = start("validation = \"auto-url\"");
-    let url = refusing.url("/api/events");
-    let sent = send(&["--to", &url, "--key", KEY, "--validation-timeout", "1s", file.to_str().unwrap()]).expect(1);
+    let sent = send_to(&refusing, &["--validation-timeout", "1s"], &file).expect(1);
     assert!(sent.stderr.contains("was not validated"), "{}", sent.stderr);
     assert!(runs(&refusing, "by-url-0").is_empty());
 }
@@ -166,11 +166,9 @@ fn cloudevents_get_the_options_handshake() {
         .collect();
     let file = dir.path().join("ce.json");
     std::fs::write(&file, serde_json::to_vec(&events).unwrap()).unwrap();
-    let file = file.to_str().unwrap();
 
     let gridfn = start("");
-    let url = gridfn.url("/api/events");
-    let sent = send(&["--to", &url, "--key", KEY, "--max-events-per-batch", "2", "--json", file]).expect(0);
+    let sent = send_to(&gridfn, &["--max-events-per-batch", "2"], &file).expect(0);
     assert!(sent.stderr.contains("allowed origin eventgrid.azure.net"), "{}", sent.stderr);
     assert_eq!(sent.summary()["events"]["batches"], 2);
     assert_eq!(gridfn.log_count("answered the CloudEvents abuse-protection handshake"), 1);
@@ -179,8 +177,7 @@ fn cloudevents_get_the_options_handshake() {
     }
 
     let elsewhere = start("event_grid_domains = [\"example.org\"]");
-    let url = elsewhere.url("/api/events");
-    let sent = send(&["--to", &url, "--key", KEY, file]).expect(1);
+    let sent = send_to(&elsewhere, &[], &file).expect(1);
     assert!(sent.stderr.contains("without WebHook-Allowed-Origin"), "{}", sent.stderr);
     assert!(runs(&elsewhere, "ce-0").is_empty());
 }
@@ -192,9 +189,7 @@ fn a_503_is_retried_on_the_scaled_schedule() {
     let gridfn = start("");
     let dir = tempfile::tempdir().unwrap();
     let file = event_file(dir.path(), "flaky", 1, "retry-first");
-    let url = gridfn.url("/api/events");
-    let args = ["--to", &url, "--key", KEY, "--time-scale", "0.01", "--json", file.to_str().unwrap()];
-    let summary = send(&args).expect(0).summary();
+    let summary = send_to(&gridfn, &["--time-scale", "0.01"], &file).expect(0).summary();
     assert_eq!(summary["answers"]["503"], 1, "{summary}");
     assert_eq!(summary["answers"]["200"], 1, "{summary}");
     assert_eq!(summary["retries"], 1, "{summary}");
@@ -210,25 +205,10 @@ fn a_400_is_dead_lettered_at_once_and_replays() {
     let dir = tempfile::tempdir().unwrap();
     let file = event_file(dir.path(), "refused", 2, "");
     let dead = dir.path().join("dead");
-    let url = gridfn.url("/api/events");
     // gridfn answers 400 to a metadata version it does not speak.
-    let args = [
-        "--to",
-        &url,
-        "--key",
-        KEY,
-        "--header",
-        "aeg-metadata-version: 2",
-        "--max-events-per-batch",
-        "2",
-        "--dead-letter",
-        dead.to_str().unwrap(),
-        "--time-scale",
-        "0.001",
-        "--json",
-        file.to_str().unwrap(),
-    ];
-    let summary = send(&args).expect(2).summary();
+    let dead_arg = dead.to_str().unwrap();
+    let options = ["--header", "aeg-metadata-version: 2", "--max-events-per-batch", "2", "--dead-letter", dead_arg];
+    let summary = send_to(&gridfn, &options, &file).expect(2).summary();
     assert_eq!(summary["answers"]["400"], 1, "not retried: {summary}");
     assert_eq!(summary["requests"], 1, "{summary}");
     assert_eq!(summary["events"]["dead_lettered"], 2, "{summary}");
@@ -282,24 +262,18 @@ fn dead_letters_after_max_delivery_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let file = event_file(dir.path(), "doomed", 1, "retry");
     let dead = dir.path().join("dead");
-    let url = gridfn.url("/api/events");
-    let args = [
-        "--to",
-        &url,
-        "--key",
-        KEY,
+    let dead_arg = dead.to_str().unwrap();
+    let options = [
         "--max-delivery-attempts",
         "3",
         "--time-scale",
         "0.001",
         "--dead-letter",
-        dead.to_str().unwrap(),
+        dead_arg,
         "--subscription",
         "orders",
-        "--json",
-        file.to_str().unwrap(),
     ];
-    let summary = send(&args).expect(2).summary();
+    let summary = send_to(&gridfn, &options, &file).expect(2).summary();
     assert_eq!(summary["answers"]["503"], 3, "{summary}");
     assert_eq!(summary["events"]["reasons"]["MaxDeliveryAttemptsExceeded"], 1, "{summary}");
     assert_eq!(runs(&gridfn, "doomed-0"), vec![(0, false), (1, false), (2, false)]);
@@ -321,22 +295,8 @@ fn dead_letters_after_the_time_to_live() {
     let dir = tempfile::tempdir().unwrap();
     let file = event_file(dir.path(), "stale", 1, "retry");
     let dead = dir.path().join("dead");
-    let url = gridfn.url("/api/events");
-    let args = [
-        "--to",
-        &url,
-        "--key",
-        KEY,
-        "--event-ttl",
-        "1",
-        "--time-scale",
-        "0.005",
-        "--dead-letter",
-        dead.to_str().unwrap(),
-        "--json",
-        file.to_str().unwrap(),
-    ];
-    let summary = send(&args).expect(2).summary();
+    let options = ["--event-ttl", "1", "--time-scale", "0.005", "--dead-letter", dead.to_str().unwrap()];
+    let summary = send_to(&gridfn, &options, &file).expect(2).summary();
     assert_eq!(summary["events"]["reasons"]["TimeToLiveExceeded"], 1, "{summary}");
     let attempts = summary["answers"]["503"].as_u64().unwrap();
     assert!((2..=3).contains(&attempts), "{summary}");
@@ -355,9 +315,8 @@ fn a_load_publishes_at_the_rate_with_fresh_ids() {
     template["subject"] = "/load/{{seq}}".into();
     let file = dir.path().join("template.json");
     std::fs::write(&file, serde_json::to_vec(&template).unwrap()).unwrap();
-    let url = gridfn.url("/api/events");
-    let args = ["--to", &url, "--key", KEY, "--rate", "40", "--duration", "1s", "--concurrency", "2", "--json"];
-    let summary = send(&[&args[..], &[file.to_str().unwrap()]].concat()).expect(0).summary();
+    let options = ["--rate", "40", "--duration", "1s", "--concurrency", "2"];
+    let summary = send_to(&gridfn, &options, &file).expect(0).summary();
     let published = summary["events"]["published"].as_u64().unwrap();
     assert!((36..=41).contains(&published), "40/s for 1 s: {summary}");
     assert_eq!(summary["events"]["delivered"], published, "{summary}");
