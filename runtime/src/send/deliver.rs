@@ -139,7 +139,7 @@ impl Deliverer {
         let data_version = batch.events.first().and_then(|e| e.data_version.clone());
         let mut failed = 0;
         let gave_up = loop {
-            let answer = {
+            let (answer, status) = {
                 let _permit = self.requests.acquire().await.expect("the semaphore is never closed");
                 let mut request = self
                     .subscriber
@@ -152,25 +152,27 @@ impl Deliverer {
                 // `headers` replaces same-named headers, where `header` adds one.
                 request = request.headers(self.subscriber.properties.clone());
                 let started = Instant::now();
-                let result = request.send().await;
-                let status = result.as_ref().ok().map(|r| r.status());
-                self.stats.attempt(started.elapsed(), status);
+                // The answer's body is read (and dropped) so the connection
+                // can carry the next delivery.
+                let result = match request.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.bytes().await.map(|_| status)
+                    }
+                    Err(e) => Err(e),
+                };
+                self.stats.attempt(started.elapsed(), result.as_ref().ok().copied());
                 match result {
-                    Ok(response) => (Answer::from_status(response.status()), Some(response.status().as_u16())),
+                    Ok(status) => (Answer::from_status(status), Some(status.as_u16())),
                     Err(e) if e.is_timeout() => (Answer::Retry { outcome: "TimedOut".into() }, None),
                     Err(_) => (Answer::Retry { outcome: "GenericError".into() }, None),
                 }
             };
             failed += 1;
             let last_attempt = Utc::now();
-            let give_up = |reason: String, outcome: String| GaveUp {
-                reason,
-                outcome,
-                status: answer.1,
-                attempts: failed,
-                last_attempt,
-            };
-            match answer.0.clone() {
+            let give_up =
+                |reason: String, outcome: String| GaveUp { reason, outcome, status, attempts: failed, last_attempt };
+            match answer {
                 Answer::Delivered => return Fate::Delivered,
                 Answer::Final { outcome } => break give_up(format!("UndeliverableDueToHttp{outcome}"), outcome),
                 Answer::Retry { outcome } => {
