@@ -48,6 +48,7 @@
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`replay`]: `gridfn replay`: dead-lettered events read back ([`replay::read`]) and run again.
+//! - [`send`]: `gridfn send`: Event Grid's side of a webhook subscription (handshake, batching, retries, dead-letters, load), on a laptop.
 
 pub mod admin;
 pub mod admission;
@@ -69,5 +70,6 @@ pub mod push;
 pub mod registry;
 pub mod replay;
 pub mod sandbox;
+pub mod send;
 pub mod server;
 pub mod webhook;

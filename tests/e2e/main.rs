@@ -19,4 +19,5 @@ mod replay;
 mod replay_data;
 mod routing;
 mod sandbox;
+mod send;
 mod serving;

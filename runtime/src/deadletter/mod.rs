@@ -88,7 +88,7 @@ impl DeadLetterStore {
 
 /// Writes, syncs and renames into place, then syncs the folder: after Ok, the
 /// blob survives a crash, and a crash before leaves no half-written blob.
-fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let folder = path.parent().expect("blob names have folders");
     std::fs::create_dir_all(folder)?;
     let partial = path.with_extension("json.partial");
