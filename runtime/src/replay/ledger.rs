@@ -118,26 +118,51 @@ impl Ledger {
     /// Appends `entries` and syncs them to disk: once this returns Ok, they
     /// survive a crash.
     pub fn append(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
         let Some(file) = &mut self.file else { anyhow::bail!("the ledger was opened read-only") };
-        let mut text = Vec::with_capacity(entries.len() * 160);
-        for entry in &entries {
-            serde_json::to_writer(&mut text, entry)?;
-            text.push(b'\n');
-        }
-        file.write_all(&text).and_then(|()| file.sync_data()).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot write the replay ledger {}: {e} (the next run redoes this batch)",
-                self.path.display()
-            )
-        })?;
+        append_synced(file, &self.path, &entries)?;
         for entry in entries {
             self.entries.insert(entry.pair.clone(), entry);
         }
         Ok(())
     }
+
+    /// Hands the appending over to a [`LedgerAppender`] (a replay's writer
+    /// thread); this ledger keeps the entries it read, as they were before
+    /// the run, and appends nothing more itself.
+    pub fn appender(&mut self) -> anyhow::Result<LedgerAppender> {
+        let Some(file) = self.file.take() else { anyhow::bail!("the ledger was opened read-only") };
+        Ok(LedgerAppender { path: self.path.clone(), file })
+    }
+}
+
+/// The appending side of a [`Ledger`], for the thread that records a run's
+/// finished batches while the run goes on.
+pub struct LedgerAppender {
+    path: PathBuf,
+    file: File,
+}
+
+impl LedgerAppender {
+    /// Appends `entries` and syncs them to disk: once this returns Ok, they
+    /// survive a crash.
+    pub fn append(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        append_synced(&mut self.file, &self.path, entries)
+    }
+}
+
+/// One write of `entries` as JSON lines, then `fdatasync`.
+fn append_synced(file: &mut File, path: &Path, entries: &[Entry]) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut text = Vec::with_capacity(entries.len() * 160);
+    for entry in entries {
+        serde_json::to_writer(&mut text, entry)?;
+        text.push(b'\n');
+    }
+    file.write_all(&text).and_then(|()| file.sync_data()).map_err(|e| {
+        anyhow::anyhow!("cannot write the replay ledger {}: {e} (the next run redoes this batch)", path.display())
+    })
 }
 
 /// Every entry in `file` (the last per pair), and the length of the part
