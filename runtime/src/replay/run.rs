@@ -8,7 +8,9 @@
 //! What makes a cut-off replay safe to run again: a pair's success is
 //! recorded by dedup before its batch returns, and by the ledger right after;
 //! a crash between the two makes the next run send it again, and dedup
-//! answers it as a duplicate instead of running it.
+//! answers it as a duplicate instead of running it. A batch keeps its slot
+//! until the ledger has written it, so a killed replay leaves at most
+//! `--concurrency` batches to be sent again.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -117,24 +119,14 @@ pub async fn execute(
     let mut in_flight: JoinSet<(Vec<usize>, Sent)> = JoinSet::new();
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
 
-    // The ledger is written on a thread of its own, so a sync never holds up
-    // the next batch; whatever finished while it synced goes into its next write.
+    // A batch keeps its slot until the ledger has it, so at most
+    // `--concurrency` batches are ever sent and not yet recorded: all that a
+    // `kill -9` can make the next run send again (as duplicates, or run
+    // again if dedup had not recorded them). Writing is one `write`; the
+    // appender syncs to disk on a thread of its own.
     let mut ledger = ledger;
     let mut appender = ledger.appender()?;
-    let (to_ledger, entries_in) = std::sync::mpsc::channel::<Vec<Entry>>();
-    let writer = std::thread::spawn(move || -> anyhow::Result<()> {
-        while let Ok(mut entries) = entries_in.recv() {
-            while let Ok(more) = entries_in.try_recv() {
-                entries.extend(more);
-            }
-            appender.append(&entries)?;
-        }
-        Ok(())
-    });
     loop {
-        if writer.is_finished() {
-            break;
-        }
         let stopping = ran.interrupted || read_error.is_some();
         // Start batches while there is room and the rate allows.
         while !stopping && in_flight.len() < slots && !ready.is_empty() {
@@ -218,7 +210,7 @@ pub async fn execute(
                         });
                     }
                 }
-                let _ = to_ledger.send(entries);
+                appender.append(&entries)?;
             }
             _ = &mut interrupt, if !ran.interrupted => {
                 ran.interrupted = true;
@@ -228,10 +220,7 @@ pub async fn execute(
     }
     ran.seconds = started.elapsed().as_secs_f64();
     drop(blobs_in);
-    drop(to_ledger);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the ledger writer panicked"))??;
+    tokio::task::spawn_blocking(move || appender.finish()).await??;
     if let Some(error) = read_error {
         return Err(error);
     }
