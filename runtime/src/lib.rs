@@ -48,6 +48,7 @@
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`replay`]: `gridfn replay`: dead-lettered events read back ([`replay::read`]) and run again.
+//! - [`namespace`]: Event Grid namespace topics served by gridfn: publish, pull, settle by lock token.
 
 pub mod admin;
 pub mod admission;
@@ -62,6 +63,7 @@ pub mod filter;
 pub mod host;
 pub mod kv;
 pub mod metrics;
+pub mod namespace;
 pub mod outbound;
 pub mod pipeline;
 pub mod publish;

@@ -33,6 +33,7 @@ use crate::{admin, push};
 
 /// The routes, over a started [`Host`].
 pub fn app(host: Arc<Host>) -> Router {
+    let namespace = host.namespace.clone().map(crate::namespace::api::routes).unwrap_or_default();
     let push = Router::new()
         .route("/api/events", post(push::all_handlers).options(push::abuse_protection))
         .route("/api/events/{handler}", post(push::one_handler).options(push::abuse_protection))
@@ -48,7 +49,7 @@ pub fn app(host: Arc<Host>) -> Router {
         .route("/admin/kv/{handler}", get(admin::kv_list))
         .route("/metrics", get(metrics))
         .with_state(host);
-    push.merge(admin).route("/healthz", get(|| async { "ok" }))
+    push.merge(admin).merge(namespace).route("/healthz", get(|| async { "ok" }))
 }
 
 /// Serves `host` on `listener` until `shutdown` completes, then drains.

@@ -11,6 +11,7 @@ mod durability;
 mod embeddings;
 mod foundation;
 mod moderation;
+mod namespaces;
 mod protocol;
 mod replay;
 mod replay_data;
