@@ -51,6 +51,8 @@ pub struct Manifest {
     pub handlers: Vec<Handler>,
     /// `[namespace]`: Event Grid namespace topics gridfn serves itself.
     pub namespace: Option<crate::namespace::config::Namespace>,
+    /// `[[pull]]`: namespace subscriptions whose events gridfn pulls and runs.
+    pub pull: Vec<crate::pull::config::Pull>,
 }
 
 /// `[server]`: the HTTP endpoint and who may call it.
@@ -310,6 +312,8 @@ impl Manifest {
         let dedup = dedup(raw.dedup.unwrap_or_default(), &state_dir, &cx, p);
         let deadletter = deadletter(raw.deadletter.unwrap_or_default(), &state_dir, &cx, p);
         let namespace = raw.namespace.map(|raw| namespace(raw, &raw_keys, &cx, p)).transpose();
+        let names: Vec<String> = raw.handler.iter().map(|h| h.name.clone()).collect();
+        let pull = pulls(raw.pull, &names, &cx, p);
         let handlers = match (raw.handler.is_empty(), &namespace) {
             // A manifest may serve namespace topics and run no handler.
             (true, Ok(Some(_))) => Ok(Vec::new()),
@@ -322,6 +326,7 @@ impl Manifest {
                 deadletter: deadletter?,
                 handlers: handlers?,
                 namespace: namespace?,
+                pull: pull?,
             })
         })();
         problems.finish(manifest)
@@ -488,6 +493,23 @@ fn namespace(
         return p.fail("namespace.keys", "no key: list keys here or in [server] keys (clients must present one)");
     }
     Ok(namespace)
+}
+
+/// `[[pull]]`: each its own checks, named `pull[i]`; `handlers` are the
+/// manifest's handler names, which a pull's `handler` must be one of.
+fn pulls(
+    raw: Vec<crate::pull::config::RawPull>,
+    handlers: &[String],
+    cx: &Context,
+    p: &mut Problems,
+) -> Result<Vec<crate::pull::config::Pull>, Reported> {
+    let parsed: Vec<_> = (raw.into_iter().enumerate())
+        .map(|(i, raw)| match raw.parse(&|key| cx.key(key), &|name| handlers.iter().any(|h| h == name)) {
+            Ok(pull) => Ok(pull),
+            Err(problems) => p.nested(&format!("pull[{i}]"), problems).and(Err(Reported(()))),
+        })
+        .collect();
+    parsed.into_iter().collect()
 }
 
 /// `[[handler]]`: at least one, each valid, no two with one name.
@@ -784,6 +806,8 @@ struct RawManifest {
     #[serde(default)]
     handler: Vec<RawHandler>,
     namespace: Option<crate::namespace::config::RawNamespace>,
+    #[serde(default)]
+    pull: Vec<crate::pull::config::RawPull>,
 }
 
 #[derive(Deserialize, Default)]

@@ -36,6 +36,8 @@ pub struct Host {
     pub limits: Limits,
     /// The namespace topics gridfn serves, when the manifest has `[namespace]`.
     pub namespace: Option<Arc<crate::namespace::broker::Broker>>,
+    /// `[[pull]]`: the namespace subscriptions the server pulls from.
+    pub pulls: Vec<crate::pull::config::Pull>,
 }
 
 /// Limits on what clients can hold, and how long shutdown waits
@@ -102,6 +104,7 @@ impl Host {
             watch: manifest.server.watch.clone(),
             limits,
             namespace,
+            pulls: manifest.pull.clone(),
         })
     }
 

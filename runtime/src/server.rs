@@ -166,7 +166,8 @@ async fn accept(
     Ok((stream, permit))
 }
 
-/// The dedup sweeper, and the folder watcher when `server.watch` is set.
+/// The dedup sweeper, the `[[pull]]` consumers, and the folder watcher when
+/// `server.watch` is set.
 fn background_tasks(host: &Arc<Host>) -> Vec<tokio::task::JoinHandle<()>> {
     let pipeline = host.pipeline.clone();
     let mut tasks = vec![tokio::spawn(async move {
@@ -176,6 +177,7 @@ fn background_tasks(host: &Arc<Host>) -> Vec<tokio::task::JoinHandle<()>> {
             pipeline.sweep().await;
         }
     })];
+    tasks.extend(crate::pull::start(&host.pulls, &host.pipeline));
     if let Some(folder) = host.watch.clone() {
         tasks.push(tokio::spawn(host.registry.clone().watch_folder(folder, Duration::from_secs(1))));
     }

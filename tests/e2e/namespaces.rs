@@ -294,3 +294,104 @@ fn a_kill_9_loses_no_published_event_brings_back_no_acknowledged_one_and_keeps_l
     // sub-all-events never received: all three are still there.
     assert_eq!(ids(&receive(&gridfn, "sub-all-events", 10, 10)), ["k-1", "k-2", "k-3"]);
 }
+
+// ---------------------------------------------------------------------------
+// gridfn as a consumer: [[pull]] from a namespace (here another gridfn).
+// ---------------------------------------------------------------------------
+
+/// A gridfn serving topic `jobs` with the subscription `runner`.
+fn broker() -> Gridfn {
+    Gridfn::start(
+        "[namespace]\nname = \"jobs-ns\"\n[[namespace.topic]]\nname = \"jobs\"\n\
+         [[namespace.topic.subscription]]\nname = \"runner\"\nmax_delivery_count = 3\n",
+    )
+}
+
+/// A gridfn running the scripted handler on what it pulls from `broker`'s `runner`.
+fn consumer(broker: &Gridfn) -> Gridfn {
+    Gridfn::start(&format!(
+        "[[handler]]\nname = \"scripted\"\nmodule = {:?}\ntimeout = \"3s\"\n\n\
+         [[pull]]\nendpoint = {:?}\ntopic = \"jobs\"\nsubscription = \"runner\"\nkey = {KEY:?}\n\
+         handler = \"scripted\"\nmax_wait = \"10s\"\n",
+        crate::support::component("scripted"),
+        broker.base
+    ))
+}
+
+fn publish_jobs(broker: &Gridfn, jobs: &[(&str, &str)]) {
+    let events: Vec<Value> = (jobs.iter())
+        .map(
+            |(id, act)| json!({"specversion": "1.0", "id": id, "source": "/jobs", "type": "job", "data": {"act": act}}),
+        )
+        .collect();
+    let response = call(
+        broker,
+        "/topics/jobs:publish?api-version=2024-06-01",
+        &serde_json::to_string(&events).unwrap(),
+        "application/cloudevents-batch+json; charset=utf-8",
+    );
+    assert_eq!(response.status(), 200);
+}
+
+/// Waits up to `limit` for a log line containing `needle`.
+fn wait_for_log(gridfn: &Gridfn, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while gridfn.log_count(needle) == 0 {
+        assert!(Instant::now() < deadline, "no {needle:?} within {limit:?}; log:\n{}", gridfn.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn pulled_events_run_in_handlers_and_each_outcome_becomes_its_settle_call() {
+    let broker = broker();
+    let consumer = consumer(&broker);
+    publish_jobs(&broker, &[("ok-1", ""), ("rej-1", "reject"), ("retry-1", "retry-first")]);
+
+    // Success → acknowledged; reject → rejected (dead-lettered by both); a
+    // retry → released with Event Grid's 10 s, then delivered again as attempt 1.
+    wait_for_log(&consumer, "scripted ran ok-1 act= attempt=0", Duration::from_secs(30));
+    wait_for_log(&consumer, "scripted ran rej-1 act=reject attempt=0", Duration::from_secs(30));
+    wait_for_log(&consumer, "scripted ran retry-1 act=retry-first attempt=0", Duration::from_secs(30));
+    let released = Instant::now();
+    wait_for_log(&consumer, "scripted ran retry-1 act=retry-first attempt=1", Duration::from_secs(40));
+    assert!(released.elapsed() >= Duration::from_secs(8), "released with a delay: {:?}", released.elapsed());
+
+    // The broker dead-lettered the rejected event; gridfn's own store has it too.
+    let namespace_dead = dead_letters(&broker);
+    assert_eq!(namespace_dead.len(), 1, "{namespace_dead:#?}");
+    assert_eq!(namespace_dead[0].1[0]["event"]["id"], "rej-1");
+    assert_eq!(namespace_dead[0].1[0]["deadletterProperties"]["deadletterreason"], "Rejected");
+    let own_dead = dead_letters(&consumer);
+    assert_eq!(own_dead.len(), 1);
+    assert_eq!(own_dead[0].1[0]["id"], "rej-1");
+
+    // The same event again (at least once): acknowledged without running.
+    publish_jobs(&broker, &[("ok-1", "")]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(consumer.log_count("scripted ran ok-1 "), 1, "{}", consumer.log_text());
+    // Everything was settled: nothing is left for a receiver, and nothing ran twice.
+    let left = call(
+        &broker,
+        "/topics/jobs/eventsubscriptions/runner:receive?api-version=2024-06-01&maxWaitTime=10",
+        "",
+        "application/json",
+    );
+    assert_eq!(left.json::<Value>().unwrap(), json!({"value": []}));
+    assert_eq!(consumer.log_count("scripted ran rej-1 "), 1);
+    assert_eq!(consumer.log_count("scripted ran retry-1 "), 2);
+    assert_eq!(consumer.log_count("failed for a token"), 0, "{}", consumer.log_text());
+}
+
+#[test]
+fn a_consumer_killed_mid_event_gets_it_back_after_the_lock_expires_as_delivery_two() {
+    let broker = broker();
+    let consumer = consumer(&broker);
+    // `loop` runs until the handler's 3 s deadline: kill -9 the consumer meanwhile.
+    publish_jobs(&broker, &[("crash-1", "loop")]);
+    wait_for_log(&consumer, "scripted ran crash-1 act=loop attempt=0", Duration::from_secs(30));
+    let consumer = consumer.crash_and_restart();
+    // The namespace still holds the lock (60 s); when it expires, the
+    // restarted consumer receives the event again: deliveryCount 2, attempt 1.
+    wait_for_log(&consumer, "scripted ran crash-1 act=loop attempt=1", Duration::from_secs(90));
+}
