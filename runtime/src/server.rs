@@ -60,6 +60,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits: Limits = host.limits;
     let background = background_tasks(&host);
+    let pulls = crate::pull::start(&host.pulls, &host.pipeline);
     let in_flight = InFlight::default();
     let app = app(host).layer(axum::middleware::from_fn_with_state(in_flight.clone(), InFlight::track));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -106,7 +107,8 @@ pub async fn serve(
             } => {}
         }
     };
-    if tokio::time::timeout(limits.drain, drained).await.is_err() {
+    let (drained, ()) = tokio::join!(tokio::time::timeout(limits.drain, drained), pulls.stop(limits.drain));
+    if drained.is_err() {
         tracing::warn!("deliveries still running after {:?} are cut; Event Grid will deliver them again", limits.drain);
     }
     for task in background {
@@ -166,8 +168,7 @@ async fn accept(
     Ok((stream, permit))
 }
 
-/// The dedup sweeper, the `[[pull]]` consumers, and the folder watcher when
-/// `server.watch` is set.
+/// The dedup sweeper, and the folder watcher when `server.watch` is set.
 fn background_tasks(host: &Arc<Host>) -> Vec<tokio::task::JoinHandle<()>> {
     let pipeline = host.pipeline.clone();
     let mut tasks = vec![tokio::spawn(async move {
@@ -177,7 +178,6 @@ fn background_tasks(host: &Arc<Host>) -> Vec<tokio::task::JoinHandle<()>> {
             pipeline.sweep().await;
         }
     })];
-    tasks.extend(crate::pull::start(&host.pulls, &host.pipeline));
     if let Some(folder) = host.watch.clone() {
         tasks.push(tokio::spawn(host.registry.clone().watch_folder(folder, Duration::from_secs(1))));
     }

@@ -395,3 +395,23 @@ fn a_consumer_killed_mid_event_gets_it_back_after_the_lock_expires_as_delivery_t
     // restarted consumer receives the event again: deliveryCount 2, attempt 1.
     wait_for_log(&consumer, "scripted ran crash-1 act=loop attempt=1", Duration::from_secs(90));
 }
+
+#[test]
+fn a_consumer_stopped_with_sigterm_settles_the_event_it_runs_before_it_exits() {
+    let broker = broker();
+    let mut consumer = consumer(&broker);
+    publish_jobs(&broker, &[("stop-1", "loop")]);
+    wait_for_log(&consumer, "scripted ran stop-1 act=loop attempt=0", Duration::from_secs(30));
+    consumer.terminate();
+    let status = consumer.wait_exit(Duration::from_secs(20)).expect("gridfn exits within its drain");
+    assert!(status.success(), "{status:?}");
+    // The handler ran into its 3 s deadline (a retry), and the consumer
+    // released the event before exiting: it is back after the 10 s release
+    // delay, well before its 60 s lock would have expired.
+    let started = Instant::now();
+    let path = "/topics/jobs/eventsubscriptions/runner:receive?api-version=2024-06-01&maxWaitTime=30";
+    let back: Value = call(&broker, path, "", "application/json").json().unwrap();
+    assert_eq!(back["value"][0]["event"]["id"], "stop-1", "{back}");
+    assert_eq!(back["value"][0]["brokerProperties"]["deliveryCount"], 2);
+    assert!(started.elapsed() < Duration::from_secs(25), "released, not expired: {:?}", started.elapsed());
+}

@@ -51,41 +51,93 @@ struct Consumer {
     pipeline: Arc<Pipeline>,
     /// Tokens of events running now: the renewer extends their locks.
     running: Mutex<HashSet<String>>,
+    /// Events received and not yet settled: shutdown waits for them.
+    unsettled: tokio::sync::watch::Sender<usize>,
 }
 
-/// Starts a receive loop and a lock renewer per `[[pull]]`; the server
-/// aborts them at shutdown (events then running are not settled; their
-/// locks expire and the namespace delivers them again).
-pub fn start(pulls: &[Pull], pipeline: &Arc<Pipeline>) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
+/// The running `[[pull]]` consumers: a receive loop and a lock renewer each.
+pub struct Consumers {
+    consumers: Vec<Arc<Consumer>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Set at shutdown: the receive loops stop receiving.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// How often shutdown checks whether the running events have finished.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Starts a receive loop and a lock renewer per `[[pull]]`.
+pub fn start(pulls: &[Pull], pipeline: &Arc<Pipeline>) -> Consumers {
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let mut consumers = Consumers { consumers: Vec::new(), tasks: Vec::new(), stopping };
     for pull in pulls {
         let consumer = Arc::new(Consumer {
             config: pull.clone(),
             client: Client::new(pull),
             pipeline: pipeline.clone(),
             running: Mutex::default(),
+            unsettled: tokio::sync::watch::Sender::new(0),
         });
         tracing::info!(source = %pull.label(), "pulling events from {}", pull.endpoint);
-        tasks.push(tokio::spawn(consumer.clone().receive_loop()));
-        tasks.push(tokio::spawn(consumer.renew_loop()));
+        let stop = consumers.stopping.subscribe();
+        consumers.tasks.push(tokio::spawn(consumer.clone().receive_loop(stop)));
+        consumers.tasks.push(tokio::spawn(consumer.clone().renew_loop()));
+        consumers.consumers.push(consumer);
     }
-    tasks
+    consumers
+}
+
+impl Consumers {
+    /// Clean shutdown: stop receiving, give the running events up to
+    /// `within` to finish and settle, then release what is still held (so
+    /// another consumer gets it now, not when the lock expires).
+    pub async fn stop(self, within: Duration) {
+        if self.consumers.is_empty() {
+            return;
+        }
+        self.stopping.send_replace(true);
+        let deadline = tokio::time::Instant::now() + within;
+        while self.consumers.iter().any(|c| *c.unsettled.borrow() > 0) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(STOP_POLL).await;
+        }
+        for consumer in &self.consumers {
+            let tokens: Vec<String> = consumer.running.lock().expect("not poisoned").iter().cloned().collect();
+            if !tokens.is_empty() {
+                tracing::warn!(source = %consumer.config.label(), "shutting down: releasing {} running event(s)", tokens.len());
+                consumer.settle(Settle::Release { delay: Duration::ZERO }, tokens).await;
+            }
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl Consumer {
-    /// Receives as many events as there are free slots, and runs each.
-    async fn receive_loop(self: Arc<Self>) {
+    /// Receives as many events as there are free slots, and runs each,
+    /// until `stop` says to stop.
+    async fn receive_loop(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let mut backoff = BACKOFF_FIRST;
         loop {
-            let mut permits = vec![slots.clone().acquire_owned().await.expect("never closed")];
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+                _ = stop.wait_for(|stopping| *stopping) => return,
+            };
+            let mut permits = vec![first];
             while permits.len() < self.config.max_events as usize {
                 match slots.clone().try_acquire_owned() {
                     Ok(permit) => permits.push(permit),
                     Err(_) => break,
                 }
             }
-            let deliveries = match self.client.receive(permits.len() as u32, self.config.max_wait).await {
+            // Stopping cuts a waiting receive: events it would have locked
+            // stay with the namespace, which offers them again after the lock.
+            let received = tokio::select! {
+                received = self.client.receive(permits.len() as u32, self.config.max_wait) => received,
+                _ = stop.wait_for(|stopping| *stopping) => return,
+            };
+            let deliveries = match received {
                 Ok(deliveries) => deliveries,
                 Err(e) => {
                     tracing::warn!(source = %self.config.label(), "receiving failed; trying again in {backoff:?}: {e:#}");
@@ -109,6 +161,7 @@ impl Consumer {
 
     /// Runs one event through the pipeline and settles it by the verdict.
     async fn run(self: Arc<Self>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
+        self.unsettled.send_modify(|n| *n += 1);
         let token = delivery.broker.lock_token;
         let settle = match crate::event::decode_cloudevents(delivery.event.get().as_bytes()) {
             Err(e) => {
@@ -137,6 +190,7 @@ impl Consumer {
             }
         };
         self.settle(settle, vec![token]).await;
+        self.unsettled.send_modify(|n| *n -= 1);
     }
 
     /// Renews the locks of running events every half lock duration.
