@@ -49,6 +49,10 @@ pub struct Manifest {
     pub dedup: Dedup,
     pub deadletter: DeadLetter,
     pub handlers: Vec<Handler>,
+    /// `[namespace]`: Event Grid namespace topics gridfn serves itself.
+    pub namespace: Option<crate::namespace::config::Namespace>,
+    /// `[[pull]]`: namespace subscriptions whose events gridfn pulls and runs.
+    pub pull: Vec<crate::pull::config::Pull>,
 }
 
 /// `[server]`: the HTTP endpoint and who may call it.
@@ -334,13 +338,28 @@ impl Manifest {
         let p = &mut problems;
 
         let mut raw_server = raw.server.unwrap_or_default();
+        let raw_keys = raw_server.keys.clone();
         let state_dir = cx.path(raw_server.state_dir.take().unwrap_or_else(|| ".gridfn".into()));
         let server = server(raw_server, &state_dir, &cx, p);
         let dedup = dedup(raw.dedup.unwrap_or_default(), &state_dir, &cx, p);
         let deadletter = deadletter(raw.deadletter.unwrap_or_default(), &state_dir, &cx, p);
-        let handlers = handlers(raw.handler, &cx, p);
+        let namespace = raw.namespace.map(|raw| namespace(raw, &raw_keys, &cx, p)).transpose();
+        let names: Vec<String> = raw.handler.iter().map(|h| h.name.clone()).collect();
+        let pull = pulls(raw.pull, &names, &cx, p);
+        let handlers = match (raw.handler.is_empty(), &namespace) {
+            // A manifest may serve namespace topics and run no handler.
+            (true, Ok(Some(_))) => Ok(Vec::new()),
+            _ => handlers(raw.handler, &cx, p),
+        };
         let manifest = (|| -> Result<_, Reported> {
-            Ok(Manifest { server: server?, dedup: dedup?, deadletter: deadletter?, handlers: handlers? })
+            Ok(Manifest {
+                server: server?,
+                dedup: dedup?,
+                deadletter: deadletter?,
+                handlers: handlers?,
+                namespace: namespace?,
+                pull: pull?,
+            })
         })();
         problems.finish(manifest)
     }
@@ -485,6 +504,44 @@ fn azure_blob(mut table: toml::Table, cx: &Context, p: &mut Problems) -> Result<
     secrets?;
     p.nested("deadletter", config.problems())?;
     Ok(config)
+}
+
+/// `[namespace]`: its own checks, with keys resolved like `server.keys`
+/// (and `server.keys` when it lists none).
+fn namespace(
+    raw: crate::namespace::config::RawNamespace,
+    server_keys: &[String],
+    cx: &Context,
+    p: &mut Problems,
+) -> Result<crate::namespace::config::Namespace, Reported> {
+    let mut namespace = match raw.parse(&|key| cx.key(key)) {
+        Ok(namespace) => namespace,
+        Err(problems) => return p.nested("namespace", problems).and(Err(Reported(()))),
+    };
+    if namespace.keys.is_empty() {
+        namespace.keys = p.list("server.keys", server_keys.iter().cloned(), |key| cx.key(&key))?;
+    }
+    if namespace.keys.is_empty() {
+        return p.fail("namespace.keys", "no key: list keys here or in [server] keys (clients must present one)");
+    }
+    Ok(namespace)
+}
+
+/// `[[pull]]`: each its own checks, named `pull[i]`; `handlers` are the
+/// manifest's handler names, which a pull's `handler` must be one of.
+fn pulls(
+    raw: Vec<crate::pull::config::RawPull>,
+    handlers: &[String],
+    cx: &Context,
+    p: &mut Problems,
+) -> Result<Vec<crate::pull::config::Pull>, Reported> {
+    let parsed: Vec<_> = (raw.into_iter().enumerate())
+        .map(|(i, raw)| match raw.parse(&|key| cx.key(key), &|name| handlers.iter().any(|h| h == name)) {
+            Ok(pull) => Ok(pull),
+            Err(problems) => p.nested(&format!("pull[{i}]"), problems).and(Err(Reported(()))),
+        })
+        .collect();
+    parsed.into_iter().collect()
 }
 
 /// `[[handler]]`: at least one, each valid, no two with one name.
@@ -782,6 +839,9 @@ struct RawManifest {
     deadletter: Option<RawDeadLetter>,
     #[serde(default)]
     handler: Vec<RawHandler>,
+    namespace: Option<crate::namespace::config::RawNamespace>,
+    #[serde(default)]
+    pull: Vec<crate::pull::config::RawPull>,
 }
 
 #[derive(Deserialize, Default)]

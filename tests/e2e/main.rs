@@ -13,6 +13,7 @@ mod embeddings;
 mod foundation;
 mod js_handlers;
 mod moderation;
+mod namespaces;
 mod protocol;
 mod python_handlers;
 mod replay;
