@@ -49,6 +49,10 @@ pub struct Manifest {
     pub dedup: Dedup,
     pub deadletter: DeadLetter,
     pub handlers: Vec<Handler>,
+    /// `[namespace]`: Event Grid namespace topics gridfn serves itself.
+    pub namespace: Option<crate::namespace::config::Namespace>,
+    /// `[[pull]]`: namespace subscriptions whose events gridfn pulls and runs.
+    pub pull: Vec<crate::pull::config::Pull>,
 }
 
 /// `[server]`: the HTTP endpoint and who may call it.
@@ -235,6 +239,38 @@ pub struct Handler {
     pub instance_reuse: u32,
     /// `[handler.capabilities]`: what the handler may use beyond logging.
     pub capabilities: Capabilities,
+    /// `subscriptions = ["ORDERS-SUB", …]`: the Event Grid event
+    /// subscriptions whose endpoint is this handler. Event Grid's dead-letter
+    /// records name only their subscription, so this is where `gridfn replay`
+    /// sends them when no `--handler` is given. Held upper-case, as Event Grid
+    /// names the dead-letter folders; default none.
+    pub subscriptions: Vec<SubscriptionName>,
+}
+
+/// An Event Grid event subscription's name, upper-cased: 3 to 64 ASCII
+/// letters, digits and `-` (Event Grid's rule). Event Grid writes it
+/// upper-case as the dead-letter folder name; it compares case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionName(String);
+
+impl SubscriptionName {
+    pub fn parse(name: &str) -> Result<SubscriptionName, String> {
+        let valid = (3..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        match valid {
+            true => Ok(SubscriptionName(name.to_ascii_uppercase())),
+            false => Err(format!("{name:?} is not an Event Grid subscription name (3 to 64 letters, digits and '-')")),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubscriptionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// `[handler.capabilities]`: everything not granted here is denied, except
@@ -302,13 +338,28 @@ impl Manifest {
         let p = &mut problems;
 
         let mut raw_server = raw.server.unwrap_or_default();
+        let raw_keys = raw_server.keys.clone();
         let state_dir = cx.path(raw_server.state_dir.take().unwrap_or_else(|| ".gridfn".into()));
         let server = server(raw_server, &state_dir, &cx, p);
         let dedup = dedup(raw.dedup.unwrap_or_default(), &state_dir, &cx, p);
         let deadletter = deadletter(raw.deadletter.unwrap_or_default(), &state_dir, &cx, p);
-        let handlers = handlers(raw.handler, &cx, p);
+        let namespace = raw.namespace.map(|raw| namespace(raw, &raw_keys, &cx, p)).transpose();
+        let names: Vec<String> = raw.handler.iter().map(|h| h.name.clone()).collect();
+        let pull = pulls(raw.pull, &names, &cx, p);
+        let handlers = match (raw.handler.is_empty(), &namespace) {
+            // A manifest may serve namespace topics and run no handler.
+            (true, Ok(Some(_))) => Ok(Vec::new()),
+            _ => handlers(raw.handler, &cx, p),
+        };
         let manifest = (|| -> Result<_, Reported> {
-            Ok(Manifest { server: server?, dedup: dedup?, deadletter: deadletter?, handlers: handlers? })
+            Ok(Manifest {
+                server: server?,
+                dedup: dedup?,
+                deadletter: deadletter?,
+                handlers: handlers?,
+                namespace: namespace?,
+                pull: pull?,
+            })
         })();
         problems.finish(manifest)
     }
@@ -455,6 +506,44 @@ fn azure_blob(mut table: toml::Table, cx: &Context, p: &mut Problems) -> Result<
     Ok(config)
 }
 
+/// `[namespace]`: its own checks, with keys resolved like `server.keys`
+/// (and `server.keys` when it lists none).
+fn namespace(
+    raw: crate::namespace::config::RawNamespace,
+    server_keys: &[String],
+    cx: &Context,
+    p: &mut Problems,
+) -> Result<crate::namespace::config::Namespace, Reported> {
+    let mut namespace = match raw.parse(&|key| cx.key(key)) {
+        Ok(namespace) => namespace,
+        Err(problems) => return p.nested("namespace", problems).and(Err(Reported(()))),
+    };
+    if namespace.keys.is_empty() {
+        namespace.keys = p.list("server.keys", server_keys.iter().cloned(), |key| cx.key(&key))?;
+    }
+    if namespace.keys.is_empty() {
+        return p.fail("namespace.keys", "no key: list keys here or in [server] keys (clients must present one)");
+    }
+    Ok(namespace)
+}
+
+/// `[[pull]]`: each its own checks, named `pull[i]`; `handlers` are the
+/// manifest's handler names, which a pull's `handler` must be one of.
+fn pulls(
+    raw: Vec<crate::pull::config::RawPull>,
+    handlers: &[String],
+    cx: &Context,
+    p: &mut Problems,
+) -> Result<Vec<crate::pull::config::Pull>, Reported> {
+    let parsed: Vec<_> = (raw.into_iter().enumerate())
+        .map(|(i, raw)| match raw.parse(&|key| cx.key(key), &|name| handlers.iter().any(|h| h == name)) {
+            Ok(pull) => Ok(pull),
+            Err(problems) => p.nested(&format!("pull[{i}]"), problems).and(Err(Reported(()))),
+        })
+        .collect();
+    parsed.into_iter().collect()
+}
+
 /// `[[handler]]`: at least one, each valid, no two with one name.
 fn handlers(raw: Vec<RawHandler>, cx: &Context, p: &mut Problems) -> Result<Vec<Handler>, Reported> {
     if raw.is_empty() {
@@ -497,6 +586,7 @@ fn handler(at: &str, raw: RawHandler, cx: &Context, p: &mut Problems) -> Result<
     let fuel = raw.fuel.map(|fuel| p.check(key("fuel"), at_least_one(fuel))).transpose();
     let instance_reuse = p.check(key("instance_reuse"), raw.instance_reuse.map_or(Ok(1), at_least_one));
     let capabilities = capabilities(raw.capabilities, &key("capabilities"), cx, p);
+    let subscriptions = p.list(&key("subscriptions"), &raw.subscriptions, |name| SubscriptionName::parse(name));
     Ok(Handler {
         name: name?,
         module: module?,
@@ -509,6 +599,7 @@ fn handler(at: &str, raw: RawHandler, cx: &Context, p: &mut Problems) -> Result<
         fuel: fuel?,
         instance_reuse: instance_reuse?.min(u32::MAX.into()) as u32,
         capabilities: capabilities?,
+        subscriptions: subscriptions?,
     })
 }
 
@@ -748,6 +839,9 @@ struct RawManifest {
     deadletter: Option<RawDeadLetter>,
     #[serde(default)]
     handler: Vec<RawHandler>,
+    namespace: Option<crate::namespace::config::RawNamespace>,
+    #[serde(default)]
+    pull: Vec<crate::pull::config::RawPull>,
 }
 
 #[derive(Deserialize, Default)]
@@ -829,6 +923,8 @@ struct RawHandler {
     instance_reuse: Option<u64>,
     #[serde(default)]
     capabilities: RawCapabilities,
+    #[serde(default)]
+    subscriptions: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -1012,6 +1108,14 @@ mod tests {
                 ".name: use lowercase letters, digits, '-' and '_', 1 to 64",
             ),
             (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nsubscriptions=[\"ok-sub\",\"no sub\"]\n",
+                "handler[0] (h).subscriptions[1]: \"no sub\" is not an Event Grid subscription name",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nsubscriptions=[\"ab\"]\n",
+                "handler[0] (h).subscriptions[0]: \"ab\" is not an Event Grid subscription name (3 to 64",
+            ),
+            (
                 "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nmax_concurrency=0\n",
                 "handler[0] (h).max_concurrency: must be at least 1",
             ),
@@ -1031,6 +1135,21 @@ mod tests {
                 "manifest:\n{text}\nexpected a problem containing {expected:?}, got {found:?}"
             );
         }
+    }
+
+    #[test]
+    fn subscriptions_name_the_handlers_their_endpoint_served_in_upper_case() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("h.wasm"), b"").unwrap();
+        let text = "[server]\nallow_anonymous=true\n\
+                    [[handler]]\nname=\"orders\"\nmodule=\"h.wasm\"\nsubscriptions=[\"orders-sub\", \"Shared-Sub\"]\n\
+                    [[handler]]\nname=\"audit\"\nmodule=\"h.wasm\"\nsubscriptions=[\"SHARED-SUB\"]\n\
+                    [[handler]]\nname=\"quiet\"\nmodule=\"h.wasm\"\n";
+        let m = Manifest::parse(text, dir.path(), &|_| None).unwrap();
+        let names = |h: &Handler| h.subscriptions.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(names(&m.handlers[0]), ["ORDERS-SUB", "SHARED-SUB"]);
+        assert_eq!(names(&m.handlers[1]), ["SHARED-SUB"]);
+        assert!(m.handlers[2].subscriptions.is_empty(), "none unless listed");
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Host {
     pub watch: Option<PathBuf>,
     /// What clients may hold, and how long shutdown waits.
     pub limits: Limits,
+    /// The namespace topics gridfn serves, when the manifest has `[namespace]`.
+    pub namespace: Option<Arc<crate::namespace::broker::Broker>>,
+    /// `[[pull]]`: the namespace subscriptions the server pulls from.
+    pub pulls: Vec<crate::pull::config::Pull>,
 }
 
 /// Limits on what clients can hold, and how long shutdown waits
@@ -83,6 +87,7 @@ impl Host {
             max_body: manifest.server.max_body,
             body_timeout: manifest.server.body_timeout,
         });
+        let namespace = crate::namespace::start(manifest).await?;
         let longest_deadline = manifest.handlers.iter().map(|h| h.timeout).max().unwrap_or_default();
         let limits = Limits {
             max_connections: manifest.server.max_connections,
@@ -98,6 +103,8 @@ impl Host {
             admin_keys: manifest.server.admin_keys.clone(),
             watch: manifest.server.watch.clone(),
             limits,
+            namespace,
+            pulls: manifest.pull.clone(),
         })
     }
 

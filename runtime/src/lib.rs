@@ -10,6 +10,9 @@
 //!
 //! - push: Event Grid POSTs a delivery; [`push`] authenticates it, answers a
 //!   handshake or decodes it, dispatches, and answers 200 or 503;
+//! - pull: [`pull`] receives events from Event Grid namespace
+//!   subscriptions, dispatches each, and acknowledges, releases or rejects
+//!   it by its lock token;
 //! - local topic: a handler's published events are dispatched by the
 //!   pipeline itself (`Pipeline::local_topic`), one hop deeper, and the
 //!   verdict becomes the publisher's outcome;
@@ -50,6 +53,9 @@
 //! - [`trace`]: W3C `traceparent` in (request, event) and out (published events).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`replay`]: `gridfn replay`: dead-lettered events read back ([`replay::read`]) and run again.
+//! - [`send`]: `gridfn send`: Event Grid's side of a webhook subscription (handshake, batching, retries, dead-letters, load), on a laptop.
+//! - [`namespace`]: Event Grid namespace topics served by gridfn: publish, pull, settle by lock token.
+//! - [`pull`]: the pull source: events received from namespace subscriptions, settled by the verdict.
 
 pub mod admin;
 pub mod admission;
@@ -65,13 +71,16 @@ pub mod health;
 pub mod host;
 pub mod kv;
 pub mod metrics;
+pub mod namespace;
 pub mod outbound;
 pub mod pipeline;
 pub mod publish;
+pub mod pull;
 pub mod push;
 pub mod registry;
 pub mod replay;
 pub mod sandbox;
+pub mod send;
 pub mod server;
 pub mod trace;
 pub mod webhook;

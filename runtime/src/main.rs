@@ -90,6 +90,10 @@ enum Command {
     /// dead-lettered from, once each: exit 0 when every replayed event
     /// succeeded (or had before), 2 when some failed or were rejected again.
     Replay(Box<gridfn::replay::Options>),
+    /// Deliver events from files to a webhook as an Event Grid subscription
+    /// does (handshake, batching, retries, dead-lettering), once or as a
+    /// load: exit 0 when every event was delivered, 2 when some were not.
+    Send(Box<gridfn::send::Options>),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +146,11 @@ fn main() -> ExitCode {
             kv_list(&admin, &handler, &prefix, limit, json)
         }
         Command::Replay(options) => match gridfn::replay::command(*options) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(error) => Err(error),
+        },
+        Command::Send(options) => match gridfn::send::command(*options) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
             Err(error) => Err(error),

@@ -179,7 +179,10 @@ impl Sandbox {
 
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 4)
+            // A Rust component instantiates 3 core modules, a Python one
+            // (componentize-py: CPython, libc and their shims) 14: room for
+            // MAX_INSTANCES of either.
+            .total_core_instances(MAX_INSTANCES * 16)
             .total_memories(MAX_INSTANCES * 2)
             .total_tables(MAX_INSTANCES * 4)
             .max_memory_size(max_memory)

@@ -34,6 +34,7 @@ use crate::{admin, health, push};
 
 /// The routes, over a started [`Host`].
 pub fn app(host: Arc<Host>) -> Router {
+    let namespace = host.namespace.clone().map(crate::namespace::api::routes).unwrap_or_default();
     let push = Router::new()
         .route("/api/events", post(push::all_handlers).options(push::abuse_protection))
         .route("/api/events/{handler}", post(push::one_handler).options(push::abuse_protection))
@@ -51,7 +52,7 @@ pub fn app(host: Arc<Host>) -> Router {
         .route("/metrics", get(metrics))
         .route("/readyz", get(health::readyz))
         .with_state(host);
-    push.merge(admin).route("/healthz", get(health::healthz))
+    push.merge(admin).merge(namespace).route("/healthz", get(health::healthz))
 }
 
 /// Serves `host` on `listener` until `shutdown` completes, then drains.
@@ -62,6 +63,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits: Limits = host.limits;
     let background = background_tasks(&host);
+    let pulls = crate::pull::start(&host.pulls, &host.pipeline);
     let in_flight = InFlight::default();
     let app = app(host).layer(axum::middleware::from_fn_with_state(in_flight.clone(), InFlight::track));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -108,7 +110,8 @@ pub async fn serve(
             } => {}
         }
     };
-    if tokio::time::timeout(limits.drain, drained).await.is_err() {
+    let (drained, ()) = tokio::join!(tokio::time::timeout(limits.drain, drained), pulls.stop(limits.drain));
+    if drained.is_err() {
         tracing::warn!("deliveries still running after {:?} are cut; Event Grid will deliver them again", limits.drain);
     }
     for task in background {

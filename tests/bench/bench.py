@@ -6,13 +6,15 @@ by hand only with the paths it needs:
     python bench.py --out target/bench --gridfn target/release/gridfn \
         --native target/release/bench-native \
         --handler target/wasm32-wasip2/release/bench_handler.wasm \
+        --handler-py target/wasm32-wasip2/release/bench_handler_py.wasm \
         --http-component target/wasm32-wasip2/release/bench_http_component.wasm \
-        [--wasmtime PATH | --wasmtime-skip REASON] --gunicorn VENV/bin/gunicorn
+        [--wasmtime PATH | --wasmtime-skip REASON] --gunicorn VENV/bin/gunicorn \
+        [--js-handler target/wasm32-wasip2/release/bench_handler_js.wasm]
 
 Settings from the environment (defaults = the full run):
     BENCH_WARMUP=2 BENCH_DURATION=8 (seconds), BENCH_THREADS=1,
     BENCH_CONNECTIONS=32, BENCH_BATCHES=1,10,100,
-    BENCH_SYSTEMS=gridfn,gridfn-reuse,native,wasmtime-serve,python,
+    BENCH_SYSTEMS=gridfn,gridfn-reuse,gridfn-js,gridfn-js-reuse,gridfn-py,gridfn-py-reuse,native,wasmtime-serve,python,
     BENCH_PACED=1 (gridfn batch-1 latency at ~80 % of its max rate),
     BENCH_STARTUP=1 (gridfn start-up to ready, 1 and 20 handlers, cold/warm).
 
@@ -40,7 +42,11 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = os.path.join(HERE, "eventgrid.lua")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SYSTEMS = ["gridfn", "gridfn-reuse", "native", "wasmtime-serve", "python"]
+SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse",
+           "native", "wasmtime-serve", "python"]
+# gridfn with a handler: the Rust one (tests/bench/handler) or the same work
+# in JavaScript (-js, tests/bench/handler-js) or Python (-py, tests/bench/handler-py).
+GRIDFN_SYSTEMS = {"gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse"}
 
 
 def log(*args):
@@ -311,18 +317,18 @@ def paced_run(url, batch, tag, max_rps, cfg):
     return out
 
 
-def startup(args, work):
-    """ms from spawn until /healthz answers, 1 and 20 handlers, cold (empty
-    cache_dir) then warm (the same cache_dir again; median of 3)."""
+def startup(args, work, handler, counts=(1, 20)):
+    """ms from spawn until /healthz answers, with `counts` entries of `handler`,
+    cold (empty cache_dir) then warm (the same cache_dir again; median of 3)."""
     out = {}
-    for n in (1, 20):
+    for n in counts:
         state = tempfile.mkdtemp(prefix=f"startup{n}-", dir=work)
         cache = os.path.join(state, "cache")
         for phase in ("cold", "warm"):
             samples = []
             for _ in range(1 if phase == "cold" else 3):
                 port = free_port()
-                manifest = gridfn_manifest(os.path.join(state, "gridfn.toml"), port, args.handler, state, cache, handlers=n)
+                manifest = gridfn_manifest(os.path.join(state, "gridfn.toml"), port, handler, state, cache, handlers=n)
                 server = Server(f"gridfn-startup{n}", [args.gridfn, "serve", "--config", manifest], port, work)
                 try:
                     samples.append(server.wait_ready(timeout=300) * 1000)
@@ -355,14 +361,17 @@ def main():
     p.add_argument("--gridfn", required=True)
     p.add_argument("--native", required=True)
     p.add_argument("--handler", required=True)
+    p.add_argument("--handler-py", help="the Python handler component (gridfn-py rows)")
     p.add_argument("--http-component", required=True)
     p.add_argument("--wasmtime")
     p.add_argument("--wasmtime-skip", help="why wasmtime-serve is not run")
     p.add_argument("--gunicorn", required=True)
+    p.add_argument("--js-handler", help="the JavaScript bench handler; without it the gridfn-js rows are skipped")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
-    for path in ("gridfn", "native", "handler", "http_component", "gunicorn"):
-        setattr(args, path, os.path.abspath(getattr(args, path)))
+    for path in ("gridfn", "native", "handler", "handler_py", "http_component", "gunicorn"):
+        if getattr(args, path):
+            setattr(args, path, os.path.abspath(getattr(args, path)))
 
     class Cfg:
         warmup = env_num("BENCH_WARMUP", 2)
@@ -390,8 +399,19 @@ def main():
         raw["skipped"].append({"system": system, "reason": reason})
 
     for system in systems:
-        if system in ("gridfn", "gridfn-reuse"):
-            reuse = 64 if system == "gridfn-reuse" else None
+        if system in GRIDFN_SYSTEMS:
+            reuse = 64 if system.endswith("-reuse") else None
+            handler = args.handler
+            if "-js" in system:
+                if not args.js_handler:
+                    skip(system, "no --js-handler (scripts/components builds it)")
+                    continue
+                handler = os.path.abspath(args.js_handler)
+            if system.startswith("gridfn-py"):
+                if not args.handler_py:
+                    skip(system, "no --handler-py component")
+                    continue
+                handler = args.handler_py
             state = tempfile.mkdtemp(prefix=system + "-", dir=work)
             manifest = os.path.join(state, "gridfn.toml")
             # The handler's wait queue must hold every event in flight (connections x batch),
@@ -399,7 +419,7 @@ def main():
             # key is refused (an older gridfn).
             queue = int(env_num("BENCH_GRIDFN_QUEUE", max(1024, 2 * Cfg.conns * max(batches))))
             for q in (queue, None):
-                gridfn_manifest(manifest, 0, args.handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=q)
+                gridfn_manifest(manifest, 0, handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=q)
                 chk = subprocess.run([args.gridfn, "check", "--config", manifest], capture_output=True, text=True)
                 if chk.returncode == 0:
                     queue = q
@@ -415,10 +435,15 @@ def main():
         for batch in batches:
             port = free_port()
             ready_kwargs, scrape, paced = {}, False, False
-            if system in ("gridfn", "gridfn-reuse"):
-                gridfn_manifest(manifest, port, args.handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=queue)
+            if system in GRIDFN_SYSTEMS:
+                gridfn_manifest(manifest, port, handler, state, os.path.join(work, "gridfn-cache"), reuse=reuse, queue=queue)
                 argv = [args.gridfn, "serve", "--config", manifest, "--listen", f"127.0.0.1:{port}"]
-                scrape = True
+                # The sandbox figures below are the Rust and Python handlers'; a
+                # JavaScript or Python component's first start compiles 12-19 MB
+                # (tens of seconds).
+                scrape = "-js" not in system
+                if "-js" in system or "-py" in system:
+                    ready_kwargs = {"timeout": 600.0}
                 paced = batch == 1 and env_num("BENCH_PACED", 1) > 0 and system == "gridfn"
             elif system == "native":
                 argv = [args.native, "--listen", f"127.0.0.1:{port}"]
@@ -443,7 +468,9 @@ def main():
             raw["runs"].append(run)
 
     if "gridfn" in systems and env_num("BENCH_STARTUP", 1) > 0:
-        raw["gridfn"]["startup_ms"] = startup(args, work)
+        raw["gridfn"]["startup_ms"] = startup(args, work, args.handler)
+    if "gridfn-py" in systems and args.handler_py and env_num("BENCH_STARTUP", 1) > 0:
+        raw["gridfn"]["startup_ms_py"] = startup(args, work, args.handler_py, counts=(1,))
     raw["machine"]["loadavg_end"] = os.getloadavg()
     with open(os.path.join(args.out, "raw.json"), "w") as f:
         json.dump(raw, f, indent=1)

@@ -16,7 +16,8 @@ import math
 import os
 import sys
 
-SYSTEMS = ["gridfn", "gridfn-reuse", "native", "wasmtime-serve", "python"]
+SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse",
+           "native", "wasmtime-serve", "python"]
 RUN_KEYS = ["system", "batch", "events_per_s", "requests_per_s", "p50_ms", "p99_ms", "cpu_s_per_1k", "rss_mb", "errors"]
 
 
@@ -75,6 +76,7 @@ def summarize(raw):
         "paced_batch1": next((run["detail"]["paced"] for run in raw["runs"]
                               if run.get("system") == "gridfn" and run.get("batch") == 1 and "paced" in run.get("detail", {})), None),
         "startup_ms": {k: r(v, 1) for k, v in raw["gridfn"].get("startup_ms", {}).items()},
+        "startup_ms_py": {k: r(v, 1) for k, v in raw["gridfn"].get("startup_ms_py", {}).items()},
     }
     loadgen = {f"{x['system']}/batch{x['batch']}": r(100 * x["detail"]["loadgen_cpu_s"] / x["detail"]["window_s"], 1)
                for x in raw["runs"] if "loadgen_cpu_s" in x.get("detail", {}) and x["detail"].get("window_s")}
@@ -127,18 +129,23 @@ def markdown(summary):
                              f"{fmt(cfg.get('loadgen_cpu_pct_of_one_core', {}).get(f'{system}/batch{batch}'))} |")
         lines.append("")
         ratios = []
-        for g in ("gridfn", "gridfn-reuse"):
+        for g in ("gridfn", "gridfn-reuse", "gridfn-py", "gridfn-py-reuse"):
             gr = get(summary, g, batch)
             if not gr:
                 continue
             parts = [f"{g}/{peer} {ratio(gr['events_per_s'], (get(summary, peer, batch) or {}).get('events_per_s'))}"
                      for peer in ("native", "wasmtime-serve", "python")]
             ratios.append("Ratios (events/s): " + ", ".join(parts) + ".")
+        js = [f"{j}/{g} {ratio((get(summary, j, batch) or {}).get('events_per_s'), (get(summary, g, batch) or {}).get('events_per_s'))}"
+              for j, g in (("gridfn-js", "gridfn"), ("gridfn-js-reuse", "gridfn-reuse"), ("gridfn-js-reuse", "gridfn-js"))
+              if get(summary, j, batch)]
+        if js:
+            ratios.append("JavaScript handler (events/s): " + ", ".join(js) + ".")
         lines += ratios + [""]
 
     g = summary["gridfn"]
     lines += ["## gridfn internals", ""]
-    lines.append(f"- Sandbox cost per event (instantiate + call, `gridfn_handler_duration_seconds`): mean "
+    lines.append(f"- Sandbox cost per event (instantiate + call, `gridfn_handler_duration_seconds`; Rust handler, fresh instances): mean "
                  f"{fmt(g['sandbox_us_mean'], 1)} µs; batch 1: p50 ≈ {fmt(g['sandbox_us_p50_est'], 1)} µs, "
                  f"p99 ≈ {fmt(g['sandbox_us_p99_est'], 1)} µs (bucket estimates).")
     for k, v in g["sandbox_by_run"].items():
@@ -147,11 +154,12 @@ def markdown(summary):
     if p:
         lines.append(f"- Batch 1 at {fmt(p['requests_per_s'])} req/s ({(p['fraction_of_max'] or 0):.0%} of max; "
                      f"{p['connections']} connections, 1 ms think time): p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, errors {p['errors']}.")
-    s = g.get("startup_ms") or {}
-    if s:
-        lines.append("- Start-up to ready (`/healthz`): " + ", ".join(
-            f"{n} handler{'s' if n > 1 else ''} cold {fmt(s.get(f'handlers_{n}_cold'))} ms / warm {fmt(s.get(f'handlers_{n}_warm'))} ms"
-            for n in (1, 20)) + ".")
+    for key, what in (("startup_ms", "Rust handler"), ("startup_ms_py", "Python handler")):
+        s = g.get(key) or {}
+        if s:
+            lines.append(f"- Start-up to ready (`/healthz`), {what}: " + ", ".join(
+                f"{n} handler{'s' if n > 1 else ''} cold {fmt(s.get(f'handlers_{n}_cold'))} ms / warm {fmt(s.get(f'handlers_{n}_warm'))} ms"
+                for n in (1, 20) if f"handlers_{n}_cold" in s) + ".")
     lines += ["", "## Targets (issue 7; reported, not asserted)", ""]
     lines += targets(summary)
     return "\n".join(lines) + "\n"
@@ -187,6 +195,12 @@ def targets(summary):
         out.append(check("batch 1, gridfn/python", f"{g1 / p1:.1f}×", "≥ 10×", g1 / p1 >= 10))
     if g100 and p100:
         out.append(check("batch 100, gridfn/python", f"{g100 / p100:.1f}×", "≥ 4×", g100 / p100 >= 4))
+    # Issue 16: a Python handler in gridfn at least matches the Flask webhook.
+    for system in ("gridfn-py", "gridfn-py-reuse"):
+        for batch in (1, 100):
+            mine, flask = ev(system, batch), ev("python", batch)
+            if mine and flask:
+                out.append(check(f"batch {batch}, {system}/python", f"{mine / flask:.2f}×", "≥ 1×", mine / flask >= 1))
     return out
 
 

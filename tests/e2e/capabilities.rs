@@ -12,13 +12,13 @@ use crate::support::{Gridfn, KEY, batch, component, event};
 
 /// A plain HTTP/1.1 server on a loopback port that answers every request
 /// with `pong` and remembers each request's first line.
-struct PongServer {
-    port: u16,
+pub(crate) struct PongServer {
+    pub(crate) port: u16,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl PongServer {
-    fn start() -> PongServer {
+    pub(crate) fn start() -> PongServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -41,7 +41,7 @@ impl PongServer {
         PongServer { port, requests }
     }
 
-    fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
 }

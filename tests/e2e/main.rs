@@ -1,7 +1,8 @@
 //! End-to-end tests: the real `gridfn` binary, real sockets, real components.
 //!
 //! The handler components must be built first (`scripts/test` does it):
-//! `cargo build --release --target wasm32-wasip2 -p audit-log -p scripted`.
+//! `cargo build --release --target wasm32-wasip2 -p audit-log -p scripted`,
+//! and the Python ones (`*_py.wasm`) with componentize-py.
 
 mod support;
 
@@ -10,11 +11,15 @@ mod capabilities;
 mod durability;
 mod embeddings;
 mod foundation;
+mod js_handlers;
 mod moderation;
+mod namespaces;
 mod observability;
 mod protocol;
+mod python_handlers;
 mod replay;
 mod replay_data;
 mod routing;
 mod sandbox;
+mod send;
 mod serving;

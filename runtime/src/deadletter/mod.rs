@@ -87,22 +87,30 @@ impl DeadLetterStore {
         let now = Utc::now();
         let name = blob_name(rejection.subscription, now);
         let body = serde_json::to_vec_pretty(&[record(event, rejection, now)?])?;
+        self.put(&name, body).await
+    }
+
+    /// Writes `body` as the blob `name` (a path relative to the store's
+    /// root); returns where it went once it is durable. For records in
+    /// another layout than [`DeadLetterStore::write`]'s, such as a namespace
+    /// topic's.
+    pub async fn put(&self, name: &str, body: Vec<u8>) -> anyhow::Result<String> {
         match self {
             DeadLetterStore::Dir(root) => {
-                let path = root.join(&name);
+                let path = root.join(name);
                 tokio::task::spawn_blocking(move || write_durably(&path, &body).map(|()| path))
                     .await?
                     .map(|path| path.display().to_string())
                     .map_err(|e| anyhow::anyhow!("writing to {}: {e}", root.display()))
             }
-            DeadLetterStore::AzureBlob(store) => Ok(store.put(&name, body.into()).await?),
+            DeadLetterStore::AzureBlob(store) => Ok(store.put(name, body.into()).await?),
         }
     }
 }
 
 /// Writes, syncs and renames into place, then syncs the folder: after Ok, the
 /// blob survives a crash, and a crash before leaves no half-written blob.
-fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let folder = path.parent().expect("blob names have folders");
     std::fs::create_dir_all(folder)?;
     let partial = path.with_extension("json.partial");

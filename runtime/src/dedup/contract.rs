@@ -79,8 +79,23 @@ pub async fn check(label: &str, store: &dyn DedupStore) {
     assert_eq!(store.begin_as(&again, LEASE, true).await.unwrap(), Begin::Run);
     store.commit_all(&[], std::slice::from_ref(&again), TTL).await.unwrap();
     assert_eq!(store.begin_as(&again, LEASE, true).await.unwrap(), Begin::Run, "{label}: rejected twice");
-    // A replay that must be retried leaves the pair replayable.
+    // A replay that must be retried leaves the pair rejected: a redelivery
+    // still does not run it, the next replay does.
     store.release(std::slice::from_ref(&again)).await.unwrap();
-    assert_eq!(store.begin_as(&again, LEASE, true).await.unwrap(), Begin::Run, "{label}: released replay");
-    store.release(&[again]).await.unwrap();
+    assert_eq!(store.begin(&again, LEASE).await.unwrap(), Begin::Done, "{label}: released replay, redelivered");
+    assert_eq!(store.begin_as(&again, LEASE, true).await.unwrap(), Begin::Run, "{label}: released replay, replayed");
+    // While a replay runs it, a redelivery is told it is done (rejected), not to run it.
+    assert_eq!(store.begin(&again, LEASE).await.unwrap(), Begin::Done, "{label}: replay running, redelivered");
+    store.release(std::slice::from_ref(&again)).await.unwrap();
+
+    // A replay whose holder died (its lease ran out, nothing released it)
+    // leaves the pair rejected too.
+    let died = k("h", "/replay", "died");
+    assert_eq!(store.begin(&died, LEASE).await.unwrap(), Begin::Run);
+    store.commit_all(&[], std::slice::from_ref(&died), TTL).await.unwrap();
+    assert_eq!(store.begin_as(&died, Duration::from_millis(50), true).await.unwrap(), Begin::Run);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(store.begin(&died, LEASE).await.unwrap(), Begin::Done, "{label}: dead replay, redelivered");
+    assert_eq!(store.begin_as(&died, LEASE, true).await.unwrap(), Begin::Run, "{label}: dead replay, replayed");
+    store.release(&[again, died]).await.unwrap();
 }

@@ -6,13 +6,15 @@
 //!
 //! * absent: never seen, or its record or lease has expired;
 //! * `done`: the pair succeeded; it expires after the `ttl` given to `commit_all`;
-//! * `rejected`: the pair was dead-lettered: done, except for a replay, which may run it again (its
-//!   lease replaces the marker, so a replay that fails and is released leaves the pair free, not
-//!   rejected: Event Grid does not redeliver an event gridfn dead-lettered, and the replay keeps its
-//!   own record of what is left);
+//! * `rejected`: the pair was dead-lettered: done, except for a replay, which may run it again;
 //! * `lease:<uuid>`: a host is running the pair right now. The value is the holder's lease token, a random
 //!   one per [`RedisStore`] (so one per process; clones share it). It expires after the `lease_for` given
 //!   to `begin`, so the lease of a host that crashed mid-run frees itself.
+//! * `lease:<uuid>|R|<deadline>`: a replay is running a rejected pair. The rejection is kept in the
+//!   value, and the key keeps the rejection's expiry: the lease ends at `<deadline>` (unix ms, Redis's
+//!   clock) instead. For every delivery that is not a replay the pair is still rejected (done); when the
+//!   replay is released, or its holder dies and the deadline passes, the pair is `rejected` again, so a
+//!   replay that fails never turns a rejection into a free pair that a redelivery would run.
 //!
 //! Every operation is one round trip: one `EVALSHA` of a small Lua script, which Redis runs atomically.
 //! After a Redis restart or failover has emptied the script cache, the first call of each script costs
@@ -70,17 +72,46 @@ const MAX_EXPIRY_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
 /// KEYS[1] = the pair; ARGV = token, lease in ms, done marker, rejected
 /// marker, "1" for a replay. Returns 0 (Done), 1 (Run) or 2 (Busy).
+/// (`KEEPTTL` needs Redis 6.0.)
 const BEGIN_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[3] then
   return 0
 end
+local replay = ARGV[5] == '1'
+local lease_ms = tonumber(ARGV[2])
+-- A replay leases a rejected pair: the rejection stays in the value and keeps its expiry.
+local function lease_rejected()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('SET', KEYS[1], ARGV[1] .. '|R|' .. (now + lease_ms), 'KEEPTTL')
+  local left = redis.call('PTTL', KEYS[1])
+  if left >= 0 and left < lease_ms then
+    redis.call('PEXPIRE', KEYS[1], lease_ms)
+  end
+  return 1
+end
 if v == ARGV[4] then
-  if ARGV[5] == '1' then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 1
+  if replay then
+    return lease_rejected()
   end
   return 0
+end
+if v then
+  local holder, deadline = string.match(v, '^(lease:[^|]*)|R|(%d+)$')
+  if holder then
+    if not replay then
+      return 0
+    end
+    if holder == ARGV[1] then
+      return lease_rejected()
+    end
+    local t = redis.call('TIME')
+    if tonumber(deadline) <= tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) then
+      return lease_rejected()
+    end
+    return 2
+  end
 end
 if v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -109,12 +140,19 @@ end
 return #KEYS
 ";
 
-/// KEYS = the pairs; ARGV = token. Returns how many leases it dropped.
+/// KEYS = the pairs; ARGV = token, rejected marker. Drops this store's
+/// leases; a replay's lease on a rejected pair becomes the rejection again
+/// (with the expiry it kept). Returns how many leases it ended.
 const RELEASE_LUA: &str = r"
 local n = 0
+local replaying = ARGV[1] .. '|R|'
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then
+  local v = redis.call('GET', KEYS[i])
+  if v == ARGV[1] then
     redis.call('DEL', KEYS[i])
+    n = n + 1
+  elseif v and string.sub(v, 1, #replaying) == replaying then
+    redis.call('SET', KEYS[i], ARGV[2], 'KEEPTTL')
     n = n + 1
   end
 end
@@ -227,8 +265,8 @@ impl DedupStore for RedisStore {
         Ok(())
     }
 
-    /// Drops the leases this store holds on the pairs; pairs that are done, free, or leased by another
-    /// store are left as they are.
+    /// Drops the leases this store holds on the pairs (a replay's lease on a rejected pair turns back
+    /// into the rejection); pairs that are done, free, or leased by another store are left as they are.
     async fn release(&self, keys: &[DedupKey]) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
@@ -237,7 +275,7 @@ impl DedupStore for RedisStore {
         for key in keys {
             invocation.key(self.redis_key(key));
         }
-        invocation.arg(&self.token);
+        invocation.arg(&self.token).arg(REJECTED);
         let mut con = self.con.clone();
         let _dropped: i64 = invocation.invoke_async(&mut con).await.map_err(|e| self.error("release", e))?;
         Ok(())
@@ -635,6 +673,39 @@ mod tests {
         };
         assert_eq!(outcome, Begin::Run);
         assert!(started.elapsed() >= Duration::from_millis(500), "lease freed too early: {:?}", started.elapsed());
+    }
+
+    /// A replay's lease on a rejected pair keeps the rejection's expiry, is
+    /// Busy for another host's replay while it lives, and turns back into
+    /// the rejection when released.
+    #[tokio::test]
+    async fn a_replay_lease_keeps_the_rejection_for_other_hosts_and_after_release() {
+        let redis = test_redis();
+        let prefix = prefix("replay-lease");
+        let (a, b) = (store(&redis.url, &prefix).await, store(&redis.url, &prefix).await);
+        let pair = key("h", "/s", "rejected");
+        assert_eq!(a.begin(&pair, LEASE).await.unwrap(), Begin::Run);
+        a.commit_all(&[], std::slice::from_ref(&pair), Duration::from_secs(600)).await.unwrap();
+        let mut con = raw(&redis.url).await;
+        let name = a.redis_key(&pair);
+        let ttl_before = pttl(&mut con, &name).await;
+
+        assert_eq!(a.begin_as(&pair, LEASE, true).await.unwrap(), Begin::Run);
+        let leased = get(&mut con, &name).await.unwrap();
+        assert!(leased.starts_with(&format!("{}|R|", a.token())), "{leased}");
+        assert!(pttl(&mut con, &name).await > LEASE.as_millis() as i64, "the rejection's expiry, not the lease's");
+        assert_eq!(b.begin_as(&pair, LEASE, true).await.unwrap(), Begin::Busy, "another host's replay waits");
+        assert_eq!(b.begin(&pair, LEASE).await.unwrap(), Begin::Done, "a redelivery elsewhere: still rejected");
+        b.release(std::slice::from_ref(&pair)).await.unwrap();
+        assert!(get(&mut con, &name).await.unwrap().starts_with("lease:"), "a non-holder's release changes nothing");
+
+        a.release(std::slice::from_ref(&pair)).await.unwrap();
+        assert_eq!(get(&mut con, &name).await.as_deref(), Some(REJECTED));
+        let ttl_after = pttl(&mut con, &name).await;
+        assert!(ttl_after <= ttl_before && ttl_after > ttl_before - 60_000, "{ttl_before} then {ttl_after}");
+        assert_eq!(b.begin_as(&pair, LEASE, true).await.unwrap(), Begin::Run, "then another host may replay it");
+        b.commit(std::slice::from_ref(&pair), Duration::from_secs(600)).await.unwrap();
+        assert_eq!(a.begin_as(&pair, LEASE, true).await.unwrap(), Begin::Done, "a replay's success is for good");
     }
 
     #[tokio::test]

@@ -2,8 +2,13 @@
 //! destination), so the same command run again does only what is left, and a
 //! replay cut off (Ctrl-C, `kill -9`) resumes where it was.
 //!
-//! A JSON-lines file, appended to and synced (`fdatasync`) once per group of
-//! finished batches, last line per key wins. Chosen over an fjall database:
+//! A JSON-lines file, last line per key wins. During a replay it is written
+//! once per group of finished batches, so a killed replay (Ctrl-C, `kill -9`)
+//! loses nothing, and synced (`fdatasync`) at most every [`SYNC_EVERY`] and
+//! at the end, so its syncs do not queue behind (or hold up) the dedup
+//! store's on the same disk: a machine that crashes can lose the last
+//! second's lines, whose pairs the next run sends again and dedup, which
+//! synced them before, answers as duplicates. Chosen over an fjall database:
 //! the ledger is written a few hundred times a run and read once, a user can
 //! read or `grep` it, it needs no second lock beside the replay's own, and a
 //! crash can only tear the last line, which reading drops (the batch it
@@ -21,6 +26,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::ReplayOutcome;
+
+/// How often a replay's ledger is synced to disk, at most (it is written
+/// as batches finish, and synced at the end).
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One record's replay to one destination: the ledger's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -118,26 +127,85 @@ impl Ledger {
     /// Appends `entries` and syncs them to disk: once this returns Ok, they
     /// survive a crash.
     pub fn append(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
         let Some(file) = &mut self.file else { anyhow::bail!("the ledger was opened read-only") };
-        let mut text = Vec::with_capacity(entries.len() * 160);
-        for entry in &entries {
-            serde_json::to_writer(&mut text, entry)?;
-            text.push(b'\n');
-        }
-        file.write_all(&text).and_then(|()| file.sync_data()).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot write the replay ledger {}: {e} (the next run redoes this batch)",
-                self.path.display()
-            )
-        })?;
+        write_lines(file, &self.path, &entries)?;
+        file.sync_data().map_err(|e| anyhow::anyhow!("cannot sync the replay ledger {}: {e}", self.path.display()))?;
         for entry in entries {
             self.entries.insert(entry.pair.clone(), entry);
         }
         Ok(())
     }
+
+    /// Hands the appending over to a [`LedgerAppender`] (a replay's writer
+    /// thread); this ledger keeps the entries it read, as they were before
+    /// the run, and appends nothing more itself.
+    pub fn appender(&mut self) -> anyhow::Result<LedgerAppender> {
+        let Some(file) = self.file.take() else { anyhow::bail!("the ledger was opened read-only") };
+        Ok(LedgerAppender { path: self.path.clone(), file, synced: std::time::Instant::now(), syncing: None })
+    }
+}
+
+/// The appending side of a [`Ledger`], for a run that records its finished
+/// batches as it goes: each append is one `write` (microseconds, into the
+/// page cache), and the sync to disk runs on a thread of its own, so the run
+/// never waits for the disk.
+pub struct LedgerAppender {
+    path: PathBuf,
+    file: File,
+    /// When the last sync started.
+    synced: std::time::Instant,
+    /// The sync running now, if any.
+    syncing: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl LedgerAppender {
+    /// Appends `entries`: once this returns Ok they survive the process
+    /// being killed. A sync to disk starts if the last one started
+    /// [`SYNC_EVERY`] ago and has finished; [`LedgerAppender::finish`]
+    /// syncs the rest.
+    pub fn append(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        write_lines(&mut self.file, &self.path, entries)?;
+        if self.synced.elapsed() >= SYNC_EVERY && self.syncing.as_ref().is_none_or(|s| s.is_finished()) {
+            self.wait_for_sync()?;
+            let file = self.file.try_clone()?;
+            self.synced = std::time::Instant::now();
+            self.syncing = Some(std::thread::spawn(move || file.sync_data()));
+        }
+        Ok(())
+    }
+
+    /// Syncs everything appended to disk.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.wait_for_sync()?;
+        self.file.sync_data().map_err(|e| self.sync_failed(e))
+    }
+
+    fn wait_for_sync(&mut self) -> anyhow::Result<()> {
+        match self.syncing.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(self.sync_failed(e)),
+            Some(Err(_)) => anyhow::bail!("syncing the replay ledger {} panicked", self.path.display()),
+        }
+    }
+
+    fn sync_failed(&self, e: std::io::Error) -> anyhow::Error {
+        anyhow::anyhow!("cannot sync the replay ledger {}: {e}", self.path.display())
+    }
+}
+
+/// `entries` as JSON lines, in one write.
+fn write_lines(file: &mut File, path: &Path, entries: &[Entry]) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut text = Vec::with_capacity(entries.len() * 160);
+    for entry in entries {
+        serde_json::to_writer(&mut text, entry)?;
+        text.push(b'\n');
+    }
+    file.write_all(&text).map_err(|e| {
+        anyhow::anyhow!("cannot write the replay ledger {}: {e} (the next run redoes this batch)", path.display())
+    })
 }
 
 /// Every entry in `file` (the last per pair), and the length of the part

@@ -5,11 +5,13 @@
 //! 1. [`read`]: the source's blobs (a folder in Event Grid's dead-letter
 //!    layout, one blob, or an Azure container) and their records;
 //! 2. [`plan`]: which records the selection wants, where each goes (only the
-//!    handler it was dead-lettered from, never all), and what the
-//!    [`ledger`] says earlier replays already did; a dry run stops here;
-//! 3. [`run`]: batches sent to the [`target`] (the manifest's handlers in
-//!    this process, or a URL), each finished batch written to the ledger,
-//!    blobs whose records are all done archived under `replayed/`;
+//!    handler it was dead-lettered from, or that the record's subscription
+//!    served, never all), and what the [`ledger`] says earlier replays
+//!    already did; a dry run reads every blob into a plan and stops here;
+//! 3. [`run`]: each blob planned as it is read (later blobs read meanwhile),
+//!    batches sent to the [`target`] (the manifest's handlers in this
+//!    process, or a URL), each finished batch written to the ledger, blobs
+//!    whose records are all done archived under `replayed/`;
 //! 4. [`report`]: progress while it runs, the summary at the end.
 //!
 //! Dedup still decides whether a pair runs: a pair that succeeded before is
@@ -23,10 +25,9 @@ pub mod report;
 pub mod run;
 pub mod target;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use sha2::Digest;
 
@@ -36,7 +37,7 @@ use ledger::{Ledger, LedgerLock};
 use plan::{Choice, Destinations, Plan};
 use read::{AzureAuth, Selection, Source};
 use report::{Progress, Summary};
-use run::{OnSuccess, Pace};
+use run::{OnSuccess, Pace, Starter};
 use target::{HttpTarget, Target};
 
 /// `gridfn replay SOURCE [options]`.
@@ -151,7 +152,7 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
         access_key: options.account_key.clone(),
         sas_token: options.sas_token.clone(),
     };
-    let source = Source::parse(&options.source, &auth)?;
+    let source = Arc::new(Source::parse(&options.source, &auth)?);
     // In-process needs the manifest; --to uses it only for the ledger's place.
     let manifest = match &options.to {
         None => Some(Manifest::load(&options.config)?),
@@ -172,9 +173,11 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
         Some(url) => url.clone(),
         None => format!("the handlers of {}", options.config.display()),
     };
+    let subscriptions = manifest.as_ref().map(subscription_handlers).unwrap_or_default();
     let choice = Choice {
         selection: &selection,
         handlers: &options.handler,
+        subscriptions: &subscriptions,
         destinations: &destinations,
         max_replays: options.max_replays,
         limit: options.limit,
@@ -185,7 +188,7 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
         let ledger = Ledger::read_only(&ledger_path)?;
         let plan = Plan::build(&source, &choice, &ledger).await?;
         let rows = report::dry_run_rows(&plan);
-        let summary = Summary::new(&plan, &run::Ran::default(), header(&ledger_path), true, 0.0);
+        let summary = Summary::new(&plan, &run::Ran::default(), header(&ledger_path), true);
         if options.json {
             let json = serde_json::json!({ "rows": rows, "summary": summary });
             println!("{}", serde_json::to_string_pretty(&json)?);
@@ -202,17 +205,14 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
 
     let _lock = LedgerLock::acquire(&ledger_path)?;
     let ledger = Ledger::open(&ledger_path)?;
-    let reading = Instant::now();
-    let plan = Plan::build(&source, &choice, &ledger).await?;
-    let reading = reading.elapsed().as_secs_f64();
-    let to_replay = plan.to_replay().count() as u64;
     let target = match (&options.to, &manifest) {
-        (Some(url), _) => Target::Http(HttpTarget::new(url, options.key.clone())?),
-        // Nothing to run: the handlers are not even compiled.
-        (None, Some(_)) if to_replay == 0 => Target::Http(HttpTarget::new("http://unused.invalid", None)?),
+        (Some(url), _) => Starter::Ready(Target::Http(HttpTarget::new(url, options.key.clone())?)),
         (None, Some(manifest)) => {
-            refuse_if_a_host_runs(manifest)?;
-            Target::InProcess(Arc::new(Host::start(manifest).await?))
+            let manifest = manifest.clone();
+            Starter::Later(Box::pin(async move {
+                refuse_if_a_host_runs(&manifest)?;
+                Ok(Target::InProcess(Arc::new(Host::start(&manifest).await?)))
+            }))
         }
         (None, None) => unreachable!("loaded above"),
     };
@@ -222,12 +222,11 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
         rate: options.rate,
         bounded_bytes: options.to.is_some(),
     };
-    let progress = Progress::new(to_replay, options.json);
-    let sending = Instant::now();
-    let ran = run::execute(&plan, &source, Arc::new(target), ledger, &pace, options.on_success, &progress).await?;
+    let progress = Progress::new(options.json);
+    let (plan, ran) =
+        run::execute(source.clone(), &choice, ledger, target, &pace, options.on_success, &progress).await?;
     progress.finish();
-    let mut summary = Summary::new(&plan, &ran, header(&ledger_path), false, sending.elapsed().as_secs_f64());
-    summary.reading_seconds = reading;
+    let summary = Summary::new(&plan, &ran, header(&ledger_path), false);
     if options.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -257,9 +256,22 @@ fn selection(options: &Options) -> anyhow::Result<Selection> {
         since: time(&options.since, "--since")?,
         until: time(&options.until, "--until")?,
         subscriptions: options.subscription.clone(),
-        handlers: options.handler.clone(),
+        // `--handler` is a destination, applied by the plan (`Choice::handlers`).
+        handlers: Vec::new(),
         ids,
     })
+}
+
+/// The manifest's `subscriptions`: each (upper-case) subscription name to
+/// the handlers that list it, in manifest order.
+fn subscription_handlers(manifest: &Manifest) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for handler in &manifest.handlers {
+        for subscription in &handler.subscriptions {
+            map.entry(subscription.as_str().to_owned()).or_default().push(handler.name.to_string());
+        }
+    }
+    map
 }
 
 /// `<state_dir>/replay/<first 16 hex digits of sha256(source id)>.jsonl`:

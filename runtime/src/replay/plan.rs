@@ -4,10 +4,12 @@
 //!
 //! Events go only where they came from: a gridfn record names the handler
 //! that rejected it; an Event Grid record names only its subscription, so the
-//! handlers its endpoint served must be given (`--handler`). Nothing is ever
-//! broadcast to every handler.
+//! handlers its endpoint served must be given: `--handler`, or the manifest's
+//! `subscriptions = [...]` on each handler. Nothing is ever broadcast to every
+//! handler.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use serde::Serialize;
 
@@ -47,6 +49,22 @@ pub enum Action {
     },
 }
 
+/// Who chose a record's destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The record names the handler that dead-lettered it (gridfn's records).
+    Record,
+    /// `--handler`, for an Event Grid record.
+    HandlerFlag,
+    /// The manifest: a handler lists the record's subscription in `subscriptions`.
+    Manifest,
+    /// A `--to` URL without `{handler}` takes every record.
+    Endpoint,
+    /// Nowhere: the record is skipped before a destination is chosen.
+    None,
+}
+
 /// One record for one destination.
 #[derive(Debug)]
 pub struct Item {
@@ -56,6 +74,8 @@ pub struct Item {
     pub action: Action,
     /// Replays run before this one (from the ledger).
     pub attempts: u32,
+    /// Who chose the destination.
+    pub via: Via,
 }
 
 /// Everything a replay read, and what it will do with it.
@@ -65,6 +85,8 @@ pub struct Plan {
     pub records: Vec<Record>,
     pub invalid: Vec<BadRecord>,
     pub items: Vec<Item>,
+    /// Records with at least one destination to replay to, for `--limit`.
+    pub replaying: usize,
 }
 
 /// The flags that decide which records replay where.
@@ -73,6 +95,10 @@ pub struct Choice<'a> {
     /// `--handler`: for gridfn records, which of them; for Event Grid
     /// records, where they go.
     pub handlers: &'a [String],
+    /// The manifest's `subscriptions`: an upper-case subscription name to the
+    /// handlers its endpoint served; where Event Grid records go without
+    /// `--handler`.
+    pub subscriptions: &'a HashMap<String, Vec<String>>,
     pub destinations: &'a Destinations,
     pub max_replays: u32,
     /// `--limit`: at most this many records are replayed.
@@ -80,66 +106,85 @@ pub struct Choice<'a> {
 }
 
 impl Plan {
-    /// Lists and reads the source's blobs (only hour folders inside the
-    /// selection's window), and decides each record's fate.
+    /// A plan for these blobs, none of them read yet.
+    pub fn new(blobs: Vec<String>) -> Plan {
+        Plan { blobs, ..Plan::default() }
+    }
+
+    /// Lists and reads every blob of the source (only hour folders inside
+    /// the selection's window), and decides each record's fate: all a dry
+    /// run does. A replay plans each blob as it is read instead
+    /// ([`super::run::execute`]).
     pub async fn build(source: &Source, choice: &Choice<'_>, ledger: &Ledger) -> anyhow::Result<Plan> {
-        let mut plan = Plan { blobs: source.blobs(&choice.selection.window()).await?, ..Plan::default() };
-        // The handler flag is applied here, as a destination; the rest of
-        // the selection is the reader's.
-        let selection = Selection { handlers: Vec::new(), ..choice.selection.clone() };
-        let mut to_replay = 0usize;
-        for blob in &plan.blobs {
-            let records = source.read(blob).await?;
-            for record in records {
-                let record = match record {
-                    Ok(record) => record,
-                    Err(bad) => {
-                        plan.invalid.push(bad);
-                        continue;
-                    }
-                };
-                let record_index = plan.records.len();
-                let destinations = match selection.skip_reason(&record) {
-                    Some(why) => Err(why),
-                    None => destinations_of(&record, choice),
-                };
-                let destinations = match destinations {
-                    Ok(destinations) => destinations,
-                    Err(why) => {
-                        let pair = Pair { blob: blob.clone(), index: record.index, destination: String::new() };
-                        plan.items.push(Item { pair, record: record_index, action: Action::Skip { why }, attempts: 0 });
-                        plan.records.push(record);
-                        continue;
-                    }
-                };
-                let limited = choice.limit.is_some_and(|limit| to_replay >= limit);
-                let mut replays_any = false;
-                for destination in destinations {
-                    let pair = Pair { blob: blob.clone(), index: record.index, destination };
-                    let (action, attempts) = match ledger.get(&pair) {
-                        Some(entry) if entry.is_done() => {
-                            (Action::AlreadyDone { outcome: entry.outcome, at: entry.at.clone() }, entry.attempts)
-                        }
-                        Some(entry) if entry.attempts >= choice.max_replays => {
-                            (Action::GaveUp { attempts: entry.attempts, outcome: entry.outcome }, entry.attempts)
-                        }
-                        entry => {
-                            let attempts = entry.map_or(0, |e| e.attempts);
-                            if limited {
-                                (Action::Skip { why: "beyond --limit".into() }, attempts)
-                            } else {
-                                replays_any = true;
-                                (Action::Replay, attempts)
-                            }
-                        }
-                    };
-                    plan.items.push(Item { pair, record: record_index, action, attempts });
-                }
-                to_replay += usize::from(replays_any);
-                plan.records.push(record);
-            }
+        let mut plan = Plan::new(source.blobs(&choice.selection.window()).await?);
+        for blob in plan.blobs.clone() {
+            let records = source.read(&blob).await?;
+            plan.add_blob(&blob, records, choice, ledger);
         }
         Ok(plan)
+    }
+
+    /// Decides the fate of one blob's records (in the order they come);
+    /// returns the indices of the items it added.
+    pub fn add_blob(
+        &mut self,
+        blob: &str,
+        records: Vec<Result<Record, BadRecord>>,
+        choice: &Choice<'_>,
+        ledger: &Ledger,
+    ) -> Range<usize> {
+        let first = self.items.len();
+        for record in records {
+            match record {
+                Ok(record) => self.add_record(blob, record, choice, ledger),
+                Err(bad) => self.invalid.push(bad),
+            }
+        }
+        first..self.items.len()
+    }
+
+    fn add_record(&mut self, blob: &str, record: Record, choice: &Choice<'_>, ledger: &Ledger) {
+        let record_index = self.records.len();
+        // `--handler` is not in the selection: `destinations_of` applies it.
+        let chosen = match choice.selection.skip_reason(&record) {
+            Some(why) => Err(why),
+            None => destinations_of(&record, choice),
+        };
+        let (destinations, via) = match chosen {
+            Ok(chosen) => chosen,
+            Err(why) => {
+                let pair = Pair { blob: blob.to_owned(), index: record.index, destination: String::new() };
+                let action = Action::Skip { why };
+                self.items.push(Item { pair, record: record_index, action, attempts: 0, via: Via::None });
+                self.records.push(record);
+                return;
+            }
+        };
+        let limited = choice.limit.is_some_and(|limit| self.replaying >= limit);
+        let mut replays_any = false;
+        for destination in destinations {
+            let pair = Pair { blob: blob.to_owned(), index: record.index, destination };
+            let (action, attempts) = match ledger.get(&pair) {
+                Some(entry) if entry.is_done() => {
+                    (Action::AlreadyDone { outcome: entry.outcome, at: entry.at.clone() }, entry.attempts)
+                }
+                Some(entry) if entry.attempts >= choice.max_replays => {
+                    (Action::GaveUp { attempts: entry.attempts, outcome: entry.outcome }, entry.attempts)
+                }
+                entry => {
+                    let attempts = entry.map_or(0, |e| e.attempts);
+                    if limited {
+                        (Action::Skip { why: "beyond --limit".into() }, attempts)
+                    } else {
+                        replays_any = true;
+                        (Action::Replay, attempts)
+                    }
+                }
+            };
+            self.items.push(Item { pair, record: record_index, action, attempts, via });
+        }
+        self.replaying += usize::from(replays_any);
+        self.records.push(record);
     }
 
     /// The items to replay now.
@@ -148,29 +193,34 @@ impl Plan {
     }
 }
 
-/// Where a selected record goes, or why it goes nowhere.
-fn destinations_of(record: &Record, choice: &Choice<'_>) -> Result<Vec<String>, String> {
+/// Where a selected record goes and who chose it, or why it goes nowhere.
+fn destinations_of(record: &Record, choice: &Choice<'_>) -> Result<(Vec<String>, Via), String> {
     let named = |handler: &str| choice.handlers.is_empty() || choice.handlers.iter().any(|h| h == handler);
-    let wanted: Vec<String> = match (&record.handler, choice.destinations) {
+    let (wanted, via): (Vec<String>, Via) = match (&record.handler, choice.destinations) {
         (Some(handler), _) if !named(handler) => {
             return Err(format!("dead-lettered from handler {handler}, not a --handler"));
         }
-        (_, Destinations::Url { per_handler: false }) => return Ok(vec![WHOLE_ENDPOINT.to_owned()]),
-        (Some(handler), _) => vec![handler.clone()],
-        (None, _) if choice.handlers.is_empty() => {
+        (_, Destinations::Url { per_handler: false }) => return Ok((vec![WHOLE_ENDPOINT.to_owned()], Via::Endpoint)),
+        (Some(handler), _) => (vec![handler.clone()], Via::Record),
+        (None, _) if !choice.handlers.is_empty() => (choice.handlers.to_vec(), Via::HandlerFlag),
+        (None, _) => {
             let subscription = record.subscription.as_deref().unwrap_or("unknown");
-            return Err(format!(
-                "an Event Grid record (subscription {subscription}) does not name its handler: pass --handler with the handler(s) that subscription's endpoint served"
-            ));
+            match choice.subscriptions.get(&subscription.to_ascii_uppercase()) {
+                Some(handlers) => (handlers.clone(), Via::Manifest),
+                None => {
+                    return Err(format!(
+                        "an Event Grid record (subscription {subscription}) does not name its handler: pass --handler with the handler(s) that subscription's endpoint served, or list it in their `subscriptions` in the manifest"
+                    ));
+                }
+            }
         }
-        (None, _) => choice.handlers.to_vec(),
     };
     if let Destinations::Handlers(known) = choice.destinations
         && let Some(missing) = wanted.iter().find(|h| !known.contains(*h))
     {
         return Err(format!("handler {missing} is not in the manifest"));
     }
-    Ok(wanted)
+    Ok((wanted, via))
 }
 
 #[cfg(test)]
@@ -190,7 +240,12 @@ mod tests {
     }
 
     fn choice<'a>(handlers: &'a [String], destinations: &'a Destinations, selection: &'a Selection) -> Choice<'a> {
-        Choice { selection, handlers, destinations, max_replays: 5, limit: None }
+        static NO_MAPPING: std::sync::LazyLock<HashMap<String, Vec<String>>> = std::sync::LazyLock::new(HashMap::new);
+        Choice { selection, handlers, subscriptions: &NO_MAPPING, destinations, max_replays: 5, limit: None }
+    }
+
+    fn to(handlers: &[&str], via: Via) -> Result<(Vec<String>, Via), String> {
+        Ok((handlers.iter().map(|h| (*h).to_owned()).collect(), via))
     }
 
     #[test]
@@ -199,12 +254,12 @@ mod tests {
         let selection = Selection::default();
         let known = Destinations::Handlers(["orders".to_owned(), "audit".to_owned()].into());
         let none: Vec<String> = Vec::new();
-        assert_eq!(destinations_of(&gridfn, &choice(&none, &known, &selection)), Ok(vec!["orders".to_owned()]));
+        assert_eq!(destinations_of(&gridfn, &choice(&none, &known, &selection)), to(&["orders"], Via::Record));
         let why = destinations_of(&event_grid, &choice(&none, &known, &selection)).unwrap_err();
-        assert!(why.contains("pass --handler"), "{why}");
+        assert!(why.contains("pass --handler") && why.contains("`subscriptions`"), "{why}");
 
         let audit = vec!["audit".to_owned()];
-        assert_eq!(destinations_of(&event_grid, &choice(&audit, &known, &selection)), Ok(audit.clone()));
+        assert_eq!(destinations_of(&event_grid, &choice(&audit, &known, &selection)), to(&["audit"], Via::HandlerFlag));
         let why = destinations_of(&gridfn, &choice(&audit, &known, &selection)).unwrap_err();
         assert!(why.contains("dead-lettered from handler orders"), "{why}");
 
@@ -213,12 +268,38 @@ mod tests {
         assert!(why.contains("handler orders is not in the manifest"), "{why}");
 
         let per_handler = Destinations::Url { per_handler: true };
-        assert_eq!(destinations_of(&gridfn, &choice(&none, &per_handler, &selection)), Ok(vec!["orders".to_owned()]));
+        assert_eq!(destinations_of(&gridfn, &choice(&none, &per_handler, &selection)), to(&["orders"], Via::Record));
         assert!(destinations_of(&event_grid, &choice(&none, &per_handler, &selection)).is_err());
         let whole = Destinations::Url { per_handler: false };
-        assert_eq!(
-            destinations_of(&event_grid, &choice(&none, &whole, &selection)),
-            Ok(vec![WHOLE_ENDPOINT.to_owned()])
-        );
+        assert_eq!(destinations_of(&event_grid, &choice(&none, &whole, &selection)), to(&["*"], Via::Endpoint));
+    }
+
+    #[test]
+    fn the_manifest_maps_an_event_grid_records_subscription_and_the_flag_wins() {
+        let [gridfn, event_grid] = <[Record; 2]>::try_from(records()).unwrap();
+        let selection = Selection::default();
+        let known = Destinations::Handlers(["orders".to_owned(), "audit".to_owned()].into());
+        let (none, audit) = (Vec::new(), vec!["audit".to_owned()]);
+        let mapping = |subscription: &str, handlers: &[&str]| -> HashMap<String, Vec<String>> {
+            [(subscription.to_owned(), handlers.iter().map(|h| (*h).to_owned()).collect())].into()
+        };
+        // The record's folder is `SUB`; the mapping is keyed upper-case, as the manifest holds it.
+        let both = mapping("SUB", &["audit", "orders"]);
+        let mapped = Choice { subscriptions: &both, ..choice(&none, &known, &selection) };
+        assert_eq!(destinations_of(&event_grid, &mapped), to(&["audit", "orders"], Via::Manifest));
+        assert_eq!(destinations_of(&gridfn, &mapped), to(&["orders"], Via::Record), "a gridfn record keeps its own");
+        let flagged = Choice { subscriptions: &both, ..choice(&audit, &known, &selection) };
+        assert_eq!(destinations_of(&event_grid, &flagged), to(&["audit"], Via::HandlerFlag), "--handler wins");
+
+        // Another subscription's mapping does not apply: skipped, never broadcast.
+        let other = mapping("OTHER-SUB", &["audit"]);
+        let why = destinations_of(&event_grid, &Choice { subscriptions: &other, ..choice(&none, &known, &selection) })
+            .unwrap_err();
+        assert!(why.contains("subscription SUB"), "{why}");
+        // A mapping to a handler this manifest lacks is named.
+        let gone = mapping("SUB", &["billing"]);
+        let why = destinations_of(&event_grid, &Choice { subscriptions: &gone, ..choice(&none, &known, &selection) })
+            .unwrap_err();
+        assert!(why.contains("handler billing is not in the manifest"), "{why}");
     }
 }

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::plan::{Action, Plan};
+use super::plan::{Action, Plan, Via};
 use super::read::BadRecord;
 use super::run::Ran;
 use crate::pipeline::ReplayOutcome;
@@ -22,7 +23,8 @@ const PLAIN_EVERY: Duration = Duration::from_secs(2);
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     plain: Mutex<Plain>,
-    total: u64,
+    /// Events to replay found so far.
+    total: AtomicU64,
 }
 
 struct Plain {
@@ -32,10 +34,11 @@ struct Plain {
 }
 
 impl Progress {
-    /// A bar when stderr is a terminal (and `quiet` is off), else plain lines.
-    pub fn new(total: u64, quiet: bool) -> Progress {
+    /// A bar when stderr is a terminal (and `quiet` is off), else plain
+    /// lines. Its total grows as the blobs are read ([`Progress::grow`]).
+    pub fn new(quiet: bool) -> Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total);
+            let bar = indicatif::ProgressBar::new(0);
             let style =
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  ETA {eta}  {msg}")
                     .expect("the template is valid");
@@ -43,7 +46,15 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Progress { bar, plain: Mutex::new(Plain { done: 0, started: now, last: now }), total }
+        Progress { bar, plain: Mutex::new(Plain { done: 0, started: now, last: now }), total: AtomicU64::new(0) }
+    }
+
+    /// More events to replay, found in a blob just read.
+    pub fn grow(&self, events: u64) {
+        self.total.fetch_add(events, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.inc_length(events);
+        }
     }
 
     pub fn advance(&self, events: u64) {
@@ -57,8 +68,9 @@ impl Progress {
             plain.last = Instant::now();
             let elapsed = plain.started.elapsed().as_secs_f64();
             let rate = plain.done as f64 / elapsed.max(1e-3);
-            let left = self.total.saturating_sub(plain.done) as f64 / rate.max(1e-3);
-            eprintln!("replayed {}/{} events ({rate:.0}/s, ETA {left:.0}s)", plain.done, self.total);
+            let total = self.total.load(Ordering::Relaxed);
+            let left = total.saturating_sub(plain.done) as f64 / rate.max(1e-3);
+            eprintln!("replayed {}/{total} events ({rate:.0}/s, ETA {left:.0}s)", plain.done);
         }
     }
 
@@ -142,16 +154,20 @@ pub struct Summary {
     pub archived: usize,
     pub deleted: usize,
     pub blob_errors: Vec<String>,
-    /// Time spent sending (from the first batch to the last answer).
+    /// From listing the blobs to the last answer: reading, starting the
+    /// handlers and sending (reading overlaps sending).
     pub seconds: f64,
-    /// Time spent listing and reading the blobs before that.
+    /// From listing the blobs to having read the last one.
     pub reading_seconds: f64,
-    /// Events replayed per second of sending.
+    /// Of `seconds`, starting the handlers (compiling or loading them),
+    /// while nothing is sent.
+    pub starting_seconds: f64,
+    /// Events replayed per second, reading included, starting the handlers not.
     pub rate: f64,
 }
 
 impl Summary {
-    pub fn new(plan: &Plan, ran: &Ran, header: (String, String, String), dry_run: bool, seconds: f64) -> Summary {
+    pub fn new(plan: &Plan, ran: &Ran, header: (String, String, String), dry_run: bool) -> Summary {
         let (source, target, ledger) = header;
         let mut summary = Summary {
             source,
@@ -170,8 +186,9 @@ impl Summary {
             archived: ran.archived,
             deleted: ran.deleted,
             blob_errors: ran.blob_errors.clone(),
-            seconds,
-            reading_seconds: 0.0,
+            seconds: ran.seconds,
+            reading_seconds: ran.reading_seconds,
+            starting_seconds: ran.starting_seconds,
             rate: 0.0,
         };
         for (index, item) in plan.items.iter().enumerate() {
@@ -189,7 +206,7 @@ impl Summary {
                 *summary.skipped_because.entry(why.clone()).or_default() += 1;
             }
         }
-        summary.rate = summary.total.replayed as f64 / seconds.max(1e-3);
+        summary.rate = summary.total.replayed as f64 / (ran.seconds - ran.starting_seconds).max(1e-3);
         summary
     }
 
@@ -306,6 +323,9 @@ pub struct DryRunRow<'a> {
     pub event_type: &'a str,
     pub reason: Option<&'a str>,
     pub destination: &'a str,
+    /// Who chose the destination: the record itself, `--handler`, or the
+    /// manifest's `subscriptions`.
+    pub via: Via,
     #[serde(flatten)]
     pub action: &'a Action,
 }
@@ -322,6 +342,7 @@ pub fn dry_run_rows(plan: &Plan) -> Vec<DryRunRow<'_>> {
                 event_type: &record.event.event_type,
                 reason: record.reason.as_deref(),
                 destination: &item.pair.destination,
+                via: item.via,
                 action: &item.action,
             }
         })
@@ -341,7 +362,13 @@ pub fn render_dry_run(rows: &[DryRunRow<'_>]) -> String {
             }
         };
         let index = row.index.to_string();
-        table.row(&[row.blob, &index, row.id, row.event_type, row.reason.unwrap_or("-"), row.destination, &would]);
+        // An Event Grid record's destination says who chose it.
+        let to = match row.via {
+            Via::HandlerFlag => format!("{} (--handler)", row.destination),
+            Via::Manifest => format!("{} (manifest subscriptions)", row.destination),
+            Via::Record | Via::Endpoint | Via::None => row.destination.to_owned(),
+        };
+        table.row(&[row.blob, &index, row.id, row.event_type, row.reason.unwrap_or("-"), &to, &would]);
     }
     table.render()
 }

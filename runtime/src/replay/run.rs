@@ -1,26 +1,38 @@
-//! Running a plan: the items to replay grouped into batches, sent with at
-//! most `--concurrency` batches in flight and at most `--rate` events a
-//! second, every finished batch written to the ledger before it counts, and
-//! the blobs whose records are all done archived (or deleted) at the end.
+//! Running a replay: the source's blobs read ahead on a task of their own
+//! ([`Source::read_ahead`]) while the batches of earlier ones are sent; each
+//! blob planned as it arrives, its records to replay grouped into batches,
+//! sent with at most `--concurrency` batches in flight and at most `--rate`
+//! events a second; every finished batch written to the ledger; and the blobs
+//! whose records are all done archived (or deleted) at the end.
 //!
 //! What makes a cut-off replay safe to run again: a pair's success is
 //! recorded by dedup before its batch returns, and by the ledger right after;
 //! a crash between the two makes the next run send it again, and dedup
-//! answers it as a duplicate instead of running it.
+//! answers it as a duplicate instead of running it. A batch keeps its slot
+//! until the ledger has written it, so a killed replay leaves at most
+//! `--concurrency` batches to be sent again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 
 use super::ledger::{Entry, Ledger, is_done};
-use super::plan::{Action, Plan};
+use super::plan::{Action, Choice, Plan};
 use super::read::Source;
 use super::report::Progress;
 use super::target::{Batch, MAX_BODY, Sent, Target};
 use crate::event::Schema;
 use crate::pipeline::ReplayOutcome;
+
+/// Blobs read (and parsed) ahead of the one being planned.
+const READ_AHEAD: usize = 8;
+
+/// Full batches kept waiting for a free slot before reading pauses: enough
+/// that a slot never waits for a read, few enough to bound memory.
+const READY_PER_SLOT: usize = 2;
 
 /// What to do with a blob once every record in it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -46,6 +58,15 @@ pub struct Pace {
     pub bounded_bytes: bool,
 }
 
+/// Where batches go, once there is something to send: a URL is ready at
+/// once; the manifest's handlers are started (compiled, the dedup store
+/// opened) only when the first record to replay turns up, so a run with
+/// nothing left to do touches neither.
+pub enum Starter {
+    Ready(Target),
+    Later(BoxFuture<'static, anyhow::Result<Target>>),
+}
+
 /// What a run did.
 #[derive(Default)]
 pub struct Ran {
@@ -59,130 +80,187 @@ pub struct Ran {
     pub blob_errors: Vec<String>,
     /// Ctrl-C stopped it before every batch was sent.
     pub interrupted: bool,
+    /// From listing the blobs to the last answer (archiving not included).
+    pub seconds: f64,
+    /// From listing the blobs to reading the last one (it overlaps sending).
+    pub reading_seconds: f64,
+    /// Of `seconds`, the time spent starting the handlers (compiling or
+    /// loading them, opening the dedup store), during which nothing is sent.
+    pub starting_seconds: f64,
 }
 
-/// Sends the plan's items, records each finished batch in the ledger, then
-/// archives the blobs that are done.
+/// Lists the source's blobs, plans and sends each as it is read, records
+/// every finished batch in the ledger, then archives the blobs that are done.
+/// Returns the plan (everything read, and what became of it) and the run.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
-    plan: &Plan,
-    source: &Source,
-    target: Arc<Target>,
+    source: Arc<Source>,
+    choice: &Choice<'_>,
     ledger: Ledger,
+    target: Starter,
     pace: &Pace,
     on_success: OnSuccess,
     progress: &Progress,
-) -> anyhow::Result<Ran> {
-    let mut ran = Ran::default();
-    let batches = batches(plan, pace);
+) -> anyhow::Result<(Plan, Ran)> {
     let started = Instant::now();
+    let mut ran = Ran::default();
+    let mut plan = Plan::new(source.blobs(&choice.selection.window()).await?);
+    let mut blobs_in = source.clone().read_ahead(plan.blobs.clone(), READ_AHEAD);
+    let mut reading = true;
+    // A blob that could not be fetched stops the run (after the batches in
+    // flight); the next run resumes from the ledger.
+    let mut read_error = None;
+    let mut batcher = Batcher::new(pace);
+    let mut ready: VecDeque<Batch> = VecDeque::new();
+    let mut target = Some(target);
+    let mut running: Option<Arc<Target>> = None;
+    let slots = pace.concurrency.max(1);
     let mut sent_events = 0usize;
     let mut in_flight: JoinSet<(Vec<usize>, Sent)> = JoinSet::new();
-    let mut queue = batches.into_iter();
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
-    // The ledger is written on a thread of its own, so a sync never holds up
-    // the next batch; whatever finished while it synced goes into its next write.
-    let (to_ledger, entries_in) = std::sync::mpsc::channel::<Vec<Entry>>();
-    let writer = std::thread::spawn(move || -> anyhow::Result<Ledger> {
-        let mut ledger = ledger;
-        while let Ok(mut entries) = entries_in.recv() {
-            while let Ok(more) = entries_in.try_recv() {
-                entries.extend(more);
-            }
-            ledger.append(entries)?;
-        }
-        Ok(ledger)
-    });
+
+    // A batch keeps its slot until the ledger has it, so at most
+    // `--concurrency` batches are ever sent and not yet recorded: all that a
+    // `kill -9` can make the next run send again (as duplicates, or run
+    // again if dedup had not recorded them). Writing is one `write`; the
+    // appender syncs to disk on a thread of its own.
+    let mut ledger = ledger;
+    let mut appender = ledger.appender()?;
     loop {
-        if writer.is_finished() {
-            break;
-        }
+        let stopping = ran.interrupted || read_error.is_some();
         // Start batches while there is room and the rate allows.
-        while !ran.interrupted && in_flight.len() < pace.concurrency.max(1) {
-            let Some(batch) = queue.next() else { break };
+        while !stopping && in_flight.len() < slots && !ready.is_empty() {
+            let target = match &running {
+                Some(target) => target.clone(),
+                None => {
+                    let starting = Instant::now();
+                    let target = match target.take().expect("started once") {
+                        Starter::Ready(target) => target,
+                        Starter::Later(start) => start.await?,
+                    };
+                    ran.starting_seconds += starting.elapsed().as_secs_f64();
+                    running.insert(Arc::new(target)).clone()
+                }
+            };
             if let Some(rate) = pace.rate {
-                let due = started + Duration::from_secs_f64(sent_events as f64 / rate);
+                let due = started + Duration::from_secs_f64(ran.starting_seconds + sent_events as f64 / rate);
                 tokio::select! {
                     _ = tokio::time::sleep_until(due.into()) => {}
                     _ = &mut interrupt => { ran.interrupted = true; break; }
                 }
             }
+            let batch = ready.pop_front().expect("checked above");
             sent_events += batch.events.len();
-            let target = target.clone();
             in_flight.spawn(async move {
                 let items = batch.items.clone();
                 (items, target.send(batch).await)
             });
         }
-        if in_flight.is_empty() {
+        let stopping = ran.interrupted || read_error.is_some();
+        if in_flight.is_empty() && (stopping || (!reading && ready.is_empty())) {
             break;
         }
-        let first = tokio::select! {
-            done = in_flight.join_next() => done,
+        let read_more = reading && !stopping && ready.len() < slots * READY_PER_SLOT;
+        tokio::select! {
+            blob = blobs_in.recv(), if read_more => match blob {
+                Some((name, Ok(records))) => {
+                    let added = plan.add_blob(&name, records, choice, &ledger);
+                    let mut replays = 0u64;
+                    for index in added {
+                        if matches!(plan.items[index].action, Action::Replay) {
+                            replays += 1;
+                            ready.extend(batcher.add(&plan, index));
+                        }
+                    }
+                    progress.grow(replays);
+                }
+                Some((name, Err(error))) => {
+                    read_error = Some(error.context(format!("reading {name} (what was sent before is in the ledger; the next run resumes)")));
+                    progress.note("a blob could not be read: finishing the batches in flight, then stopping");
+                }
+                None => {
+                    reading = false;
+                    ran.reading_seconds = started.elapsed().as_secs_f64();
+                    ready.extend(batcher.flush());
+                }
+            },
+            first = in_flight.join_next(), if !in_flight.is_empty() => {
+                // Every batch finished by now goes into one ledger write.
+                let mut finished = Vec::new();
+                finished.extend(first);
+                while let Some(done) = in_flight.try_join_next() {
+                    finished.push(done);
+                }
+                let mut entries = Vec::new();
+                let now = now_rfc3339();
+                for done in finished {
+                    let (items, sent) = done.map_err(|e| anyhow::anyhow!("a replay batch panicked: {e}"))?;
+                    if let Some(error) = sent.error {
+                        *ran.errors.entry(error).or_default() += sent.outcomes.iter().filter(|o| !is_done(**o)).count();
+                    }
+                    progress.advance(items.len() as u64);
+                    for (item, outcome) in items.into_iter().zip(sent.outcomes) {
+                        let planned = &plan.items[item];
+                        ran.outcomes.insert(item, outcome);
+                        entries.push(Entry {
+                            pair: planned.pair.clone(),
+                            attempts: planned.attempts + 1,
+                            outcome,
+                            at: now.clone(),
+                        });
+                    }
+                }
+                appender.append(&entries)?;
+            }
             _ = &mut interrupt, if !ran.interrupted => {
                 ran.interrupted = true;
                 progress.note("interrupted: finishing the batches in flight, then stopping (the next run resumes)");
-                continue;
-            }
-        };
-        // Every batch finished by now goes into one ledger write.
-        let mut finished = Vec::new();
-        finished.extend(first);
-        while let Some(done) = in_flight.try_join_next() {
-            finished.push(done);
-        }
-        let mut entries = Vec::new();
-        let now = now_rfc3339();
-        for done in finished {
-            let (items, sent) = done.map_err(|e| anyhow::anyhow!("a replay batch panicked: {e}"))?;
-            if let Some(error) = sent.error {
-                *ran.errors.entry(error).or_default() += sent.outcomes.iter().filter(|o| !is_done(**o)).count();
-            }
-            progress.advance(items.len() as u64);
-            for (item, outcome) in items.into_iter().zip(sent.outcomes) {
-                let planned = &plan.items[item];
-                ran.outcomes.insert(item, outcome);
-                entries.push(Entry {
-                    pair: planned.pair.clone(),
-                    attempts: planned.attempts + 1,
-                    outcome,
-                    at: now.clone(),
-                });
             }
         }
-        let _ = to_ledger.send(entries);
     }
-    drop(to_ledger);
-    let ledger = tokio::task::spawn_blocking(move || writer.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the ledger writer panicked"))??;
+    ran.seconds = started.elapsed().as_secs_f64();
+    drop(blobs_in);
+    tokio::task::spawn_blocking(move || appender.finish()).await??;
+    if let Some(error) = read_error {
+        return Err(error);
+    }
     if !ran.interrupted {
-        finish_blobs(plan, source, &ledger, on_success, &mut ran).await;
+        finish_blobs(&plan, &source, on_success, &mut ran).await;
     }
-    Ok(ran)
+    Ok((plan, ran))
 }
 
-/// Groups the items to replay into batches: one destination, subscription,
-/// attempt count and schema each, at most `pace.batch` events (and 1 MiB
-/// for HTTP), in the order the items came.
-fn batches(plan: &Plan, pace: &Pace) -> Vec<Batch> {
-    type Key = (String, Option<String>, u32, Schema);
-    let mut open: HashMap<Key, Batch> = HashMap::new();
-    let mut out = Vec::new();
-    for (index, item) in plan.items.iter().enumerate() {
-        if !matches!(item.action, Action::Replay) {
-            continue;
-        }
+/// Groups the items to replay into batches as they are planned: one
+/// destination, subscription, attempt count and schema each, at most
+/// `pace.batch` events (and 1 MiB for HTTP), in the order the items came.
+struct Batcher {
+    open: HashMap<BatchKey, Batch>,
+    events: usize,
+    bounded_bytes: bool,
+}
+
+type BatchKey = (String, Option<String>, u32, Schema);
+
+impl Batcher {
+    fn new(pace: &Pace) -> Batcher {
+        Batcher { open: HashMap::new(), events: pace.batch.max(1), bounded_bytes: pace.bounded_bytes }
+    }
+
+    /// Adds the plan's item `index`; returns the batches that are full now.
+    fn add(&mut self, plan: &Plan, index: usize) -> Vec<Batch> {
+        let mut full = Vec::new();
+        let item = &plan.items[index];
         let record = &plan.records[item.record];
         let attempt = record.delivery_attempts.unwrap_or(0);
-        let key: Key = (item.pair.destination.clone(), record.subscription.clone(), attempt, record.event.schema);
+        let key: BatchKey = (item.pair.destination.clone(), record.subscription.clone(), attempt, record.event.schema);
         let size = record.event.raw.get().len() + 1;
-        if let Some(batch) = open.get(&key)
-            && pace.bounded_bytes
+        if let Some(batch) = self.open.get(&key)
+            && self.bounded_bytes
             && batch.bytes + size > MAX_BODY
         {
-            out.extend(open.remove(&key));
+            full.extend(self.open.remove(&key));
         }
-        let batch = open.entry(key.clone()).or_insert_with(|| Batch {
+        let batch = self.open.entry(key.clone()).or_insert_with(|| Batch {
             destination: key.0.clone(),
             subscription: key.1.clone(),
             attempt,
@@ -194,29 +272,37 @@ fn batches(plan: &Plan, pace: &Pace) -> Vec<Batch> {
         batch.events.push(record.event.clone());
         batch.items.push(index);
         batch.bytes += size;
-        if batch.events.len() >= pace.batch.max(1) {
-            out.extend(open.remove(&key));
+        if batch.events.len() >= self.events {
+            full.extend(self.open.remove(&key));
         }
+        full
     }
-    let mut rest: Vec<Batch> = open.into_values().collect();
-    rest.sort_by_key(|batch| batch.items[0]);
-    out.extend(rest);
-    out
+
+    /// The batches not yet full, oldest first.
+    fn flush(&mut self) -> Vec<Batch> {
+        let mut rest: Vec<Batch> = self.open.drain().map(|(_, batch)| batch).collect();
+        rest.sort_by_key(|batch| batch.items[0]);
+        rest
+    }
 }
 
 /// Archives (or deletes) every blob whose records are all done, by this run
 /// or earlier ones; a blob with a record not selected, failing, or invalid
 /// stays.
-async fn finish_blobs(plan: &Plan, source: &Source, ledger: &Ledger, on_success: OnSuccess, ran: &mut Ran) {
+async fn finish_blobs(plan: &Plan, source: &Source, on_success: OnSuccess, ran: &mut Ran) {
     if on_success == OnSuccess::Keep {
         return;
     }
     let invalid: BTreeSet<&str> = plan.invalid.iter().map(|bad| bad.blob.as_str()).collect();
     let mut open: BTreeSet<&str> = invalid;
     let mut seen: BTreeSet<&str> = BTreeSet::new();
-    for item in &plan.items {
+    for (index, item) in plan.items.iter().enumerate() {
         seen.insert(&item.pair.blob);
-        let done = ledger.get(&item.pair).is_some_and(Entry::is_done);
+        let done = match &item.action {
+            Action::AlreadyDone { .. } => true,
+            Action::Replay => ran.outcomes.get(&index).is_some_and(|outcome| is_done(*outcome)),
+            Action::Skip { .. } | Action::GaveUp { .. } => false,
+        };
         if !done {
             open.insert(&item.pair.blob);
         }
@@ -265,9 +351,21 @@ mod tests {
                 record: i,
                 action: Action::Replay,
                 attempts: 0,
+                via: crate::replay::plan::Via::Record,
             })
             .collect();
-        Plan { blobs: vec!["S/2026/1/1/0/b.json".into()], records, invalid: Vec::new(), items }
+        Plan { records, items, ..Plan::new(vec!["S/2026/1/1/0/b.json".into()]) }
+    }
+
+    /// Every item of the plan through a [`Batcher`], as a run adds them.
+    fn batches(plan: &Plan, pace: &Pace) -> Vec<Batch> {
+        let mut batcher = Batcher::new(pace);
+        let mut out = Vec::new();
+        for index in 0..plan.items.len() {
+            out.extend(batcher.add(plan, index));
+        }
+        out.extend(batcher.flush());
+        out
     }
 
     fn pace(batch: usize, bounded_bytes: bool) -> Pace {

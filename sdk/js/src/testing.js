@@ -1,0 +1,141 @@
+// @gridfn/sdk/testing: run a handler under Node, as gridfn would run it,
+// with in-memory stand-ins for the host (log, config, kv, publish, and
+// `fetch` limited to the hosts a test allows).
+//
+//   const result = await run(handle, { type: 'Contoso.Thing', data: { id: 1 } }, { kv: true });
+//   assert.deepEqual(result.outcome, success());
+import { outcomeOf } from './adapter.js';
+import { begin, end } from '#host';
+
+const encoder = new TextEncoder();
+
+function dataBytes(data) {
+  if (data === undefined) return new Uint8Array();
+  if (data instanceof Uint8Array) return data;
+  return encoder.encode(typeof data === 'string' ? data : JSON.stringify(data));
+}
+
+/**
+ * The WIT `event` record gridfn would pass for this description: `data`
+ * may be bytes, a string (sent as is) or any other value (sent as JSON).
+ */
+function rawEvent({
+  id = 'evt-1',
+  type = 'Test.Event',
+  source = '/test',
+  subject,
+  time,
+  dataContentType,
+  dataVersion,
+  data,
+  extensions = {},
+} = {}) {
+  return {
+    id,
+    eventType: type,
+    source,
+    subject,
+    time,
+    dataContentType,
+    dataVersion,
+    data: dataBytes(data),
+    extensions: Object.entries(extensions).map(([name, value]) => [name, String(value)]),
+  };
+}
+
+/** Does `url` fall under one `allowed_outbound_hosts` entry (gridfn's rules)? */
+export function allowedBy(entry, url) {
+  const [scheme, rest] = entry.split('://');
+  const hostPort = rest.replace(/\/$/, '');
+  const colon = hostPort.lastIndexOf(':');
+  const hasPort = colon > hostPort.lastIndexOf(']');
+  const host = (hasPort ? hostPort.slice(0, colon) : hostPort).toLowerCase();
+  const port = hasPort ? hostPort.slice(colon + 1) : { http: '80', https: '443' }[scheme];
+  const target = new URL(url);
+  const targetScheme = target.protocol.slice(0, -1);
+  const targetPort = target.port || { http: '80', https: '443' }[targetScheme];
+  return (
+    (scheme === '*' || scheme === targetScheme) &&
+    (port === '*' || port === targetPort) &&
+    (host.startsWith('*.') ? target.hostname.endsWith(host.slice(1)) : host === target.hostname)
+  );
+}
+
+/**
+ * A `fetch` that refuses what `allowedHosts` does not list (as gridfn does,
+ * with the TypeError a component's fetch throws) and sends the rest to the
+ * test's `server(request)`, which returns a Response.
+ */
+function sandboxedFetch(allowedHosts, server) {
+  return async (input, init) => {
+    const request = new Request(input, init);
+    if (!allowedHosts.some((entry) => allowedBy(entry, request.url))) {
+      throw new TypeError('NetworkError when attempting to fetch resource.');
+    }
+    if (!server) throw new Error(`run(): ${request.url} is allowed, but the test gave no server to answer it`);
+    return server(request);
+  };
+}
+
+/**
+ * Runs `handle` on one event with these grants, as gridfn would:
+ * - `event`: a description for rawEvent(), e.g. `{ type, subject, data }`;
+ * - `handler` (default 'handler'), `attempt`, `subscription`, `replay`: the delivery;
+ * - `config`: an object of values (absent: the capability is not granted);
+ * - `kv`: true for an empty store, or a Map kept between runs (absent: denied);
+ * - `publish`: true to grant it;
+ * - `log`: false to deny it;
+ * - `allowedHosts` and `server(request) => Response`: outbound HTTP.
+ *
+ * Resolves to `{ outcome, logs, published, kv }`: `published` holds what
+ * gridfn would send, which is nothing unless the outcome is success.
+ */
+export async function run(handle, event = {}, options = {}) {
+  const {
+    handler = 'handler',
+    attempt = 0,
+    subscription,
+    replay = false,
+    config,
+    kv,
+    publish = false,
+    log = true,
+    allowedHosts = [],
+    server,
+  } = options;
+  const store = kv === true ? new Map() : kv instanceof Map ? kv : null;
+  const call = begin({
+    config: config === undefined ? null : new Map(Object.entries(config)),
+    kv: store,
+    publish,
+    log,
+  });
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = sandboxedFetch(allowedHosts, server);
+  try {
+    const raw = rawEvent(event);
+    const outcome = await outcomeOf(handle, raw, { attempt, handler, subscription, replay });
+    const published =
+      outcome.kind === 'success' ? call.queued.map((queued, n) => outgoing(queued, `${raw.id}:${handler}:${n}`, handler)) : [];
+    return { outcome, logs: call.logs, published, kv: store };
+  } finally {
+    globalThis.fetch = realFetch;
+    end();
+  }
+}
+
+const decoder = new TextDecoder();
+
+/** A published event as gridfn would send it (its default id and source), JSON data parsed. */
+function outgoing(event, defaultId, handler) {
+  const type = event.dataContentType ?? 'application/json';
+  const text = decoder.decode(event.data);
+  return {
+    id: event.id ?? defaultId,
+    type: event.eventType,
+    source: event.source ?? `/gridfn/handlers/${handler}`,
+    subject: event.subject,
+    dataContentType: event.dataContentType,
+    data: /[/+]json(;|$)/.test(type) ? JSON.parse(text) : text,
+  };
+}

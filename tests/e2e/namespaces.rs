@@ -1,0 +1,417 @@
+//! Namespace topics served by gridfn, driven by Azure's Python SDK unchanged
+//! (`EventGridPublisherClient` / `EventGridConsumerClient` with
+//! `namespace_topic=`, through tests/python/namespace.py): the lab's
+//! scenario from samples/namespaces, every settle call, the errors Azure
+//! answers, and durability across a `kill -9`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::protocol::azure_sdk_python;
+use crate::support::{Gridfn, KEY, repo};
+
+const TOPIC: &str = "moderation-events";
+
+/// Starts the sample's namespace as written, with the test's key and folders.
+fn start_sample() -> Gridfn {
+    let text = std::fs::read_to_string(repo("samples/namespaces/gridfn.toml")).unwrap();
+    let mut manifest: toml::Table = toml::from_str(&text).unwrap();
+    manifest.remove("server");
+    Gridfn::start(&toml::to_string(&manifest).unwrap())
+}
+
+/// One SDK call: `namespace.py … ARGS`; its exit code and JSON output.
+fn sdk(gridfn: &Gridfn, subscription: Option<&str>, args: &[&str]) -> (i32, Value) {
+    let mut command = std::process::Command::new(azure_sdk_python());
+    command.arg(repo("tests/python/namespace.py")).args(["--endpoint", &gridfn.base, "--key", KEY, "--topic", TOPIC]);
+    if let Some(subscription) = subscription {
+        command.args(["--subscription", subscription]);
+    }
+    let output = command.args(args).output().unwrap();
+    let code = output.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        panic!("namespace.py {args:?} exited {code}:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr))
+    });
+    (code, value)
+}
+
+fn receive(gridfn: &Gridfn, subscription: &str, max_events: u32, max_wait: u32) -> Vec<Value> {
+    let (code, received) = sdk(
+        gridfn,
+        Some(subscription),
+        &["receive", "--max-events", &max_events.to_string(), "--max-wait", &max_wait.to_string()],
+    );
+    assert_eq!(code, 0, "{received}");
+    received.as_array().unwrap().clone()
+}
+
+fn settle(gridfn: &Gridfn, subscription: &str, operation: &[&str], tokens: &[&str]) -> Value {
+    let args: Vec<&str> = operation.iter().chain(tokens).copied().collect();
+    let (code, settled) = sdk(gridfn, Some(subscription), &args);
+    assert_eq!(code, 0, "{settled}");
+    settled
+}
+
+fn tokens(received: &[Value]) -> Vec<&str> {
+    received.iter().map(|r| r["lockToken"].as_str().unwrap()).collect()
+}
+
+fn ids(received: &[Value]) -> Vec<&str> {
+    received.iter().map(|r| r["id"].as_str().unwrap()).collect()
+}
+
+/// Every dead-letter blob under the test's state folder.
+fn dead_letters(gridfn: &Gridfn) -> Vec<(PathBuf, Value)> {
+    fn walk(dir: &std::path::Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&gridfn.dir.path().join("state/deadletter"), &mut found);
+    found.into_iter().map(|p| (p.clone(), serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap())).collect()
+}
+
+#[test]
+fn the_labs_scenario_runs_against_gridfn_with_the_azure_sdk() {
+    let gridfn = start_sample();
+    let (code, published) =
+        sdk(&gridfn, None, &["publish", repo("samples/content-moderation/moderation_events.json").to_str().unwrap()]);
+    assert_eq!(code, 0, "{published}");
+    let published: Vec<&str> = published["ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()).collect();
+    assert_eq!(published.len(), 5);
+
+    // The lab's counts, each in publish order, each a first delivery.
+    let flagged = receive(&gridfn, "sub-flagged", 10, 10);
+    let approved = receive(&gridfn, "sub-approved", 10, 10);
+    let all = receive(&gridfn, "sub-all-events", 10, 10);
+    assert_eq!(ids(&flagged), [published[0], published[2]]);
+    assert_eq!(ids(&approved), [published[1], published[3]]);
+    assert_eq!(ids(&all), published);
+    for received in flagged.iter().chain(&approved).chain(&all) {
+        assert_eq!(received["deliveryCount"], 1);
+    }
+    assert!(flagged.iter().all(|r| r["type"] == "com.contoso.ai.ContentFlagged"));
+    assert_eq!(flagged[0]["subject"], "/content/images/img-4821");
+    assert_eq!(flagged[0]["data"]["confidence"], 0.97);
+
+    // Acknowledged events are gone; a rejected one is gone and dead-lettered.
+    let acked = settle(&gridfn, "sub-flagged", &["acknowledge"], &tokens(&flagged));
+    assert_eq!(acked, json!({"succeeded": tokens(&flagged), "failed": []}));
+    let rejected = settle(&gridfn, "sub-approved", &["reject"], &tokens(&approved)[..1]);
+    assert_eq!(rejected, json!({"succeeded": [tokens(&approved)[0]], "failed": []}));
+    let acked = settle(&gridfn, "sub-approved", &["acknowledge"], &tokens(&approved)[1..]);
+    assert_eq!(acked["succeeded"], json!([tokens(&approved)[1]]));
+
+    // A settled token is spent: Azure answers 200 with TokenLost.
+    let again = settle(&gridfn, "sub-flagged", &["acknowledge"], &tokens(&flagged)[..1]);
+    assert_eq!(
+        again,
+        json!({"succeeded": [], "failed": [{"lockToken": tokens(&flagged)[0], "code": "TokenLost", "message": "Token has expired."}]})
+    );
+
+    // sub-all-events: renew one lock, release one with a delay, acknowledge the rest.
+    let renewed = settle(&gridfn, "sub-all-events", &["renew"], &tokens(&all)[..1]);
+    assert_eq!(renewed["succeeded"], json!([tokens(&all)[0]]));
+    let released = settle(&gridfn, "sub-all-events", &["release", "--delay", "10"], &tokens(&all)[4..]);
+    assert_eq!(released["succeeded"], json!([tokens(&all)[4]]));
+    let released_at = Instant::now();
+    assert_eq!(settle(&gridfn, "sub-all-events", &["acknowledge"], &tokens(&all)[..4])["failed"], json!([]));
+
+    // Receiving again: nothing for flagged and approved; the released event
+    // comes back to sub-all-events after its delay, as its second delivery.
+    let (nothing_flagged, nothing_approved, redelivered) = std::thread::scope(|s| {
+        let flagged = s.spawn(|| receive(&gridfn, "sub-flagged", 10, 10));
+        let approved = s.spawn(|| receive(&gridfn, "sub-approved", 10, 10));
+        let all = s.spawn(|| receive(&gridfn, "sub-all-events", 10, 30));
+        (flagged.join().unwrap(), approved.join().unwrap(), all.join().unwrap())
+    });
+    assert_eq!((nothing_flagged.len(), nothing_approved.len()), (0, 0));
+    assert_eq!(ids(&redelivered), [published[4]]);
+    assert_eq!(redelivered[0]["deliveryCount"], 2);
+    assert!(released_at.elapsed() >= Duration::from_secs(9), "released with a 10 s delay");
+    assert_eq!(settle(&gridfn, "sub-all-events", &["acknowledge"], &tokens(&redelivered))["failed"], json!([]));
+
+    // The rejected event, in the namespace dead-letter record shape.
+    let dead = dead_letters(&gridfn);
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let (path, blob) = &dead[0];
+    let relative = path.strip_prefix(gridfn.dir.path().join("state/deadletter")).unwrap();
+    assert!(relative.starts_with("moderation-ns/moderation-events/SUB-APPROVED"), "{}", relative.display());
+    assert_eq!(blob[0]["event"]["id"], published[1]);
+    assert_eq!(blob[0]["event"]["type"], "com.contoso.ai.ContentApproved");
+    assert_eq!(blob[0]["deadletterProperties"]["deadletterreason"], "Rejected");
+    assert_eq!(blob[0]["deadletterProperties"]["deliveryattempts"], 1);
+}
+
+/// A raw data-plane call with the key as `AzureKeyCredential` sends it.
+fn call(gridfn: &Gridfn, path: &str, body: &str, content_type: &str) -> reqwest::blocking::Response {
+    gridfn.post(
+        path,
+        body.as_bytes().to_vec(),
+        &[("authorization", &format!("SharedAccessKey {KEY}")), ("content-type", content_type)],
+    )
+}
+
+#[test]
+fn errors_and_edge_cases_are_answered_as_azure_answers_them() {
+    let gridfn = start_sample();
+    let v = "api-version=2024-06-01";
+    let error = |response: reqwest::blocking::Response| {
+        let status = response.status().as_u16();
+        let header = response.headers().get("broker-errorcode").map(|h| h.to_str().unwrap().to_owned());
+        let body: Value = response.json().unwrap();
+        assert_eq!(header.as_deref(), body["error"]["code"].as_str(), "{body}");
+        (status, body["error"]["code"].as_str().unwrap().to_owned())
+    };
+    let event =
+        r#"{"specversion":"1.0","id":"one","source":"/s","type":"com.contoso.ai.ContentFlagged","data":{"n":1}}"#;
+
+    // One structured CloudEvent (not a batch), with aeg-sas-key.
+    let single = gridfn.post(
+        &format!("/topics/{TOPIC}:publish?{v}"),
+        event.as_bytes().to_vec(),
+        &[("aeg-sas-key", KEY), ("content-type", "application/cloudevents+json; charset=utf-8")],
+    );
+    assert_eq!(single.status(), 200);
+    assert_eq!(single.json::<Value>().unwrap(), json!({}));
+
+    let cases = [
+        (format!("/topics/nowhere:publish?{v}"), event, (404, "NotFound")),
+        (format!("/topics/{TOPIC}/eventsubscriptions/nobody:receive?{v}"), "", (404, "NotFound")),
+        (format!("/topics/{TOPIC}:publish"), event, (400, "BadRequest")),
+        (format!("/topics/{TOPIC}:publish?api-version=2018-01-01"), event, (400, "BadRequest")),
+        (format!("/topics/{TOPIC}:publish?{v}"), r#"{"id":"x","type":"t","specversion":"1.0"}"#, (400, "BadRequest")),
+        (format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxWaitTime=5"), "", (400, "BadRequest")),
+        (
+            format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxWaitTime=121"),
+            "",
+            (400, "BadRequest"),
+        ),
+        (format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxEvents=101"), "", (400, "BadRequest")),
+        (
+            format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:release?{v}&releaseDelayInSeconds=30"),
+            r#"{"lockTokens":["x"]}"#,
+            (400, "BadRequest"),
+        ),
+        (
+            format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:acknowledge?{v}"),
+            r#"{"tokens":["x"]}"#,
+            (400, "BadRequest"),
+        ),
+    ];
+    for (path, body, expected) in cases {
+        let got = error(call(&gridfn, &path, body, "application/cloudevents-batch+json"));
+        assert_eq!((got.0, got.1.as_str()), expected, "{path}");
+    }
+    let unauthorized = gridfn.post(
+        &format!("/topics/{TOPIC}:publish?{v}"),
+        event.as_bytes().to_vec(),
+        &[("authorization", "SharedAccessKey wrong")],
+    );
+    assert_eq!(error(unauthorized), (401, "Unauthorized".to_owned()));
+    let no_key = gridfn.post(&format!("/topics/{TOPIC}:publish?{v}"), event.as_bytes().to_vec(), &[]);
+    assert_eq!(error(no_key).0, 401);
+
+    // A token that was never handed out fails inside a 200; names ignore case.
+    let bogus = call(
+        &gridfn,
+        &format!("/topics/MODERATION-EVENTS/eventsubscriptions/Sub-Flagged:acknowledge?{v}"),
+        r#"{"lockTokens":["bogus"]}"#,
+        "application/json",
+    );
+    assert_eq!(bogus.status(), 200);
+    assert_eq!(
+        bogus.json::<Value>().unwrap(),
+        json!({"succeededLockTokens": [], "failedLockTokens": [{"lockToken": "bogus", "error": {"code": "TokenLost", "message": "Token has expired."}}]})
+    );
+
+    // The SDK sees the same: a 404 for an unknown topic, a 401 for a wrong key.
+    let mut command = std::process::Command::new(azure_sdk_python());
+    let output = command
+        .arg(repo("tests/python/namespace.py"))
+        .args([
+            "--endpoint",
+            &gridfn.base,
+            "--key",
+            KEY,
+            "--topic",
+            "nowhere",
+            "--subscription",
+            "sub-flagged",
+            "receive",
+        ])
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((output.status.code(), &answer["status"], &answer["code"]), (Some(3), &json!(404), &json!("NotFound")));
+
+    // The single event reached sub-flagged and sub-all-events only.
+    let received: Value = call(
+        &gridfn,
+        &format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxEvents=5&maxWaitTime=10"),
+        "",
+        "application/json",
+    )
+    .json()
+    .unwrap();
+    let value = received["value"].as_array().unwrap();
+    assert_eq!(value.len(), 1, "{received}");
+    assert_eq!(value[0]["event"], serde_json::from_str::<Value>(event).unwrap(), "the event as published");
+    assert_eq!(value[0]["brokerProperties"]["deliveryCount"], 1);
+    assert!(value[0]["brokerProperties"]["lockToken"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
+#[test]
+fn a_kill_9_loses_no_published_event_brings_back_no_acknowledged_one_and_keeps_locks() {
+    let gridfn = start_sample();
+    let events = tempfile::NamedTempFile::new().unwrap();
+    let three: Vec<Value> = (1..=3)
+        .map(|i| json!({"id": format!("k-{i}"), "type": "com.contoso.ai.ContentFlagged", "source": "/kill", "data": {"i": i}}))
+        .collect();
+    std::fs::write(events.path(), serde_json::to_vec(&three).unwrap()).unwrap();
+    assert_eq!(sdk(&gridfn, None, &["publish", events.path().to_str().unwrap()]).0, 0);
+    let first_two = receive(&gridfn, "sub-flagged", 2, 10);
+    assert_eq!(ids(&first_two), ["k-1", "k-2"]);
+    assert_eq!(settle(&gridfn, "sub-flagged", &["acknowledge"], &tokens(&first_two)[..1])["failed"], json!([]));
+
+    let gridfn = gridfn.crash_and_restart();
+    // k-1 was acknowledged, k-2 is still locked to its token, k-3 is waiting.
+    let after = receive(&gridfn, "sub-flagged", 10, 10);
+    assert_eq!(ids(&after), ["k-3"]);
+    assert_eq!(after[0]["deliveryCount"], 1);
+    let held = settle(&gridfn, "sub-flagged", &["acknowledge"], &[tokens(&first_two)[1], tokens(&after)[0]]);
+    assert_eq!(held["failed"], json!([]), "a lock taken before the crash still settles");
+    assert_eq!(receive(&gridfn, "sub-flagged", 10, 10).len(), 0);
+    // sub-all-events never received: all three are still there.
+    assert_eq!(ids(&receive(&gridfn, "sub-all-events", 10, 10)), ["k-1", "k-2", "k-3"]);
+}
+
+// ---------------------------------------------------------------------------
+// gridfn as a consumer: [[pull]] from a namespace (here another gridfn).
+// ---------------------------------------------------------------------------
+
+/// A gridfn serving topic `jobs` with the subscription `runner`.
+fn broker() -> Gridfn {
+    Gridfn::start(
+        "[namespace]\nname = \"jobs-ns\"\n[[namespace.topic]]\nname = \"jobs\"\n\
+         [[namespace.topic.subscription]]\nname = \"runner\"\nmax_delivery_count = 3\n",
+    )
+}
+
+/// A gridfn running the scripted handler on what it pulls from `broker`'s `runner`.
+fn consumer(broker: &Gridfn) -> Gridfn {
+    Gridfn::start(&format!(
+        "[[handler]]\nname = \"scripted\"\nmodule = {:?}\ntimeout = \"3s\"\n\n\
+         [[pull]]\nendpoint = {:?}\ntopic = \"jobs\"\nsubscription = \"runner\"\nkey = {KEY:?}\n\
+         handler = \"scripted\"\nmax_wait = \"10s\"\n",
+        crate::support::component("scripted"),
+        broker.base
+    ))
+}
+
+fn publish_jobs(broker: &Gridfn, jobs: &[(&str, &str)]) {
+    let events: Vec<Value> = (jobs.iter())
+        .map(
+            |(id, act)| json!({"specversion": "1.0", "id": id, "source": "/jobs", "type": "job", "data": {"act": act}}),
+        )
+        .collect();
+    let response = call(
+        broker,
+        "/topics/jobs:publish?api-version=2024-06-01",
+        &serde_json::to_string(&events).unwrap(),
+        "application/cloudevents-batch+json; charset=utf-8",
+    );
+    assert_eq!(response.status(), 200);
+}
+
+/// Waits up to `limit` for a log line containing `needle`.
+fn wait_for_log(gridfn: &Gridfn, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while gridfn.log_count(needle) == 0 {
+        assert!(Instant::now() < deadline, "no {needle:?} within {limit:?}; log:\n{}", gridfn.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn pulled_events_run_in_handlers_and_each_outcome_becomes_its_settle_call() {
+    let broker = broker();
+    let consumer = consumer(&broker);
+    publish_jobs(&broker, &[("ok-1", ""), ("rej-1", "reject"), ("retry-1", "retry-first")]);
+
+    // Success → acknowledged; reject → rejected (dead-lettered by both); a
+    // retry → released with Event Grid's 10 s, then delivered again as attempt 1.
+    wait_for_log(&consumer, "scripted ran ok-1 act= attempt=0", Duration::from_secs(30));
+    wait_for_log(&consumer, "scripted ran rej-1 act=reject attempt=0", Duration::from_secs(30));
+    wait_for_log(&consumer, "scripted ran retry-1 act=retry-first attempt=0", Duration::from_secs(30));
+    let released = Instant::now();
+    wait_for_log(&consumer, "scripted ran retry-1 act=retry-first attempt=1", Duration::from_secs(40));
+    assert!(released.elapsed() >= Duration::from_secs(8), "released with a delay: {:?}", released.elapsed());
+
+    // The broker dead-lettered the rejected event; gridfn's own store has it too.
+    let namespace_dead = dead_letters(&broker);
+    assert_eq!(namespace_dead.len(), 1, "{namespace_dead:#?}");
+    assert_eq!(namespace_dead[0].1[0]["event"]["id"], "rej-1");
+    assert_eq!(namespace_dead[0].1[0]["deadletterProperties"]["deadletterreason"], "Rejected");
+    let own_dead = dead_letters(&consumer);
+    assert_eq!(own_dead.len(), 1);
+    assert_eq!(own_dead[0].1[0]["id"], "rej-1");
+
+    // The same event again (at least once): acknowledged without running.
+    publish_jobs(&broker, &[("ok-1", "")]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(consumer.log_count("scripted ran ok-1 "), 1, "{}", consumer.log_text());
+    // Everything was settled: nothing is left for a receiver, and nothing ran twice.
+    let left = call(
+        &broker,
+        "/topics/jobs/eventsubscriptions/runner:receive?api-version=2024-06-01&maxWaitTime=10",
+        "",
+        "application/json",
+    );
+    assert_eq!(left.json::<Value>().unwrap(), json!({"value": []}));
+    assert_eq!(consumer.log_count("scripted ran rej-1 "), 1);
+    assert_eq!(consumer.log_count("scripted ran retry-1 "), 2);
+    assert_eq!(consumer.log_count("failed for a token"), 0, "{}", consumer.log_text());
+}
+
+#[test]
+fn a_consumer_killed_mid_event_gets_it_back_after_the_lock_expires_as_delivery_two() {
+    let broker = broker();
+    let consumer = consumer(&broker);
+    // `loop` runs until the handler's 3 s deadline: kill -9 the consumer meanwhile.
+    publish_jobs(&broker, &[("crash-1", "loop")]);
+    wait_for_log(&consumer, "scripted ran crash-1 act=loop attempt=0", Duration::from_secs(30));
+    let consumer = consumer.crash_and_restart();
+    // The namespace still holds the lock (60 s); when it expires, the
+    // restarted consumer receives the event again: deliveryCount 2, attempt 1.
+    wait_for_log(&consumer, "scripted ran crash-1 act=loop attempt=1", Duration::from_secs(90));
+}
+
+#[test]
+fn a_consumer_stopped_with_sigterm_settles_the_event_it_runs_before_it_exits() {
+    let broker = broker();
+    let mut consumer = consumer(&broker);
+    publish_jobs(&broker, &[("stop-1", "loop")]);
+    wait_for_log(&consumer, "scripted ran stop-1 act=loop attempt=0", Duration::from_secs(30));
+    consumer.terminate();
+    let status = consumer.wait_exit(Duration::from_secs(20)).expect("gridfn exits within its drain");
+    assert!(status.success(), "{status:?}");
+    // The handler ran into its 3 s deadline (a retry), and the consumer
+    // released the event before exiting: it is back after the 10 s release
+    // delay, well before its 60 s lock would have expired.
+    let started = Instant::now();
+    let path = "/topics/jobs/eventsubscriptions/runner:receive?api-version=2024-06-01&maxWaitTime=30";
+    let back: Value = call(&broker, path, "", "application/json").json().unwrap();
+    assert_eq!(back["value"][0]["event"]["id"], "stop-1", "{back}");
+    assert_eq!(back["value"][0]["brokerProperties"]["deliveryCount"], 2);
+    assert!(started.elapsed() < Duration::from_secs(25), "released, not expired: {:?}", started.elapsed());
+}
