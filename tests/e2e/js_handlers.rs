@@ -200,6 +200,15 @@ fn the_javascript_moderation_router_keeps_the_moderation_contract() {
     follows_the_moderation_contract("moderation-router-js");
 }
 
+/// The contract test the Rust and Python routers run too.
+#[test]
+fn the_javascript_router_keeps_the_shared_moderation_contract() {
+    let router = component("moderation-router-js");
+    // Compiled alone first (into the shared cache), as `start` does.
+    drop(start(&format!("[[handler]]\nname = \"compile\"\nmodule = {router:?}\n")));
+    crate::moderation::router_keeps_the_contract(&router);
+}
+
 fn scripted_js(name: &str, extra: &str) -> String {
     format!("[[handler]]\nname = \"{name}\"\nmodule = {:?}\ntimeout = \"2s\"\n{extra}\n", component("scripted-js"))
 }
