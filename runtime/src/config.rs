@@ -343,8 +343,8 @@ impl Manifest {
         let server = server(raw_server, &state_dir, &cx, p);
         let dedup = dedup(raw.dedup.unwrap_or_default(), &state_dir, &cx, p);
         let deadletter = deadletter(raw.deadletter.unwrap_or_default(), &state_dir, &cx, p);
-        let namespace = raw.namespace.map(|raw| namespace(raw, &raw_keys, &cx, p)).transpose();
         let names: Vec<String> = raw.handler.iter().map(|h| h.name.clone()).collect();
+        let namespace = raw.namespace.map(|raw| namespace(raw, &raw_keys, &names, &cx, p)).transpose();
         let pull = pulls(raw.pull, &names, &cx, p);
         let handlers = match (raw.handler.is_empty(), &namespace) {
             // A manifest may serve namespace topics and run no handler.
@@ -511,18 +511,25 @@ fn azure_blob(mut table: toml::Table, cx: &Context, p: &mut Problems) -> Result<
 fn namespace(
     raw: crate::namespace::config::RawNamespace,
     server_keys: &[String],
+    handlers: &[String],
     cx: &Context,
     p: &mut Problems,
 ) -> Result<crate::namespace::config::Namespace, Reported> {
-    let mut namespace = match raw.parse(&|key| cx.key(key)) {
+    let mut namespace = match raw.parse(&|key| cx.key(key), &|name| handlers.iter().any(|h| h == name)) {
         Ok(namespace) => namespace,
         Err(problems) => return p.nested("namespace", problems).and(Err(Reported(()))),
     };
+    if let Some(entra) = &mut namespace.entra {
+        entra.jwks_file = entra.jwks_file.take().map(|file| cx.path(file));
+    }
     if namespace.keys.is_empty() {
         namespace.keys = p.list("server.keys", server_keys.iter().cloned(), |key| cx.key(&key))?;
     }
-    if namespace.keys.is_empty() {
-        return p.fail("namespace.keys", "no key: list keys here or in [server] keys (clients must present one)");
+    if namespace.keys.is_empty() && namespace.entra.is_none() {
+        return p.fail(
+            "namespace.keys",
+            "no key: list keys here or in [server] keys, or configure [namespace.entra] (clients must present one)",
+        );
     }
     Ok(namespace)
 }

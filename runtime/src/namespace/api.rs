@@ -15,8 +15,14 @@
 //!   expired.", as Azure answers).
 //!
 //! Authentication: `Authorization: SharedAccessKey KEY` (what
-//! `AzureKeyCredential` sends) or `aeg-sas-key: KEY`. Entra ID bearer
-//! tokens are not accepted yet (401).
+//! `AzureKeyCredential` sends) or `aeg-sas-key: KEY`; with
+//! `[namespace.entra]`, also `Authorization: Bearer <JWT>` (what a
+//! `TokenCredential` sends, for the scope `https://eventgrid.azure.net/.default`),
+//! checked by [`crate::entra`]. A token that fails a check is a 401 whose
+//! message says which check; keys that cannot be loaded are a 500.
+//!
+//! A push subscription (`delivery = "push"`) is gridfn's own to deliver:
+//! receiving from it or settling its tokens is a 400.
 //!
 //! Errors carry `{"error": {"code", "message"}}` and the code again in the
 //! `broker-errorcode` and `x-ms-error-code` headers: 400 `BadRequest` (a
@@ -152,16 +158,18 @@ async fn call(
         }
         None => return Err(ApiError::bad_request("the api-version query parameter is required")),
     }
-    authenticate(&broker, &headers)?;
+    authenticate(&broker, &headers).await?;
     let call = Call::parse(&path).ok_or_else(|| ApiError::not_found(format!("no such operation: /topics/{path}")))?;
     let topic_name = match &call {
         Call::Publish { topic } | Call::Receive { topic, .. } | Call::Settle { topic, .. } => *topic,
     };
     let topic = broker.topic(topic_name).ok_or_else(|| ApiError::not_found(format!("topic {topic_name} not found")))?;
-    let subscription = |name: &str| {
-        topic
-            .subscription(name)
-            .ok_or_else(|| ApiError::not_found(format!("event subscription {name} not found in topic {}", topic.name)))
+    let subscription = |name: &str| match topic.subscription(name) {
+        None => Err(ApiError::not_found(format!("event subscription {name} not found in topic {}", topic.name))),
+        Some(subscription) if subscription.pushes() => Err(ApiError::bad_request(format!(
+            "event subscription {name} delivers by push; only a queue subscription can be received from and settled"
+        ))),
+        Some(subscription) => Ok(subscription),
     };
     match call {
         Call::Publish { .. } => {
@@ -209,22 +217,43 @@ async fn call(
     }
 }
 
-/// `Authorization: SharedAccessKey KEY` or `aeg-sas-key: KEY`.
-fn authenticate(broker: &Broker, headers: &HeaderMap) -> Result<(), ApiError> {
+/// `Authorization: SharedAccessKey KEY`, `aeg-sas-key: KEY`, or (with
+/// `[namespace.entra]`) `Authorization: Bearer <JWT>`.
+async fn authenticate(broker: &Broker, headers: &HeaderMap) -> Result<(), ApiError> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let unauthorized =
+        |message: &str| ApiError { status: StatusCode::UNAUTHORIZED, code: "Unauthorized", message: message.into() };
+    let bearer = authorization.filter(|v| v.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer ")));
+    if bearer.is_some() {
+        let Some(entra) = broker.entra() else {
+            return Err(unauthorized("bearer tokens are not accepted: the namespace has no [namespace.entra]"));
+        };
+        return match entra.validate(bearer).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_server_side() => {
+                tracing::error!("namespace: cannot check bearer tokens: {e}");
+                Err(ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "InternalServerError",
+                    message: "gridfn cannot check bearer tokens now (its Entra signing keys are unavailable)".into(),
+                })
+            }
+            Err(e) => Err(unauthorized(&e.to_string())),
+        };
+    }
     let presented = match authorization {
         Some(value) => value.strip_prefix("SharedAccessKey ").map(str::trim),
         None => headers.get("aeg-sas-key").and_then(|v| v.to_str().ok()),
     };
-    let unauthorized =
-        |message: &str| ApiError { status: StatusCode::UNAUTHORIZED, code: "Unauthorized", message: message.into() };
+    let accepted = match broker.entra() {
+        Some(_) => "Authorization: SharedAccessKey <key>, aeg-sas-key, or Authorization: Bearer <token>",
+        None => "Authorization: SharedAccessKey <key> (or aeg-sas-key)",
+    };
     match presented {
         Some(key) if broker.authorized(key.as_bytes()) => Ok(()),
         Some(_) => Err(unauthorized("the key is not one of the namespace's keys")),
-        None if authorization.is_some() => {
-            Err(unauthorized("only Authorization: SharedAccessKey <key> (or aeg-sas-key) is accepted"))
-        }
-        None => Err(unauthorized("a key is required: Authorization: SharedAccessKey <key>, or aeg-sas-key")),
+        None if authorization.is_some() => Err(unauthorized(&format!("only {accepted} is accepted"))),
+        None => Err(unauthorized(&format!("a credential is required: {accepted}"))),
     }
 }
 
