@@ -198,17 +198,25 @@ fn errors_and_edge_cases_are_answered_as_azure_answers_them() {
         (format!("/topics/{TOPIC}:publish"), event, (400, "BadRequest")),
         (format!("/topics/{TOPIC}:publish?api-version=2018-01-01"), event, (400, "BadRequest")),
         (format!("/topics/{TOPIC}:publish?{v}"), r#"{"id":"x","type":"t","specversion":"1.0"}"#, (400, "BadRequest")),
-        (format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxWaitTime=5"), "", (400, "BadRequest")),
+        (
+            format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxWaitTime=5"),
+            "",
+            (400, "ArgumentInvalid"),
+        ),
         (
             format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxWaitTime=121"),
             "",
-            (400, "BadRequest"),
+            (400, "ArgumentInvalid"),
         ),
-        (format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxEvents=101"), "", (400, "BadRequest")),
+        (
+            format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:receive?{v}&maxEvents=101"),
+            "",
+            (400, "ArgumentInvalid"),
+        ),
         (
             format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:release?{v}&releaseDelayInSeconds=30"),
             r#"{"lockTokens":["x"]}"#,
-            (400, "BadRequest"),
+            (400, "ArgumentInvalid"),
         ),
         (
             format!("/topics/{TOPIC}/eventsubscriptions/sub-flagged:acknowledge?{v}"),

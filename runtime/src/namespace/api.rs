@@ -24,13 +24,18 @@
 //! A push subscription (`delivery = "push"`) is gridfn's own to deliver:
 //! receiving from it or settling its tokens is a 400.
 //!
-//! Errors carry `{"error": {"code", "message"}}` and the code again in the
-//! `broker-errorcode` and `x-ms-error-code` headers: 400 `BadRequest` (a
-//! missing or unknown `api-version`, an out-of-range `maxEvents`,
-//! `maxWaitTime` or `releaseDelayInSeconds`, a body that is not CloudEvents
-//! or lock tokens), 401 `Unauthorized`, 404 `NotFound` (unknown topic or
+//! Errors carry `{"error": {"code", "message"}}` (the spec's
+//! `Azure.Core.Foundations.ErrorResponse`) and the code again in the
+//! `broker-errorcode` and `x-ms-error-code` headers: 400 `ArgumentInvalid`
+//! (an out-of-range `maxEvents`, `maxWaitTime` or `releaseDelayInSeconds`:
+//! the service answers "(ArgumentInvalid) Invalid maxWaitTime parameter",
+//! azure-sdk-for-python#30570), 400 `BadRequest` (a missing or unknown
+//! `api-version`, a body that is not CloudEvents or lock tokens, a push
+//! subscription), 401 `Unauthorized`, 404 `NotFound` (unknown topic or
 //! subscription), 413 `PayloadTooLarge` (over Azure's 1 MB per publish),
 //! 500 `InternalServerError` (the store failed; nothing was acknowledged).
+//! What was checked against what, and what is not known, is in the README's
+//! "Namespace topics served by gridfn" section.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -113,6 +118,15 @@ struct ApiError {
 impl ApiError {
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, code: "BadRequest", message: message.into() }
+    }
+
+    /// A query parameter out of its range, as the service words it.
+    fn argument_invalid(name: &str, why: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "ArgumentInvalid",
+            message: format!("Invalid {name} parameter: {why}"),
+        }
     }
 
     fn not_found(message: impl Into<String>) -> ApiError {
@@ -267,11 +281,10 @@ fn bounded(
     let Some(text) = query.get(name) else { return Ok(default) };
     match text.parse::<u64>() {
         Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(ApiError::bad_request(format!(
-            "{name}={text} is out of range: must be between {} and {}",
-            range.start(),
-            range.end()
-        ))),
+        _ => Err(ApiError::argument_invalid(
+            name,
+            format!("{text} is out of range: must be between {} and {}", range.start(), range.end()),
+        )),
     }
 }
 
@@ -279,7 +292,10 @@ fn release_delay(query: &HashMap<String, String>) -> Result<Duration, ApiError> 
     let Some(text) = query.get("releaseDelayInSeconds") else { return Ok(Duration::ZERO) };
     match text.parse::<u64>() {
         Ok(seconds) if RELEASE_DELAYS.contains(&seconds) => Ok(Duration::from_secs(seconds)),
-        _ => Err(ApiError::bad_request(format!("releaseDelayInSeconds={text}: must be one of 0, 10, 60, 600, 3600"))),
+        _ => Err(ApiError::argument_invalid(
+            "releaseDelayInSeconds",
+            format!("{text}: must be one of 0, 10, 60, 600, 3600"),
+        )),
     }
 }
 
@@ -346,7 +362,8 @@ mod tests {
         assert_eq!(bounded(&query("maxWaitTime", "10"), "maxWaitTime", 60, 10..=120).unwrap(), 10);
         for bad in ["9", "121", "-1", "ten"] {
             let error = bounded(&query("maxWaitTime", bad), "maxWaitTime", 60, 10..=120).unwrap_err();
-            assert_eq!((error.status, error.code), (StatusCode::BAD_REQUEST, "BadRequest"), "{bad}");
+            assert_eq!((error.status, error.code), (StatusCode::BAD_REQUEST, "ArgumentInvalid"), "{bad}");
+            assert!(error.message.starts_with("Invalid maxWaitTime parameter"), "{}", error.message);
         }
         assert_eq!(release_delay(&query("releaseDelayInSeconds", "600")).unwrap(), Duration::from_secs(600));
         assert!(release_delay(&query("releaseDelayInSeconds", "30")).is_err());
