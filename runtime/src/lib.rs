@@ -11,7 +11,8 @@
 //! - push: Event Grid POSTs a delivery; [`push`] authenticates it, answers a
 //!   handshake or decodes it, dispatches, and answers 200 or 503;
 //! - pull: [`pull`] receives events from Event Grid namespace
-//!   subscriptions, dispatches each, and acknowledges, releases or rejects
+//!   subscriptions (`[[pull]]`, and the push subscriptions of the namespace
+//!   gridfn serves), dispatches each, and acknowledges, releases or rejects
 //!   it by its lock token;
 //! - local topic: a handler's published events are dispatched by the
 //!   pipeline itself (`Pipeline::local_topic`), one hop deeper, and the
