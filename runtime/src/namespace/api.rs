@@ -59,7 +59,7 @@ const API_VERSIONS: [&str; 3] = ["2024-06-01", "2023-10-01-preview", "2023-06-01
 const MAX_PUBLISH: usize = 1024 * 1024;
 
 /// Releases may only be delayed by these many seconds.
-const RELEASE_DELAYS: [u64; 5] = [0, 10, 60, 600, 3600];
+pub const RELEASE_DELAYS: [u64; 5] = [0, 10, 60, 600, 3600];
 
 /// The namespace routes over a started broker.
 pub fn routes(broker: Arc<Broker>) -> Router {

@@ -96,17 +96,13 @@ pub struct ClientCredentials {
 /// Entra's public-cloud authority, the default `authority_host`.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 
-/// The delays `:release` allows, in seconds.
-pub const RELEASE_DELAYS: [u64; 5] = [0, 10, 60, 600, 3600];
-
 /// `release_schedule` when the manifest gives none.
 const DEFAULT_RELEASE_SCHEDULE: [u64; 4] = [10, 60, 600, 3600];
 
 /// The allowed release delay nearest `after` (the shorter one on a tie).
 pub fn nearest_release_delay(after: Duration) -> Duration {
     let wanted = after.as_secs_f64();
-    let nearest = RELEASE_DELAYS
-        .into_iter()
+    let nearest = (crate::namespace::api::RELEASE_DELAYS.into_iter())
         .min_by(|a, b| (*a as f64 - wanted).abs().total_cmp(&(*b as f64 - wanted).abs()))
         .expect("not empty");
     Duration::from_secs(nearest)
