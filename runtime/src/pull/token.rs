@@ -106,3 +106,74 @@ impl TokenSource {
         Ok((granted.access_token, Duration::from_secs(granted.expires_in)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// An authority on loopback that grants tokens `t1`, `t2`, … living
+    /// `lifetime` seconds to client `good`, and refuses any other client.
+    async fn authority(lifetime: u64) -> (ClientCredentials, Arc<AtomicUsize>) {
+        let granted = Arc::new(AtomicUsize::new(0));
+        let count = granted.clone();
+        let app = axum::Router::new().route(
+            "/tenant-1/oauth2/v2.0/token",
+            axum::routing::post(move |body: String| {
+                let count = count.clone();
+                async move {
+                    if !body.contains("client_id=good") || !body.contains("grant_type=client_credentials") {
+                        let refusal =
+                            r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret."}"#;
+                        return (axum::http::StatusCode::UNAUTHORIZED, refusal.to_owned());
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    (axum::http::StatusCode::OK, format!(r#"{{"access_token":"t{n}","expires_in":{lifetime}}}"#))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let credentials = ClientCredentials {
+            tenant_id: "tenant-1".into(),
+            client_id: "good".into(),
+            client_secret: "s".into(),
+            authority_host: url.parse().unwrap(),
+        };
+        (credentials, granted)
+    }
+
+    #[tokio::test]
+    async fn a_token_is_reused_until_near_expiry_and_fetched_again_when_forgotten() {
+        let (credentials, granted) = authority(3600).await;
+        let tokens = TokenSource::new(&credentials);
+        assert_eq!(tokens.token().await.unwrap(), "t1");
+        assert_eq!(tokens.token().await.unwrap(), "t1");
+        assert_eq!(granted.load(Ordering::SeqCst), 1, "cached");
+        tokens.forget().await;
+        assert_eq!(tokens.token().await.unwrap(), "t2", "a refused token is not used again");
+    }
+
+    #[tokio::test]
+    async fn a_short_lived_token_is_reused_for_half_its_life() {
+        let (credentials, _) = authority(2).await;
+        let tokens = TokenSource::new(&credentials);
+        assert_eq!(tokens.token().await.unwrap(), "t1");
+        assert_eq!(tokens.token().await.unwrap(), "t1");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(tokens.token().await.unwrap(), "t2");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_authoritys_error_and_never_the_secret() {
+        let (mut credentials, _) = authority(3600).await;
+        credentials.client_id = "bad".into();
+        credentials.client_secret = "very-secret".into();
+        let error = TokenSource::new(&credentials).token().await.unwrap_err().to_string();
+        assert!(error.contains("invalid_client") && error.contains("AADSTS7000215"), "{error}");
+        assert!(!error.contains("very-secret"), "{error}");
+    }
+}
