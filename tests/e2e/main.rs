@@ -13,6 +13,7 @@ mod embeddings;
 mod foundation;
 mod js_handlers;
 mod moderation;
+mod multihost;
 mod namespaces;
 mod observability;
 mod protocol;

@@ -209,6 +209,13 @@ impl Gridfn {
         Gridfn { child, base: format!("http://{addr}"), dir, config, log, client, _share: share }
     }
 
+    /// Kills it with SIGKILL (`kill -9`: no drain, no release of anything)
+    /// and reaps it; its log so far stays readable.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// The address it listens on, for raw sockets.
     pub fn addr(&self) -> &str {
         self.base.trim_start_matches("http://")
@@ -395,6 +402,23 @@ pub fn redis_server() -> Service {
         .expect("redis-server is not installed: run scripts/test, or apt-get install redis-server");
     wait_for_port(port, "redis-server");
     Service { child, url: format!("redis://127.0.0.1:{port}") }
+}
+
+/// A real haproxy (Debian's `haproxy` package; `scripts/test` installs it)
+/// running the configuration at `config` in the foreground, once it listens
+/// on `port` (which the configuration binds).
+pub fn haproxy(config: &Path, port: u16) -> Service {
+    // Debian installs it in /usr/sbin, which not every PATH holds.
+    let bin = if Path::new("/usr/sbin/haproxy").exists() { "/usr/sbin/haproxy" } else { "haproxy" };
+    let child = Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(config)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("haproxy is not installed: run scripts/test, or apt-get install haproxy");
+    wait_for_port(port, "haproxy");
+    Service { child, url: format!("http://127.0.0.1:{port}") }
 }
 
 /// Azurite's blob service (npm `azurite`; `scripts/test` installs it and sets
