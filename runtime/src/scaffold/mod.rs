@@ -193,7 +193,8 @@ pub fn command(options: Options) -> anyhow::Result<()> {
     let project = Project { name, lang: options.lang, dir, sdk };
     create(&project)?;
 
-    let manifest_exists = Path::new("gridfn.toml").exists();
+    // Empty counts as none: `gridfn new NAME > gridfn.toml` makes it first.
+    let manifest_exists = std::fs::metadata("gridfn.toml").is_ok_and(|file| file.len() > 0);
     eprintln!(
         "created {}: a gridfn handler in {} (its README.md says what is where)",
         project.dir.display(),
