@@ -5,13 +5,12 @@
 //! runs; a failing build stops `gridfn up` naming the handler; `gridfn new`
 //! refuses what it must not do.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{KEY, repo};
+use crate::support::{KEY, follow_log, repo};
 
 /// The line each template's handler logs for its sample event.
 const SAMPLE_LINE: &str = "order o-1001 received, amount 42.50 (Contoso.Orders.OrderPlaced e-1001)";
@@ -69,26 +68,13 @@ impl Up {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting gridfn up");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn({
-            let log = log.clone();
-            move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let _ = ready_tx.send(Some(rest.split_whitespace().next().unwrap_or_default().to_owned()));
-                    }
-                    log.lock().unwrap().push(line);
-                }
-                let _ = ready_tx.send(None);
-            }
-        });
-        let addr = ready_rx.recv_timeout(limit).ok().flatten();
+        let (log, ready) = follow_log(child.stderr.take().unwrap());
+        // The sender is dropped once the log has ended, every line in.
+        let addr = ready.recv_timeout(limit);
         let up = Up { child, log };
         match addr {
-            Some(addr) => Ok((up, addr)),
-            None => {
+            Ok(addr) => Ok((up, addr)),
+            Err(_) => {
                 let log = up.text();
                 Err((up, log))
             }
