@@ -55,6 +55,7 @@
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`replay`]: `gridfn replay`: dead-lettered events read back ([`replay::read`]) and run again.
 //! - [`send`]: `gridfn send`: Event Grid's side of a webhook subscription (handshake, batching, retries, dead-letters, load), on a laptop.
+//! - [`scaffold`]: `gridfn new` (a handler project from `runtime/templates/`) and `gridfn up`'s builds.
 //! - [`namespace`]: Event Grid namespace topics served by gridfn: publish, pull, settle by lock token.
 //! - [`pull`]: the pull source: events received from namespace subscriptions, settled by the verdict.
 
@@ -81,6 +82,7 @@ pub mod push;
 pub mod registry;
 pub mod replay;
 pub mod sandbox;
+pub mod scaffold;
 pub mod send;
 pub mod server;
 pub mod trace;

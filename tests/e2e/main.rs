@@ -22,5 +22,6 @@ mod replay;
 mod replay_data;
 mod routing;
 mod sandbox;
+mod scaffold;
 mod send;
 mod serving;

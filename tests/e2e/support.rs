@@ -183,21 +183,7 @@ impl Gridfn {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting gridfn");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn({
-            let log = log.clone();
-            move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
-                        let _ = ready_tx.send(addr);
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            }
-        });
+        let (log, ready_rx) = follow_log(child.stderr.take().unwrap());
         let addr = match ready_rx.recv_timeout(Duration::from_secs(120)) {
             Ok(addr) => addr,
             Err(_) => {
@@ -304,6 +290,26 @@ impl Gridfn {
         self.settle();
         self.log.lock().unwrap().clone()
     }
+}
+
+/// Collects a gridfn's log lines as they come; the receiver gets the address
+/// it listens on once it says so, and disconnects when the log ends first.
+pub fn follow_log(stderr: std::process::ChildStderr) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<String>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn({
+        let log = log.clone();
+        move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = ready_tx.send(addr);
+                }
+                log.lock().unwrap().push(line);
+            }
+        }
+    });
+    (log, ready_rx)
 }
 
 impl Drop for Gridfn {
