@@ -285,7 +285,7 @@ pub fn default_ledger(state_dir: &Path, source_id: &str) -> PathBuf {
 /// The embedded dedup store belongs to one process: when a running gridfn
 /// holds it, replay through that gridfn instead, and say how.
 fn refuse_if_a_host_runs(manifest: &Manifest) -> anyhow::Result<()> {
-    let DedupStore::Embedded { path } = &manifest.dedup.store else { return Ok(()) };
+    let DedupStore::Embedded { path, .. } = &manifest.dedup.store else { return Ok(()) };
     match fjall::Database::builder(path).open() {
         Err(fjall::Error::Locked) => {}
         _ => return Ok(()),
