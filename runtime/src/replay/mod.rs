@@ -142,7 +142,9 @@ pub struct Options {
 pub fn command(options: Options) -> anyhow::Result<bool> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2 * cores).enable_all().build()?;
-    runtime.block_on(replay(options))
+    // On a worker, not the thread that blocks on it: the loop that reads and
+    // plans then wakes as cheaply as the tasks it feeds.
+    runtime.block_on(async { tokio::spawn(replay(options)).await? })
 }
 
 async fn replay(options: Options) -> anyhow::Result<bool> {
