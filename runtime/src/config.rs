@@ -137,12 +137,30 @@ pub enum DedupStore {
     /// 1,000,000) bounds it, forgetting the oldest records first.
     Memory { max_records: usize },
     /// `"embedded"` (the default): on disk at `path` (default
-    /// `<state_dir>/dedup`), crash-safe, survives restarts.
-    Embedded { path: PathBuf },
+    /// `<state_dir>/dedup`), crash-safe, survives restarts; `sync` says when
+    /// a commit is durable.
+    Embedded { path: PathBuf, sync: DedupSync },
     /// `"redis"`: shared by several hosts through `url` (literal or
     /// `env:NAME`), with in-flight leases so two hosts never run one event at
     /// once; keys start with `key_prefix` (default `gridfn:dedup:`).
     Redis { url: String, key_prefix: String },
+}
+
+/// `dedup.sync` (embedded store): when a delivery's done records are on
+/// disk, as Redis' `appendfsync` says it for its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupSync {
+    /// `"always"` (the default): synced (`fdatasync`) before the 2xx goes
+    /// out; concurrent deliveries share one sync (group commit). Nothing
+    /// done is ever lost, even to a power cut.
+    #[default]
+    Always,
+    /// `"interval"`: written to the operating system before the 2xx, synced
+    /// once a second. A killed gridfn loses nothing; a power cut or kernel
+    /// crash can lose the last second's records, and Event Grid's
+    /// redeliveries of those events then run again.
+    Interval,
 }
 
 /// A handler's name: 1 to 64 lowercase ASCII letters, digits, `-` and `_`,
@@ -485,7 +503,10 @@ fn dedup(raw: RawDedup, state_dir: &Path, cx: &Context, p: &mut Problems) -> Res
         }
         "embedded" => {
             let embedded: RawEmbeddedDedup = settings("dedup", raw.settings, p)?;
-            DedupStore::Embedded { path: embedded.path.map_or_else(|| state_dir.join("dedup"), |dir| cx.path(dir)) }
+            DedupStore::Embedded {
+                path: embedded.path.map_or_else(|| state_dir.join("dedup"), |dir| cx.path(dir)),
+                sync: embedded.sync.unwrap_or_default(),
+            }
         }
         "redis" => {
             let redis: RawRedisDedup = settings("dedup", raw.settings, p)?;
@@ -946,6 +967,7 @@ struct RawMemoryDedup {
 #[serde(deny_unknown_fields)]
 struct RawEmbeddedDedup {
     path: Option<PathBuf>,
+    sync: Option<DedupSync>,
 }
 
 #[derive(Deserialize)]
@@ -1164,6 +1186,14 @@ mod tests {
                 "dedup.ttl: must be more than zero",
             ),
             (
+                "[server]\nallow_anonymous=true\n[dedup]\nsync=\"sometimes\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "unknown variant `sometimes`, expected `always` or `interval`",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[dedup]\nstore=\"memory\"\nsync=\"interval\"\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\n",
+                "dedup: unknown field `sync`",
+            ),
+            (
                 &format!(
                     "[server]\nallow_anonymous=true\n[[handler]]\nname=\"{}\"\nmodule=\"h.wasm\"\n",
                     "a".repeat(65)
@@ -1260,13 +1290,14 @@ mod tests {
         let state = std::env::current_dir().unwrap().join("app/.gridfn");
         assert_eq!(m.server.state_dir, state);
         assert_eq!(m.server.cache_dir, state.join("cache"));
-        assert_eq!(m.dedup.store, DedupStore::Embedded { path: state.join("dedup") });
+        assert_eq!(m.dedup.store, DedupStore::Embedded { path: state.join("dedup"), sync: DedupSync::Always });
         assert!(matches!(&m.deadletter, DeadLetter::Dir { path } if *path == state.join("deadletter")));
         assert_eq!(m.handlers[0].module, module.path());
 
-        let text = format!("{text}[dedup]\npath=\"records\"\n[deadletter]\npath=\"/var/dl\"\n");
+        let text = format!("{text}[dedup]\npath=\"records\"\nsync=\"interval\"\n[deadletter]\npath=\"/var/dl\"\n");
         let m = Manifest::parse(&text, Path::new("app"), &|_| None).unwrap();
-        assert_eq!(m.dedup.store, DedupStore::Embedded { path: std::env::current_dir().unwrap().join("app/records") });
+        let records = std::env::current_dir().unwrap().join("app/records");
+        assert_eq!(m.dedup.store, DedupStore::Embedded { path: records, sync: DedupSync::Interval });
         assert!(matches!(&m.deadletter, DeadLetter::Dir { path } if *path == Path::new("/var/dl")));
     }
 

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 
-SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse",
+SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-interval", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse",
            "native", "wasmtime-serve", "python"]
 RUN_KEYS = ["system", "batch", "events_per_s", "requests_per_s", "p50_ms", "p99_ms", "cpu_s_per_1k", "rss_mb", "errors"]
 
@@ -53,6 +53,8 @@ def summarize(raw):
         for k in ("p50_ms", "p99_ms", "rss_mb"):
             out[k] = r(out[k], 3)
         out["cpu_s_per_1k"] = r(out["cpu_s_per_1k"], 5)
+        if run.get("dedup"):
+            out["dedup"] = {k: r(v, 2) for k, v in run["dedup"].items()}
         runs.append(out)
         hist = run.get("detail", {}).get("handler_histogram")
         if hist and hist["count"]:
@@ -154,6 +156,21 @@ def markdown(summary):
     if p:
         lines.append(f"- Batch 1 at {fmt(p['requests_per_s'])} req/s ({(p['fraction_of_max'] or 0):.0%} of max; "
                      f"{p['connections']} connections, 1 ms think time): p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, errors {p['errors']}.")
+    disk = m.get("disk_fdatasyncs_per_s")
+    lines.append(f"- Durability: this disk sustains {fmt(disk)} append + `fdatasync` rounds/s from one writer (the ceiling "
+                 "on syncs/s; `dedup.sync = \"always\"` answers a delivery only after its sync, so group commit must share "
+                 "each sync among concurrent deliveries). Commits (deliveries with done events) per `fdatasync`, whole run of "
+                 "each server (warm-up included):")
+    for x in summary["runs"]:
+        d = x.get("dedup")
+        if d and d.get("fdatasyncs"):
+            lines.append(f"  - {x['system']}/batch{x['batch']}: {fmt(d['commits'])} commits, {fmt(d['fdatasyncs'])} fdatasyncs: "
+                         f"{fmt(d['commits_per_fdatasync'], 1)} commits per sync")
+    for batch in cfg["batches"]:
+        a, i = get(summary, "gridfn", batch), get(summary, "gridfn-interval", batch)
+        if a and i:
+            lines.append(f"- Batch {batch}: `sync = \"interval\"` / `\"always\"` {ratio(i['events_per_s'], a['events_per_s'])} events/s, "
+                         f"p99 {fmt(i['p99_ms'], 2)} vs {fmt(a['p99_ms'], 2)} ms.")
     for key, what in (("startup_ms", "Rust handler"), ("startup_ms_py", "Python handler")):
         s = g.get(key) or {}
         if s:

@@ -113,7 +113,7 @@ pub async fn open(config: &crate::config::DedupStore) -> anyhow::Result<Arc<dyn 
     use crate::config::DedupStore as Config;
     Ok(match config {
         Config::Memory { max_records } => Arc::new(memory::MemoryStore::new(*max_records)),
-        Config::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
+        Config::Embedded { path, sync } => Arc::new(embedded::EmbeddedStore::open_with(path, *sync)?),
         Config::Redis { url, key_prefix } => Arc::new(redis::RedisStore::connect(url, key_prefix).await?),
     })
 }

@@ -142,7 +142,9 @@ pub struct Options {
 pub fn command(options: Options) -> anyhow::Result<bool> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2 * cores).enable_all().build()?;
-    runtime.block_on(replay(options))
+    // On a worker, not the thread that blocks on it: the loop that reads and
+    // plans then wakes as cheaply as the tasks it feeds.
+    runtime.block_on(async { tokio::spawn(replay(options)).await? })
 }
 
 async fn replay(options: Options) -> anyhow::Result<bool> {
@@ -285,7 +287,7 @@ pub fn default_ledger(state_dir: &Path, source_id: &str) -> PathBuf {
 /// The embedded dedup store belongs to one process: when a running gridfn
 /// holds it, replay through that gridfn instead, and say how.
 fn refuse_if_a_host_runs(manifest: &Manifest) -> anyhow::Result<()> {
-    let DedupStore::Embedded { path } = &manifest.dedup.store else { return Ok(()) };
+    let DedupStore::Embedded { path, .. } = &manifest.dedup.store else { return Ok(()) };
     match fjall::Database::builder(path).open() {
         Err(fjall::Error::Locked) => {}
         _ => return Ok(()),

@@ -164,6 +164,9 @@ pub struct Summary {
     pub starting_seconds: f64,
     /// Events replayed per second, reading included, starting the handlers not.
     pub rate: f64,
+    /// What the embedded dedup store did during the run (in-process
+    /// replays): commits (one per batch), group writes and `fdatasync`s.
+    pub dedup: crate::dedup::embedded::Stats,
 }
 
 impl Summary {
@@ -190,6 +193,7 @@ impl Summary {
             reading_seconds: ran.reading_seconds,
             starting_seconds: ran.starting_seconds,
             rate: 0.0,
+            dedup: ran.dedup,
         };
         for (index, item) in plan.items.iter().enumerate() {
             let record = &plan.records[item.record];

@@ -1,9 +1,9 @@
 //! Running a replay: the source's blobs read ahead on a task of their own
 //! ([`Source::read_ahead`]) while the batches of earlier ones are sent; each
 //! blob planned as it arrives, its records to replay grouped into batches,
-//! sent with at most `--concurrency` batches in flight and at most `--rate`
-//! events a second; every finished batch written to the ledger; and the blobs
-//! whose records are all done archived (or deleted) at the end.
+//! sent by `--concurrency` slot tasks at most `--rate` events a second; every
+//! finished batch written to the ledger by its slot; and the blobs whose
+//! records are all done archived (or deleted) at the end.
 //!
 //! What makes a cut-off replay safe to run again: a pair's success is
 //! recorded by dedup before its batch returns, and by the ledger right after;
@@ -13,13 +13,15 @@
 //! `--concurrency` batches to be sent again.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::ledger::{Entry, Ledger, is_done};
+use super::ledger::{Entry, Ledger, LedgerAppender, Pair, is_done};
 use super::plan::{Action, Choice, Plan};
 use super::read::Source;
 use super::report::Progress;
@@ -87,11 +89,31 @@ pub struct Ran {
     /// Of `seconds`, the time spent starting the handlers (compiling or
     /// loading them, opening the dedup store), during which nothing is sent.
     pub starting_seconds: f64,
+    /// The embedded dedup store's commits, writes and syncs while sending.
+    pub dedup: crate::dedup::embedded::Stats,
+}
+
+/// A batch on its way, with what the ledger records for each of its events.
+struct Job {
+    batch: Batch,
+    /// Per event: the ledger's key, and the replays run before this one.
+    pairs: Vec<(Pair, u32)>,
+}
+
+/// A batch sent and recorded in the ledger.
+struct Finished {
+    items: Vec<usize>,
+    sent: Sent,
 }
 
 /// Lists the source's blobs, plans and sends each as it is read, records
 /// every finished batch in the ledger, then archives the blobs that are done.
 /// Returns the plan (everything read, and what became of it) and the run.
+///
+/// Sending runs on `--concurrency` slot tasks, each taking the next batch,
+/// sending it, and writing its outcomes to the ledger before taking another:
+/// a slot never waits for this loop (which reads and plans), so a finished
+/// batch's slot is busy again at once.
 #[allow(clippy::too_many_arguments)]
 pub async fn execute(
     source: Arc<Source>,
@@ -111,13 +133,20 @@ pub async fn execute(
     // flight); the next run resumes from the ledger.
     let mut read_error = None;
     let mut batcher = Batcher::new(pace);
-    let mut ready: VecDeque<Batch> = VecDeque::new();
+    let mut ready: VecDeque<Job> = VecDeque::new();
     let mut target = Some(target);
-    let mut running: Option<Arc<Target>> = None;
     let slots = pace.concurrency.max(1);
     let mut sent_events = 0usize;
-    let mut in_flight: JoinSet<(Vec<usize>, Sent)> = JoinSet::new();
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    // Slots take jobs from here; `None` before they start and once closed.
+    let mut jobs: Option<mpsc::Sender<Job>> = None;
+    let (finished_tx, mut finished) = mpsc::unbounded_channel::<anyhow::Result<Finished>>();
+    let mut finished_tx = Some(finished_tx);
+    // Set on Ctrl-C, a read error or a failed ledger write: slots send nothing more.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut slot_tasks = JoinSet::new();
+    let (mut slots_started, mut slots_done) = (false, false);
+    let mut failed = None;
 
     // A batch keeps its slot until the ledger has it, so at most
     // `--concurrency` batches are ever sent and not yet recorded: all that a
@@ -125,43 +154,51 @@ pub async fn execute(
     // again if dedup had not recorded them). Writing is one `write`; the
     // appender syncs to disk on a thread of its own.
     let mut ledger = ledger;
-    let mut appender = ledger.appender()?;
+    let appender = Arc::new(Mutex::new(ledger.appender()?));
     loop {
-        let stopping = ran.interrupted || read_error.is_some();
-        // Start batches while there is room and the rate allows.
-        while !stopping && in_flight.len() < slots && !ready.is_empty() {
-            let target = match &running {
-                Some(target) => target.clone(),
-                None => {
-                    let starting = Instant::now();
-                    let target = match target.take().expect("started once") {
-                        Starter::Ready(target) => target,
-                        Starter::Later(start) => start.await?,
-                    };
-                    ran.starting_seconds += starting.elapsed().as_secs_f64();
-                    running.insert(Arc::new(target)).clone()
-                }
-            };
-            if let Some(rate) = pace.rate {
-                let due = started + Duration::from_secs_f64(ran.starting_seconds + sent_events as f64 / rate);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due.into()) => {}
-                    _ = &mut interrupt => { ran.interrupted = true; break; }
-                }
-            }
-            let batch = ready.pop_front().expect("checked above");
-            sent_events += batch.events.len();
-            in_flight.spawn(async move {
-                let items = batch.items.clone();
-                (items, target.send(batch).await)
-            });
+        let stopping = ran.interrupted || read_error.is_some() || failed.is_some();
+        if stopping {
+            stop.store(true, Ordering::Relaxed);
+            jobs = None;
         }
-        let stopping = ran.interrupted || read_error.is_some();
-        if in_flight.is_empty() && (stopping || (!reading && ready.is_empty())) {
-            break;
+        // The target starts with the first batch to send, and the slots with it.
+        if !stopping && !slots_started && !ready.is_empty() {
+            let starting = Instant::now();
+            let running = Arc::new(match target.take().expect("started once") {
+                Starter::Ready(target) => target,
+                Starter::Later(start) => start.await?,
+            });
+            ran.starting_seconds += starting.elapsed().as_secs_f64();
+            let (sender, receiver) = mpsc::channel::<Job>(slots);
+            let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+            let finished_tx = finished_tx.take().expect("slots start once");
+            for _ in 0..slots {
+                let (receiver, appender) = (receiver.clone(), appender.clone());
+                slot_tasks.spawn(slot(receiver, running.clone(), appender, finished_tx.clone(), stop.clone()));
+            }
+            jobs = Some(sender);
+            slots_started = true;
+        }
+        if !reading && ready.is_empty() {
+            // Closing the queue: the slots send what is in it, then end.
+            jobs = None;
         }
         let read_more = reading && !stopping && ready.len() < slots * READY_PER_SLOT;
+        let can_send = jobs.is_some() && !ready.is_empty();
+        let slots_running = slots_started && !slots_done;
+        if !read_more && !can_send && !slots_running {
+            break;
+        }
+        let due =
+            pace.rate.map(|rate| started + Duration::from_secs_f64(ran.starting_seconds + sent_events as f64 / rate));
         tokio::select! {
+            permit = reserve(jobs.as_ref(), due), if can_send => {
+                if let Some(permit) = permit {
+                    let job = ready.pop_front().expect("checked above");
+                    sent_events += job.batch.events.len();
+                    permit.send(job);
+                }
+            }
             blob = blobs_in.recv(), if read_more => match blob {
                 Some((name, Ok(records))) => {
                     let added = plan.add_blob(&name, records, choice, &ledger);
@@ -169,7 +206,7 @@ pub async fn execute(
                     for index in added {
                         if matches!(plan.items[index].action, Action::Replay) {
                             replays += 1;
-                            ready.extend(batcher.add(&plan, index));
+                            ready.extend(batcher.add(&plan, index).into_iter().map(|batch| job(&plan, batch)));
                         }
                     }
                     progress.grow(replays);
@@ -181,37 +218,22 @@ pub async fn execute(
                 None => {
                     reading = false;
                     ran.reading_seconds = started.elapsed().as_secs_f64();
-                    ready.extend(batcher.flush());
+                    ready.extend(batcher.flush().into_iter().map(|batch| job(&plan, batch)));
                 }
             },
-            first = in_flight.join_next(), if !in_flight.is_empty() => {
-                // Every batch finished by now goes into one ledger write.
-                let mut finished = Vec::new();
-                finished.extend(first);
-                while let Some(done) = in_flight.try_join_next() {
-                    finished.push(done);
-                }
-                let mut entries = Vec::new();
-                let now = now_rfc3339();
-                for done in finished {
-                    let (items, sent) = done.map_err(|e| anyhow::anyhow!("a replay batch panicked: {e}"))?;
+            done = finished.recv(), if slots_running => match done {
+                Some(Ok(Finished { items, sent })) => {
                     if let Some(error) = sent.error {
                         *ran.errors.entry(error).or_default() += sent.outcomes.iter().filter(|o| !is_done(**o)).count();
                     }
                     progress.advance(items.len() as u64);
-                    for (item, outcome) in items.into_iter().zip(sent.outcomes) {
-                        let planned = &plan.items[item];
-                        ran.outcomes.insert(item, outcome);
-                        entries.push(Entry {
-                            pair: planned.pair.clone(),
-                            attempts: planned.attempts + 1,
-                            outcome,
-                            at: now.clone(),
-                        });
-                    }
+                    ran.outcomes.extend(items.into_iter().zip(sent.outcomes));
                 }
-                appender.append(&entries)?;
-            }
+                Some(Err(error)) => {
+                    failed.get_or_insert(error);
+                }
+                None => slots_done = true,
+            },
             _ = &mut interrupt, if !ran.interrupted => {
                 ran.interrupted = true;
                 progress.note("interrupted: finishing the batches in flight, then stopping (the next run resumes)");
@@ -219,8 +241,20 @@ pub async fn execute(
         }
     }
     ran.seconds = started.elapsed().as_secs_f64();
+    ran.dedup = crate::dedup::embedded::stats();
     drop(blobs_in);
+    drop(jobs);
+    while let Some(ended) = slot_tasks.join_next().await {
+        if let Err(e) = ended {
+            failed.get_or_insert(anyhow::anyhow!("a replay batch panicked: {e}"));
+        }
+    }
+    let appender = Arc::try_unwrap(appender).map_err(|_| anyhow::anyhow!("replay slots outlived the run"))?;
+    let appender = appender.into_inner().unwrap_or_else(|e| e.into_inner());
     tokio::task::spawn_blocking(move || appender.finish()).await??;
+    if let Some(error) = failed {
+        return Err(error);
+    }
     if let Some(error) = read_error {
         return Err(error);
     }
@@ -228,6 +262,51 @@ pub async fn execute(
         finish_blobs(&plan, &source, on_success, &mut ran).await;
     }
     Ok((plan, ran))
+}
+
+/// Room in the slots' queue, once `due` (the rate's next start) has come.
+async fn reserve(jobs: Option<&mpsc::Sender<Job>>, due: Option<Instant>) -> Option<mpsc::Permit<'_, Job>> {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due.into()).await;
+    }
+    jobs?.reserve().await.ok()
+}
+
+/// A batch with its ledger keys, taken from the plan while the plan is at hand.
+fn job(plan: &Plan, batch: Batch) -> Job {
+    let pairs = batch.items.iter().map(|i| (plan.items[*i].pair.clone(), plan.items[*i].attempts + 1)).collect();
+    Job { batch, pairs }
+}
+
+/// One slot: takes the next batch, sends it, writes its outcomes to the
+/// ledger, then takes another, until the queue closes or the run stops.
+async fn slot(
+    jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    target: Arc<Target>,
+    appender: Arc<Mutex<LedgerAppender>>,
+    finished: mpsc::UnboundedSender<anyhow::Result<Finished>>,
+    stop: Arc<AtomicBool>,
+) {
+    loop {
+        let Some(Job { batch, pairs }) = jobs.lock().await.recv().await else { return };
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let items = batch.items.clone();
+        let sent = target.send(batch).await;
+        let now = now_rfc3339();
+        let entries: Vec<Entry> = pairs
+            .into_iter()
+            .zip(&sent.outcomes)
+            .map(|((pair, attempts), outcome)| Entry { pair, attempts, outcome: *outcome, at: now.clone() })
+            .collect();
+        let written = appender.lock().unwrap_or_else(|e| e.into_inner()).append(&entries);
+        let report = written.map(|()| Finished { items, sent });
+        let failed = report.is_err();
+        if finished.send(report).is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Groups the items to replay into batches as they are planned: one
