@@ -15,6 +15,7 @@ mod js_handlers;
 mod moderation;
 mod namespaces;
 mod observability;
+mod packaging;
 mod protocol;
 mod python_handlers;
 mod replay;
