@@ -54,7 +54,21 @@ fn cargo_install_puts_a_working_gridfn_on_the_path() {
     // first run compiles the dependencies whose features they change
     // (wasmtime among them) once; later runs only link.
     let root = tempfile::tempdir().unwrap();
-    let install = Command::new(env!("CARGO"))
+    let mut install = Command::new(env!("CARGO"));
+    // What cargo sets for this test process, it would hand to build scripts
+    // (ring's reruns when CARGO_MANIFEST_DIR changes): then the install and
+    // the next `cargo test` would each rebuild the other's dependencies.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_tests = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            || ["CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"].contains(&&*name);
+        if set_for_tests {
+            install.env_remove(&*name);
+        }
+    }
+    let install = install
         .args(["install", "--path"])
         .arg(repo("runtime"))
         .args(["--debug", "--offline", "--locked", "--root"])
