@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::observability::handler_line;
 use crate::support::{Gridfn, KEY, batch, component, event, repo};
 
 /// The packaging venv's python.
@@ -252,6 +253,7 @@ impl Drop for OtlpReceiver {
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
+const UNSAMPLED: &str = "0af7651916cd43dd8448eb211c80319c";
 
 fn scripted(name: &str, rest: &str) -> String {
     format!("[[handler]]\nname = \"{name}\"\nmodule = {:?}\n{rest}\n", component("scripted"))
@@ -288,6 +290,17 @@ fn otlp_export_sends_the_delivery_and_pair_spans_in_the_requests_trace() {
         ],
     );
     assert_eq!(response.status(), 200, "{}", gridfn.log_text());
+    // A sender that did not sample its trace (flags 00) gets no spans.
+    let unsampled = gridfn.post(
+        "/api/events",
+        batch(&[event("quiet-1", json!({"act": "ok"}))]),
+        &[
+            ("aeg-event-type", "Notification"),
+            ("aeg-sas-key", KEY),
+            ("traceparent", &format!("00-{UNSAMPLED}-{PARENT}-00")),
+        ],
+    );
+    assert_eq!(unsampled.status(), 200, "{}", gridfn.log_text());
     // Stopping gridfn sends what the exporter still holds.
     gridfn.terminate();
     assert!(gridfn.wait_exit(Duration::from_secs(20)).is_some_and(|status| status.success()), "{}", gridfn.log_text());
@@ -295,6 +308,7 @@ fn otlp_export_sends_the_delivery_and_pair_spans_in_the_requests_trace() {
     let spans = receiver.spans();
     let named = |name: &str| spans.iter().filter(|span| span["name"] == name).collect::<Vec<_>>();
     assert!(spans.iter().all(|span| span["service"] == "gridfn"), "{spans:#?}");
+    assert!(spans.iter().all(|span| span["trace_id"] == TRACE_ID), "only the sampled trace: {spans:#?}");
 
     // The delivery: a child of the request's traceparent.
     let deliveries = named("delivery");
@@ -320,8 +334,8 @@ fn otlp_export_sends_the_delivery_and_pair_spans_in_the_requests_trace() {
     for span in &worker {
         assert_eq!((&span["trace_id"], &span["parent_span_id"]), (&json!(TRACE_ID), &json!(PARENT)), "{span:#}");
         let event_id = span["attributes"]["event_id"].as_str().unwrap();
-        let logged = log_pair(&gridfn, &format!("scripted ran {event_id} "));
-        assert_eq!(span["span_id"], logged["span_id"], "the exported span is the logged pair: {logged}");
+        let logged = handler_line(&gridfn, &format!("scripted ran {event_id} "));
+        assert_eq!(span["span_id"], logged["span"]["span_id"], "the exported span is the logged pair: {logged}");
     }
 
     // The event the worker published ran as the child of the worker's pair:
@@ -334,16 +348,4 @@ fn otlp_export_sends_the_delivery_and_pair_spans_in_the_requests_trace() {
         (&json!(TRACE_ID), &publisher["span_id"], &json!("success")),
         "{spans:#?}"
     );
-}
-
-/// The pair span of the JSON log line whose message contains `needle`.
-fn log_pair(gridfn: &Gridfn, needle: &str) -> Value {
-    let line = gridfn
-        .log_lines()
-        .into_iter()
-        .find(|line| line.contains(needle))
-        .unwrap_or_else(|| panic!("no line with {needle:?} in {}", gridfn.log_text()));
-    let line: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(line["span"]["name"], "pair", "{line}");
-    line["span"].clone()
 }
