@@ -52,6 +52,7 @@
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.
 //! - [`metrics`]: the Prometheus metrics, each handler's series created at start.
 //! - [`trace`]: W3C `traceparent` in (request, event) and out (published events).
+//! - [`otlp`]: optional export of the delivery and pair spans over OTLP, in the request's trace.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`replay`]: `gridfn replay`: dead-lettered events read back ([`replay::read`]) and run again.
 //! - [`send`]: `gridfn send`: Event Grid's side of a webhook subscription (handshake, batching, retries, dead-letters, load), on a laptop.
@@ -74,6 +75,7 @@ pub mod host;
 pub mod kv;
 pub mod metrics;
 pub mod namespace;
+pub mod otlp;
 pub mod outbound;
 pub mod pipeline;
 pub mod publish;

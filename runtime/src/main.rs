@@ -35,26 +35,32 @@ enum LogFormat {
     Json,
 }
 
+/// What `gridfn serve` and `gridfn up` serve, and how.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The manifest listing the handlers.
+    #[arg(long, short, default_value = "gridfn.toml")]
+    config: PathBuf,
+    /// Address to listen on; overrides `server.listen` (default 127.0.0.1:7071).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Also export the delivery and (event, handler) spans over OTLP
+    /// (HTTP/protobuf) to this collector URL, e.g.
+    /// http://otel-collector:4318/v1/traces, in the trace of each
+    /// request's `traceparent`. Off by default.
+    #[arg(long, env = "GRIDFN_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<url::Url>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Receive Event Grid deliveries over HTTP and run them through the handlers.
-    Serve {
-        /// The manifest listing the handlers.
-        #[arg(long, short, default_value = "gridfn.toml")]
-        config: PathBuf,
-        /// Address to listen on; overrides `server.listen` (default 127.0.0.1:7071).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-    },
+    Serve(ServeArgs),
     /// Build every handler whose manifest entry has a `build` command (each
     /// distinct command once), then serve as `gridfn serve` does.
     Up {
-        /// The manifest listing the handlers.
-        #[arg(long, short, default_value = "gridfn.toml")]
-        config: PathBuf,
-        /// Address to listen on; overrides `server.listen` (default 127.0.0.1:7071).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        serve: ServeArgs,
         /// Serve the modules as they are, without building.
         #[arg(long)]
         no_build: bool,
@@ -146,12 +152,23 @@ struct Admin {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let otlp_endpoint = match &cli.command {
+        Command::Serve(args) | Command::Up { serve: args, .. } => args.otlp_endpoint.as_ref(),
+        _ => None,
+    };
+    // Kept to the end of main: dropping it sends the spans still queued.
+    let _otlp = match init_logging(cli.log_format, otlp_endpoint) {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
-        Command::Serve { config, listen } => serve(config, listen),
-        Command::Up { config, listen, no_build } => {
-            let built = if no_build { Ok(()) } else { gridfn::scaffold::build::run(&config) };
-            built.and_then(|()| serve(config, listen))
+        Command::Serve(args) => serve(args.config, args.listen),
+        Command::Up { serve: args, no_build } => {
+            let built = if no_build { Ok(()) } else { gridfn::scaffold::build::run(&args.config) };
+            built.and_then(|()| serve(args.config, args.listen))
         }
         Command::New(options) => gridfn::scaffold::command(options),
         Command::Check { config } => check(&config),
@@ -186,7 +203,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, otlp_endpoint: Option<&url::Url>) -> anyhow::Result<Option<gridfn::otlp::Exporter>> {
+    use tracing_subscriber::prelude::*;
     // gridfn's own lines and its handlers' (targets `handler`, `handler::stdio`)
     // at info; dependencies only when something is wrong. For collectors
     // (json) also the delivery and pair spans (target `gridfn::spans`): the
@@ -197,9 +215,13 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => "warn,gridfn=info,gridfn::spans=debug,handler=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The filter is the log's own, so OTLP export (which needs the spans)
+    // does not put spans into the terminal log.
+    let logs = match format {
+        LogFormat::Pretty => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_filter(filter).boxed()
+        }
         // A line also when each delivery and (event, handler) span closes:
         // the pair's outcome and attempt, and how long it took, for collectors.
         LogFormat::Json => logs
@@ -207,8 +229,15 @@ fn init_logging(format: LogFormat) {
             .with_current_span(true)
             .with_span_list(true)
             .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+    };
+    let (otlp, exporter) = match otlp_endpoint {
+        Some(endpoint) => gridfn::otlp::layer(endpoint).map(|(layer, exporter)| (Some(layer), Some(exporter)))?,
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(otlp).init();
+    Ok(exporter)
 }
 
 fn check(config: &Path) -> anyhow::Result<()> {

@@ -134,6 +134,7 @@ fn describe_span(delivery: &DeliveryInfo, events: usize) {
     span.record("events", events);
     if let Some(parent) = delivery.traceparent {
         parent.record(&span, "parent_id");
+        crate::otlp::join(&span, Some(parent));
     }
 }
 

@@ -10,8 +10,9 @@
 //! publishes carry `traceparent` = (trace, the pair's span), so their
 //! handlers are the pair's children.
 //!
-//! gridfn exports no spans itself (no OTLP): the ids are for correlating
-//! logs, and for the systems downstream that do export.
+//! The ids are for correlating logs, for the systems downstream, and, with
+//! `gridfn serve --otlp-endpoint`, for the spans [`crate::otlp`] exports:
+//! those carry these same ids.
 
 use std::fmt;
 
@@ -107,8 +108,11 @@ fn random_span_id() -> u64 {
 /// `traceparent` of the events the handler publishes.
 pub fn pair_span(event: &Event, delivery: Option<TraceParent>) -> TraceParent {
     let parent = TraceParent::from_event(event).or(delivery);
-    let span = parent.map_or_else(TraceParent::root, |parent| parent.child());
     let current = current_pair();
+    // When the span is exported, its ids are the exporter's (there is no
+    // setting them), so the pair takes those.
+    let span = crate::otlp::join(&current, parent)
+        .unwrap_or_else(|| parent.map_or_else(TraceParent::root, |parent| parent.child()));
     if let Some(parent) = parent {
         parent.record(&current, "parent_id");
     }

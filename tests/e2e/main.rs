@@ -16,6 +16,7 @@ mod moderation;
 mod multihost;
 mod namespaces;
 mod observability;
+mod packaging;
 mod protocol;
 mod python_handlers;
 mod replay;

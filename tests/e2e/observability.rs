@@ -334,7 +334,7 @@ fn the_request_traceparent_reaches_spans_json_logs_and_published_events() {
 }
 
 /// The JSON log line (`--log-format json`) whose message contains `needle`.
-fn handler_line(gridfn: &Gridfn, needle: &str) -> Value {
+pub(crate) fn handler_line(gridfn: &Gridfn, needle: &str) -> Value {
     let line = gridfn
         .log_lines()
         .into_iter()
