@@ -4,7 +4,12 @@
 //! - `max_concurrency`: instances of one handler alive at once (running or
 //!   waiting on I/O), which bounds its memory;
 //! - `queue`: events waiting for one of those; when it is full the event is
-//!   retried (503 + Retry-After), never held in unbounded memory;
+//!   retried (503 + Retry-After), never held in unbounded memory. A delivery
+//!   enters through its own [`DeliveryGate`], which lets at most
+//!   `max_concurrency` of its events at the handler's gate at once: the rest
+//!   wait their turn inside the delivery (they are in memory already), so a
+//!   delivery of 5,000 events runs in one attempt, and the queue bounds what
+//!   concurrent deliveries add, not the size of one;
 //! - the pool: instances alive at once, all handlers together, which is what
 //!   the pooling allocator has room for ([`crate::sandbox::MAX_INSTANCES`]);
 //! - the CPU share: instances of one handler being *polled* at once.
@@ -31,6 +36,8 @@ use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
 pub struct Admission {
     /// `max_concurrency` permits.
     slots: Semaphore,
+    /// `max_concurrency`: the turns of each [`DeliveryGate`].
+    max_concurrency: usize,
     /// Events waiting for a permit, at most `queue`.
     waiting: AtomicUsize,
     queue: usize,
@@ -57,12 +64,17 @@ pub struct Admitted<'a> {
     _slot: SemaphorePermit<'a>,
     _instance: SemaphorePermit<'a>,
     on_cpu: &'a Semaphore,
+    /// The delivery's turn, when it came through a [`DeliveryGate`]; given
+    /// back after the slot (fields drop in order), so the delivery's next
+    /// event finds the slot free.
+    _turn: Option<SemaphorePermit<'a>>,
 }
 
 impl Admission {
     pub fn new(max_concurrency: usize, queue: usize, cpu_share: usize, pool: Arc<Semaphore>) -> Self {
         Admission {
             slots: Semaphore::new(max_concurrency),
+            max_concurrency,
             waiting: AtomicUsize::new(0),
             queue,
             pool,
@@ -88,7 +100,31 @@ impl Admission {
             }
         };
         let instance = self.pool.acquire().await.expect("admission semaphores are never closed");
-        Ok(Admitted { _slot: slot, _instance: instance, on_cpu: &self.on_cpu })
+        Ok(Admitted { _turn: None, _slot: slot, _instance: instance, on_cpu: &self.on_cpu })
+    }
+
+    /// The gate one delivery's events (or batch calls) for this handler
+    /// pass before [`Admission::admit`].
+    pub fn for_delivery(&self) -> DeliveryGate<'_> {
+        DeliveryGate { admission: self, turns: Semaphore::new(self.max_concurrency) }
+    }
+}
+
+/// One delivery's way to a handler: at most `max_concurrency` of its events
+/// contend at the handler's gate (and so in its queue) at once; the others
+/// wait here for their turn, which costs no memory (the delivery holds its
+/// events anyway) and takes no place in the queue other deliveries share.
+pub struct DeliveryGate<'a> {
+    admission: &'a Admission,
+    turns: Semaphore,
+}
+
+impl DeliveryGate<'_> {
+    /// Waits for the delivery's turn, then as [`Admission::admit`].
+    pub async fn admit(&self) -> Result<Admitted<'_>, QueueFull> {
+        let turn = self.turns.acquire().await.expect("admission semaphores are never closed");
+        let admitted = self.admission.admit().await?;
+        Ok(Admitted { _turn: Some(turn), ..admitted })
     }
 }
 
@@ -223,6 +259,37 @@ mod tests {
         drop(running);
         assert!(queued.await.unwrap(), "the queued event runs once the instance is free");
         assert!(admission.admit().await.is_ok(), "and the queue place is given back");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_larger_than_the_queue_waits_its_turn_while_others_still_meet_the_queue() {
+        let admission = admission(2, 1, 1, &Arc::new(Semaphore::new(8)));
+        let gate = admission.for_delivery();
+        let (finish, admitted) = (Semaphore::new(0), AtomicUsize::new(0));
+        // 50 events of one delivery, far more than max_concurrency + queue.
+        let events = (0..50).map(|_| async {
+            let run = gate.admit().await.expect("a delivery's own events never overflow the queue");
+            admitted.fetch_add(1, Ordering::SeqCst);
+            run.run(finish.acquire()).await.unwrap().forget();
+        });
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(admitted.load(Ordering::SeqCst), 2, "two run, the rest wait their turn");
+            let queued = tokio::spawn({
+                let admission = admission.clone();
+                async move { admission.admit().await.is_ok() }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!queued.is_finished(), "an event from another delivery takes the place in the queue");
+            let refused = matches!(admission.admit().await, Err(QueueFull { queue: 1 }));
+            queued.abort();
+            let _ = queued.await;
+            finish.add_permits(50);
+            refused
+        };
+        let (_, refused) = tokio::join!(futures::future::join_all(events), others);
+        assert_eq!(admitted.load(Ordering::SeqCst), 50);
+        assert!(refused, "and the next one from elsewhere meets the full queue");
     }
 
     #[tokio::test]

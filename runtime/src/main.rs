@@ -46,7 +46,8 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Check a manifest and print every problem with its key, without serving.
+    /// Check a manifest and print every problem with its key, without serving;
+    /// compile each module and say which contract version and exports it has.
     Check {
         #[arg(long, short, default_value = "gridfn.toml")]
         config: PathBuf,
@@ -192,7 +193,13 @@ fn init_logging(format: LogFormat) {
 
 fn check(config: &Path) -> anyhow::Result<()> {
     let manifest = Manifest::load(config)?;
+    // Each module compiled and linked as `serve` would (into the compile cache it uses).
+    let sandbox = gridfn::sandbox::Sandbox::for_manifest(&manifest, None)?;
+    let loaded = manifest.handlers.iter().map(|handler| sandbox.load(handler)).collect::<anyhow::Result<Vec<_>>>()?;
     println!("{}: ok, {} handler(s)", config.display(), manifest.handlers.len());
+    for handler in loaded {
+        println!("  {}: {}", handler.name, handler.contract);
+    }
     Ok(())
 }
 
