@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use crate::support::{Gridfn, KEY, batch, component, event, gridfn_command};
 
 /// `batched` takes whole deliveries, `pairs` two events per call, and
-/// `scripted` (a component with `handle` only) one event per call.
+/// `scripted` (a component with `handle` only) and `v010` (one built against
+/// gridfn:handler@0.1.0) one event per call.
 fn host() -> Gridfn {
     Gridfn::start(&format!(
         r#"
@@ -30,9 +31,14 @@ timeout = "2s"
 [[handler]]
 name = "scripted"
 module = {scripted:?}
+
+[[handler]]
+name = "v010"
+module = {v010:?}
 "#,
         batched = component("batched"),
         scripted = component("scripted"),
+        v010 = component("contract-v010"),
     ))
 }
 
@@ -138,12 +144,18 @@ fn an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so() {
 }
 
 #[test]
-fn a_component_with_only_handle_still_runs_per_event_beside_batch_handlers() {
+fn components_with_only_handle_still_run_per_event_beside_batch_handlers() {
     let gridfn = host();
-    let response = gridfn.notify("/api/events/scripted", batch(&[event("h-1", json!({})), event("h-2", json!({}))]));
+    let two = batch(&[event("h-1", json!({})), event("h-2", json!({}))]);
+    let response = gridfn.notify("/api/events/scripted", two.clone());
     assert_eq!(response.status(), 200);
     assert_eq!(gridfn.log_count("scripted ran h-1 "), 1);
     assert_eq!(gridfn.log_count("scripted ran h-2 "), 1);
+
+    let response = gridfn.notify("/api/events/v010", two);
+    assert_eq!(response.status(), 200, "a component built against 0.1.0 links and runs unchanged");
+    assert_eq!(gridfn.log_count("v0.1.0 handler ran h-1 attempt=0"), 1);
+    assert_eq!(gridfn.log_count("v0.1.0 handler ran h-2 attempt=0"), 1);
 }
 
 #[test]
@@ -154,10 +166,12 @@ fn check_names_the_contract_and_refuses_batch_for_a_component_without_handle_bat
         format!(
             "[server]\nallow_anonymous = true\ncache_dir = {cache:?}\n\n\
              [[handler]]\nname = \"batched\"\nmodule = {batched:?}\nbatch = 100\n\n\
+             [[handler]]\nname = \"v010\"\nmodule = {v010:?}\n\n\
              [[handler]]\nname = \"scripted\"\nmodule = {scripted:?}\n{batch}\n",
             cache = dir.path().join("cache"),
             batched = component("batched"),
             scripted = component("scripted"),
+            v010 = component("contract-v010"),
         )
     };
     let check = || gridfn_command(&[OsStr::new("check"), OsStr::new("--config"), config.as_os_str()]);
@@ -168,6 +182,7 @@ fn check_names_the_contract_and_refuses_batch_for_a_component_without_handle_bat
     assert!(fine.status.success(), "{}", String::from_utf8_lossy(&fine.stderr));
     assert!(stdout.contains("batched: gridfn:handler@0.1.1, exports handle, handle-batch"), "{stdout}");
     assert!(stdout.contains("scripted: gridfn:handler@0.1.1, exports handle\n"), "{stdout}");
+    assert!(stdout.contains("v010: gridfn:handler@0.1.0, exports handle\n"), "{stdout}");
 
     std::fs::write(&config, manifest("batch = true")).unwrap();
     let refused = check();
