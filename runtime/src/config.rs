@@ -228,9 +228,9 @@ pub struct Handler {
     /// on CPU at a time when there are other handlers (see `crate::admission`).
     pub max_concurrency: usize,
     /// `queue`: events that may wait for a free instance; beyond it the
-    /// delivery gets 503 + Retry-After. Default 1024. A delivery puts at most
-    /// `max_concurrency` of its events in it at once (the rest wait their
-    /// turn in the delivery), so it bounds concurrent deliveries, not one.
+    /// delivery gets 503 + Retry-After. Default 1024. A delivery's own
+    /// waiting events count only against other deliveries, so it bounds what
+    /// concurrent deliveries add, never the size of one.
     pub queue: usize,
     /// `fuel`: units of work per event (roughly one per wasm instruction);
     /// default unlimited (only the deadline applies).

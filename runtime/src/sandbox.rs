@@ -425,10 +425,7 @@ impl LoadedHandler {
         let pre = self.batch.as_ref().expect("handle-batch is called only for handlers loaded with `batch`");
         let _running = self.clock.start_running();
         let started = Instant::now();
-        let instance = match self.new_store() {
-            Ok((mut store, output)) => pre.instantiate_async(&mut store).await.map(|handler| (store, output, handler)),
-            Err(error) => Err(error),
-        };
+        let instance = self.instantiate_batch(pre).await;
         let instantiation = Some(started.elapsed());
         let (mut store, output, handler) = match instance {
             Ok(instance) => instance,
@@ -461,6 +458,16 @@ impl LoadedHandler {
                 BatchInvocation::failed(events.len(), reason, instantiation)
             }
         }
+    }
+
+    /// A fresh instance of the `batch-handler` world.
+    async fn instantiate_batch(
+        &self,
+        pre: &bindings::batch::BatchHandlerPre<HostState>,
+    ) -> wasmtime::Result<(Store<HostState>, CapturedOutput, bindings::batch::BatchHandler)> {
+        let (mut store, output) = self.new_store()?;
+        let handler = pre.instantiate_async(&mut store).await?;
+        Ok((store, output, handler))
     }
 
     /// A fresh instance of `handle`'s world.
