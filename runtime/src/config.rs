@@ -252,6 +252,20 @@ pub struct Handler {
     /// sends them when no `--handler` is given. Held upper-case, as Event Grid
     /// names the dead-letter folders; default none.
     pub subscriptions: Vec<SubscriptionName>,
+    /// `build = "command"` (and `workdir`): how `gridfn up` builds the
+    /// module before serving; default none (the module is built elsewhere).
+    pub build: Option<Build>,
+}
+
+/// `handler.build` and `handler.workdir`: a shell command that builds the
+/// handler's module, run by `gridfn up` (`sh -c`) in `workdir`. Handlers
+/// whose `build` and `workdir` are the same share one run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Build {
+    /// The command line as written, never empty.
+    pub command: String,
+    /// `workdir`, relative to the manifest; default the manifest's folder.
+    pub workdir: PathBuf,
 }
 
 /// An Event Grid event subscription's name, upper-cased: 3 to 64 ASCII
@@ -350,8 +364,8 @@ impl Manifest {
         let server = server(raw_server, &state_dir, &cx, p);
         let dedup = dedup(raw.dedup.unwrap_or_default(), &state_dir, &cx, p);
         let deadletter = deadletter(raw.deadletter.unwrap_or_default(), &state_dir, &cx, p);
-        let namespace = raw.namespace.map(|raw| namespace(raw, &raw_keys, &cx, p)).transpose();
         let names: Vec<String> = raw.handler.iter().map(|h| h.name.clone()).collect();
+        let namespace = raw.namespace.map(|raw| namespace(raw, &raw_keys, &names, &cx, p)).transpose();
         let pull = pulls(raw.pull, &names, &cx, p);
         let handlers = match (raw.handler.is_empty(), &namespace) {
             // A manifest may serve namespace topics and run no handler.
@@ -386,6 +400,20 @@ impl Manifest {
             .map(|(i, h)| filter(h.filter, &handler_key(i, &h.name), &mut problems).map(|filter| (h.name, filter)))
             .collect();
         problems.finish(routes.into_iter().collect()).map_err(fail)
+    }
+
+    /// Only each handler's name and `build`, checked by the parser `parse`
+    /// uses: for `gridfn up`, which builds the modules the full manifest
+    /// needs to exist.
+    pub fn load_builds(path: &Path) -> Result<Vec<(String, Option<Build>)>, ManifestError> {
+        let fail = |problems| ManifestError { file: path.to_owned(), problems };
+        let raw = raw_manifest(&read(path).map_err(fail)?).map_err(fail)?;
+        let cx = Context::new(path.parent().unwrap_or(Path::new("")), &|_| None).map_err(fail)?;
+        let mut problems = Problems::default();
+        let builds: Vec<_> = (raw.handler.into_iter().enumerate())
+            .map(|(i, h)| build(h.build, h.workdir, &handler_key(i, &h.name), &cx, &mut problems).map(|b| (h.name, b)))
+            .collect();
+        problems.finish(builds.into_iter().collect()).map_err(fail)
     }
 }
 
@@ -518,18 +546,25 @@ fn azure_blob(mut table: toml::Table, cx: &Context, p: &mut Problems) -> Result<
 fn namespace(
     raw: crate::namespace::config::RawNamespace,
     server_keys: &[String],
+    handlers: &[String],
     cx: &Context,
     p: &mut Problems,
 ) -> Result<crate::namespace::config::Namespace, Reported> {
-    let mut namespace = match raw.parse(&|key| cx.key(key)) {
+    let mut namespace = match raw.parse(&|key| cx.key(key), &|name| handlers.iter().any(|h| h == name)) {
         Ok(namespace) => namespace,
         Err(problems) => return p.nested("namespace", problems).and(Err(Reported(()))),
     };
+    if let Some(entra) = &mut namespace.entra {
+        entra.jwks_file = entra.jwks_file.take().map(|file| cx.path(file));
+    }
     if namespace.keys.is_empty() {
         namespace.keys = p.list("server.keys", server_keys.iter().cloned(), |key| cx.key(&key))?;
     }
-    if namespace.keys.is_empty() {
-        return p.fail("namespace.keys", "no key: list keys here or in [server] keys (clients must present one)");
+    if namespace.keys.is_empty() && namespace.entra.is_none() {
+        return p.fail(
+            "namespace.keys",
+            "no key: list keys here or in [server] keys, or configure [namespace.entra] (clients must present one)",
+        );
     }
     Ok(namespace)
 }
@@ -581,10 +616,17 @@ fn handler(at: &str, raw: RawHandler, cx: &Context, p: &mut Problems) -> Result<
     let key = |field: &str| format!("{at}.{field}");
     let name = p.check(key("name"), HandlerName::parse(&raw.name));
     let module = cx.path(raw.module);
-    let module = match module.is_file() {
-        true => Ok(module),
-        false => p.fail(key("module"), format!("{} does not exist (build the handler first)", module.display())),
+    let module = match (module.is_file(), &raw.build) {
+        (true, _) => Ok(module),
+        (false, None) => {
+            p.fail(key("module"), format!("{} does not exist (build the handler first)", module.display()))
+        }
+        (false, Some(_)) => p.fail(
+            key("module"),
+            format!("{} does not exist (`gridfn up` runs the handler's build first)", module.display()),
+        ),
     };
+    let build = build(raw.build, raw.workdir, at, cx, p);
     let timeout = p.check(key("timeout"), raw.timeout.as_deref().map_or(Ok(Duration::from_secs(10)), duration));
     let memory = p.check(key("memory"), raw.memory.as_deref().map_or(Ok(64 << 20), parse_size));
     let filter = filter(raw.filter, at, p);
@@ -609,6 +651,7 @@ fn handler(at: &str, raw: RawHandler, cx: &Context, p: &mut Problems) -> Result<
         batch: batch?,
         capabilities: capabilities?,
         subscriptions: subscriptions?,
+        build: build?,
     })
 }
 
@@ -636,6 +679,24 @@ fn batch(
         return p.fail(key, "a batch handler cannot publish (published events belong to one event); use `handle`");
     }
     Ok(Some(size))
+}
+
+/// `handler.build` and `handler.workdir`; `at` names the handler.
+fn build(
+    command: Option<String>,
+    workdir: Option<PathBuf>,
+    at: &str,
+    cx: &Context,
+    p: &mut Problems,
+) -> Result<Option<Build>, Reported> {
+    match (command, workdir) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => p.fail(format!("{at}.workdir"), "is where `build` runs, and there is no `build`"),
+        (Some(command), _) if command.trim().is_empty() => p.fail(format!("{at}.build"), "must not be empty"),
+        (Some(command), workdir) => {
+            Ok(Some(Build { command, workdir: workdir.map_or_else(|| cx.base.clone(), |dir| cx.path(dir)) }))
+        }
+    }
 }
 
 /// `handler.filter`, with the checks Event Grid makes when a subscription is
@@ -961,6 +1022,8 @@ struct RawHandler {
     capabilities: RawCapabilities,
     #[serde(default)]
     subscriptions: Vec<String>,
+    build: Option<String>,
+    workdir: Option<PathBuf>,
 }
 
 /// `batch = true | false | N`.
@@ -1183,6 +1246,18 @@ mod tests {
                 "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nbatch=100\ncapabilities.publish=\"local\"\n",
                 "handler[0] (h).batch: a batch handler cannot publish",
             ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nbuild=\" \"\n",
+                "handler[0] (h).build: must not be empty",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nworkdir=\"src\"\n",
+                "handler[0] (h).workdir: is where `build` runs, and there is no `build`",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"new.wasm\"\nbuild=\"make\"\n",
+                "new.wasm does not exist (`gridfn up` runs the handler's build first)",
+            ),
         ];
         for (text, expected) in cases {
             let found = problems(text);
@@ -1267,6 +1342,36 @@ mod tests {
         let error = Manifest::load_routes(&path).unwrap_err();
         assert!(!error.problems.is_empty());
         assert!(error.problems.iter().all(|p| p.starts_with("handler[0] (a).filter.")), "{:?}", error.problems);
+    }
+
+    #[test]
+    fn builds_are_read_before_their_modules_exist_and_run_in_the_manifests_folder_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gridfn.toml");
+        let text = "[server]\nallow_anonymous=true\n\
+                    [[handler]]\nname=\"a\"\nmodule=\"a/a.wasm\"\nbuild=\"make a\"\n\
+                    [[handler]]\nname=\"b\"\nmodule=\"b/b.wasm\"\nbuild=\"make b\"\nworkdir=\"b\"\n\
+                    [[handler]]\nname=\"c\"\nmodule=\"c.wasm\"\n";
+        std::fs::write(&path, text).unwrap();
+        let builds = Manifest::load_builds(&path).unwrap();
+        let here = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(
+            builds,
+            [
+                ("a".to_owned(), Some(Build { command: "make a".into(), workdir: here.clone() })),
+                ("b".to_owned(), Some(Build { command: "make b".into(), workdir: here.join("b") })),
+                ("c".to_owned(), None),
+            ]
+        );
+        assert!(Manifest::load(&path).is_err(), "serving still needs the modules");
+
+        for module in ["a/a.wasm", "b/b.wasm", "c.wasm"] {
+            std::fs::create_dir_all(dir.path().join(module).parent().unwrap()).unwrap();
+            std::fs::write(dir.path().join(module), b"").unwrap();
+        }
+        let manifest = Manifest::load(&path).unwrap();
+        assert_eq!(manifest.handlers[1].build, builds[1].1);
+        assert_eq!(manifest.handlers[2].build, None);
     }
 
     #[test]

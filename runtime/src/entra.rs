@@ -203,7 +203,7 @@ fn check_jwks_url(url: &str) -> Result<(), String> {
     }
 }
 
-fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -443,6 +443,16 @@ impl EntraValidator {
         }
     }
 
+    /// Accepts tokens of any calling application unless `allowed_app_ids`
+    /// lists some: a namespace's clients are the tenant's own applications,
+    /// not Event Grid (whose app id is the default for webhooks).
+    pub fn accept_any_app_unless_listed(mut self, config: &EntraConfig) -> Self {
+        if config.allowed_app_ids.is_empty() {
+            self.app_ids.clear();
+        }
+        self
+    }
+
     /// The checks that are Entra's, not JWT's: the calling application and the role.
     fn check_caller(&self, claims: CallerClaims) -> Result<(), EntraError> {
         // v1 tokens name the caller in `appid`, v2 tokens in `azp`.
@@ -451,7 +461,8 @@ impl EntraValidator {
             _ => claims.appid.or(claims.azp),
         }
         .ok_or_else(|| EntraError::MissingClaim("appid (v1) or azp (v2)".to_owned()))?;
-        if !self.app_ids.contains(&app_id) {
+        // Empty only after `accept_any_app_unless_listed`.
+        if !self.app_ids.is_empty() && !self.app_ids.contains(&app_id) {
             return Err(EntraError::AppId { found: echo(&app_id), allowed: self.app_ids.clone() });
         }
 

@@ -75,7 +75,10 @@ impl Host {
         }
         let dedup = Dedup::new(crate::dedup::open(&manifest.dedup.store).await?, manifest.dedup.ttl);
         let deadletter = DeadLetterStore::open(&manifest.deadletter).await?;
-        let metrics = Arc::new(Metrics::new(manifest.handlers.iter().map(|h| h.name.as_str())));
+        let metrics = Arc::new(
+            Metrics::new(manifest.handlers.iter().map(|h| h.name.as_str()))
+                .with_pull_sources(crate::pull::sources(manifest)),
+        );
         let pipeline = Arc::new(Pipeline::new(registry.clone(), dedup, deadletter, metrics.clone()));
         let webhook = Arc::new(Webhook {
             pipeline: pipeline.clone(),

@@ -11,7 +11,8 @@
 //! - push: Event Grid POSTs a delivery; [`push`] authenticates it, answers a
 //!   handshake or decodes it, dispatches, and answers 200 or 503;
 //! - pull: [`pull`] receives events from Event Grid namespace
-//!   subscriptions, dispatches each, and acknowledges, releases or rejects
+//!   subscriptions (`[[pull]]`, and the push subscriptions of the namespace
+//!   gridfn serves), dispatches each, and acknowledges, releases or rejects
 //!   it by its lock token;
 //! - local topic: a handler's published events are dispatched by the
 //!   pipeline itself (`Pipeline::local_topic`), one hop deeper, and the
@@ -54,6 +55,7 @@
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`replay`]: `gridfn replay`: dead-lettered events read back ([`replay::read`]) and run again.
 //! - [`send`]: `gridfn send`: Event Grid's side of a webhook subscription (handshake, batching, retries, dead-letters, load), on a laptop.
+//! - [`scaffold`]: `gridfn new` (a handler project from `runtime/templates/`) and `gridfn up`'s builds.
 //! - [`namespace`]: Event Grid namespace topics served by gridfn: publish, pull, settle by lock token.
 //! - [`pull`]: the pull source: events received from namespace subscriptions, settled by the verdict.
 
@@ -80,6 +82,7 @@ pub mod push;
 pub mod registry;
 pub mod replay;
 pub mod sandbox;
+pub mod scaffold;
 pub mod send;
 pub mod server;
 pub mod trace;

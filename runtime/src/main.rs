@@ -46,6 +46,22 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Build every handler whose manifest entry has a `build` command (each
+    /// distinct command once), then serve as `gridfn serve` does.
+    Up {
+        /// The manifest listing the handlers.
+        #[arg(long, short, default_value = "gridfn.toml")]
+        config: PathBuf,
+        /// Address to listen on; overrides `server.listen` (default 127.0.0.1:7071).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Serve the modules as they are, without building.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Create a handler project (Rust, Python or JavaScript) that builds and
+    /// passes its own test, and print its gridfn.toml lines.
+    New(gridfn::scaffold::Options),
     /// Check a manifest and print every problem with its key, without serving;
     /// compile each module and say which contract version and exports it has.
     Check {
@@ -134,6 +150,11 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
+        Command::Up { config, listen, no_build } => {
+            let built = if no_build { Ok(()) } else { gridfn::scaffold::build::run(&config) };
+            built.and_then(|()| serve(config, listen))
+        }
+        Command::New(options) => gridfn::scaffold::command(options),
         Command::Check { config } => check(&config),
         Command::Explain { config, event_file, json } => explain(&config, &event_file, json),
         Command::Deploy { module, handler, admin } => std::fs::read(&module)
@@ -197,8 +218,11 @@ fn check(config: &Path) -> anyhow::Result<()> {
     let sandbox = gridfn::sandbox::Sandbox::for_manifest(&manifest, None)?;
     let loaded = manifest.handlers.iter().map(|handler| sandbox.load(handler)).collect::<anyhow::Result<Vec<_>>>()?;
     println!("{}: ok, {} handler(s)", config.display(), manifest.handlers.len());
-    for handler in loaded {
-        println!("  {}: {}", handler.name, handler.contract);
+    for (handler, loaded) in manifest.handlers.iter().zip(loaded) {
+        println!("  {}: {}", handler.name, loaded.contract);
+        if let Some(build) = &handler.build {
+            println!("  {}: built by `{}` in {}", handler.name, build.command, build.workdir.display());
+        }
     }
     Ok(())
 }

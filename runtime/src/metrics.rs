@@ -125,6 +125,8 @@ pub struct Metrics {
     /// Where a name that is not a handler (which the pipeline never passes)
     /// is counted, rather than panicking on the delivery path.
     unknown: HandlerMetrics,
+    /// The pull sources' series ([`crate::pull::metrics`]).
+    pull: crate::pull::metrics::PullMetrics,
 }
 
 /// The delivery statuses created at start: the ones a healthy gridfn
@@ -221,7 +223,21 @@ impl Metrics {
         let labels = OutcomeLabels { handler: UNMATCHED_LABEL.into(), outcome: PairOutcome::Unmatched.label() };
         unmatched.outcomes[PairOutcome::Unmatched as usize] = events.get_or_create(&labels).clone();
         by_name.insert(UNMATCHED_LABEL.to_owned(), unmatched);
-        Metrics { registry, deliveries, handlers: by_name, unknown: HandlerMetrics::detached() }
+        let pull = crate::pull::metrics::PullMetrics::register(&mut registry);
+        Metrics { registry, deliveries, handlers: by_name, unknown: HandlerMetrics::detached(), pull }
+    }
+
+    /// Creates the series of each pull source (`topic/subscription`).
+    pub fn with_pull_sources(mut self, sources: impl IntoIterator<Item = String>) -> Self {
+        for source in sources {
+            self.pull.add_source(&source);
+        }
+        self
+    }
+
+    /// The handles of pull source `source`.
+    pub fn pull(&self, source: &str) -> &crate::pull::metrics::SourceMetrics {
+        self.pull.source(source)
     }
 
     /// The handles of handler `name`.

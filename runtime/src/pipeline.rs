@@ -91,6 +91,10 @@ pub struct Verdict {
     /// retry interval); `None` when every pair is done.
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// Whether a handler said when to retry (`retry_after` is then its
+    /// `after`, not the default): the pull source picks its own schedule when none did.
+    #[serde(skip)]
+    pub retry_after_given: bool,
 }
 
 /// One (event, handler) pair that must be retried, and why.
@@ -781,6 +785,7 @@ impl Verdict {
                 Some(Outcome::Success) => verdict.succeeded += 1,
                 Some(Outcome::Reject { .. }) => verdict.rejected += 1,
                 Some(Outcome::Retry { reason, after }) => {
+                    verdict.retry_after_given |= after.is_some();
                     let after = after.unwrap_or(DEFAULT_RETRY_AFTER);
                     verdict.retry_after = Some(verdict.retry_after.map_or(after, |a| a.max(after)));
                     verdict.retry.push(RetryItem {

@@ -63,7 +63,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits: Limits = host.limits;
     let background = background_tasks(&host);
-    let pulls = crate::pull::start(&host.pulls, &host.pipeline);
+    let pulls = crate::pull::start(&host.pulls, host.namespace.as_ref(), &host.pipeline, &host.metrics);
     let in_flight = InFlight::default();
     let app = app(host).layer(axum::middleware::from_fn_with_state(in_flight.clone(), InFlight::track));
     let connections = Arc::new(Semaphore::new(limits.max_connections));

@@ -175,8 +175,16 @@ fn the_rust_router_keeps_the_moderation_contract() {
 }
 
 /// The moderation router's contract (notes: the same behaviour in Rust,
-/// Python and JavaScript), checked against the component at `router`.
+/// Python and JavaScript), checked against the component at `router`: routed
+/// by subject and configured action, then on the lab's own events.
 pub fn router_keeps_the_contract(router: &Path) {
+    routes_by_type_and_configured_action(router);
+    routes_the_labs_events_as_the_lab_does(router);
+}
+
+/// Each action by event type or by `config`, the escalation published once
+/// (and as published), every kind of rejection, the counts in kv.
+fn routes_by_type_and_configured_action(router: &Path) {
     let gridfn = Gridfn::start_with_server(
         &format!("admin_keys = [{ADMIN_KEY:?}]"),
         &format!(
@@ -274,9 +282,9 @@ capabilities = {{ config = {{ action = "hold" }} }}
     };
     for (id, reason) in [
         ("c-5", "unexpected event type com.contoso.ai.ContentDeleted"),
-        ("c-6", "not a moderation result: "),
-        ("c-7", "not a moderation result: "),
-        ("c-8", "not a moderation result: "),
+        ("c-6", "not a moderation result: contentId is missing"),
+        ("c-7", "not a moderation result: confidence is not a number"),
+        ("c-8", "not a moderation result: contentId is not a string"),
         ("c-9", "unknown action delete"),
     ] {
         let line = rejection(id);
@@ -320,4 +328,66 @@ capabilities = {{ config = {{ action = "hold" }} }}
         "rejected events count nothing"
     );
     assert_eq!(kv_pairs(&gridfn, "escalator", "count/"), pairs(&[("count/escalate", "2")]));
+}
+
+/// The classic Event Grid lab's five moderation results
+/// (samples/events/moderation.json) through the lab's subscriptions, plus
+/// one that escalates confident flags (an advanced filter and `config`) to
+/// the review route: the lab's log lines, one escalation published and
+/// reviewed without a loop, the counts in kv, nothing retried.
+fn routes_the_labs_events_as_the_lab_does(router: &Path) {
+    let gridfn = Gridfn::start_with_server(
+        &format!("admin_keys = [{ADMIN_KEY:?}]"),
+        &format!(
+            r#"
+[[handler]]
+name = "moderation-flagged"
+module = {router:?}
+filter = {{ includedEventTypes = ["com.contoso.ai.ContentFlagged"] }}
+
+[[handler]]
+name = "moderation-approved"
+module = {router:?}
+filter = {{ includedEventTypes = ["com.contoso.ai.ContentApproved"] }}
+capabilities = {{ kv = true }}
+
+[[handler]]
+name = "moderation-review"
+module = {router:?}
+filter = {{ includedEventTypes = ["com.contoso.ai.ReviewEscalated"] }}
+capabilities = {{ kv = true, publish = "local" }}
+
+[[handler]]
+name = "moderation-severe"
+module = {router:?}
+filter = {{ includedEventTypes = ["com.contoso.ai.ContentFlagged"], advancedFilters = [{{ operatorType = "NumberGreaterThan", key = "data.confidence", value = 0.9 }}] }}
+capabilities = {{ config = {{ action = "escalate" }}, publish = "local" }}
+"#
+        ),
+    );
+    let headers = [("aeg-sas-key", KEY), ("content-type", "application/cloudevents-batch+json; charset=utf-8")];
+    let response = gridfn.post("/api/events", std::fs::read(repo("samples/events/moderation.json")).unwrap(), &headers);
+    assert_eq!(response.status(), 200, "{}", gridfn.log_text());
+    let verdict: Value = response.json().unwrap();
+    assert_eq!((&verdict["succeeded"], &verdict["rejected"]), (&json!(6), &json!(0)), "{verdict}");
+    for line in [
+        "WARN handler: moderation-flagged: quarantine img-4821 (violence, high; confidence 0.97)",
+        "WARN handler: moderation-flagged: quarantine doc-2054 (hate-speech, medium; confidence 0.88)",
+        "INFO handler: moderation-approved: publish doc-1137",
+        "INFO handler: moderation-approved: publish img-7733",
+        "WARN handler: moderation-review: escalate doc-3301 for human review (Low confidence requires human review)",
+        // Only img-4821 is over 0.9: escalated by config, and the
+        // ReviewEscalated it publishes reaches the review route, reason and all.
+        "WARN handler: moderation-severe: escalate img-4821 for human review (confidence 0.97, severity high)",
+        "WARN handler: moderation-review: escalate img-4821 for human review (confidence 0.97, severity high)",
+    ] {
+        assert_eq!(gridfn.log_count(line), 1, "{line}\n{}", gridfn.log_text());
+    }
+    assert_eq!(gridfn.events("moderation-review", "success"), 2.0);
+    assert_eq!(gridfn.log_count("for human review"), 3, "the review route publishes nothing: no loop");
+    assert_eq!(gridfn.log_count("moderation-severe: quarantine"), 0);
+    // The flagged route has no kv grant: it counts nothing, and does not fail.
+    assert_eq!(gridfn.events("moderation-flagged", "success"), 2.0);
+    assert_eq!(kv_pairs(&gridfn, "moderation-approved", "count/"), pairs(&[("count/publish", "2")]));
+    assert_eq!(kv_pairs(&gridfn, "moderation-review", "count/"), pairs(&[("count/escalate", "2")]));
 }

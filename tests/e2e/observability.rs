@@ -113,10 +113,14 @@ fn scripted(name: &str, rest: &str) -> String {
     format!("[[handler]]\nname = \"{name}\"\nmodule = {:?}\n{rest}\n", component("scripted"))
 }
 
+/// A namespace push subscription, so the pull sources' series exist too.
+const PUSH_SUBSCRIPTION: &str = "[namespace]\n[[namespace.topic]]\nname = \"jobs\"\n\
+    [[namespace.topic.subscription]]\nname = \"runner\"\ndelivery = \"push\"\nhandler = \"follower\"\n";
+
 #[test]
 fn metrics_change_as_events_flow_as_prometheus_scrapes_them() {
     let gridfn = Gridfn::start(&format!(
-        "{}{}",
+        "{}{}{PUSH_SUBSCRIPTION}",
         scripted(
             "worker",
             "max_concurrency = 1\nqueue = 8\nretry = { attempts = 2, backoff = \"fixed\", initial = \"10ms\" }\n\

@@ -334,11 +334,11 @@ fn the_azure_eventgrid_sdk_publishes_both_schemas_and_every_event_runs_once() {
     assert!(String::from_utf8_lossy(&wrong_key.stderr).contains("401"));
 }
 
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub(crate) const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 
 /// A token as Microsoft Entra ID issues it for Event Grid, signed with the
 /// test key; `change` edits the claims first.
-fn entra_token(change: impl FnOnce(&mut Value)) -> String {
+pub(crate) fn entra_token(change: impl FnOnce(&mut Value)) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let mut claims = json!({
         "iss": format!("https://sts.windows.net/{TENANT}/"),

@@ -183,21 +183,7 @@ impl Gridfn {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting gridfn");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn({
-            let log = log.clone();
-            move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
-                        let _ = ready_tx.send(addr);
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            }
-        });
+        let (log, ready_rx) = follow_log(child.stderr.take().unwrap());
         let addr = match ready_rx.recv_timeout(Duration::from_secs(120)) {
             Ok(addr) => addr,
             Err(_) => {
@@ -207,6 +193,13 @@ impl Gridfn {
         };
         let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         Gridfn { child, base: format!("http://{addr}"), dir, config, log, client, _share: share }
+    }
+
+    /// Kills it with SIGKILL (`kill -9`: no drain, no release of anything)
+    /// and reaps it; its log so far stays readable.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// The address it listens on, for raw sockets.
@@ -297,6 +290,26 @@ impl Gridfn {
         self.settle();
         self.log.lock().unwrap().clone()
     }
+}
+
+/// Collects a gridfn's log lines as they come; the receiver gets the address
+/// it listens on once it says so, and disconnects when the log ends first.
+pub fn follow_log(stderr: std::process::ChildStderr) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<String>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn({
+        let log = log.clone();
+        move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = ready_tx.send(addr);
+                }
+                log.lock().unwrap().push(line);
+            }
+        }
+    });
+    (log, ready_rx)
 }
 
 impl Drop for Gridfn {
@@ -395,6 +408,23 @@ pub fn redis_server() -> Service {
         .expect("redis-server is not installed: run scripts/test, or apt-get install redis-server");
     wait_for_port(port, "redis-server");
     Service { child, url: format!("redis://127.0.0.1:{port}") }
+}
+
+/// A real haproxy (Debian's `haproxy` package; `scripts/test` installs it)
+/// running the configuration at `config` in the foreground, once it listens
+/// on `port` (which the configuration binds).
+pub fn haproxy(config: &Path, port: u16) -> Service {
+    // Debian installs it in /usr/sbin, which not every PATH holds.
+    let bin = if Path::new("/usr/sbin/haproxy").exists() { "/usr/sbin/haproxy" } else { "haproxy" };
+    let child = Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(config)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("haproxy is not installed: run scripts/test, or apt-get install haproxy");
+    wait_for_port(port, "haproxy");
+    Service { child, url: format!("http://127.0.0.1:{port}") }
 }
 
 /// Azurite's blob service (npm `azurite`; `scripts/test` installs it and sets

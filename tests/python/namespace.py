@@ -8,9 +8,18 @@ AzureKeyCredential(key), namespace_topic=..., subscription=...)``, used
 exactly as an Azure user would use them against a namespace; only the
 endpoint is gridfn's (``http://127.0.0.1:PORT``).
 
+With ``--token JWT`` instead of ``--key``, both clients get a
+``TokenCredential`` (``StaticTokenCredential`` below) that hands the SDK
+that token, as ``DefaultAzureCredential`` would hand it one from Entra ID:
+the SDK sends it as ``Authorization: Bearer``. azure-core refuses bearer
+tokens over plain http unless a call passes ``enforce_https=False``, so
+every call does when the endpoint is ``http://`` (gridfn on loopback). The
+scopes the SDK asks for are printed to stderr as ``scopes: ...``.
+
 Usage::
 
     namespace.py --endpoint URL --key KEY --topic TOPIC publish FILE.json
+    namespace.py --endpoint URL --token JWT --topic TOPIC publish FILE.json
     namespace.py ... --subscription SUB receive [--max-events N] [--max-wait S]
     namespace.py ... --subscription SUB acknowledge|reject|renew TOKEN...
     namespace.py ... --subscription SUB release [--delay S] TOKEN...
@@ -31,9 +40,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import uuid
 
-from azure.core.credentials import AzureKeyCredential
+from azure.core.credentials import AccessToken, AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 from azure.core.messaging import CloudEvent
 from azure.eventgrid import EventGridConsumerClient, EventGridPublisherClient
@@ -42,7 +52,9 @@ from azure.eventgrid import EventGridConsumerClient, EventGridPublisherClient
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--endpoint", required=True)
-    p.add_argument("--key", required=True)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--key")
+    who.add_argument("--token")
     p.add_argument("--topic", required=True)
     p.add_argument("--subscription")
     commands = p.add_subparsers(dest="command", required=True)
@@ -69,8 +81,25 @@ def settled(result):
     }
 
 
+class StaticTokenCredential:
+    """A ``TokenCredential`` (azure.core's protocol: ``get_token(*scopes)``)
+    that always returns one token, valid for the next hour."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def get_token(self, *scopes, **kwargs):
+        print("scopes: " + " ".join(scopes), file=sys.stderr)
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
 def run(args):
-    credential = AzureKeyCredential(args.key)
+    if args.token is not None:
+        credential = StaticTokenCredential(args.token)
+        options = {"enforce_https": False} if args.endpoint.startswith("http://") else {}
+    else:
+        credential = AzureKeyCredential(args.key)
+        options = {}
     if args.command == "publish":
         with open(args.file, encoding="utf-8") as f:
             raw = json.load(f)
@@ -85,14 +114,14 @@ def run(args):
             for e in raw
         ]
         with EventGridPublisherClient(args.endpoint, credential, namespace_topic=args.topic) as client:
-            client.send(events)
+            client.send(events, **options)
         return {"ids": [e.id for e in events]}
     consumer = EventGridConsumerClient(
         args.endpoint, credential, namespace_topic=args.topic, subscription=args.subscription
     )
     with consumer:
         if args.command == "receive":
-            details = consumer.receive(max_events=args.max_events, max_wait_time=args.max_wait)
+            details = consumer.receive(max_events=args.max_events, max_wait_time=args.max_wait, **options)
             return [
                 {
                     "lockToken": d.broker_properties.lock_token,
@@ -105,12 +134,12 @@ def run(args):
                 for d in details
             ]
         if args.command == "acknowledge":
-            return settled(consumer.acknowledge(lock_tokens=args.tokens))
+            return settled(consumer.acknowledge(lock_tokens=args.tokens, **options))
         if args.command == "reject":
-            return settled(consumer.reject(lock_tokens=args.tokens))
+            return settled(consumer.reject(lock_tokens=args.tokens, **options))
         if args.command == "renew":
-            return settled(consumer.renew_locks(lock_tokens=args.tokens))
-        return settled(consumer.release(lock_tokens=args.tokens, release_delay=args.delay))
+            return settled(consumer.renew_locks(lock_tokens=args.tokens, **options))
+        return settled(consumer.release(lock_tokens=args.tokens, release_delay=args.delay, **options))
 
 
 def main(argv):

@@ -15,16 +15,27 @@
 //!   expired.", as Azure answers).
 //!
 //! Authentication: `Authorization: SharedAccessKey KEY` (what
-//! `AzureKeyCredential` sends) or `aeg-sas-key: KEY`. Entra ID bearer
-//! tokens are not accepted yet (401).
+//! `AzureKeyCredential` sends) or `aeg-sas-key: KEY`; with
+//! `[namespace.entra]`, also `Authorization: Bearer <JWT>` (what a
+//! `TokenCredential` sends, for the scope `https://eventgrid.azure.net/.default`),
+//! checked by [`crate::entra`]. A token that fails a check is a 401 whose
+//! message says which check; keys that cannot be loaded are a 500.
 //!
-//! Errors carry `{"error": {"code", "message"}}` and the code again in the
-//! `broker-errorcode` and `x-ms-error-code` headers: 400 `BadRequest` (a
-//! missing or unknown `api-version`, an out-of-range `maxEvents`,
-//! `maxWaitTime` or `releaseDelayInSeconds`, a body that is not CloudEvents
-//! or lock tokens), 401 `Unauthorized`, 404 `NotFound` (unknown topic or
+//! A push subscription (`delivery = "push"`) is gridfn's own to deliver:
+//! receiving from it or settling its tokens is a 400.
+//!
+//! Errors carry `{"error": {"code", "message"}}` (the spec's
+//! `Azure.Core.Foundations.ErrorResponse`) and the code again in the
+//! `broker-errorcode` and `x-ms-error-code` headers: 400 `ArgumentInvalid`
+//! (an out-of-range `maxEvents`, `maxWaitTime` or `releaseDelayInSeconds`:
+//! the service answers "(ArgumentInvalid) Invalid maxWaitTime parameter",
+//! azure-sdk-for-python#30570), 400 `BadRequest` (a missing or unknown
+//! `api-version`, a body that is not CloudEvents or lock tokens, a push
+//! subscription), 401 `Unauthorized`, 404 `NotFound` (unknown topic or
 //! subscription), 413 `PayloadTooLarge` (over Azure's 1 MB per publish),
 //! 500 `InternalServerError` (the store failed; nothing was acknowledged).
+//! What was checked against what, and what is not known, is in the README's
+//! "Namespace topics served by gridfn" section.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,7 +59,7 @@ const API_VERSIONS: [&str; 3] = ["2024-06-01", "2023-10-01-preview", "2023-06-01
 const MAX_PUBLISH: usize = 1024 * 1024;
 
 /// Releases may only be delayed by these many seconds.
-const RELEASE_DELAYS: [u64; 5] = [0, 10, 60, 600, 3600];
+pub const RELEASE_DELAYS: [u64; 5] = [0, 10, 60, 600, 3600];
 
 /// The namespace routes over a started broker.
 pub fn routes(broker: Arc<Broker>) -> Router {
@@ -109,6 +120,15 @@ impl ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, code: "BadRequest", message: message.into() }
     }
 
+    /// A query parameter out of its range, as the service words it.
+    fn argument_invalid(name: &str, why: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "ArgumentInvalid",
+            message: format!("Invalid {name} parameter: {why}"),
+        }
+    }
+
     fn not_found(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::NOT_FOUND, code: "NotFound", message: message.into() }
     }
@@ -152,16 +172,18 @@ async fn call(
         }
         None => return Err(ApiError::bad_request("the api-version query parameter is required")),
     }
-    authenticate(&broker, &headers)?;
+    authenticate(&broker, &headers).await?;
     let call = Call::parse(&path).ok_or_else(|| ApiError::not_found(format!("no such operation: /topics/{path}")))?;
     let topic_name = match &call {
         Call::Publish { topic } | Call::Receive { topic, .. } | Call::Settle { topic, .. } => *topic,
     };
     let topic = broker.topic(topic_name).ok_or_else(|| ApiError::not_found(format!("topic {topic_name} not found")))?;
-    let subscription = |name: &str| {
-        topic
-            .subscription(name)
-            .ok_or_else(|| ApiError::not_found(format!("event subscription {name} not found in topic {}", topic.name)))
+    let subscription = |name: &str| match topic.subscription(name) {
+        None => Err(ApiError::not_found(format!("event subscription {name} not found in topic {}", topic.name))),
+        Some(subscription) if subscription.pushes() => Err(ApiError::bad_request(format!(
+            "event subscription {name} delivers by push; only a queue subscription can be received from and settled"
+        ))),
+        Some(subscription) => Ok(subscription),
     };
     match call {
         Call::Publish { .. } => {
@@ -209,22 +231,43 @@ async fn call(
     }
 }
 
-/// `Authorization: SharedAccessKey KEY` or `aeg-sas-key: KEY`.
-fn authenticate(broker: &Broker, headers: &HeaderMap) -> Result<(), ApiError> {
+/// `Authorization: SharedAccessKey KEY`, `aeg-sas-key: KEY`, or (with
+/// `[namespace.entra]`) `Authorization: Bearer <JWT>`.
+async fn authenticate(broker: &Broker, headers: &HeaderMap) -> Result<(), ApiError> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let unauthorized =
+        |message: &str| ApiError { status: StatusCode::UNAUTHORIZED, code: "Unauthorized", message: message.into() };
+    let bearer = authorization.filter(|v| v.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer ")));
+    if bearer.is_some() {
+        let Some(entra) = broker.entra() else {
+            return Err(unauthorized("bearer tokens are not accepted: the namespace has no [namespace.entra]"));
+        };
+        return match entra.validate(bearer).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_server_side() => {
+                tracing::error!("namespace: cannot check bearer tokens: {e}");
+                Err(ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "InternalServerError",
+                    message: "gridfn cannot check bearer tokens now (its Entra signing keys are unavailable)".into(),
+                })
+            }
+            Err(e) => Err(unauthorized(&e.to_string())),
+        };
+    }
     let presented = match authorization {
         Some(value) => value.strip_prefix("SharedAccessKey ").map(str::trim),
         None => headers.get("aeg-sas-key").and_then(|v| v.to_str().ok()),
     };
-    let unauthorized =
-        |message: &str| ApiError { status: StatusCode::UNAUTHORIZED, code: "Unauthorized", message: message.into() };
+    let accepted = match broker.entra() {
+        Some(_) => "Authorization: SharedAccessKey <key>, aeg-sas-key, or Authorization: Bearer <token>",
+        None => "Authorization: SharedAccessKey <key> (or aeg-sas-key)",
+    };
     match presented {
         Some(key) if broker.authorized(key.as_bytes()) => Ok(()),
         Some(_) => Err(unauthorized("the key is not one of the namespace's keys")),
-        None if authorization.is_some() => {
-            Err(unauthorized("only Authorization: SharedAccessKey <key> (or aeg-sas-key) is accepted"))
-        }
-        None => Err(unauthorized("a key is required: Authorization: SharedAccessKey <key>, or aeg-sas-key")),
+        None if authorization.is_some() => Err(unauthorized(&format!("only {accepted} is accepted"))),
+        None => Err(unauthorized(&format!("a credential is required: {accepted}"))),
     }
 }
 
@@ -238,11 +281,10 @@ fn bounded(
     let Some(text) = query.get(name) else { return Ok(default) };
     match text.parse::<u64>() {
         Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(ApiError::bad_request(format!(
-            "{name}={text} is out of range: must be between {} and {}",
-            range.start(),
-            range.end()
-        ))),
+        _ => Err(ApiError::argument_invalid(
+            name,
+            format!("{text} is out of range: must be between {} and {}", range.start(), range.end()),
+        )),
     }
 }
 
@@ -250,7 +292,10 @@ fn release_delay(query: &HashMap<String, String>) -> Result<Duration, ApiError> 
     let Some(text) = query.get("releaseDelayInSeconds") else { return Ok(Duration::ZERO) };
     match text.parse::<u64>() {
         Ok(seconds) if RELEASE_DELAYS.contains(&seconds) => Ok(Duration::from_secs(seconds)),
-        _ => Err(ApiError::bad_request(format!("releaseDelayInSeconds={text}: must be one of 0, 10, 60, 600, 3600"))),
+        _ => Err(ApiError::argument_invalid(
+            "releaseDelayInSeconds",
+            format!("{text}: must be one of 0, 10, 60, 600, 3600"),
+        )),
     }
 }
 
@@ -317,7 +362,8 @@ mod tests {
         assert_eq!(bounded(&query("maxWaitTime", "10"), "maxWaitTime", 60, 10..=120).unwrap(), 10);
         for bad in ["9", "121", "-1", "ten"] {
             let error = bounded(&query("maxWaitTime", bad), "maxWaitTime", 60, 10..=120).unwrap_err();
-            assert_eq!((error.status, error.code), (StatusCode::BAD_REQUEST, "BadRequest"), "{bad}");
+            assert_eq!((error.status, error.code), (StatusCode::BAD_REQUEST, "ArgumentInvalid"), "{bad}");
+            assert!(error.message.starts_with("Invalid maxWaitTime parameter"), "{}", error.message);
         }
         assert_eq!(release_delay(&query("releaseDelayInSeconds", "600")).unwrap(), Duration::from_secs(600));
         assert!(release_delay(&query("releaseDelayInSeconds", "30")).is_err());

@@ -16,6 +16,12 @@
 //!   its TTL, it is dead-lettered (or dropped, with `deadletter = false`).
 //!   A rejected event is dead-lettered at once.
 //!
+//! A push subscription's queue works the same way; its consumer is gridfn
+//! itself ([`crate::pull`] with the broker as its source), so its events
+//! get the same locks, delivery counts, TTL and dead-lettering. Its locks
+//! die with the process that held them: at start they are made available
+//! again at once (a delivery counted, not yet succeeded, retried).
+//!
 //! Each subscription's queue sits behind an async mutex held across its
 //! store commit, so changes reach the disk in the order they were made.
 
@@ -43,6 +49,8 @@ pub struct Broker {
     name: String,
     /// Access keys, compared in constant time by [`Broker::authorized`].
     keys: Vec<Vec<u8>>,
+    /// `[namespace.entra]`: checks bearer tokens, when configured.
+    entra: Option<crate::entra::EntraValidator>,
     /// By lower-case name (Azure matches names ignoring case).
     topics: HashMap<String, Topic>,
     store: Store,
@@ -137,6 +145,7 @@ impl Broker {
         config: &config::Namespace,
         path: &std::path::Path,
         deadletter: DeadLetterStore,
+        entra: Option<crate::entra::EntraValidator>,
     ) -> anyhow::Result<Arc<Broker>> {
         let store = Store::open(path)?;
         let mut topics: HashMap<String, Topic> = HashMap::new();
@@ -155,7 +164,8 @@ impl Broker {
         }
         let mut next_sequence = 0;
         let mut orphans = 0;
-        for (key, record) in store.load()? {
+        let mut released = Vec::new();
+        for (key, mut record) in store.load()? {
             next_sequence = next_sequence.max(key.sequence + 1);
             let subscription = (topics.get(&key.topic))
                 .and_then(|t| t.subscriptions.iter().find(|s| s.config.name.key() == key.subscription));
@@ -164,8 +174,15 @@ impl Broker {
                 continue;
             };
             let mut queue = subscription.queue.try_lock().expect("nobody else has it yet");
-            if let State::Locked { token, .. } = &record.state {
-                queue.tokens.insert(token.clone(), key.sequence);
+            match (&record.state, subscription.pushes()) {
+                (State::Locked { .. }, true) => {
+                    record.state = State::Available { at: 0 };
+                    released.push(Change::Put(key.clone(), record.clone()));
+                }
+                (State::Locked { token, .. }, false) => {
+                    queue.tokens.insert(token.clone(), key.sequence);
+                }
+                (State::Available { .. }, _) => {}
             }
             queue.records.insert(key.sequence, record);
         }
@@ -175,9 +192,14 @@ impl Broker {
                 path.display()
             );
         }
+        if !released.is_empty() {
+            tracing::info!("namespace: {} push deliveries cut by the last stop are retried now", released.len());
+            store.commit(&released)?;
+        }
         let broker = Arc::new(Broker {
             name: config.name.clone(),
             keys: config.keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            entra,
             topics,
             store,
             deadletter,
@@ -192,8 +214,21 @@ impl Broker {
         crate::webhook::is_one_of(&self.keys, presented)
     }
 
+    /// The bearer-token checker, when `[namespace.entra]` is configured.
+    pub fn entra(&self) -> Option<&crate::entra::EntraValidator> {
+        self.entra.as_ref()
+    }
+
     pub fn topic(&self, name: &str) -> Option<&Topic> {
         self.topics.get(&name.to_ascii_lowercase())
+    }
+
+    /// Every push subscription and the handler its events run in.
+    pub fn push_subscriptions(&self) -> impl Iterator<Item = (&Arc<Subscription>, &str)> {
+        (self.topics.values().flat_map(|t| &t.subscriptions)).filter_map(|s| match &s.config.delivery {
+            config::Delivery::Push { handler } => Some((s, handler.as_str())),
+            config::Delivery::Queue => None,
+        })
     }
 
     /// Offers each event to every subscription of `topic` whose filter it
@@ -444,6 +479,16 @@ impl Topic {
 }
 
 impl Subscription {
+    /// `topic/subscription`, as logs and metrics name it.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.topic, self.config.name)
+    }
+
+    /// Whether gridfn itself delivers this subscription's events (push).
+    pub fn pushes(&self) -> bool {
+        matches!(self.config.delivery, config::Delivery::Push { .. })
+    }
+
     fn key(&self, sequence: u64) -> Key {
         Key { topic: self.topic.key(), subscription: self.config.name.key(), sequence }
     }
@@ -521,7 +566,7 @@ mod tests {
              max_delivery_count={max_delivery_count}\ndeadletter={deadletter}\n"
         ))
         .unwrap();
-        raw.parse(&|k| Ok(k.to_owned())).unwrap()
+        raw.parse(&|k| Ok(k.to_owned()), &|_| true).unwrap()
     }
 
     /// A store holding one event for orders/all in `state`, as a gridfn that
@@ -539,7 +584,7 @@ mod tests {
 
     fn start(dir: &tempfile::TempDir, config: &config::Namespace) -> Arc<Broker> {
         let deadletter = DeadLetterStore::Dir(dir.path().join("deadletter"));
-        Broker::start(config, &dir.path().join("store"), deadletter).unwrap()
+        Broker::start(config, &dir.path().join("store"), deadletter, None).unwrap()
     }
 
     fn blobs(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
@@ -613,6 +658,41 @@ mod tests {
         let subscription = broker.topic("orders").unwrap().subscription("all").unwrap();
         assert!(broker.receive(subscription, 1, Duration::from_millis(50)).await.unwrap().is_empty());
         assert!(blobs(&dir.path().join("deadletter")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_renewed_lock_outlives_its_first_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let soon = State::Locked { token: "held".into(), until: now_ms() + 300 };
+        seeded(&dir.path().join("store"), 1, soon, Duration::from_secs(1));
+        let broker = start(&dir, &namespace(10, true));
+        let subscription = broker.topic("orders").unwrap().subscription("all").unwrap();
+        let renewed = broker.settle(subscription, Settle::RenewLock, vec!["held".into()]).await.unwrap();
+        assert_eq!(renewed.succeeded, ["held"]);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Past the first expiry: still locked, so nobody else receives it and the token still settles.
+        assert!(broker.receive(subscription, 1, Duration::from_millis(50)).await.unwrap().is_empty());
+        let acked = broker.settle(subscription, Settle::Acknowledge, vec!["held".into()]).await.unwrap();
+        assert_eq!(acked.succeeded, ["held"]);
+    }
+
+    #[tokio::test]
+    async fn a_push_subscriptions_locks_die_with_the_process_that_held_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = State::Locked { token: "gone".into(), until: now_ms() + 60_000 };
+        seeded(&dir.path().join("store"), 1, held, Duration::from_secs(5));
+        let raw: config::RawNamespace = toml::from_str(
+            "keys=[\"k\"]\n[[topic]]\nname=\"orders\"\n[[topic.subscription]]\nname=\"all\"\ndelivery=\"push\"\nhandler=\"h\"\n",
+        )
+        .unwrap();
+        let config = raw.parse(&|k| Ok(k.to_owned()), &|_| true).unwrap();
+        let broker = start(&dir, &config);
+        let (subscription, handler) = broker.push_subscriptions().next().expect("one push subscription");
+        assert_eq!((subscription.label().as_str(), handler), ("orders/all", "h"));
+        // Available at once (not after the 60 s lock), as its second delivery.
+        let received = broker.receive(subscription, 1, Duration::from_millis(50)).await.unwrap();
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].delivery_count, 2);
     }
 
     #[tokio::test]

@@ -19,13 +19,30 @@
 //! max_delivery_count = 10         # 1 to 10; default 10
 //! event_ttl = "7d"                # 1m to 7d; default 7d
 //! deadletter = true               # default true: to gridfn's [deadletter] store
+//!
+//! [[namespace.topic.subscription]]
+//! name = "sub-quarantine"
+//! delivery = "push"               # default "queue" (pull); "push" runs a handler
+//! handler = "quarantine"          # with push: the [[handler]] each event runs in
+//!
+//! [namespace.entra]               # also accept Entra ID bearer tokens
+//! tenant_id = "<tenant id>"
+//! jwks_file = "keys.json"         # or jwks_url = "https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys"
+//! # audiences = ["https://eventgrid.azure.net"]   (the default: what Azure's SDKs ask tokens for)
+//! # allowed_app_ids = []          (default: any application of the tenant)
 //! ```
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::entra::EntraConfig;
 use crate::filter::Filter;
+
+/// The audience of the tokens Azure's SDKs ask for a namespace
+/// (`https://eventgrid.azure.net/.default`), the default of
+/// `[namespace.entra] audiences`.
+pub const ENTRA_AUDIENCE: &str = "https://eventgrid.azure.net";
 
 /// The namespace name unless `namespace.name` says otherwise.
 pub const DEFAULT_NAME: &str = "gridfn";
@@ -50,6 +67,10 @@ pub struct Namespace {
     /// Empty here means the manifest's `[server] keys` (resolved by
     /// `crate::config`).
     pub keys: Vec<String>,
+    /// `[namespace.entra]`: Entra ID bearer tokens (`Authorization: Bearer
+    /// <JWT>`) are accepted too, checked as `[server.entra]` checks them;
+    /// `allowed_app_ids` empty means any application of the tenant.
+    pub entra: Option<EntraConfig>,
     /// `[[namespace.topic]]`: at least one.
     pub topics: Vec<Topic>,
 }
@@ -63,11 +84,13 @@ pub struct Topic {
     pub subscriptions: Vec<Subscription>,
 }
 
-/// `[[namespace.topic.subscription]]`: an event subscription with queue
-/// (pull) delivery.
+/// `[[namespace.topic.subscription]]`: an event subscription, with queue
+/// (pull) or push delivery.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub name: Name,
+    /// `delivery` (and `handler`): who takes the events.
+    pub delivery: Delivery,
     /// `filter`: the same filter as a handler's (`includedEventTypes`,
     /// subject and advanced filters), on the CloudEvent; absent = every event.
     pub filter: Option<Filter>,
@@ -86,6 +109,17 @@ pub struct Subscription {
     /// them, as Azure does for a subscription without a dead-letter
     /// destination.
     pub deadletter: bool,
+}
+
+/// How a subscription's events leave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// `"queue"` (the default): clients `:receive` them and settle each by
+    /// lock token.
+    Queue,
+    /// `"push"`: gridfn runs each in the handler named `handler` and settles
+    /// it by the verdict itself; clients cannot `:receive` from it.
+    Push { handler: String },
 }
 
 /// A topic or subscription name: 3 to 50 ASCII letters, digits and `-`, as
@@ -126,8 +160,51 @@ pub struct RawNamespace {
     name: Option<String>,
     #[serde(default)]
     keys: Vec<String>,
+    entra: Option<RawEntra>,
     #[serde(default)]
     topic: Vec<RawTopic>,
+}
+
+/// `[namespace.entra]` as written: `[server.entra]`'s fields, with the
+/// namespace audience as the default and any application allowed.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawEntra {
+    tenant_id: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    issuers: Vec<String>,
+    jwks_url: Option<String>,
+    jwks_file: Option<std::path::PathBuf>,
+    required_role: Option<String>,
+    #[serde(default)]
+    allowed_app_ids: Vec<String>,
+    clock_skew: Option<String>,
+}
+
+impl RawEntra {
+    fn parse(self) -> Result<EntraConfig, Vec<String>> {
+        let audiences = match self.audiences.is_empty() {
+            true => vec![ENTRA_AUDIENCE.to_owned()],
+            false => self.audiences,
+        };
+        let config = EntraConfig {
+            tenant_id: self.tenant_id,
+            audiences,
+            issuers: self.issuers,
+            jwks_url: self.jwks_url,
+            jwks_file: self.jwks_file,
+            required_role: self.required_role,
+            allowed_app_ids: self.allowed_app_ids,
+            clock_skew: self.clock_skew,
+        };
+        let problems = config.problems();
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(problems),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -144,6 +221,7 @@ struct RawSubscription {
     name: String,
     filter: Option<Filter>,
     delivery: Option<String>,
+    handler: Option<String>,
     lock_duration: Option<String>,
     max_delivery_count: Option<u64>,
     event_ttl: Option<String>,
@@ -153,8 +231,13 @@ struct RawSubscription {
 impl RawNamespace {
     /// The settings, or every problem, each named relative to `[namespace]`
     /// (e.g. `topic[0] (orders).subscription[1] (audit).lock_duration: …`).
-    /// `key` resolves a key as the manifest resolves keys (`env:NAME`).
-    pub fn parse(self, key: &dyn Fn(&str) -> Result<String, String>) -> Result<Namespace, Vec<String>> {
+    /// `key` resolves a key as the manifest resolves keys (`env:NAME`);
+    /// `handler_exists` says whether the manifest has a handler of that name.
+    pub fn parse(
+        self,
+        key: &dyn Fn(&str) -> Result<String, String>,
+        handler_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Namespace, Vec<String>> {
         let mut problems = Vec::new();
         let name = self.name.unwrap_or_else(|| DEFAULT_NAME.to_owned());
         if Name::parse(&name).is_err() {
@@ -167,13 +250,20 @@ impl RawNamespace {
                 Err(problem) => problems.push(format!("keys[{i}]: {problem}")),
             }
         }
+        let entra = match self.entra.map(RawEntra::parse).transpose() {
+            Ok(entra) => entra,
+            Err(found) => {
+                problems.extend(found.into_iter().map(|p| format!("entra.{p}")));
+                None
+            }
+        };
         if self.topic.is_empty() {
             problems.push("topic: no [[namespace.topic]] listed; the namespace would serve nothing".to_owned());
         }
         let mut topics = Vec::new();
         for (i, raw) in self.topic.into_iter().enumerate() {
             let at = format!("topic[{i}] ({})", raw.name);
-            if let Some(topic) = topic(&at, raw, &mut problems) {
+            if let Some(topic) = topic(&at, raw, handler_exists, &mut problems) {
                 if topics.iter().any(|t: &Topic| t.name.key() == topic.name.key()) {
                     problems.push(format!("{at}.name: another topic has this name (names ignore case)"));
                 }
@@ -181,18 +271,18 @@ impl RawNamespace {
             }
         }
         match problems.is_empty() {
-            true => Ok(Namespace { name, keys, topics }),
+            true => Ok(Namespace { name, keys, entra, topics }),
             false => Err(problems),
         }
     }
 }
 
-fn topic(at: &str, raw: RawTopic, problems: &mut Vec<String>) -> Option<Topic> {
+fn topic(at: &str, raw: RawTopic, handler_exists: &dyn Fn(&str) -> bool, problems: &mut Vec<String>) -> Option<Topic> {
     let name = Name::parse(&raw.name).map_err(|e| problems.push(format!("{at}.name: {e}"))).ok();
     let mut subscriptions: Vec<Subscription> = Vec::new();
     for (i, raw) in raw.subscription.into_iter().enumerate() {
         let at = format!("{at}.subscription[{i}] ({})", raw.name);
-        if let Some(subscription) = subscription(&at, raw, problems) {
+        if let Some(subscription) = subscription(&at, raw, handler_exists, problems) {
             if subscriptions.iter().any(|s| s.name.key() == subscription.name.key()) {
                 problems.push(format!("{at}.name: another subscription of this topic has this name"));
             }
@@ -202,7 +292,12 @@ fn topic(at: &str, raw: RawTopic, problems: &mut Vec<String>) -> Option<Topic> {
     Some(Topic { name: name?, subscriptions })
 }
 
-fn subscription(at: &str, raw: RawSubscription, problems: &mut Vec<String>) -> Option<Subscription> {
+fn subscription(
+    at: &str,
+    raw: RawSubscription,
+    handler_exists: &dyn Fn(&str) -> bool,
+    problems: &mut Vec<String>,
+) -> Option<Subscription> {
     let mut check = |field: &str, result: Result<(), String>| {
         if let Err(problem) = result {
             problems.push(format!("{at}.{field}: {problem}"));
@@ -215,11 +310,26 @@ fn subscription(at: &str, raw: RawSubscription, problems: &mut Vec<String>) -> O
             check("filter", Err(problem.to_string()));
         }
     }
-    match raw.delivery.as_deref() {
-        None | Some("queue") => {}
-        Some("push") => check("delivery", Err("\"push\" to a handler is not served yet; use \"queue\"".into())),
-        Some(other) => check("delivery", Err(format!("{other:?} is not a delivery mode; use \"queue\""))),
-    }
+    let delivery = match (raw.delivery.as_deref(), raw.handler) {
+        (None | Some("queue"), None) => Some(Delivery::Queue),
+        (None | Some("queue"), Some(_)) => {
+            check("handler", Err("only a push subscription runs a handler; add delivery = \"push\"".into()));
+            None
+        }
+        (Some("push"), Some(handler)) if handler_exists(&handler) => Some(Delivery::Push { handler }),
+        (Some("push"), Some(handler)) => {
+            check("handler", Err(format!("no [[handler]] is named {handler:?}")));
+            None
+        }
+        (Some("push"), None) => {
+            check("handler", Err("a push subscription names the handler its events run in".into()));
+            None
+        }
+        (Some(other), _) => {
+            check("delivery", Err(format!("{other:?} is not a delivery mode; use \"queue\" or \"push\"")));
+            None
+        }
+    };
     let lock_duration = within(raw.lock_duration.as_deref(), LOCK_DURATION);
     check("lock_duration", lock_duration.as_ref().map(|_| ()).map_err(Clone::clone));
     let event_ttl = within(raw.event_ttl.as_deref(), EVENT_TTL);
@@ -232,6 +342,7 @@ fn subscription(at: &str, raw: RawSubscription, problems: &mut Vec<String>) -> O
     check("max_delivery_count", max_delivery_count.as_ref().map(|_| ()).map_err(Clone::clone));
     Some(Subscription {
         name: name.ok()?,
+        delivery: delivery?,
         filter: raw.filter,
         lock_duration: lock_duration.ok()?,
         max_delivery_count: max_delivery_count.ok()?,
@@ -260,11 +371,14 @@ mod tests {
 
     fn parse(text: &str) -> Result<Namespace, Vec<String>> {
         let raw: RawNamespace = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
-        raw.parse(&|key| match key.strip_prefix("env:") {
-            Some("NS_KEY") => Ok("secret".into()),
-            Some(name) => Err(format!("environment variable {name} is not set")),
-            None => Ok(key.to_owned()),
-        })
+        raw.parse(
+            &|key| match key.strip_prefix("env:") {
+                Some("NS_KEY") => Ok("secret".into()),
+                Some(name) => Err(format!("environment variable {name} is not set")),
+                None => Ok(key.to_owned()),
+            },
+            &|handler| handler == "quarantine",
+        )
     }
 
     #[test]
@@ -277,6 +391,21 @@ mod tests {
         assert_eq!(sub.max_delivery_count, 10);
         assert_eq!(sub.event_ttl, Duration::from_secs(7 * 24 * 3600));
         assert!(sub.deadletter && sub.filter.is_none());
+        assert_eq!(sub.delivery, Delivery::Queue);
+        assert!(ns.entra.is_none());
+    }
+
+    #[test]
+    fn a_push_subscription_names_its_handler_and_entra_defaults_to_the_namespace_audience() {
+        let ns = parse(
+            "keys=[\"k\"]\n[entra]\ntenant_id=\"t1\"\njwks_file=\"keys.json\"\n\
+             [[topic]]\nname=\"orders\"\n[[topic.subscription]]\nname=\"run\"\ndelivery=\"push\"\nhandler=\"quarantine\"\n",
+        )
+        .unwrap();
+        assert_eq!(ns.topics[0].subscriptions[0].delivery, Delivery::Push { handler: "quarantine".into() });
+        let entra = ns.entra.unwrap();
+        assert_eq!(entra.audiences, [ENTRA_AUDIENCE]);
+        assert!(entra.allowed_app_ids.is_empty(), "any application of the tenant");
     }
 
     #[test]
@@ -318,7 +447,15 @@ mod tests {
             (&format!("{topic}max_delivery_count=11\n"), ".max_delivery_count: 11 is out of range (1 to 10)"),
             (&format!("{topic}max_delivery_count=0\n"), ".max_delivery_count: 0 is out of range"),
             (&format!("{topic}event_ttl=\"8d\"\n"), ".event_ttl: 8d is out of range"),
-            (&format!("{topic}delivery=\"push\"\n"), ".delivery: \"push\" to a handler is not served yet"),
+            (&format!("{topic}delivery=\"push\"\n"), "(all).handler: a push subscription names the handler"),
+            (
+                &format!("{topic}delivery=\"push\"\nhandler=\"nobody\"\n"),
+                "(all).handler: no [[handler]] is named \"nobody\"",
+            ),
+            (&format!("{topic}handler=\"quarantine\"\n"), "(all).handler: only a push subscription"),
+            (&format!("{topic}delivery=\"webhook\"\n"), "(all).delivery: \"webhook\" is not a delivery mode"),
+            (&format!("[entra]\ntenant_id=\"t\"\n{topic}"), "entra.jwks_url / jwks_file: set exactly one"),
+            (&format!("[entra]\ntenant=\"t\"\n{topic}"), "unknown field `tenant`"),
             (&format!("{topic}filter={{includedEventTypes=[\"\"]}}\n"), "(all).filter: includedEventTypes[0]"),
             (
                 &format!("{topic}[[topic.subscription]]\nname=\"ALL\"\n"),

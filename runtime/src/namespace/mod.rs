@@ -26,7 +26,11 @@ pub async fn start(manifest: &Manifest) -> anyhow::Result<Option<Arc<broker::Bro
     let Some(namespace) = &manifest.namespace else { return Ok(None) };
     let deadletter = DeadLetterStore::open(&manifest.deadletter).await?;
     let path = manifest.server.state_dir.join("namespace");
-    let broker = broker::Broker::start(namespace, &path, deadletter)?;
+    let entra = match &namespace.entra {
+        Some(config) => Some(crate::entra::EntraValidator::new(config).await?.accept_any_app_unless_listed(config)),
+        None => None,
+    };
+    let broker = broker::Broker::start(namespace, &path, deadletter, entra)?;
     let topics: Vec<String> = namespace.topics.iter().map(|t| t.name.to_string()).collect();
     tracing::info!("namespace {}: serving topic(s) {} at /topics/", namespace.name, topics.join(", "));
     Ok(Some(broker))

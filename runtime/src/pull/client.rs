@@ -1,14 +1,16 @@
 //! The namespace data plane as a client calls it (api-version
 //! `2024-06-01`): a long-polling receive and the settle calls, with the key
-//! as `Authorization: SharedAccessKey`. Speaks to Azure and to a gridfn
-//! serving `[namespace]` alike.
+//! as `Authorization: SharedAccessKey`, or an Entra token as
+//! `Authorization: Bearer` ([`super::token`]). Speaks to Azure and to a
+//! gridfn serving `[namespace]` alike.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::config::Pull;
+use super::config::{Credential, Pull};
+use super::token::TokenSource;
 use crate::namespace::broker::Settle;
 
 const API_VERSION: &str = "2024-06-01";
@@ -21,7 +23,15 @@ pub struct Client {
     http: reqwest::Client,
     /// `{endpoint}/topics/{topic}/eventsubscriptions/{subscription}`.
     base: String,
-    authorization: String,
+    authorization: Authorization,
+}
+
+/// What goes in each call's `Authorization` header.
+enum Authorization {
+    /// `SharedAccessKey KEY`, always the same.
+    Key(String),
+    /// `Bearer <token>`, the token cached until near its expiry.
+    Entra(TokenSource),
 }
 
 /// One received event.
@@ -69,7 +79,18 @@ impl Client {
         Client {
             http: reqwest::Client::new(),
             base: format!("{endpoint}/topics/{}/eventsubscriptions/{}", pull.topic, pull.subscription),
-            authorization: format!("SharedAccessKey {}", pull.key),
+            authorization: match &pull.credential {
+                Credential::Key(key) => Authorization::Key(format!("SharedAccessKey {key}")),
+                Credential::Entra(credentials) => Authorization::Entra(TokenSource::new(credentials)),
+            },
+        }
+    }
+
+    /// The `Authorization` header of the next call.
+    async fn authorization(&self) -> anyhow::Result<String> {
+        match &self.authorization {
+            Authorization::Key(header) => Ok(header.clone()),
+            Authorization::Entra(tokens) => Ok(format!("Bearer {}", tokens.token().await?)),
         }
     }
 
@@ -105,7 +126,7 @@ impl Client {
     /// status and Azure's error code.
     async fn post(&self, url: &str, body: String, timeout: Duration) -> anyhow::Result<bytes::Bytes> {
         let response = (self.http.post(url))
-            .header("authorization", &self.authorization)
+            .header("authorization", self.authorization().await?)
             .header("content-type", "application/json; charset=utf-8")
             .body(body)
             .timeout(timeout)
@@ -114,6 +135,9 @@ impl Client {
         let status = response.status();
         let code = response.headers().get("broker-errorcode").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = response.bytes().await?;
+        if let (401, Authorization::Entra(tokens)) = (status.as_u16(), &self.authorization) {
+            tokens.forget().await;
+        }
         match status.as_u16() {
             200 => Ok(body),
             _ => anyhow::bail!(
