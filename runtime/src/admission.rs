@@ -4,7 +4,12 @@
 //! - `max_concurrency`: instances of one handler alive at once (running or
 //!   waiting on I/O), which bounds its memory;
 //! - `queue`: events waiting for one of those; when it is full the event is
-//!   retried (503 + Retry-After), never held in unbounded memory;
+//!   retried (503 + Retry-After), never held in unbounded memory. A delivery
+//!   enters through its own [`DeliveryGate`], and its events never count
+//!   against it, only other deliveries' do: its events are in memory already,
+//!   so a delivery of 5,000 events runs in one attempt (in arrival order,
+//!   like every other event), and the queue bounds what concurrent
+//!   deliveries add, not the size of one;
 //! - the pool: instances alive at once, all handlers together, which is what
 //!   the pooling allocator has room for ([`crate::sandbox::MAX_INSTANCES`]);
 //! - the CPU share: instances of one handler being *polled* at once.
@@ -80,15 +85,45 @@ impl Admission {
     /// Waits for one of the handler's instances (in its bounded queue), then
     /// for room in the pool.
     pub async fn admit(&self) -> Result<Admitted<'_>, QueueFull> {
+        self.admit_beside(None).await
+    }
+
+    /// [`Admission::admit`], where `own` counts the places in the queue the
+    /// caller's delivery holds, which do not count against it.
+    async fn admit_beside(&self, own: Option<&AtomicUsize>) -> Result<Admitted<'_>, QueueFull> {
         let slot = match self.slots.try_acquire() {
             Ok(slot) => slot,
             Err(_) => {
-                let _place = QueuePlace::take(&self.waiting, self.queue).ok_or(QueueFull { queue: self.queue })?;
+                let _place = QueuePlace::take(&self.waiting, own, self.queue).ok_or(QueueFull { queue: self.queue })?;
                 self.slots.acquire().await.expect("admission semaphores are never closed")
             }
         };
         let instance = self.pool.acquire().await.expect("admission semaphores are never closed");
         Ok(Admitted { _slot: slot, _instance: instance, on_cpu: &self.on_cpu })
+    }
+
+    /// The gate one delivery's events (or batch calls) for this handler
+    /// pass instead of [`Admission::admit`].
+    pub fn for_delivery(&self) -> DeliveryGate<'_> {
+        DeliveryGate { admission: self, own: AtomicUsize::new(0) }
+    }
+}
+
+/// One delivery's way to a handler: its events wait in the handler's queue
+/// like any other (first come, first served), but the places they hold do
+/// not count against the delivery itself, only against other deliveries. A
+/// delivery is never refused for its own size (its events are in memory
+/// already), and the queue still bounds what other deliveries add meanwhile.
+pub struct DeliveryGate<'a> {
+    admission: &'a Admission,
+    /// Places in the queue this delivery's events hold now.
+    own: AtomicUsize,
+}
+
+impl DeliveryGate<'_> {
+    /// As [`Admission::admit`], the delivery's own waiting events aside.
+    pub async fn admit(&self) -> Result<Admitted<'_>, QueueFull> {
+        self.admission.admit_beside(Some(&self.own)).await
     }
 }
 
@@ -101,18 +136,32 @@ impl<'a> Admitted<'a> {
 }
 
 /// A place in a handler's queue, given back when dropped.
-struct QueuePlace<'a>(&'a AtomicUsize);
+struct QueuePlace<'a> {
+    waiting: &'a AtomicUsize,
+    /// The delivery's own count, when it came through a [`DeliveryGate`].
+    own: Option<&'a AtomicUsize>,
+}
 
 impl<'a> QueuePlace<'a> {
-    fn take(waiting: &'a AtomicUsize, queue: usize) -> Option<Self> {
-        waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < queue).then_some(n + 1)).ok()?;
-        Some(QueuePlace(waiting))
+    /// A place, if fewer than `queue` are held by others than `own`'s delivery.
+    fn take(waiting: &'a AtomicUsize, own: Option<&'a AtomicUsize>, queue: usize) -> Option<Self> {
+        let mine = own.map_or(0, |own| own.load(Ordering::Acquire));
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n - mine.min(n) < queue).then_some(n + 1))
+            .ok()?;
+        if let Some(own) = own {
+            own.fetch_add(1, Ordering::AcqRel);
+        }
+        Some(QueuePlace { waiting, own })
     }
 }
 
 impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if let Some(own) = self.own {
+            own.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -223,6 +272,30 @@ mod tests {
         drop(running);
         assert!(queued.await.unwrap(), "the queued event runs once the instance is free");
         assert!(admission.admit().await.is_ok(), "and the queue place is given back");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_larger_than_the_queue_runs_whole_while_others_meet_the_queue() {
+        let admission = admission(2, 1, 1, &Arc::new(Semaphore::new(8)));
+        let gate = admission.for_delivery();
+        let (finish, admitted) = (Semaphore::new(0), AtomicUsize::new(0));
+        // 50 events of one delivery, far more than max_concurrency + queue.
+        let events = (0..50).map(|_| async {
+            let run = gate.admit().await.expect("a delivery's own events never overflow the queue");
+            admitted.fetch_add(1, Ordering::SeqCst);
+            run.run(finish.acquire()).await.unwrap().forget();
+        });
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(admitted.load(Ordering::SeqCst), 2, "two run, 48 wait in the queue of 1");
+            let refused = matches!(admission.admit().await, Err(QueueFull { queue: 1 }));
+            finish.add_permits(50);
+            refused
+        };
+        let (_, refused) = tokio::join!(futures::future::join_all(events), others);
+        assert_eq!(admitted.load(Ordering::SeqCst), 50);
+        assert!(refused, "an event from another delivery meets the full queue meanwhile");
+        assert!(admission.admit().await.is_ok(), "and every place is given back");
     }
 
     #[tokio::test]

@@ -246,7 +246,9 @@ pub struct Handler {
     /// on CPU at a time when there are other handlers (see `crate::admission`).
     pub max_concurrency: usize,
     /// `queue`: events that may wait for a free instance; beyond it the
-    /// delivery gets 503 + Retry-After. Default 1024.
+    /// delivery gets 503 + Retry-After. Default 1024. A delivery's own
+    /// waiting events count only against other deliveries, so it bounds what
+    /// concurrent deliveries add, never the size of one.
     pub queue: usize,
     /// `fuel`: units of work per event (roughly one per wasm instruction);
     /// default unlimited (only the deadline applies).
@@ -255,6 +257,11 @@ pub struct Handler {
     /// is replaced; default 1 (a fresh instance per event). Never two events
     /// at once; an instance is dropped after any trap, timeout or retry.
     pub instance_reuse: u32,
+    /// `batch = true | N`: run this handler's events of a delivery in one
+    /// call of the component's `handle-batch` export (one fresh instance),
+    /// at most N per call; default `false` (a call of `handle` per event).
+    /// `None` for one call per event.
+    pub batch: Option<usize>,
     /// `[handler.capabilities]`: what the handler may use beyond logging.
     pub capabilities: Capabilities,
     /// `subscriptions = ["ORDERS-SUB", …]`: the Event Grid event
@@ -648,6 +655,7 @@ fn handler(at: &str, raw: RawHandler, cx: &Context, p: &mut Problems) -> Result<
     let max_concurrency = p.check(key("max_concurrency"), raw.max_concurrency.map_or(Ok(16), at_least_one));
     let fuel = raw.fuel.map(|fuel| p.check(key("fuel"), at_least_one(fuel))).transpose();
     let instance_reuse = p.check(key("instance_reuse"), raw.instance_reuse.map_or(Ok(1), at_least_one));
+    let batch = batch(raw.batch, raw.instance_reuse, raw.capabilities.publish.is_some(), &key("batch"), p);
     let capabilities = capabilities(raw.capabilities, &key("capabilities"), cx, p);
     let subscriptions = p.list(&key("subscriptions"), &raw.subscriptions, |name| SubscriptionName::parse(name));
     Ok(Handler {
@@ -661,10 +669,37 @@ fn handler(at: &str, raw: RawHandler, cx: &Context, p: &mut Problems) -> Result<
         queue: raw.queue.unwrap_or(1024) as usize,
         fuel: fuel?,
         instance_reuse: instance_reuse?.min(u32::MAX.into()) as u32,
+        batch: batch?,
         capabilities: capabilities?,
         subscriptions: subscriptions?,
         build: build?,
     })
+}
+
+/// `handler.batch`: events per `handle-batch` call (`true`: every event of
+/// the delivery), or `None` for a `handle` call per event. A batch call runs
+/// in a fresh instance and publishes nothing, so it rules out
+/// `instance_reuse` and the `publish` capability (published events belong to
+/// the one event being handled).
+fn batch(
+    raw: Option<RawBatch>,
+    reuse: Option<u64>,
+    publish: bool,
+    key: &str,
+    p: &mut Problems,
+) -> Result<Option<usize>, Reported> {
+    let size = match raw {
+        None | Some(RawBatch::On(false)) => return Ok(None),
+        Some(RawBatch::On(true)) => usize::MAX,
+        Some(RawBatch::Size(size)) => p.check(key, at_least_one(size))?.try_into().unwrap_or(usize::MAX),
+    };
+    if reuse.is_some_and(|reuse| reuse > 1) {
+        return p.fail(key, "a batch runs in a fresh instance; it cannot be combined with instance_reuse");
+    }
+    if publish {
+        return p.fail(key, "a batch handler cannot publish (published events belong to one event); use `handle`");
+    }
+    Ok(Some(size))
 }
 
 /// `handler.build` and `handler.workdir`; `at` names the handler.
@@ -1004,12 +1039,21 @@ struct RawHandler {
     queue: Option<u64>,
     fuel: Option<u64>,
     instance_reuse: Option<u64>,
+    batch: Option<RawBatch>,
     #[serde(default)]
     capabilities: RawCapabilities,
     #[serde(default)]
     subscriptions: Vec<String>,
     build: Option<String>,
     workdir: Option<PathBuf>,
+}
+
+/// `batch = true | false | N`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBatch {
+    On(bool),
+    Size(u64),
 }
 
 #[derive(Deserialize)]
@@ -1219,6 +1263,18 @@ mod tests {
             (
                 "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\ncapabilities.allowed_outbound_hosts=[\"https://ok.example\",\"example.com\"]\n",
                 "handler[0] (h).capabilities.allowed_outbound_hosts[1]: \"example.com\" needs a scheme",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nbatch=0\n",
+                "handler[0] (h).batch: must be at least 1",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nbatch=true\ninstance_reuse=8\n",
+                "handler[0] (h).batch: a batch runs in a fresh instance; it cannot be combined with instance_reuse",
+            ),
+            (
+                "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nbatch=100\ncapabilities.publish=\"local\"\n",
+                "handler[0] (h).batch: a batch handler cannot publish",
             ),
             (
                 "[server]\nallow_anonymous=true\n[[handler]]\nname=\"h\"\nmodule=\"h.wasm\"\nbuild=\" \"\n",

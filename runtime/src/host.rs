@@ -58,13 +58,11 @@ impl Host {
     /// the stores. Fails if any handler does not fit the contract or a store
     /// cannot be reached.
     pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
-        let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
-        let fuel = manifest.handlers.iter().any(|h| h.fuel.is_some());
         let kv = match manifest.handlers.iter().any(|h| h.capabilities.kv) {
             true => Some(crate::kv::open(&manifest.dedup.store, &manifest.server.state_dir).await?),
             false => None,
         };
-        let sandbox = Arc::new(Sandbox::new(max_memory, fuel, &manifest.server.cache_dir, kv.clone())?);
+        let sandbox = Arc::new(Sandbox::for_manifest(manifest, kv.clone())?);
         let registry = Arc::new(Registry::load(manifest, sandbox)?);
         let entra = match &manifest.server.entra {
             Some(config) => Some(EntraValidator::new(config).await?),

@@ -68,7 +68,8 @@ enum Command {
     /// Create a handler project (Rust, Python or JavaScript) that builds and
     /// passes its own test, and print its gridfn.toml lines.
     New(gridfn::scaffold::Options),
-    /// Check a manifest and print every problem with its key, without serving.
+    /// Check a manifest and print every problem with its key, without serving;
+    /// compile each module and say which contract version and exports it has.
     Check {
         #[arg(long, short, default_value = "gridfn.toml")]
         config: PathBuf,
@@ -242,8 +243,12 @@ fn init_logging(format: LogFormat, otlp_endpoint: Option<&url::Url>) -> anyhow::
 
 fn check(config: &Path) -> anyhow::Result<()> {
     let manifest = Manifest::load(config)?;
+    // Each module compiled and linked as `serve` would (into the compile cache it uses).
+    let sandbox = gridfn::sandbox::Sandbox::for_manifest(&manifest, None)?;
+    let loaded = manifest.handlers.iter().map(|handler| sandbox.load(handler)).collect::<anyhow::Result<Vec<_>>>()?;
     println!("{}: ok, {} handler(s)", config.display(), manifest.handlers.len());
-    for handler in &manifest.handlers {
+    for (handler, loaded) in manifest.handlers.iter().zip(loaded) {
+        println!("  {}: {}", handler.name, loaded.contract);
         if let Some(build) = &handler.build {
             println!("  {}: built by `{}` in {}", handler.name, build.command, build.workdir.display());
         }

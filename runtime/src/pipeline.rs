@@ -9,6 +9,12 @@
 //! success published, dead-letter a rejection; then record every done pair in
 //! one durable write.
 //!
+//! A handler whose manifest sets `batch` takes the same steps with one call
+//! for many pairs: every pair of the delivery is claimed first, the claimed
+//! events go to `handle-batch` together (at most `batch` per call, one fresh
+//! instance each), and each event's outcome is then honoured on its own, as a
+//! `handle` call's would be.
+//!
 //! A batch is all-or-none for Event Grid, so the verdict is done only when
 //! every pair is done (succeeded now, succeeded before, or dead-lettered);
 //! otherwise the pairs to retry are listed, and the pairs that did succeed are
@@ -23,14 +29,14 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use serde::{Deserialize, Serialize};
 
-use crate::admission::QueueFull;
+use crate::admission::{DeliveryGate, QueueFull};
 use crate::deadletter::{DeadLetterStore, Rejection};
 use crate::dedup::{Claim, Dedup, DedupKey, Lease};
 use crate::event::{DeliveryInfo, Event, SUBSCRIPTION_DELETED_EVENT};
 use crate::metrics::{Destination, Metrics, PairOutcome};
 use crate::publish::{MAX_LOCAL_DEPTH, Published, Topic};
 use crate::registry::{Registry, Route};
-use crate::sandbox::{Invocation, LoadedHandler, Outcome};
+use crate::sandbox::{BatchInvocation, Invocation, LoadedHandler, Outcome};
 use crate::trace::{current_pair, pair_span};
 
 /// Retry-After when no handler asked for a specific delay: Event Grid's own
@@ -195,7 +201,11 @@ impl Pipeline {
         depth: u32,
     ) -> BoxFuture<'a, Verdict> {
         async move {
+            // Each handler's way in for this delivery, beside its route.
+            let gates: Vec<DeliveryGate> = routes.iter().map(|route| route.admission.for_delivery()).collect();
             let mut pairs = Vec::new();
+            // Per route, the events a handler that takes batches wants.
+            let mut batches: Vec<Vec<(usize, Arc<Event>)>> = routes.iter().map(|_| Vec::new()).collect();
             let mut unmatched = Vec::new();
             for (index, event) in events.into_iter().map(Arc::new).enumerate() {
                 if event.event_type == SUBSCRIPTION_DELETED_EVENT {
@@ -205,16 +215,24 @@ impl Pipeline {
                 }
                 // Parsed once per event, and only if some handler has a filter.
                 let json = std::cell::OnceCell::new();
-                let wanted_by: Vec<&Route> = routes.iter().copied().filter(|route| route.wants(&event, &json)).collect();
-                if wanted_by.is_empty() {
+                let mut wanted = false;
+                for (r, route) in routes.iter().enumerate().filter(|(_, route)| route.wants(&event, &json)) {
+                    wanted = true;
+                    match route.config.batch {
+                        None => pairs.push(self.run_pair(index, event.clone(), route, &gates[r], delivery, received, depth)),
+                        Some(_) => batches[r].push((index, event.clone())),
+                    }
+                }
+                if !wanted {
                     unmatched.push(index);
                     self.metrics.count(unmatched_label, PairOutcome::Unmatched);
                 }
-                for route in wanted_by {
-                    pairs.push(self.run_pair(index, event.clone(), route, delivery, received, depth));
-                }
             }
-            let pairs = self.record(join_all(pairs).await).await;
+            let batched = (routes.iter().zip(&gates).zip(batches))
+                .filter(|(_, events)| !events.is_empty())
+                .map(|((route, gate), events)| self.run_batched(events, route, gate, delivery, received));
+            let (pairs, batched) = tokio::join!(join_all(pairs), join_all(batched));
+            let pairs = self.record(pairs.into_iter().chain(batched.into_iter().flatten()).collect()).await;
             let mut verdict = Verdict::from_pairs(pairs, delivery.replay);
             verdict.unmatched = unmatched.len();
             if delivery.replay {
@@ -240,40 +258,25 @@ impl Pipeline {
         outcome = tracing::field::Empty, trace_id = tracing::field::Empty, span_id = tracing::field::Empty,
         parent_id = tracing::field::Empty,
     ))]
+    #[allow(clippy::too_many_arguments)]
     async fn run_pair(
         &self,
         index: usize,
         event: Arc<Event>,
         route: &Route,
+        gate: &DeliveryGate<'_>,
         delivery: &DeliveryInfo,
         received: &Received,
         depth: u32,
     ) -> PairRun {
         let handler = route.handler();
         let trace = pair_span(&event, delivery.traceparent);
-        let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
-        // A copy already running gets as long as its deadline to finish, and a
-        // lease outlives every local attempt, so no other host starts it meanwhile.
-        let wait = handler.timeout() + Duration::from_secs(1);
-        let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
-        // A replay may run a pair that was dead-lettered (never one that succeeded).
-        let claim = self.dedup.claim_as(key, wait, lease_for, delivery.replay).await;
-        self.metrics.handler(&handler.name).claimed(&claim);
-        let mut lease = match claim {
-            Claim::Run(lease) => lease,
-            Claim::Done => return PairRun::new(index, &event, &handler, None, None),
-            Claim::Busy => {
-                let reason = "another copy of this event is still running".to_owned();
-                return PairRun::new(index, &event, &handler, Some(Outcome::Retry { reason, after: None }), None);
-            }
-            Claim::Failed(error) => {
-                let reason = format!("could not check whether the event was handled: {error}");
-                return PairRun::new(index, &event, &handler, Some(Outcome::Retry { reason, after: None }), None);
-            }
+        let lease = match self.claim(index, &event, &handler, delivery).await {
+            Ok(lease) => lease,
+            Err(not_run) => return not_run,
         };
-
         let (Invocation { outcome, mut published, .. }, delivery) =
-            self.run_with_local_retries(route, &handler, &event, delivery, received).await;
+            self.run_with_local_retries(route, gate, &handler, &event, delivery, received).await;
         current_pair().record("attempt", delivery.attempt + 1);
         published.iter_mut().for_each(|event| event.traceparent = Some(trace));
         let outcome = match outcome {
@@ -282,6 +285,93 @@ impl Pipeline {
             }
             other => other,
         };
+        self.conclude(index, &event, &handler, outcome, lease, &delivery, received).await
+    }
+
+    /// The events of a delivery for a handler that takes batches: claims
+    /// every pair, runs the claimed ones in calls of at most `batch` events
+    /// (side by side, as admission allows), and concludes each pair with its
+    /// own outcome. (A batch handler publishes nothing: the manifest refuses
+    /// `publish` with `batch`.)
+    async fn run_batched(
+        &self,
+        events: Vec<(usize, Arc<Event>)>,
+        route: &Route,
+        gate: &DeliveryGate<'_>,
+        delivery: &DeliveryInfo,
+        received: &Received,
+    ) -> Vec<PairRun> {
+        let handler = route.handler();
+        let claims = join_all(events.iter().map(|(index, event)| self.claim(*index, event, &handler, delivery))).await;
+        let mut runs = Vec::new();
+        let mut claimed = Vec::new();
+        for ((index, event), claim) in events.into_iter().zip(claims) {
+            match claim {
+                Ok(lease) => claimed.push((index, event, lease)),
+                Err(not_run) => runs.push(not_run),
+            }
+        }
+        let size = route.config.batch.unwrap_or(1);
+        let to_run: Vec<&Event> = claimed.iter().map(|(_, event, _)| &**event).collect();
+        let calls = to_run
+            .chunks(size)
+            .map(|call| self.run_call_with_local_retries(route, gate, &handler, call, delivery, received));
+        let outcomes = join_all(calls).await.into_iter().flatten();
+        let handler = &handler;
+        let finished = claimed.into_iter().zip(outcomes).map(|((index, event, lease), (outcome, reruns))| async move {
+            let seen = DeliveryInfo { attempt: delivery.attempt + reruns, ..delivery.clone() };
+            self.conclude(index, &event, handler, outcome, lease, &seen, received).await
+        });
+        runs.extend(join_all(finished).await);
+        runs
+    }
+
+    /// Claims a pair: its lease, or, when it must not run now (done before,
+    /// running elsewhere, the store failed), what became of it.
+    async fn claim(
+        &self,
+        index: usize,
+        event: &Event,
+        handler: &LoadedHandler,
+        delivery: &DeliveryInfo,
+    ) -> Result<Lease, PairRun> {
+        let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
+        // A copy already running gets as long as its deadline to finish, and a
+        // lease outlives every local attempt, so no other host starts it meanwhile.
+        let wait = handler.timeout() + Duration::from_secs(1);
+        let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
+        // A replay may run a pair that was dead-lettered (never one that succeeded).
+        let claim = self.dedup.claim_as(key, wait, lease_for, delivery.replay).await;
+        self.metrics.handler(&handler.name).claimed(&claim);
+        let retry = |reason: String| Some(Outcome::Retry { reason, after: None });
+        match claim {
+            Claim::Run(lease) => Ok(lease),
+            Claim::Done => Err(PairRun::new(index, event, handler, None, None)),
+            Claim::Busy => {
+                let reason = "another copy of this event is still running".to_owned();
+                Err(PairRun::new(index, event, handler, retry(reason), None))
+            }
+            Claim::Failed(error) => {
+                let reason = format!("could not check whether the event was handled: {error}");
+                Err(PairRun::new(index, event, handler, retry(reason), None))
+            }
+        }
+    }
+
+    /// Ends a pair that ran: dead-letters a rejection (a replayed one stays
+    /// where it is), and marks the lease done on a success or rejection.
+    /// `delivery` is as the pair's last run saw it.
+    #[allow(clippy::too_many_arguments)]
+    async fn conclude(
+        &self,
+        index: usize,
+        event: &Event,
+        handler: &LoadedHandler,
+        outcome: Outcome,
+        mut lease: Lease,
+        delivery: &DeliveryInfo,
+        received: &Received,
+    ) -> PairRun {
         let outcome = match outcome {
             // A replayed record that is rejected again stays where it is (the
             // replay's ledger notes it): a second blob would replay it twice.
@@ -289,7 +379,7 @@ impl Pipeline {
                 tracing::warn!(handler = %handler.name, event_id = %event.id, "replayed event rejected again: {reason}");
                 Outcome::Reject { reason }
             }
-            Outcome::Reject { reason } => self.dead_letter(&event, &handler, &delivery, &reason, received).await,
+            Outcome::Reject { reason } => self.dead_letter(event, handler, delivery, &reason, received).await,
             other => other,
         };
         match outcome {
@@ -297,7 +387,7 @@ impl Pipeline {
             Outcome::Reject { .. } => lease.mark_rejected(),
             Outcome::Retry { .. } => {}
         }
-        PairRun::new(index, &event, &handler, Some(outcome), Some(lease))
+        PairRun::new(index, event, handler, Some(outcome), Some(lease))
     }
 
     /// Runs the handler, and again after a pause while its outcome is a retry
@@ -306,6 +396,7 @@ impl Pipeline {
     async fn run_with_local_retries(
         &self,
         route: &Route,
+        gate: &DeliveryGate<'_>,
         handler: &Arc<LoadedHandler>,
         event: &Event,
         delivery: &DeliveryInfo,
@@ -314,12 +405,11 @@ impl Pipeline {
         let mut delivery = delivery.clone();
         let mut runs = 1;
         loop {
-            let run = self.invoke(route, handler, event, &delivery).await;
+            let run = self.invoke(gate, handler, event, &delivery).await;
             let Outcome::Retry { after, reason } = &run.outcome else { return (run, delivery) };
-            let Some(delay) = route.config.retry.delay_before(runs + 1, *after) else { return (run, delivery) };
-            if received.at.elapsed() + delay + handler.timeout() > LOCAL_RETRY_BUDGET {
+            let Some(delay) = local_retry_delay(route, handler, received, runs + 1, *after) else {
                 return (run, delivery);
-            }
+            };
             tracing::info!(handler = %handler.name, event_id = %event.id, "retrying locally in {delay:?}: {reason}");
             self.metrics.handler(&handler.name).retried_locally();
             tokio::time::sleep(delay).await;
@@ -328,44 +418,123 @@ impl Pipeline {
         }
     }
 
-    /// Runs the handler once, when admission lets it, taking turns on the CPU
-    /// with the others.
-    async fn invoke(
+    /// [`Pipeline::run_with_local_retries`] for a call of `handle-batch`:
+    /// calls again with only the events whose outcome was a retry. Each
+    /// event's last outcome, and how many times it ran again locally.
+    async fn run_call_with_local_retries(
         &self,
         route: &Route,
+        gate: &DeliveryGate<'_>,
+        handler: &Arc<LoadedHandler>,
+        events: &[&Event],
+        delivery: &DeliveryInfo,
+        received: &Received,
+    ) -> Vec<(Outcome, u32)> {
+        let mut delivery = delivery.clone();
+        let mut last: Vec<Option<(Outcome, u32)>> = vec![None; events.len()];
+        let mut pending: Vec<usize> = (0..events.len()).collect();
+        let mut runs = 1;
+        loop {
+            let call: Vec<&Event> = pending.iter().map(|&i| events[i]).collect();
+            let outcomes = self.invoke_batch(gate, handler, &call, &delivery).await;
+            for (&i, outcome) in pending.iter().zip(outcomes) {
+                last[i] = Some((outcome, runs - 1));
+            }
+            let retry_after = |i: &usize| match &last[*i] {
+                Some((Outcome::Retry { after, .. }, _)) => Some(*after),
+                _ => None,
+            };
+            pending.retain(|i| retry_after(i).is_some());
+            let asked = pending.iter().filter_map(|i| retry_after(i).flatten()).max();
+            let delay = match pending.is_empty() {
+                true => None,
+                false => local_retry_delay(route, handler, received, runs + 1, asked),
+            };
+            let Some(delay) = delay else { break };
+            let count = pending.len();
+            tracing::info!(handler = %handler.name, "retrying {count} events of a batch locally in {delay:?}");
+            (0..count).for_each(|_| self.metrics.handler(&handler.name).retried_locally());
+            tokio::time::sleep(delay).await;
+            runs += 1;
+            delivery.attempt += 1;
+        }
+        last.into_iter().map(|outcome| outcome.expect("the first call runs every event")).collect()
+    }
+
+    /// Runs the handler once for one event.
+    async fn invoke(
+        &self,
+        gate: &DeliveryGate<'_>,
         handler: &Arc<LoadedHandler>,
         event: &Event,
         delivery: &DeliveryInfo,
     ) -> Invocation {
+        match self.admitted(gate, handler, handler.invoke(event, delivery)).await {
+            Ok(invocation) => {
+                self.observe_instantiation(handler, invocation.instantiation);
+                invocation
+            }
+            Err(outcome) => Invocation::failed(outcome),
+        }
+    }
+
+    /// Runs `handle-batch` once for `events`: an outcome per event.
+    async fn invoke_batch(
+        &self,
+        gate: &DeliveryGate<'_>,
+        handler: &Arc<LoadedHandler>,
+        events: &[&Event],
+        delivery: &DeliveryInfo,
+    ) -> Vec<Outcome> {
+        match self.admitted(gate, handler, handler.invoke_batch(events, delivery)).await {
+            Ok(BatchInvocation { outcomes, instantiation }) => {
+                self.observe_instantiation(handler, instantiation);
+                outcomes
+            }
+            Err(outcome) => vec![outcome; events.len()],
+        }
+    }
+
+    /// Runs `call` (one call into the handler) when admission lets it,
+    /// taking turns on the CPU with the others. The outcome to retry with
+    /// when it could not run: the queue was full, or gridfn's own host code
+    /// panicked (which must not take the connection down with it).
+    async fn admitted<T>(
+        &self,
+        gate: &DeliveryGate<'_>,
+        handler: &LoadedHandler,
+        call: impl Future<Output = T> + Send,
+    ) -> Result<T, Outcome> {
         let metrics = self.metrics.handler(&handler.name);
         let queued = metrics.queued();
-        let admitted = match route.admission.admit().await {
+        let admitted = match gate.admit().await {
             Ok(admitted) => admitted,
             Err(QueueFull { queue }) => {
                 let reason = format!("{} is at max_concurrency and its queue of {queue} is full", handler.name);
-                return Invocation::failed(Outcome::Retry { reason, after: Some(QueueFull::RETRY_AFTER) });
+                return Err(Outcome::Retry { reason, after: Some(QueueFull::RETRY_AFTER) });
             }
         };
         drop(queued);
         let _in_flight = metrics.in_flight();
         let started = Instant::now();
-        // The handler runs right here, on this task. A panic in gridfn's own
-        // host code must not take the connection down with it.
-        let run = AssertUnwindSafe(handler.invoke(event, delivery)).catch_unwind();
-        match admitted.run(run).await {
-            Ok(invocation) => {
+        // The handler runs right here, on this task.
+        match admitted.run(AssertUnwindSafe(call).catch_unwind()).await {
+            Ok(ran) => {
                 metrics.observe_run(started.elapsed().as_secs_f64());
-                if let Some(instantiation) = invocation.instantiation {
-                    metrics.observe_instantiation(instantiation.as_secs_f64());
-                }
-                invocation
+                Ok(ran)
             }
             Err(panic) => {
                 let panic =
                     panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
                 let reason = format!("gridfn failed running the handler: {}", panic.unwrap_or("panic"));
-                Invocation::failed(Outcome::Retry { reason, after: None })
+                Err(Outcome::Retry { reason, after: None })
             }
+        }
+    }
+
+    fn observe_instantiation(&self, handler: &LoadedHandler, instantiation: Option<Duration>) {
+        if let Some(instantiation) = instantiation {
+            self.metrics.handler(&handler.name).observe_instantiation(instantiation.as_secs_f64());
         }
     }
 
@@ -529,6 +698,20 @@ impl RetryPolicy {
         };
         Some(asked.unwrap_or(computed))
     }
+}
+
+/// The pause before local run number `run` (2 is the first retry), when the
+/// handler's `retry` policy allows one and it still fits the delivery's time
+/// budget (one more run included).
+fn local_retry_delay(
+    route: &Route,
+    handler: &LoadedHandler,
+    received: &Received,
+    run: u32,
+    asked: Option<Duration>,
+) -> Option<Duration> {
+    let delay = route.config.retry.delay_before(run, asked)?;
+    (received.at.elapsed() + delay + handler.timeout() <= LOCAL_RETRY_BUDGET).then_some(delay)
 }
 
 /// A pair's outcome as metrics and spans count it (`None`: done before).

@@ -1,7 +1,9 @@
 //! The WebAssembly sandbox: everything expensive is built once (engine,
 //! linker, one pre-instantiated component per handler, the epoch ticker), and
 //! each event gets a fresh instance with a deadline and a memory cap, called
-//! on the async task that delivers the event ([`LoadedHandler::invoke`]).
+//! on the async task that delivers the event ([`LoadedHandler::invoke`]); a
+//! handler configured with `batch` gets one fresh instance per call of
+//! `handle-batch` instead ([`LoadedHandler::invoke_batch`]).
 //!
 //! A handler cannot hurt the host: a trap, a timeout or a memory grab ends its
 //! instance and becomes a [`Outcome::Retry`], logged with the event id; it
@@ -38,6 +40,17 @@ mod bindings {
         imports: { "gridfn:handler/kv": async },
         exports: { default: async },
     });
+
+    /// The `batch-handler` world: `handle-batch` besides `handle`, over the
+    /// very same imports (and their `Host` implementations below).
+    pub mod batch {
+        wasmtime::component::bindgen!({
+            path: "../sdk/wit",
+            world: "batch-handler",
+            with: { "gridfn:handler": super::gridfn::handler },
+            exports: { default: async },
+        });
+    }
 }
 
 use bindings::gridfn::handler::{
@@ -93,6 +106,36 @@ impl Invocation {
     }
 }
 
+/// One call of `handle-batch`: an outcome per event given, in order.
+#[derive(Debug)]
+pub struct BatchInvocation {
+    pub outcomes: Vec<Outcome>,
+    /// How long creating its fresh instance took; `None` when none could be.
+    pub instantiation: Option<Duration>,
+}
+
+impl BatchInvocation {
+    /// A call that ended without an outcome per event: each of its `events`
+    /// is retried, for the same `reason`.
+    pub fn failed(events: usize, reason: String, instantiation: Option<Duration>) -> Self {
+        let retry = Outcome::Retry { reason, after: None };
+        BatchInvocation { outcomes: vec![retry; events], instantiation }
+    }
+}
+
+/// The package every version of the contract is in.
+const CONTRACT: &str = "gridfn:handler";
+
+/// What a component implements of the contract, as `gridfn check` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contract {
+    /// The `gridfn:handler` version its imports name (e.g. `0.1.0`); `None`
+    /// when it imports nothing from the contract.
+    pub version: Option<String>,
+    /// Its top-level exports, e.g. `handle`, `handle-batch`.
+    pub exports: Vec<String>,
+}
+
 /// The engine and linker shared by every handler.
 pub struct Sandbox {
     engine: Engine,
@@ -132,6 +175,11 @@ pub struct LoadedHandler {
     grants: Arc<Grants>,
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     pre: bindings::HandlerPre<HostState>,
+    /// The same component seen as a `batch-handler`, when the manifest sets
+    /// `batch` (loading fails if it does not export `handle-batch`).
+    batch: Option<bindings::batch::BatchHandlerPre<HostState>>,
+    /// What it implements, for `gridfn check`.
+    pub contract: Contract,
     timeout: Duration,
     memory: usize,
     fuel: Option<u64>,
@@ -214,6 +262,14 @@ impl Sandbox {
         Ok(Sandbox { engine, linker, kv, ticker })
     }
 
+    /// The sandbox `manifest`'s handlers need: memory for the largest, fuel
+    /// metering if any asks for it, its compile cache.
+    pub fn for_manifest(manifest: &config::Manifest, kv: Option<Arc<dyn KvStore>>) -> anyhow::Result<Sandbox> {
+        let max_memory = manifest.handlers.iter().map(|h| h.memory).max().unwrap_or(64 << 20);
+        let fuel = manifest.handlers.iter().any(|h| h.fuel.is_some());
+        Sandbox::new(max_memory, fuel, &manifest.server.cache_dir, kv)
+    }
+
     /// Compiles a handler's component from its manifest path (or takes it
     /// from the cache) and checks that it implements the `gridfn:handler` world.
     pub fn load(&self, handler: &config::Handler) -> anyhow::Result<LoadedHandler> {
@@ -230,12 +286,22 @@ impl Sandbox {
             .map_err(|e| anyhow!("handler {}: {source} is not a WebAssembly component: {e:#}", handler.name))?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
-                "handler {}: {source} does not fit gridfn's handler contract (gridfn:handler@0.1.0): {e:#}",
+                "handler {}: {source} does not fit gridfn's handler contract (gridfn:handler@0.1): {e:#}",
                 handler.name
             )
         })?;
+        let batch = match handler.batch {
+            None => None,
+            Some(_) => Some(bindings::batch::BatchHandlerPre::new(instance_pre.clone()).map_err(|e| {
+                anyhow!(
+                    "handler {}: the manifest sets `batch` but {source} does not export `handle-batch` \
+                     (gridfn:handler@0.1.1's batch-handler world; Rust: gridfn_sdk::export_batch_handler!): {e:#}",
+                    handler.name
+                )
+            })?),
+        };
         let pre = bindings::HandlerPre::new(instance_pre).map_err(|e| {
-            anyhow!("handler {}: {source} does not export `handle` from gridfn:handler@0.1.0: {e:#}", handler.name)
+            anyhow!("handler {}: {source} does not export `handle` from gridfn:handler@0.1: {e:#}", handler.name)
         })?;
         let grants = Grants {
             config: handler.capabilities.config.clone(),
@@ -250,7 +316,9 @@ impl Sandbox {
             version: version_of(bytes),
             source: source.to_owned(),
             loaded_at: chrono::Utc::now(),
+            contract: contract_of(&self.engine, &component),
             pre,
+            batch,
             timeout: handler.timeout,
             memory: handler.memory,
             fuel: handler.fuel,
@@ -259,6 +327,29 @@ impl Sandbox {
             warm: Mutex::new(Vec::new()),
         })
     }
+}
+
+impl std::fmt::Display for Contract {
+    /// `gridfn:handler@0.1.1, exports handle, handle-batch`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.version {
+            Some(version) => write!(f, "{CONTRACT}@{version}")?,
+            None => write!(f, "{CONTRACT} (no version imported)")?,
+        }
+        write!(f, ", exports {}", self.exports.join(", "))
+    }
+}
+
+/// The contract version a component's imports name, and its exports.
+fn contract_of(engine: &Engine, component: &Component) -> Contract {
+    let ty = component.component_type();
+    let version = ty
+        .imports(engine)
+        .filter_map(|(name, _)| name.strip_prefix(CONTRACT)?.strip_prefix('/')?.split_once('@'))
+        .map(|(_, version)| version.to_owned())
+        .max();
+    let exports = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    Contract { version, exports }
 }
 
 /// A module's version: the start of its SHA-256, as `gridfn handlers` shows it.
@@ -325,9 +416,70 @@ impl LoadedHandler {
         Invocation { outcome, published, instantiation }
     }
 
-    /// A fresh instance: WASI with nothing granted, stdout and stderr
-    /// captured for the log, the memory cap installed.
+    /// Runs `events` in one call of `handle-batch`, in a fresh instance, with
+    /// the handler's timeout for the whole call: one outcome per event, in
+    /// order. A trap, a timeout, or an answer with the wrong number of
+    /// outcomes retries every event of the call. Only for a handler whose
+    /// manifest sets `batch`.
+    pub async fn invoke_batch(&self, events: &[&Event], delivery: &DeliveryInfo) -> BatchInvocation {
+        let pre = self.batch.as_ref().expect("handle-batch is called only for handlers loaded with `batch`");
+        let _running = self.clock.start_running();
+        let started = Instant::now();
+        let instance = self.instantiate_batch(pre).await;
+        let instantiation = Some(started.elapsed());
+        let (mut store, output, handler) = match instance {
+            Ok(instance) => instance,
+            Err(error) => {
+                let reason = format!("handler failed to start: {error:?}");
+                return BatchInvocation::failed(events.len(), reason, instantiation);
+            }
+        };
+        store.data_mut().start_event(&batch_label(events), Instant::now() + self.timeout);
+        store.set_epoch_deadline(1);
+        if let Some(fuel) = self.fuel {
+            // `fuel` is per event.
+            store.set_fuel(fuel.saturating_mul(events.len() as u64)).expect("fuel is enabled when a handler sets it");
+        }
+        let wit_events: Vec<wit::Event> = events.iter().map(|event| to_wit_event(event)).collect();
+        let result = handler.call_handle_batch(&mut store, &wit_events, &self.to_wit_delivery(delivery)).await;
+        output.flush_to_log(&store.data().log);
+        match result {
+            Ok(outcomes) if outcomes.len() == events.len() => {
+                BatchInvocation { outcomes: outcomes.into_iter().map(from_wit_outcome).collect(), instantiation }
+            }
+            Ok(outcomes) => {
+                let reason = format!("handle-batch answered {} outcomes for {} events", outcomes.len(), events.len());
+                tracing::error!(handler = %self.name, "{reason}; every event of the call will be retried");
+                BatchInvocation::failed(events.len(), reason, instantiation)
+            }
+            // The delivery path logs it with each event id.
+            Err(error) => {
+                let reason = self.failure_reason(&error, &store.data().memory);
+                BatchInvocation::failed(events.len(), reason, instantiation)
+            }
+        }
+    }
+
+    /// A fresh instance of the `batch-handler` world.
+    async fn instantiate_batch(
+        &self,
+        pre: &bindings::batch::BatchHandlerPre<HostState>,
+    ) -> wasmtime::Result<(Store<HostState>, CapturedOutput, bindings::batch::BatchHandler)> {
+        let (mut store, output) = self.new_store()?;
+        let handler = pre.instantiate_async(&mut store).await?;
+        Ok((store, output, handler))
+    }
+
+    /// A fresh instance of `handle`'s world.
     async fn instantiate(&self) -> wasmtime::Result<Instance> {
+        let (mut store, output) = self.new_store()?;
+        let handler = self.pre.instantiate_async(&mut store).await?;
+        Ok(Instance { store, handler, output, served: 0 })
+    }
+
+    /// A fresh store: WASI with nothing granted, stdout and stderr captured
+    /// for the log, the memory cap and the deadline installed.
+    fn new_store(&self) -> wasmtime::Result<(Store<HostState>, CapturedOutput)> {
         let output = CapturedOutput::default();
         let wasi = WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build();
         let state = HostState {
@@ -363,8 +515,7 @@ impl LoadedHandler {
         if let Some(fuel) = self.fuel {
             store.set_fuel(fuel)?;
         }
-        let handler = self.pre.instantiate_async(&mut store).await?;
-        Ok(Instance { store, handler, output, served: 0 })
+        Ok((store, output))
     }
 
     /// Says why an instance failed, in words a handler author can act on.
@@ -388,6 +539,15 @@ impl LoadedHandler {
             subscription: delivery.subscription.clone(),
             replay: delivery.replay,
         }
+    }
+}
+
+/// How a batch call's log lines name its events: `first…last (n events)`.
+fn batch_label(events: &[&Event]) -> String {
+    match events {
+        [] => String::new(),
+        [only] => only.id.clone(),
+        [first, .., last] => format!("{}…{} ({} events)", first.id, last.id, events.len()),
     }
 }
 

@@ -20,6 +20,22 @@
 //! export_handler!(handle);
 //! ```
 //!
+//! A handler that does better with many events at once (one database
+//! round trip for the lot, one model call for a batch of texts) registers a
+//! function from a slice of events to one [`Outcome`] each with
+//! [`export_batch_handler!`]; gridfn calls it with a delivery's events when
+//! the handler's manifest entry sets `batch = true` (or `batch = N`):
+//!
+//! ```ignore
+//! use gridfn_sdk::{Delivery, Event, Outcome, export_batch_handler};
+//!
+//! fn handle_batch(events: &[Event], _delivery: &Delivery) -> Vec<Outcome> {
+//!     events.iter().map(|event| if event.data().is_empty() { Outcome::reject("no data") } else { Outcome::Success }).collect()
+//! }
+//!
+//! export_batch_handler!(handle_batch);
+//! ```
+//!
 //! The WIT contract behind this lives in `sdk/wit/handler.wit`; nothing here
 //! needs it to get started.
 
@@ -33,6 +49,25 @@ pub mod bindings {
         pub_export_macro: true,
         default_bindings_module: "gridfn_sdk::bindings",
     });
+
+    /// The `batch-handler` world's exports (`handle` and `handle-batch`),
+    /// over the imports generated above.
+    pub mod batch {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "batch-handler",
+            with: {
+                "gridfn:handler/types@0.1.1": super::gridfn::handler::types,
+                "gridfn:handler/log@0.1.1": super::gridfn::handler::log,
+                "gridfn:handler/config@0.1.1": super::gridfn::handler::config,
+                "gridfn:handler/kv@0.1.1": super::gridfn::handler::kv,
+                "gridfn:handler/publish@0.1.1": super::gridfn::handler::publish,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_batch",
+            default_bindings_module: "gridfn_sdk::bindings::batch",
+        });
+    }
 }
 
 use bindings::gridfn::handler::types as wit;
@@ -337,5 +372,68 @@ macro_rules! export_handler {
         }
 
         $crate::bindings::export!(__GridfnHandler with_types_in $crate::bindings);
+    };
+}
+
+#[doc(hidden)]
+pub fn __handle_batch(
+    events: Vec<wit::Event>,
+    delivery: wit::Delivery,
+    handler: fn(&[Event], &Delivery) -> Vec<Outcome>,
+) -> Vec<wit::Outcome> {
+    let events: Vec<Event> = events.into_iter().map(Event).collect();
+    handler(&events, &Delivery(delivery)).into_iter().map(Into::into).collect()
+}
+
+/// `handle` for a batch handler: the one event as a batch of one.
+#[doc(hidden)]
+pub fn __handle_one(
+    event: wit::Event,
+    delivery: wit::Delivery,
+    handler: fn(&[Event], &Delivery) -> Vec<Outcome>,
+) -> wit::Outcome {
+    let mut outcomes = handler(&[Event(event)], &Delivery(delivery));
+    match (outcomes.pop(), outcomes.is_empty()) {
+        (Some(outcome), true) => outcome.into(),
+        _ => Outcome::retry("the batch handler did not answer one outcome for one event").into(),
+    }
+}
+
+/// Makes `fn(&[Event], &Delivery) -> Vec<Outcome>` the component's
+/// `handle-batch` export, answering one outcome per event in the order
+/// given (a list of another length retries every event of the call).
+///
+/// The component keeps a `handle` export, so it also runs where the manifest
+/// does not set `batch`: `export_batch_handler!(handle_batch)` makes it a
+/// batch of one, `export_batch_handler!(handle_batch, handle)` uses your
+/// `fn(&Event, &Delivery) -> Outcome`.
+#[macro_export]
+macro_rules! export_batch_handler {
+    ($batch:path) => {
+        $crate::export_batch_handler!(@export $batch, |event, delivery| $crate::__handle_one(event, delivery, $batch));
+    };
+    ($batch:path, $handler:path) => {
+        $crate::export_batch_handler!(@export $batch, |event, delivery| $crate::__handle(event, delivery, $handler));
+    };
+    (@export $batch:path, $one:expr) => {
+        struct __GridfnBatchHandler;
+
+        impl $crate::bindings::batch::Guest for __GridfnBatchHandler {
+            fn handle(
+                event: $crate::bindings::gridfn::handler::types::Event,
+                delivery: $crate::bindings::gridfn::handler::types::Delivery,
+            ) -> $crate::bindings::gridfn::handler::types::Outcome {
+                ($one)(event, delivery)
+            }
+
+            fn handle_batch(
+                events: ::std::vec::Vec<$crate::bindings::gridfn::handler::types::Event>,
+                delivery: $crate::bindings::gridfn::handler::types::Delivery,
+            ) -> ::std::vec::Vec<$crate::bindings::gridfn::handler::types::Outcome> {
+                $crate::__handle_batch(events, delivery, $batch)
+            }
+        }
+
+        $crate::bindings::batch::export_batch!(__GridfnBatchHandler with_types_in $crate::bindings::batch);
     };
 }

@@ -16,7 +16,8 @@ import math
 import os
 import sys
 
-SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-interval", "gridfn-js", "gridfn-js-reuse", "gridfn-py", "gridfn-py-reuse",
+SYSTEMS = ["gridfn", "gridfn-reuse", "gridfn-batch", "gridfn-interval", "gridfn-js", "gridfn-js-reuse", "gridfn-py",
+           "gridfn-py-reuse",
            "native", "wasmtime-serve", "python"]
 RUN_KEYS = ["system", "batch", "events_per_s", "requests_per_s", "p50_ms", "p99_ms", "cpu_s_per_1k", "rss_mb", "errors"]
 
@@ -208,6 +209,11 @@ def targets(summary):
         out.append(check("batch 100 reuse, gridfn-reuse/native", f"{r100 / n100:.2f}×", "≥ 0.5×", r100 / n100 >= 0.5))
     elif not r100:
         out.append("- batch 100 reuse: not measured (gridfn-reuse skipped or failed)")
+    b100, w100 = ev("gridfn-batch", 100), ev("wasmtime-serve", 100)
+    if b100 and w100:
+        out.append(check("batch 100 handle-batch, gridfn-batch/wasmtime-serve", f"{b100 / w100:.2f}×", "≥ 1.0×", b100 / w100 >= 1.0))
+    if b100 and g100:
+        out.append(f"- batch 100 handle-batch vs a fresh instance per event: {b100 / g100:.1f}× ({b100:,.0f} vs {g100:,.0f} events/s)")
     if g1 and p1:
         out.append(check("batch 1, gridfn/python", f"{g1 / p1:.1f}×", "≥ 10×", g1 / p1 >= 10))
     if g100 and p100:

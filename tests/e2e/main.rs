@@ -7,6 +7,7 @@
 mod support;
 
 mod ai_services;
+mod batch;
 mod capabilities;
 mod durability;
 mod embeddings;

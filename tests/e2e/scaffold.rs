@@ -238,7 +238,8 @@ fn gridfn_new_refuses_a_folder_in_use_a_bad_name_and_a_missing_sdk() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", text(&made.stderr));
-    std::fs::write(work.path().join("empty/orders.wasm"), b"").unwrap();
+    // `gridfn check` compiles each module, so a real component stands in for the build.
+    std::fs::copy(crate::support::component("scripted"), work.path().join("empty/orders.wasm")).unwrap();
     let check = Command::new(env!("CARGO_BIN_EXE_gridfn"))
         .arg("check")
         .current_dir(work.path())

@@ -1,10 +1,10 @@
 // The host's imports, as componentize-js binds them inside a component
 // (`gridfn-js build` picks this file through the `gridfn-component`
 // condition). The same functions as ./memory.js, the stand-in for tests.
-import { log as hostLog } from 'gridfn:handler/log@0.1.0';
-import { get as configGet } from 'gridfn:handler/config@0.1.0';
-import * as hostKv from 'gridfn:handler/kv@0.1.0';
-import { publish as hostPublish } from 'gridfn:handler/publish@0.1.0';
+import { log as hostLog } from 'gridfn:handler/log@0.1.1';
+import { get as configGet } from 'gridfn:handler/config@0.1.1';
+import * as hostKv from 'gridfn:handler/kv@0.1.1';
+import { publish as hostPublish } from 'gridfn:handler/publish@0.1.1';
 
 import { KvError, PublishError } from '../errors.js';
 

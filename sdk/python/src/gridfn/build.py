@@ -4,7 +4,7 @@
 
 ``MODULE`` is the Python module holding the ``@handler`` function, found on
 the ``-p`` paths (default: the current directory). The component targets the
-WIT world shipped in this package (gridfn's ``gridfn:handler@0.1.0`` plus
+WIT world shipped in this package (gridfn's ``gridfn:handler@0.1.1`` plus
 ``wasi:http/outgoing-handler``) and holds CPython, the standard library, the
 gridfn package and the handler. Needs ``pip install gridfn[build]``.
 """

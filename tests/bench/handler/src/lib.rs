@@ -1,9 +1,10 @@
 //! The gridfn side of the benchmark (tests/bench/run): parse the event's data
 //! as a Storage BlobCreated payload and succeed. The native baseline
 //! (tests/bench/native) and the `wasmtime serve` component
-//! (tests/bench/http-component) do the same per-event work.
+//! (tests/bench/http-component) do the same per-event work. `handle-batch`
+//! (the gridfn-batch row, `batch = true`) does it for each event of a call.
 
-use gridfn_sdk::{Delivery, Event, Outcome, export_handler};
+use gridfn_sdk::{Delivery, Event, Outcome, export_batch_handler};
 use serde::Deserialize;
 
 /// The fields of Microsoft.Storage.BlobCreated's `data` (borrowed: no copies).
@@ -36,4 +37,8 @@ fn handle(event: &Event, _delivery: &Delivery) -> Outcome {
     }
 }
 
-export_handler!(handle);
+fn handle_batch(events: &[Event], delivery: &Delivery) -> Vec<Outcome> {
+    events.iter().map(|event| handle(event, delivery)).collect()
+}
+
+export_batch_handler!(handle_batch, handle);
