@@ -20,6 +20,7 @@
 //! otherwise the pairs to retry are listed, and the pairs that did succeed are
 //! remembered so the redelivery runs only what is left.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,7 +208,13 @@ impl Pipeline {
             // Per route, the events a handler that takes batches wants.
             let mut batches: Vec<Vec<(usize, Arc<Event>)>> = routes.iter().map(|_| Vec::new()).collect();
             let mut unmatched = Vec::new();
-            for (index, event) in events.into_iter().map(Arc::new).enumerate() {
+            // A second copy of an event in one delivery is not claimed: it
+            // would wait for the first copy's record, which this delivery
+            // writes only at its end. It takes the first copy's outcome.
+            let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+            let mut first_copies: HashMap<(usize, &str, &str), usize> = HashMap::new();
+            let mut repeats = Vec::new();
+            for (index, event) in events.iter().enumerate() {
                 if event.event_type == SUBSCRIPTION_DELETED_EVENT {
                     let (topic, subject) = (&event.source, &event.subject);
                     tracing::warn!(%topic, ?subject, "Event Grid says a subscription was deleted; not dispatched to handlers");
@@ -216,8 +223,13 @@ impl Pipeline {
                 // Parsed once per event, and only if some handler has a filter.
                 let json = std::cell::OnceCell::new();
                 let mut wanted = false;
-                for (r, route) in routes.iter().enumerate().filter(|(_, route)| route.wants(&event, &json)) {
+                for (r, route) in routes.iter().enumerate().filter(|(_, route)| route.wants(event, &json)) {
                     wanted = true;
+                    if let Some(&first) = first_copies.get(&(r, event.source.as_str(), event.id.as_str())) {
+                        repeats.push((index, first, &route.config.name));
+                        continue;
+                    }
+                    first_copies.insert((r, &event.source, &event.id), index);
                     match route.config.batch {
                         None => pairs.push(self.run_pair(index, event.clone(), route, &gates[r], delivery, received, depth)),
                         Some(_) => batches[r].push((index, event.clone())),
@@ -232,7 +244,13 @@ impl Pipeline {
                 .filter(|(_, events)| !events.is_empty())
                 .map(|((route, gate), events)| self.run_batched(events, route, gate, delivery, received));
             let (pairs, batched) = tokio::join!(join_all(pairs), join_all(batched));
-            let pairs = self.record(pairs.into_iter().chain(batched.into_iter().flatten()).collect()).await;
+            let mut pairs = self.record(pairs.into_iter().chain(batched.into_iter().flatten()).collect()).await;
+            for (index, first, handler) in repeats {
+                let first = pairs.iter().find(|run| run.index == first && run.handler == handler.as_str());
+                let repeat = first.expect("a first copy runs before its repeats").repeated_at(index);
+                self.metrics.count(&repeat.handler, counted(repeat.outcome.as_ref()));
+                pairs.push(repeat);
+            }
             let mut verdict = Verdict::from_pairs(pairs, delivery.replay);
             verdict.unmatched = unmatched.len();
             if delivery.replay {
@@ -382,10 +400,8 @@ impl Pipeline {
             Outcome::Reject { reason } => self.dead_letter(event, handler, delivery, &reason, received).await,
             other => other,
         };
-        match outcome {
-            Outcome::Success => lease.mark_done(),
-            Outcome::Reject { .. } => lease.mark_rejected(),
-            Outcome::Retry { .. } => {}
+        if let Outcome::Reject { .. } = outcome {
+            lease.mark_rejected();
         }
         PairRun::new(index, event, handler, Some(outcome), Some(lease))
     }
@@ -757,6 +773,16 @@ impl PairRun {
         // The pair's span (current here) says how it ended.
         current_pair().record("outcome", counted(outcome.as_ref()).label());
         PairRun { index, event_id: event.id.clone(), handler: handler.name.to_string(), outcome, lease }
+    }
+
+    /// A second copy of this pair's event in the same delivery: a duplicate
+    /// once this one is done, retried with it otherwise.
+    fn repeated_at(&self, index: usize) -> PairRun {
+        let outcome = match &self.outcome {
+            Some(Outcome::Retry { reason, after }) => Some(Outcome::Retry { reason: reason.clone(), after: *after }),
+            _ => None,
+        };
+        PairRun { index, event_id: self.event_id.clone(), handler: self.handler.clone(), outcome, lease: None }
     }
 
     /// Succeeded or dead-lettered now (not a duplicate, not a retry).

@@ -7,13 +7,15 @@
 //!   hosts, leases on pairs running somewhere): [`memory`], [`embedded`] (on
 //!   disk, the default) or [`redis`];
 //! - the [`Dedup`] coordinator in front of it makes a copy that arrives while
-//!   the first is running on this host wait for it instead of running twice,
-//!   and groups a delivery's done records into one durable write.
+//!   the first is claimed on this host wait until the first's delivery is
+//!   recorded (or released) instead of running twice, and groups a
+//!   delivery's done records into one durable write.
 //!
 //! A pair is *claimed* before its handler runs. After the delivery, every done
 //! pair (succeeded or dead-lettered) is committed in one write before the 2xx
 //! goes out; every other pair is released. A crash can cause a re-run, never a
-//! loss.
+//! loss; and a copy counts as a duplicate only once the run it copies is
+//! recorded, so a 200 for a duplicate never covers a run a crash could undo.
 //!
 //! A done pair is remembered with how it was done. A dead-lettered
 //! (rejected) pair is done for Event Grid's redeliveries, but a replay of the
@@ -125,20 +127,12 @@ const BUSY_POLL: Duration = Duration::from_millis(50);
 pub struct Dedup {
     store: Arc<dyn DedupStore>,
     ttl: Duration,
-    /// Pairs claimed on this host until their delivery is recorded; the
-    /// receiver shows when a run has finished done, and closes on release.
+    /// Pairs claimed on this host until their delivery is recorded or
+    /// released; the receiver closes then (nothing is ever sent on it).
     /// Every event of every delivery claims and unmarks a pair here, from
     /// many tasks at once, and no operation spans two pairs: a sharded
     /// concurrent map, so claims of different pairs rarely wait for each other.
-    running: DashMap<DedupKey, watch::Receiver<LocalState>>,
-}
-
-/// A claimed pair, as copies on this host see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LocalState {
-    Running,
-    /// Succeeded or dead-lettered; its record is about to be committed.
-    Done,
+    running: DashMap<DedupKey, watch::Receiver<()>>,
 }
 
 /// What [`Dedup::claim`] found.
@@ -161,9 +155,9 @@ pub enum Claim {
 pub struct Lease {
     dedup: Arc<Dedup>,
     key: DedupKey,
-    // Wakes every local copy waiting on this pair: on `mark_done`, and when
-    // dropped (released).
-    state: watch::Sender<LocalState>,
+    // Held only to be dropped when the lease ends (recorded or released):
+    // that wakes every local copy waiting on this pair.
+    _ended: watch::Sender<()>,
     settled: bool,
     /// Done by a rejection (dead-lettered), not a success.
     rejected: bool,
@@ -174,8 +168,8 @@ impl Dedup {
         Arc::new(Dedup { store, ttl, running: DashMap::new() })
     }
 
-    /// Claims a pair, waiting up to `wait` for a copy already running here or
-    /// elsewhere. `lease_for` bounds how long another host waits if this one
+    /// Claims a pair, waiting up to `wait` for a copy already claimed here
+    /// (until its delivery is recorded) or running elsewhere. `lease_for` bounds how long another host waits if this one
     /// crashes mid-run.
     pub async fn claim(self: &Arc<Self>, key: DedupKey, wait: Duration, lease_for: Duration) -> Claim {
         self.claim_as(key, wait, lease_for, false).await
@@ -187,17 +181,14 @@ impl Dedup {
         loop {
             let lease = match self.claim_locally(&key) {
                 Ok(lease) => lease,
-                Err(mut running) => {
-                    // `changed` fails as soon as the holder's sender is gone,
-                    // even if it went before we got here: no lost wake-ups.
-                    if *running.borrow_and_update() == LocalState::Done {
-                        return Claim::Done;
+                Err(mut claimed) => {
+                    // `changed` returns once the holder's lease has ended,
+                    // even if it ended before we got here: no lost wake-ups.
+                    // Then the store says whether that run was recorded.
+                    if tokio::time::timeout_at(deadline, claimed.changed()).await.is_err() {
+                        return Claim::Busy;
                     }
-                    match tokio::time::timeout_at(deadline, running.changed()).await {
-                        Err(_) => return Claim::Busy,
-                        Ok(Ok(())) if *running.borrow() == LocalState::Done => return Claim::Done,
-                        Ok(_) => continue,
-                    }
+                    continue;
                 }
             };
             match self.store.begin_as(&key, lease_for, replay).await {
@@ -221,13 +212,13 @@ impl Dedup {
         }
     }
 
-    fn claim_locally(self: &Arc<Self>, key: &DedupKey) -> Result<Lease, watch::Receiver<LocalState>> {
+    fn claim_locally(self: &Arc<Self>, key: &DedupKey) -> Result<Lease, watch::Receiver<()>> {
         match self.running.entry(key.clone()) {
             Entry::Occupied(running) => Err(running.get().clone()),
             Entry::Vacant(free) => {
-                let (sender, receiver) = watch::channel(LocalState::Running);
+                let (ended, receiver) = watch::channel(());
                 free.insert(receiver);
-                Ok(Lease { dedup: self.clone(), key: key.clone(), state: sender, settled: false, rejected: false })
+                Ok(Lease { dedup: self.clone(), key: key.clone(), _ended: ended, settled: false, rejected: false })
             }
         }
     }
@@ -275,18 +266,10 @@ impl Dedup {
 }
 
 impl Lease {
-    /// The run finished done (succeeded, or dead-lettered): copies waiting on
-    /// this host are duplicates from now on, even before the record is
-    /// committed with the rest of the delivery.
-    pub fn mark_done(&self) {
-        self.state.send_replace(LocalState::Done);
-    }
-
-    /// Like [`Lease::mark_done`], for a run that was rejected (and
-    /// dead-lettered): recorded so that only a replay runs it again.
+    /// The run was rejected (and dead-lettered): recorded so that only a
+    /// replay runs it again.
     pub fn mark_rejected(&mut self) {
         self.rejected = true;
-        self.mark_done();
     }
 
     /// Ends the local claim without touching the store (the caller has).
@@ -339,7 +322,6 @@ mod tests {
         let Claim::Run(mut rejected) = dedup.claim(key("r"), Duration::ZERO, LEASE).await else { panic!() };
         let Claim::Run(succeeded) = dedup.claim(key("s"), Duration::ZERO, LEASE).await else { panic!() };
         rejected.mark_rejected();
-        succeeded.mark_done();
         dedup.settle(vec![rejected, succeeded], vec![]).await.unwrap();
         assert!(matches!(dedup.claim(key("r"), Duration::ZERO, LEASE).await, Claim::Done), "redelivery");
         assert!(matches!(dedup.claim(key("s"), Duration::ZERO, LEASE).await, Claim::Done));
@@ -350,7 +332,6 @@ mod tests {
         let Claim::Run(replayed) = dedup.claim_as(key("r"), Duration::ZERO, LEASE, true).await else {
             panic!("a replay runs a rejected pair")
         };
-        replayed.mark_done();
         dedup.settle(vec![replayed], vec![]).await.unwrap();
         assert!(matches!(dedup.claim_as(key("r"), Duration::ZERO, LEASE, true).await, Claim::Done));
     }
@@ -364,7 +345,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_copy_waits_for_the_running_one_and_sees_its_outcome() {
+    async fn a_copy_is_a_duplicate_only_once_the_run_it_copies_is_recorded() {
         let dedup = dedup();
         let Claim::Run(lease) = dedup.claim(key("1"), Duration::ZERO, LEASE).await else { panic!() };
         assert!(matches!(dedup.claim(key("1"), Duration::from_millis(20), LEASE).await, Claim::Busy));
@@ -372,11 +353,25 @@ mod tests {
             let dedup = dedup.clone();
             async move { matches!(dedup.claim(key("1"), Duration::from_secs(5), LEASE).await, Claim::Done) }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        lease.mark_done();
-        assert!(waiter.await.unwrap(), "the waiting copy sees the first one's success before it is committed");
+        // The run has finished, but until its delivery is recorded a crash
+        // would undo it: the copy keeps waiting.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "a copy answered before the run it copies was recorded");
         dedup.settle(vec![lease], vec![]).await.unwrap();
-        assert!(matches!(dedup.claim(key("1"), Duration::ZERO, LEASE).await, Claim::Done));
+        assert!(waiter.await.unwrap(), "the waiting copy is a duplicate once the record is committed");
+    }
+
+    #[tokio::test]
+    async fn a_copy_waiting_on_a_run_whose_record_failed_runs_it() {
+        let dedup = Dedup::new(Arc::new(FailingCommits(memory::MemoryStore::new(10))), Duration::from_secs(60));
+        let Claim::Run(lease) = dedup.claim(key("1"), Duration::ZERO, LEASE).await else { panic!() };
+        let waiter = tokio::spawn({
+            let dedup = dedup.clone();
+            async move { matches!(dedup.claim(key("1"), Duration::from_secs(5), LEASE).await, Claim::Run(_)) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(dedup.settle(vec![lease], vec![]).await.is_err());
+        assert!(waiter.await.unwrap(), "nothing was recorded, so the copy runs");
     }
 
     #[tokio::test]
