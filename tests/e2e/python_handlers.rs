@@ -150,7 +150,10 @@ fn a_python_handler_uses_kv_config_and_only_the_hosts_it_was_granted() {
     let caller = format!(
         "[handler.capabilities]\nkv = true\nconfig = {{ greeting = \"hej\" }}\nallowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]"
     );
-    let gridfn = start(&format!("{}{}", scripted_py("caller", &caller), scripted_py("ungranted", "")));
+    // A fresh CPython instance making an HTTP call can take seconds on a
+    // loaded 2-core machine: this test is about capabilities, not deadlines.
+    let caller = handler("caller", "scripted-py", &format!("timeout = \"30s\"\n{caller}"));
+    let gridfn = start(&format!("{caller}{}", scripted_py("ungranted", "")));
     let run = |handler: &str, id: &str, script: Value| {
         gridfn.notify(&format!("/api/events/{handler}"), batch(&[event(id, script)])).json::<Value>().unwrap()
     };
@@ -169,9 +172,11 @@ fn a_python_handler_uses_kv_config_and_only_the_hosts_it_was_granted() {
     assert_eq!(gridfn.log_count("config greeting=None"), 1);
 
     let url = format!("http://127.0.0.1:{port}/ping?x=1");
-    assert_eq!(run("caller", "http-ok", json!({"act": "http", "url": url}))["succeeded"], 1);
+    let verdict = run("caller", "http-ok", json!({"act": "http", "url": url}));
+    assert_eq!(verdict["succeeded"], 1, "{verdict}");
     assert_eq!(gridfn.log_count("http status=200 body=pong"), 1, "{}", gridfn.log_text());
-    assert_eq!(run("caller", "post-ok", json!({"act": "post", "url": url}))["succeeded"], 1);
+    let verdict = run("caller", "post-ok", json!({"act": "post", "url": url}));
+    assert_eq!(verdict["succeeded"], 1, "{verdict}");
     assert_eq!(gridfn.log_count("post status=200 body=pong"), 1, "{}", gridfn.log_text());
     assert_eq!(server.requests(), vec!["GET /ping?x=1 HTTP/1.1".to_owned(), "POST /ping?x=1 HTTP/1.1".to_owned()]);
 
