@@ -28,9 +28,27 @@ impl PongServer {
                 let mut reader = BufReader::new(stream);
                 let mut first = String::new();
                 reader.read_line(&mut first).unwrap();
-                let mut line = String::new();
+                // The whole request, body included: closing a socket with
+                // unread bytes sends a reset, which can beat the answer.
+                let (mut line, mut body, mut chunked) = (String::new(), 0, false);
                 while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if let Some((name, value)) = line.split_once(':') {
+                        let (name, value) = (name.to_ascii_lowercase(), value.trim().to_ascii_lowercase());
+                        body = if name == "content-length" { value.parse().unwrap_or(0) } else { body };
+                        chunked |= name == "transfer-encoding" && value == "chunked";
+                    }
                     line.clear();
+                }
+                let _ = std::io::Read::read_exact(&mut reader, &mut vec![0; body]);
+                // Chunks until the last (size 0) and its blank line.
+                while chunked {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let size = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+                    let _ = std::io::Read::read_exact(&mut reader, &mut vec![0; size + 2]);
+                    chunked = size > 0;
                 }
                 seen.lock().unwrap().push(first.trim().to_owned());
                 let _ = reader
