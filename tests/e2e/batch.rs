@@ -2,31 +2,104 @@
 //! `handle-batch` export), and Event Grid's largest delivery in one attempt.
 //!
 //! The `batched` fixture logs the ids of every call (`batched call of N: ids
-//! attempt=A`), so these tests see which events reached the handler.
+//! attempt=A`), so these tests see which events reached the handler. Its
+//! Python and JavaScript twins (tests/fixtures/python/batched,
+//! tests/fixtures/js/batched) do the same through their SDKs, and the tests
+//! about one call's outcomes run against all three (`batch::rust::…`,
+//! `batch::python::…`, `batch::js::…`).
 
 use std::ffi::OsStr;
+use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
 use crate::support::{Gridfn, KEY, batch, component, event, gridfn_command};
 
-/// `batched` takes whole deliveries, `pairs` two events per call, and
-/// `scripted` (a component with `handle` only) and `v010` (one built against
-/// gridfn:handler@0.1.0) one event per call.
-fn host() -> Gridfn {
+/// A batch handler fixture built with one SDK; each behaves alike, so the
+/// same assertions hold for all.
+struct Fixture {
+    /// Its component's name (see `support::component`).
+    component: &'static str,
+    /// The deadline of one call: a fresh Python or JavaScript instance can
+    /// take seconds on a loaded 2-core machine.
+    timeout: &'static str,
+    /// What the retry reason says when the handler fails a whole call: a
+    /// Rust panic traps, a Python exception or a JavaScript throw is caught
+    /// by its SDK and answered as a retry for every event of the call.
+    failure: &'static str,
+}
+
+const RUST: Fixture = Fixture { component: "batched", timeout: "2s", failure: "trapped" };
+const PYTHON: Fixture = Fixture {
+    component: "batched-py",
+    timeout: "30s",
+    failure: "handler raised RuntimeError: scripted trap in a batch",
+};
+const JS: Fixture =
+    Fixture { component: "batched-js", timeout: "30s", failure: "handler threw: scripted trap in a batch" };
+
+/// The tests that run against each SDK's fixture, as `batch::<sdk>::<test>`.
+macro_rules! for_fixture {
+    ($sdk:ident, $fixture:expr) => {
+        mod $sdk {
+            #[test]
+            fn each_outcome_of_one_call_is_honoured_and_the_redelivery_runs_only_the_retried_event() {
+                super::each_outcome_of_one_call_is_honoured_and_the_redelivery_runs_only_the_retried_event(&$fixture);
+            }
+
+            #[test]
+            fn events_done_before_are_left_out_of_the_call() {
+                super::events_done_before_are_left_out_of_the_call(&$fixture);
+            }
+
+            #[test]
+            fn a_failed_call_retries_the_events_of_that_call_only() {
+                super::a_failed_call_retries_the_events_of_that_call_only(&$fixture);
+            }
+
+            #[test]
+            fn an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so() {
+                super::an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so(&$fixture);
+            }
+        }
+    };
+}
+
+for_fixture!(rust, super::RUST);
+for_fixture!(python, super::PYTHON);
+for_fixture!(js, super::JS);
+
+/// A Python or JavaScript component compiles for tens of seconds, and tests
+/// run side by side: each fixture is compiled alone first, one at a time,
+/// into the tests' shared compile cache (several gridfn compiling at once on
+/// a loaded machine can miss the start-up limit), and later starts load it.
+static COMPILED: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+
+/// `batched` takes whole deliveries, `pairs` two events per call (both the
+/// fixture's component), and `scripted` (a component with `handle` only) and
+/// `v010` (one built against gridfn:handler@0.1.0) one event per call.
+fn host(fixture: &Fixture) -> Gridfn {
+    let batched = component(fixture.component);
+    {
+        let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+        if !compiled.contains(&fixture.component) {
+            drop(Gridfn::start(&format!("[[handler]]\nname = \"compile\"\nmodule = {batched:?}\n")));
+            compiled.push(fixture.component);
+        }
+    }
     Gridfn::start(&format!(
         r#"
 [[handler]]
 name = "batched"
 module = {batched:?}
 batch = true
-timeout = "2s"
+timeout = "{timeout}"
 
 [[handler]]
 name = "pairs"
 module = {batched:?}
 batch = 2
-timeout = "2s"
+timeout = "{timeout}"
 
 [[handler]]
 name = "scripted"
@@ -36,7 +109,7 @@ module = {scripted:?}
 name = "v010"
 module = {v010:?}
 "#,
-        batched = component("batched"),
+        timeout = fixture.timeout,
         scripted = component("scripted"),
         v010 = component("contract-v010"),
     ))
@@ -54,9 +127,8 @@ fn retried_ids(verdict: &Value) -> Vec<&str> {
     ids
 }
 
-#[test]
-fn each_outcome_of_one_call_is_honoured_and_the_redelivery_runs_only_the_retried_event() {
-    let gridfn = host();
+fn each_outcome_of_one_call_is_honoured_and_the_redelivery_runs_only_the_retried_event(fixture: &Fixture) {
+    let gridfn = host(fixture);
     let body = batch(&[
         event("p-1", json!({"act": "ok"})),
         event("p-2", json!({"act": "retry-first"})),
@@ -83,9 +155,8 @@ fn each_outcome_of_one_call_is_honoured_and_the_redelivery_runs_only_the_retried
     assert_eq!(gridfn.events("batched", "reject"), 1.0);
 }
 
-#[test]
-fn events_done_before_are_left_out_of_the_call() {
-    let gridfn = host();
+fn events_done_before_are_left_out_of_the_call(fixture: &Fixture) {
+    let gridfn = host(fixture);
     let first = gridfn.notify("/api/events/batched", batch(&[event("d-1", json!({})), event("d-2", json!({}))]));
     assert_eq!(first.status(), 200);
 
@@ -102,10 +173,10 @@ fn events_done_before_are_left_out_of_the_call() {
     assert_eq!(gridfn.log_count("batched call of"), 2, "nothing left: no call at all");
 }
 
-#[test]
-fn a_trap_retries_the_events_of_its_call_only() {
-    let gridfn = host();
-    // Two per call: [t-1 t-2] traps, [t-3 t-4] succeeds.
+/// A trap (Rust), an exception (Python) or a throw (JavaScript).
+fn a_failed_call_retries_the_events_of_that_call_only(fixture: &Fixture) {
+    let gridfn = host(fixture);
+    // Two per call: [t-1 t-2] fails, [t-3 t-4] succeeds.
     let body = batch(&[
         event("t-1", json!({})),
         event("t-2", json!({"act": "trap"})),
@@ -117,21 +188,20 @@ fn a_trap_retries_the_events_of_its_call_only() {
     assert_eq!(first.status(), 503);
     let verdict: Value = first.json().unwrap();
     assert_eq!(retried_ids(&verdict), ["t-1", "t-2"], "{verdict}");
-    assert!(verdict["retry"][0]["reason"].as_str().unwrap().contains("trapped"), "{verdict}");
+    assert!(verdict["retry"][0]["reason"].as_str().unwrap().contains(fixture.failure), "{verdict}");
     assert_eq!(verdict["succeeded"], 2);
     assert_eq!(gridfn.log_count("batched call of 2: t-1 t-2 attempt=0"), 1);
     assert_eq!(gridfn.log_count("batched call of 2: t-3 t-4 attempt=0"), 1);
 
     let second = redeliver(&gridfn, "/api/events/pairs", body, 1);
-    assert_eq!(second.status(), 503, "t-2 still traps");
+    assert_eq!(second.status(), 503, "t-2 still fails");
     assert_eq!(retried_ids(&second.json().unwrap()), ["t-1", "t-2"]);
     assert_eq!(gridfn.log_count("batched call of 2: t-1 t-2 attempt=1"), 1);
     assert_eq!(gridfn.log_count("t-3 t-4"), 1, "the call that succeeded is not run again");
 }
 
-#[test]
-fn an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so() {
-    let gridfn = host();
+fn an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so(fixture: &Fixture) {
+    let gridfn = host(fixture);
     let body = batch(&[event("w-1", json!({"act": "short"})), event("w-2", json!({}))]);
     let response = gridfn.notify("/api/events/batched", body);
     assert_eq!(response.status(), 503);
@@ -145,7 +215,7 @@ fn an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so() {
 
 #[test]
 fn components_with_only_handle_still_run_per_event_beside_batch_handlers() {
-    let gridfn = host();
+    let gridfn = host(&RUST);
     let two = batch(&[event("h-1", json!({})), event("h-2", json!({}))]);
     let response = gridfn.notify("/api/events/scripted", two.clone());
     assert_eq!(response.status(), 200);
@@ -200,7 +270,7 @@ fn check_names_the_contract_and_refuses_batch_for_a_component_without_handle_bat
 /// `queue` (1,024).
 #[test]
 fn five_thousand_events_in_one_delivery_finish_in_one_attempt_with_the_defaults() {
-    let gridfn = host();
+    let gridfn = host(&RUST);
     let events: Vec<Value> = (0..5000)
         .map(|n| {
             json!({"id": format!("big-{n}"), "subject": "s", "eventType": "T", "eventTime": "2026-11-30T10:00:00Z",

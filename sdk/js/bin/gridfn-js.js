@@ -3,11 +3,12 @@
 //
 //   gridfn-js build [HANDLER] [-o OUT.wasm] [--toolchain DIR]
 //
-// HANDLER is a module exporting `handle`, or a folder whose package.json
-// names it in "main" (default: the current folder). Two steps: esbuild
-// bundles the module with this SDK (its host bindings picked by the
-// `gridfn-component` condition) into one ES module, then componentize-js
-// embeds it in SpiderMonkey for the `handler` world of sdk/wit. Both tools
+// HANDLER is a module exporting `handle` (and/or `handleBatch`), or a folder
+// whose package.json names it in "main" (default: the current folder). Two
+// steps: esbuild bundles the module with this SDK (its host bindings picked
+// by the `gridfn-component` condition) into one ES module, then
+// componentize-js embeds it in SpiderMonkey for sdk/wit's `handler` world,
+// or its `batch-handler` world when the module exports `handleBatch`. Both tools
 // are found in the handler's node_modules, or in --toolchain DIR (a folder
 // with them in node_modules, as scripts/components installs).
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -16,6 +17,8 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+
+import { entry } from './entry.js';
 
 const sdkRoot = fileURLToPath(new URL('..', import.meta.url));
 const witDir = fileURLToPath(new URL('../../wit', import.meta.url));
@@ -91,6 +94,25 @@ const thisSdk = {
   },
 };
 
+/** The options both esbuild runs share: this SDK, bundled for a component. */
+const bundling = {
+  bundle: true,
+  format: 'esm',
+  platform: 'neutral',
+  target: 'es2022',
+  conditions: ['gridfn-component'],
+  mainFields: ['module', 'main'],
+  plugins: [thisSdk],
+  external: ['gridfn:*', 'wasi:*'],
+  logLevel: 'warning',
+};
+
+/** The names the handler module exports (esbuild's metafile lists them; nothing is written). */
+async function exportsOf(esbuild, file) {
+  const { metafile } = await (esbuild.build ?? esbuild.default.build)({ ...bundling, entryPoints: [file], metafile: true, write: false, outdir: '/' });
+  return Object.values(metafile.outputs).flatMap((output) => output.exports ?? []);
+}
+
 async function build({ handler, out, toolchain }) {
   const module = handlerModule(handler);
   const output = resolve(out ?? `${module.name}.wasm`);
@@ -103,31 +125,17 @@ async function build({ handler, out, toolchain }) {
     const bundle = join(work, 'handler.bundle.js');
     const adapter = join(sdkRoot, 'src', 'adapter.js');
     const started = Date.now();
+    const { world, contents } = entry(module.file, await exportsOf(esbuild, module.file), adapter);
     await (esbuild.build ?? esbuild.default.build)({
-      stdin: {
-        contents:
-          `import { handle as userHandle } from ${JSON.stringify(module.file)};\n` +
-          `import { exportHandle } from ${JSON.stringify(adapter)};\n` +
-          'export const handle = exportHandle(userHandle);\n',
-        resolveDir: module.dir,
-        sourcefile: 'gridfn-entry.js',
-      },
-      bundle: true,
-      format: 'esm',
-      platform: 'neutral',
-      target: 'es2022',
-      conditions: ['gridfn-component'],
-      mainFields: ['module', 'main'],
-      plugins: [thisSdk],
-      external: ['gridfn:*', 'wasi:*'],
+      ...bundling,
+      stdin: { contents, resolveDir: module.dir, sourcefile: 'gridfn-entry.js' },
       outfile: bundle,
-      logLevel: 'warning',
     });
-    const { component } = await componentize({ sourcePath: bundle, witPath: witDir, worldName: 'handler' });
+    const { component } = await componentize({ sourcePath: bundle, witPath: witDir, worldName: world });
     await mkdir(dirname(output), { recursive: true });
     await writeFile(output, component);
     const mb = (component.length / 1e6).toFixed(1);
-    console.error(`gridfn-js: built ${output} (${mb} MB, ${((Date.now() - started) / 1000).toFixed(1)} s)`);
+    console.error(`gridfn-js: built ${output} (${world} world, ${mb} MB, ${((Date.now() - started) / 1000).toFixed(1)} s)`);
   } finally {
     await rm(work, { recursive: true, force: true });
   }

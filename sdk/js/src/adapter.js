@@ -1,6 +1,6 @@
-// Between gridfn's `handle` export and the handler's own `handle`: wraps the
-// WIT records in Event and Delivery, and turns what the handler returns,
-// throws or rejects with into an outcome. The component's entry point (made
+// Between gridfn's `handle` (and `handle-batch`) export and the handler's own
+// `handle` (`handleBatch`): wraps the WIT records in Event and Delivery, and
+// turns what the handler returns, throws or rejects with into outcomes. The component's entry point (made
 // by `gridfn-js build`) and `@gridfn/sdk/testing` both go through here, so a
 // test sees what gridfn would.
 import { Delivery, Event, log, retry } from './index.js';
@@ -20,9 +20,17 @@ function thrown(error) {
   return retry(`handler threw: ${message}`);
 }
 
+function isOutcome(value) {
+  return value !== null && typeof value === 'object' && KINDS.has(value.kind);
+}
+
 function checked(outcome) {
-  if (outcome !== null && typeof outcome === 'object' && KINDS.has(outcome.kind)) return outcome;
+  if (isOutcome(outcome)) return outcome;
   return retry(`handle returned ${describe(outcome)}, not success(), retry(…) or reject(…)`);
+}
+
+function isPromise(value) {
+  return value !== null && typeof value === 'object' && typeof value.then === 'function';
 }
 
 /**
@@ -37,10 +45,45 @@ export function outcomeOf(handle, rawEvent, rawDelivery) {
   } catch (error) {
     return thrown(error);
   }
-  if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
+  if (isPromise(result)) {
     return Promise.resolve(result).then(checked, thrown);
   }
   return checked(result);
+}
+
+/**
+ * Checks `handleBatch`'s answer for `count` events: anything but an array
+ * retries every event; an item that is not an outcome retries its own. An
+ * array of the wrong length is passed on as it is: gridfn retries the whole
+ * call and logs why.
+ */
+function checkedList(outcomes, count) {
+  if (!Array.isArray(outcomes)) {
+    return Array.from({ length: count }, () => retry(`handleBatch returned ${describe(outcomes)}, not an array of outcomes`));
+  }
+  return outcomes.map((outcome, n) =>
+    isOutcome(outcome) ? outcome : retry(`handleBatch answered ${describe(outcome)} for event ${n}, not success(), retry(…) or reject(…)`),
+  );
+}
+
+/**
+ * Calls `handleBatch(events, delivery)` with the raw WIT records and settles
+ * on one outcome per event (or a promise of them), as gridfn reads them: a
+ * throw or a rejected promise retries every event of the call. Never throws.
+ */
+export function outcomesOf(handleBatch, rawEvents, rawDelivery) {
+  const count = rawEvents.length;
+  const all = (outcome) => Array.from({ length: count }, () => outcome);
+  let result;
+  try {
+    result = handleBatch(rawEvents.map((raw) => new Event(raw)), new Delivery(rawDelivery));
+  } catch (error) {
+    return all(thrown(error));
+  }
+  if (isPromise(result)) {
+    return Promise.resolve(result).then((outcomes) => checkedList(outcomes, count), (error) => all(thrown(error)));
+  }
+  return checkedList(result, count);
 }
 
 /** An SDK outcome as the WIT `outcome` variant. */
@@ -56,6 +99,35 @@ export function toWit(outcome) {
       return { tag: 'retry', val: { reason: outcome.reason, afterMs } };
     }
   }
+}
+
+/** The component's `handle-batch` export, around the handler module's `handleBatch`. */
+export function exportHandleBatch(handleBatch) {
+  if (typeof handleBatch !== 'function') {
+    throw new TypeError('handleBatch must be a function(events, delivery) returning one outcome per event');
+  }
+  return (rawEvents, rawDelivery) => {
+    const outcomes = outcomesOf(handleBatch, rawEvents, rawDelivery);
+    return outcomes instanceof Promise ? outcomes.then((list) => list.map(toWit)) : outcomes.map(toWit);
+  };
+}
+
+/** One outcome from a batch of one, or a retry when the batch handler answered another number. */
+function single(outcomes) {
+  if (outcomes.length === 1) return outcomes[0];
+  return retry(`the batch handler answered ${outcomes.length} outcomes for one event`);
+}
+
+/**
+ * The component's `handle` export for a module with `handleBatch` but no
+ * `handle`: the one event as a batch of one, so the component also runs
+ * where the manifest does not set `batch`.
+ */
+export function exportBatchOfOne(handleBatch) {
+  return (rawEvent, rawDelivery) => {
+    const outcomes = outcomesOf(handleBatch, [rawEvent], rawDelivery);
+    return outcomes instanceof Promise ? outcomes.then((list) => toWit(single(list))) : toWit(single(outcomes));
+  };
 }
 
 /** The component's `handle` export, around the handler module's `handle`. */

@@ -23,6 +23,12 @@ export type Outcome = Success | Retry | Reject;
 /** What a handler module exports as `handle`. Throwing counts as `retry`. */
 export type Handler = (event: Event, delivery: Delivery) => Outcome | Promise<Outcome>;
 
+/**
+ * What a handler module exports as `handleBatch`: one outcome per event, in
+ * the order given. Throwing retries every event of the call.
+ */
+export type BatchHandler = (events: Event[], delivery: Delivery) => Outcome[] | Promise<Outcome[]>;
+
 export function success(): Success;
 export function retry(reason: string, options?: { afterMs?: number }): Retry;
 export function reject(reason: string): Reject;

@@ -3,9 +3,15 @@
 // A handler module exports `handle(event, delivery)` and returns one of
 // `success()`, `retry(reason, { afterMs })` or `reject(reason)` (or a
 // promise of one: `await fetch(...)` works). `gridfn-js build` turns the
-// module into a WebAssembly component for gridfn's `gridfn:handler@0.1.0`
+// module into a WebAssembly component for gridfn's `gridfn:handler@0.1.1`
 // world (sdk/wit/handler.wit); `@gridfn/sdk/testing` runs it under Node
 // with in-memory stand-ins for the host.
+//
+// A module may also (or instead) export `handleBatch(events, delivery)`,
+// answering one outcome per event in the same order (or a promise of that
+// array): gridfn calls it with a delivery's events when the handler's
+// manifest entry sets `batch`, and the component is built for the
+// `batch-handler` world. Without `handle`, a single event is a batch of one.
 import * as host from '#host';
 
 export { KvError, PublishError } from './errors.js';

@@ -1,5 +1,5 @@
 // Types for @gridfn/sdk/testing: run a handler under Node with stand-ins for the host.
-import type { Handler, Outcome } from './index.js';
+import type { BatchHandler, Handler, Outcome } from './index.js';
 
 export interface EventDescription {
   id?: string;
@@ -57,4 +57,14 @@ export interface RunResult {
 }
 
 export function run(handle: Handler, event?: EventDescription, options?: RunOptions): Promise<RunResult>;
+
+export interface BatchRunResult {
+  /** One per event, as gridfn reads them (an array of the wrong length is kept as it is). */
+  outcomes: Outcome[];
+  logs: LogEntry[];
+  kv: Map<string, Uint8Array> | null;
+}
+
+/** Runs a batch handler on `events` (ids default to evt-1, evt-2, …); `publish` is never granted. */
+export function runBatch(handleBatch: BatchHandler, events?: EventDescription[], options?: Omit<RunOptions, 'publish'>): Promise<BatchRunResult>;
 export function allowedBy(entry: string, url: string): boolean;

@@ -22,6 +22,17 @@ before ``python -m gridfn.build`` turns it into a WebAssembly component.
 
 An exception that escapes the handler becomes a :class:`Retry` (its
 traceback goes to the handler's log), like a trap in a Rust handler.
+
+A handler that does better with many events at once (one database round
+trip, one model call for the lot) is a :func:`batch_handler`: a function
+from a list of events to one outcome each, in the same order. gridfn calls
+it with a delivery's events when the manifest sets ``batch``::
+
+    from gridfn import Reject, Success, batch_handler
+
+    @batch_handler
+    def handle_batch(events, delivery):
+        return [Success() if event.data else Reject("no data") for event in events]
 """
 
 from __future__ import annotations
@@ -42,7 +53,9 @@ __all__ = [
     "Reject",
     "Retry",
     "Success",
+    "batch_handler",
     "call",
+    "call_batch",
     "config",
     "handler",
     "http",
@@ -119,6 +132,8 @@ Outcome = Success | Retry | Reject
 
 Handler = Callable[[Event, Delivery], Outcome]
 
+BatchHandler = Callable[[list[Event], Delivery], list[Outcome]]
+
 
 def call(fn: Handler, event: Event, delivery: Delivery) -> Outcome:
     """Runs ``fn`` as gridfn does: an exception that escapes it, or a value
@@ -134,21 +149,67 @@ def call(fn: Handler, event: Event, delivery: Delivery) -> Outcome:
     return outcome
 
 
+def call_batch(fn: BatchHandler, events: list[Event], delivery: Delivery) -> list[Outcome]:
+    """Runs ``fn`` on a batch as gridfn does: an exception that escapes it,
+    or an answer that is not a list, retries every event of the call (with
+    the traceback on stderr), and an item that is not an outcome retries its
+    own event. A list of the wrong length is returned as it is: gridfn then
+    retries every event of the call and logs why."""
+    try:
+        outcomes = fn(list(events), delivery)
+        if isinstance(outcomes, (str, bytes)) or not hasattr(outcomes, "__iter__"):
+            why = f"handle_batch returned {outcomes!r}, not a list of outcomes"
+            return [Retry(why) for _ in events]
+        outcomes = list(outcomes)
+    except Exception as error:
+        traceback.print_exc()
+        return [Retry(f"handler raised {type(error).__name__}: {error}") for _ in events]
+    return [
+        outcome
+        if isinstance(outcome, (Success, Retry, Reject))
+        else Retry(f"handle_batch answered {outcome!r} for event {n}, not Success(), Retry(...) or Reject(...)")
+        for n, outcome in enumerate(outcomes)
+    ]
+
+
 def handler(fn: Handler) -> Handler:
     """Marks ``fn`` as the module's handler and returns it unchanged.
 
     componentize-py looks for a class ``WitWorld`` in the module it builds;
     this defines it there, calling ``fn`` for every event. One handler per
-    module.
+    module (and at most one :func:`batch_handler` beside it).
     """
+    _export(fn, "handle", "@handler")
+    return fn
+
+
+def batch_handler(fn: BatchHandler) -> BatchHandler:
+    """Marks ``fn`` as the module's batch handler and returns it unchanged.
+
+    The component then exports ``handle-batch`` (``python -m gridfn.build``
+    builds it for gridfn's ``batch-handler`` world), which gridfn calls with
+    many events at once when the handler's manifest entry sets ``batch``.
+    It still exports ``handle`` for manifests without ``batch``: the
+    module's :func:`handler` when it has one, else ``fn`` on a batch of one.
+    """
+    _export(fn, "handle_batch", "@batch_handler")
+    return fn
+
+
+def _export(fn: Callable[..., Any], export: str, decorator: str) -> None:
+    """Makes ``fn`` the ``export`` of the ``WitWorld`` class in its module."""
     module = sys.modules.get(fn.__module__)
     if module is None:
-        raise RuntimeError(f"@handler: module {fn.__module__!r} is not imported")
+        raise RuntimeError(f"{decorator}: module {fn.__module__!r} is not imported")
     existing = getattr(module, "WitWorld", None)
+    exports = dict(getattr(existing, "gridfn_exports", {}))
+    if existing is not None and not exports:
+        raise RuntimeError(f"{decorator}: {fn.__module__} already defines WitWorld itself")
+    previous = exports.get(export)
     # A reloaded module decorates the same function again; anything else is a mistake.
-    if existing is not None and getattr(existing, "handler_name", None) != fn.__qualname__:
-        raise RuntimeError(f"@handler: {fn.__module__} already has a handler (WitWorld); one per module")
+    if previous is not None and previous.__qualname__ != fn.__qualname__:
+        raise RuntimeError(f"{decorator}: {fn.__module__} already has {previous.__qualname__}; one per module")
+    exports[export] = fn
     from ._component import world_for
 
-    module.WitWorld = world_for(fn)
-    return fn
+    module.WitWorld = world_for(exports.get("handle"), exports.get("handle_batch"))

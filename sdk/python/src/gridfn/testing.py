@@ -16,7 +16,9 @@ initial values; ``kv_failure`` makes every call fail as a broken store
 would), ``publish``, ``log`` and ``http`` (allowed origins, each with a
 function answering its requests). :meth:`Host.run` runs a handler as gridfn
 does: an exception becomes :class:`gridfn.Retry`, and published events are
-kept only when the outcome is :class:`gridfn.Success`.
+kept only when the outcome is :class:`gridfn.Success`. :meth:`Host.run_batch`
+runs a :func:`gridfn.batch_handler` on a list of events and answers its
+outcomes, as gridfn would read them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import Delivery, Event, Outcome, Success, _host, call, http, kv, publish
+from . import Delivery, Event, Outcome, Success, _host, call, call_batch, http, kv, publish
 
 #: Answers one outbound request.
 Responder = Callable[[http.Request], http.Response]
@@ -94,6 +96,8 @@ class Host:
         self.requests: list[http.Request] = []
         self._queued: list[publish.OutgoingEvent] = []
         self._previous: _host.Host | None = None
+        #: True while run_batch runs: gridfn grants no publish to batch handlers.
+        self._batch = False
 
     def run(self, fn: Callable[[Event, Delivery], Outcome], event: Event, delivery: Delivery | None = None) -> Outcome:
         """Runs ``fn`` on ``event`` as gridfn would, with this host's grants."""
@@ -102,6 +106,24 @@ class Host:
             outcome = call(fn, event, delivery or Delivery(handler=self.handler))
         self.published = self._queued if outcome == Success() else []
         return outcome
+
+    def run_batch(
+        self,
+        fn: Callable[[list[Event], Delivery], list[Outcome]],
+        events: list[Event],
+        delivery: Delivery | None = None,
+    ) -> list[Outcome]:
+        """Runs ``fn`` on ``events`` as gridfn's ``handle-batch`` would: an
+        exception retries every event, and ``publish`` is denied (gridfn
+        refuses ``publish`` for a handler with ``batch``). The answer is
+        returned as it is, so a test sees a list of the wrong length, which
+        gridfn would retry as a whole."""
+        self._queued, self.published, self._batch = [], [], True
+        try:
+            with self:
+                return call_batch(fn, events, delivery or Delivery(handler=self.handler))
+        finally:
+            self._batch = False
 
     def messages(self, level: str | None = None) -> list[str]:
         """The logged messages, of ``level`` only when given."""
@@ -156,6 +178,8 @@ class Host:
         return value
 
     def publish(self, event: publish.OutgoingEvent) -> None:
+        if self._batch:
+            raise publish.Denied("a batch handler cannot publish (gridfn refuses publish with batch)")
         if not self.publish_granted:
             raise publish.Denied("the manifest does not grant publish")
         if not event.type:
