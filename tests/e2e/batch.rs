@@ -61,6 +61,11 @@ macro_rules! for_fixture {
             fn an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so() {
                 super::an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so(&$fixture);
             }
+
+            #[test]
+            fn without_batch_in_the_manifest_each_event_is_a_batch_of_one() {
+                super::without_batch_in_the_manifest_each_event_is_a_batch_of_one(&$fixture);
+            }
         }
     };
 }
@@ -75,9 +80,11 @@ for_fixture!(js, super::JS);
 /// a loaded machine can miss the start-up limit), and later starts load it.
 static COMPILED: Mutex<Vec<&str>> = Mutex::new(Vec::new());
 
-/// `batched` takes whole deliveries, `pairs` two events per call (both the
-/// fixture's component), and `scripted` (a component with `handle` only) and
-/// `v010` (one built against gridfn:handler@0.1.0) one event per call.
+/// `batched` takes whole deliveries, `pairs` two events per call, `single`
+/// (no `batch`) one event per call through the component's `handle` (all
+/// three the fixture's component), and `scripted` (a component with `handle`
+/// only) and `v010` (one built against gridfn:handler@0.1.0) one event per
+/// call.
 fn host(fixture: &Fixture) -> Gridfn {
     let batched = component(fixture.component);
     {
@@ -99,6 +106,11 @@ timeout = "{timeout}"
 name = "pairs"
 module = {batched:?}
 batch = 2
+timeout = "{timeout}"
+
+[[handler]]
+name = "single"
+module = {batched:?}
 timeout = "{timeout}"
 
 [[handler]]
@@ -211,6 +223,19 @@ fn an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so(fixture: &Fi
         gridfn.log_count("handle-batch answered 1 outcomes for 2 events; every event of the call will be retried"),
         1
     );
+}
+
+/// Each SDK gives a batch handler's component a `handle` export too: the
+/// one event as a batch of one, so it runs where the manifest has no `batch`.
+fn without_batch_in_the_manifest_each_event_is_a_batch_of_one(fixture: &Fixture) {
+    let gridfn = host(fixture);
+    let response =
+        gridfn.notify("/api/events/single", batch(&[event("o-1", json!({})), event("o-2", json!({"act": "reject"}))]));
+    assert_eq!(response.status(), 200);
+    let verdict: Value = response.json().unwrap();
+    assert_eq!((verdict["succeeded"].as_u64(), verdict["rejected"].as_u64()), (Some(1), Some(1)), "{verdict}");
+    assert_eq!(gridfn.log_count("batched call of 1: o-1 attempt=0"), 1, "{}", gridfn.log_text());
+    assert_eq!(gridfn.log_count("batched call of 1: o-2 attempt=0"), 1);
 }
 
 #[test]
