@@ -42,31 +42,22 @@ const JS: Fixture =
 macro_rules! for_fixture {
     ($sdk:ident, $fixture:expr) => {
         mod $sdk {
-            #[test]
-            fn each_outcome_of_one_call_is_honoured_and_the_redelivery_runs_only_the_retried_event() {
-                super::each_outcome_of_one_call_is_honoured_and_the_redelivery_runs_only_the_retried_event(&$fixture);
-            }
-
-            #[test]
-            fn events_done_before_are_left_out_of_the_call() {
-                super::events_done_before_are_left_out_of_the_call(&$fixture);
-            }
-
-            #[test]
-            fn a_failed_call_retries_the_events_of_that_call_only() {
-                super::a_failed_call_retries_the_events_of_that_call_only(&$fixture);
-            }
-
-            #[test]
-            fn an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so() {
-                super::an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so(&$fixture);
-            }
-
-            #[test]
-            fn without_batch_in_the_manifest_each_event_is_a_batch_of_one() {
-                super::without_batch_in_the_manifest_each_event_is_a_batch_of_one(&$fixture);
-            }
+            for_fixture!(@tests $fixture =>
+                each_outcome_of_one_call_is_honoured_and_the_redelivery_runs_only_the_retried_event,
+                events_done_before_are_left_out_of_the_call,
+                a_failed_call_retries_the_events_of_that_call_only,
+                an_answer_of_the_wrong_length_retries_the_whole_call_and_says_so,
+                without_batch_in_the_manifest_each_event_is_a_batch_of_one,
+            );
         }
+    };
+    (@tests $fixture:expr => $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                super::$test(&$fixture);
+            }
+        )*
     };
 }
 
