@@ -112,13 +112,15 @@ def check_dockerfile(path, context):
     parser = DockerfileParser(path=path)
     instructions = parser.structure
     problems = []
-    froms = [i["value"] for i in instructions if i["instruction"] == "FROM"]
+    # Each stage's base with the ARG defaults declared before the first FROM
+    # substituted, as a build without --build-arg gets them.
+    froms = parser.parent_images
     if len(froms) < 2:
         problems.append(f"expected a multi-stage build, found FROM {froms}")
     else:
         if not froms[0].startswith("rust:1.95"):
             problems.append(f"the builder is not the Rust 1.95 image: FROM {froms[0]}")
-        if froms[-1].split()[0] in ("scratch",) or froms[-1].startswith("rust:"):
+        if froms[-1] in ("", "scratch") or froms[-1].startswith("rust:") or "$" in froms[-1]:
             problems.append(f"the runtime stage is not a small base image: FROM {froms[-1]}")
     # The last stage: what runs.
     last = max(i for i, ins in enumerate(instructions) if ins["instruction"] == "FROM")
