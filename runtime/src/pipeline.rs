@@ -663,8 +663,9 @@ impl Pipeline {
         }
     }
 
-    /// Records every done pair in one durable write (releasing the rest), and
-    /// counts each pair's outcome. If the write fails, no pair is done.
+    /// Records every done pair, with its run's kv writes, in one durable write
+    /// (releasing the rest, whose writes are dropped), and counts each pair's
+    /// outcome. If the write fails, no pair is done and nothing is written.
     async fn record(&self, mut runs: Vec<PairRun>) -> Vec<PairRun> {
         let (mut done, mut not_done) = (Vec::new(), Vec::new());
         for run in &mut runs {
