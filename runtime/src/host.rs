@@ -58,10 +58,9 @@ impl Host {
     /// the stores. Fails if any handler does not fit the contract or a store
     /// cannot be reached.
     pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
-        let kv = match manifest.handlers.iter().any(|h| h.capabilities.kv) {
-            true => Some(crate::kv::open(&manifest.dedup.store, &manifest.server.state_dir).await?),
-            false => None,
-        };
+        // The handlers' kv lives in the dedup store, which writes it with the records.
+        let (store, kv) = crate::dedup::open(&manifest.dedup.store, &manifest.server.state_dir).await?;
+        let kv = manifest.handlers.iter().any(|h| h.capabilities.kv).then_some(kv);
         let sandbox = Arc::new(Sandbox::for_manifest(manifest, kv.clone())?);
         let registry = Arc::new(Registry::load(manifest, sandbox)?);
         let entra = match &manifest.server.entra {
@@ -73,7 +72,7 @@ impl Host {
                 "ANONYMOUS ACCESS: server.allow_anonymous is set and no key is configured; anyone who can reach this port can deliver events"
             );
         }
-        let dedup = Dedup::new(crate::dedup::open(&manifest.dedup.store).await?, manifest.dedup.ttl);
+        let dedup = Dedup::new(store, manifest.dedup.ttl);
         let deadletter = DeadLetterStore::open(&manifest.deadletter).await?;
         let metrics = Arc::new(
             Metrics::new(manifest.handlers.iter().map(|h| h.name.as_str()))

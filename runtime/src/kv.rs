@@ -1,30 +1,44 @@
-//! Storage behind the `kv` capability: one key space per handler, kept where
-//! gridfn keeps its dedup records (in memory, on disk with fjall in
-//! `<state_dir>/kv`, or in the same Redis), so a handler's state is as durable
-//! and as shared as gridfn's own.
+//! The `kv` capability: one key space per handler, kept in the dedup store
+//! (in memory, in the embedded store's fjall database, or in the same Redis),
+//! and written together with the dedup records.
+//!
+//! # When writes take effect
+//!
+//! A run's `set`, `delete` and `increment` go to its [`KvWrites`], not to the
+//! store. The run reads through them (`get` sees its own writes; `increment`
+//! answers the stored value plus the run's deltas). When the pipeline records
+//! the pair done (succeeded or dead-lettered), the dedup store applies the
+//! run's writes in the same atomic write as the done record
+//! ([`crate::dedup::DedupStore::record`]); a run that is retried (locally or
+//! by the source), traps, times out, or dies with its host leaves no trace.
+//! So the store holds the writes of exactly the runs that were recorded, one
+//! per (handler, event) pair, even across `kill -9`. Increments are committed
+//! as deltas (`INCRBY`), so runs on several hosts counting the same key all
+//! count. The cost: a run does not see another run's writes until that run is
+//! recorded (after its whole delivery ran).
 //!
 //! Handlers run on the async task that delivers their event, and their kv
-//! calls are async host functions: a call suspends the handler's instance
+//! reads are async host functions: a read suspends the handler's instance
 //! while the store works, and never holds the runtime worker it runs on. So
-//! Redis is reached through its async connection, and fjall's reads, writes
-//! and fsyncs run on tokio's blocking pool.
+//! Redis is read through its async connection, and fjall on tokio's blocking
+//! pool.
 
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
-
-use crate::config;
 
 /// Longest key a handler may use, in bytes.
 pub const MAX_KEY: usize = 512;
 /// Largest value a handler may store, in bytes.
 pub const MAX_VALUE: usize = 1 << 20;
+/// Most bytes (keys and values) one run may hold unrecorded: its writes wait
+/// in the host's memory until the run is recorded.
+pub const MAX_RUN_WRITES: usize = 16 << 20;
 
 /// One handler's keys never meet another's: every key is stored under its
 /// handler's name, length-prefixed.
-fn scoped(handler: &str, key: &str) -> String {
+pub fn scoped(handler: &str, key: &str) -> String {
     format!("{}:{handler}{key}", handler.len())
 }
 
@@ -36,29 +50,16 @@ fn unscoped<'a>(handler: &str, stored: &'a str) -> Option<&'a str> {
 /// A key as the handler wrote it, and its value.
 pub type KeyValue = (String, Vec<u8>);
 
+/// Reads of the recorded state. Writes go through a run's [`KvWrites`] and
+/// are applied by the dedup store when the run is recorded.
 #[async_trait::async_trait]
 pub trait KvStore: Send + Sync {
     async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
-    async fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String>;
-    async fn delete(&self, handler: &str, key: &str) -> Result<(), String>;
-    /// Adds `delta` to the integer at `key` (0 when absent), atomically.
-    async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String>;
     /// The first `limit` of `handler`'s keys that start with `prefix`, in
     /// byte order, with their values. Not a handler capability: it is how a
     /// person reads a handler's state (an audit trail) from outside, through
     /// the admin API, while gridfn runs.
     async fn list(&self, handler: &str, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String>;
-}
-
-/// Opens the store that matches the dedup store.
-pub async fn open(dedup: &config::DedupStore, state_dir: &Path) -> anyhow::Result<Arc<dyn KvStore>> {
-    Ok(match dedup {
-        config::DedupStore::Memory { .. } => Arc::new(MemoryKv::default()),
-        config::DedupStore::Embedded { .. } => Arc::new(EmbeddedKv::open(&state_dir.join("kv"))?),
-        config::DedupStore::Redis { url, key_prefix } => {
-            Arc::new(RedisKv::connect(url, &format!("{key_prefix}kv:")).await?)
-        }
-    })
 }
 
 fn parse_counter(value: Option<&[u8]>) -> Result<i64, String> {
@@ -76,33 +77,161 @@ fn incremented(value: Option<&[u8]>, delta: i64) -> Result<i64, String> {
     parse_counter(value)?.checked_add(delta).ok_or_else(|| "counter overflow".to_owned())
 }
 
-/// In this process's memory. Handlers on many tasks touch their keys at once;
-/// a concurrent map lets them, and its entry lock makes `increment` atomic.
-#[derive(Default)]
-pub struct MemoryKv(DashMap<String, Vec<u8>>);
+/// One key's pending change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Set(Vec<u8>),
+    Delete,
+    /// Add to whatever the store holds when the run is recorded (0 when
+    /// absent). Never `i64::MIN`, so a store can always undo it.
+    Add(i64),
+}
+
+impl Write {
+    /// The value `current` becomes; `None` deletes it. Fails when an `Add`
+    /// meets a value that is not a counter, or overflows.
+    pub fn applied_to(&self, current: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Write::Set(value) => Ok(Some(value.clone())),
+            Write::Delete => Ok(None),
+            Write::Add(delta) => Ok(Some(incremented(current, *delta)?.to_string().into_bytes())),
+        }
+    }
+}
+
+/// Why a run's write was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The run holds more than [`MAX_RUN_WRITES`] unrecorded.
+    TooLarge,
+    /// The store failed, or the key is no counter.
+    Store(String),
+}
+
+/// One run's writes, by key, waiting for the run to be recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KvWrites {
+    handler: Arc<str>,
+    pending: BTreeMap<String, Write>,
+    /// Keys and values held, against [`MAX_RUN_WRITES`].
+    bytes: usize,
+}
+
+impl KvWrites {
+    pub fn new(handler: Arc<str>) -> Self {
+        KvWrites { handler, pending: BTreeMap::new(), bytes: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The handler whose key space they are in.
+    pub fn handler(&self) -> &str {
+        &self.handler
+    }
+
+    /// Each write with its key as stored ([`scoped`]), in key order.
+    pub fn scoped(&self) -> impl Iterator<Item = (String, &Write)> {
+        self.pending.iter().map(|(key, write)| (scoped(&self.handler, key), write))
+    }
+
+    fn put(&mut self, key: &str, write: Write) -> Result<(), Refused> {
+        let size = |write: &Write| match write {
+            Write::Set(value) => value.len(),
+            _ => 8,
+        };
+        let added = size(&write) + key.len();
+        let freed = self.pending.get(key).map_or(0, |old| size(old) + key.len());
+        let bytes = self.bytes - freed + added;
+        if bytes > MAX_RUN_WRITES {
+            return Err(Refused::TooLarge);
+        }
+        self.bytes = bytes;
+        self.pending.insert(key.to_owned(), write);
+        Ok(())
+    }
+
+    pub fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), Refused> {
+        self.put(key, Write::Set(value))
+    }
+
+    pub fn delete(&mut self, key: &str) -> Result<(), Refused> {
+        self.put(key, Write::Delete)
+    }
+
+    /// The value at `key` as this run sees it: its own write, else the store's
+    /// (plus its own deltas).
+    pub async fn get(&self, store: &dyn KvStore, key: &str) -> Result<Option<Vec<u8>>, Refused> {
+        match self.pending.get(key) {
+            Some(Write::Set(value)) => Ok(Some(value.clone())),
+            Some(Write::Delete) => Ok(None),
+            Some(Write::Add(delta)) => {
+                let stored = store.get(&self.handler, key).await.map_err(Refused::Store)?;
+                let value = incremented(stored.as_deref(), *delta).map_err(Refused::Store)?;
+                Ok(Some(value.to_string().into_bytes()))
+            }
+            None => store.get(&self.handler, key).await.map_err(Refused::Store),
+        }
+    }
+
+    /// Adds `delta` to the counter at `key` as this run sees it, and answers
+    /// the new value. After this run's own `set` or `delete` of the key the
+    /// result is known here; otherwise it is held as a delta, applied to
+    /// whatever the store holds when the run is recorded.
+    pub async fn increment(&mut self, store: &dyn KvStore, key: &str, delta: i64) -> Result<i64, Refused> {
+        let overflow = || Refused::Store("counter overflow".to_owned());
+        match self.pending.get(key) {
+            Some(Write::Set(value)) => {
+                let value = incremented(Some(value), delta).map_err(Refused::Store)?;
+                self.put(key, Write::Set(value.to_string().into_bytes()))?;
+                Ok(value)
+            }
+            Some(Write::Delete) => {
+                self.put(key, Write::Set(delta.to_string().into_bytes()))?;
+                Ok(delta)
+            }
+            held => {
+                let held = match held {
+                    Some(Write::Add(held)) => *held,
+                    _ => 0,
+                };
+                let total = held.checked_add(delta).filter(|total| *total != i64::MIN).ok_or_else(overflow)?;
+                let stored = store.get(&self.handler, key).await.map_err(Refused::Store)?;
+                let value = incremented(stored.as_deref(), total).map_err(Refused::Store)?;
+                self.put(key, Write::Add(total))?;
+                Ok(value)
+            }
+        }
+    }
+}
+
+/// A run's writes, shared by the pairs of one `handle-batch` call: the first
+/// of them recorded done takes them, so a call's writes are applied once,
+/// with its first recorded outcome.
+#[derive(Debug, Clone, Default)]
+pub struct RunWrites(Arc<Mutex<Option<KvWrites>>>);
+
+impl RunWrites {
+    pub fn new(writes: KvWrites) -> Self {
+        RunWrites(Arc::new(Mutex::new((!writes.is_empty()).then_some(writes))))
+    }
+
+    /// The writes, if no other pair took them yet.
+    pub fn take(&self) -> Option<KvWrites> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The keys of the in-memory dedup store ([`crate::dedup::memory`]), which
+/// applies runs' writes to the same map.
+#[derive(Clone, Default)]
+pub struct MemoryKv(pub Arc<DashMap<String, Vec<u8>>>);
 
 #[async_trait::async_trait]
 impl KvStore for MemoryKv {
     async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         Ok(self.0.get(&scoped(handler, key)).map(|value| value.clone()))
-    }
-    async fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.0.insert(scoped(handler, key), value.to_vec());
-        Ok(())
-    }
-    async fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
-        self.0.remove(&scoped(handler, key));
-        Ok(())
-    }
-    async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
-        let entry = self.0.entry(scoped(handler, key));
-        let current = match &entry {
-            Entry::Occupied(stored) => Some(stored.get().as_slice()),
-            Entry::Vacant(_) => None,
-        };
-        let value = incremented(current, delta)?;
-        entry.insert(value.to_string().into_bytes());
-        Ok(value)
     }
     async fn list(&self, handler: &str, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String> {
         let wanted = scoped(handler, prefix);
@@ -118,50 +247,21 @@ impl KvStore for MemoryKv {
     }
 }
 
-/// On disk with fjall; every write is synced before it returns. Each call
-/// runs on tokio's blocking pool (cheap clones of the handles go there).
+/// The `kv` keyspace of the embedded dedup store's fjall database
+/// ([`crate::dedup::embedded`]), whose writer applies runs' writes in the
+/// batch that records them. Reads run on tokio's blocking pool.
 #[derive(Clone)]
 pub struct EmbeddedKv {
-    db: fjall::Database,
-    values: fjall::Keyspace,
-    /// Makes `increment`'s read-modify-write atomic within this process
-    /// (the folder is locked against other processes).
-    counters: Arc<Mutex<()>>,
+    pub values: fjall::Keyspace,
 }
 
 impl EmbeddedKv {
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(path)?;
-        let db = fjall::Database::builder(path)
-            .open()
-            .map_err(|e| anyhow::anyhow!("kv store {}: cannot open: {e}", path.display()))?;
-        let values = db
-            .keyspace("values", fjall::KeyspaceCreateOptions::default)
-            .map_err(|e| anyhow::anyhow!("kv store {}: {e}", path.display()))?;
-        Ok(EmbeddedKv { db, values, counters: Arc::default() })
-    }
-
-    /// Runs `work` on the blocking pool: fjall reads may wait for the disk,
-    /// and every write waits for an fsync.
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&EmbeddedKv) -> Result<T, String> + Send + 'static,
+        work: impl FnOnce(&fjall::Keyspace) -> Result<T, String> + Send + 'static,
     ) -> Result<T, String> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || work(&store)).await.map_err(|e| format!("kv store task failed: {e}"))?
-    }
-
-    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.values.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| e.to_string())
-    }
-
-    fn write(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.values.insert(key, value).map_err(|e| e.to_string())?;
-        self.sync()
-    }
-
-    fn sync(&self) -> Result<(), String> {
-        self.db.persist(fjall::PersistMode::SyncData).map_err(|e| e.to_string())
+        let values = self.values.clone();
+        tokio::task::spawn_blocking(move || work(&values)).await.map_err(|e| format!("kv store task failed: {e}"))?
     }
 }
 
@@ -169,35 +269,13 @@ impl EmbeddedKv {
 impl KvStore for EmbeddedKv {
     async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         let key = scoped(handler, key);
-        self.blocking(move |store| store.read(&key)).await
-    }
-    async fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        let (key, value) = (scoped(handler, key), value.to_vec());
-        self.blocking(move |store| store.write(&key, &value)).await
-    }
-    async fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
-        let key = scoped(handler, key);
-        self.blocking(move |store| {
-            store.values.remove(key).map_err(|e| e.to_string())?;
-            store.sync()
-        })
-        .await
-    }
-    async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
-        let key = scoped(handler, key);
-        self.blocking(move |store| {
-            let _one_at_a_time = store.counters.lock().unwrap_or_else(|e| e.into_inner());
-            let value = incremented(store.read(&key)?.as_deref(), delta)?;
-            store.write(&key, value.to_string().as_bytes())?;
-            Ok(value)
-        })
-        .await
+        self.blocking(move |values| values.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| e.to_string())).await
     }
     async fn list(&self, handler: &str, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String> {
         let (handler, wanted) = (handler.to_owned(), scoped(handler, prefix));
-        self.blocking(move |store| {
+        self.blocking(move |values| {
             let mut entries = Vec::new();
-            for item in store.values.prefix(&wanted).take(limit) {
+            for item in values.prefix(&wanted).take(limit) {
                 let (key, value) = item.into_inner().map_err(|e| e.to_string())?;
                 // Keys come from handlers' strings; anything else is not theirs.
                 if let Some(key) = std::str::from_utf8(&key).ok().and_then(|key| unscoped(&handler, key)) {
@@ -210,8 +288,9 @@ impl KvStore for EmbeddedKv {
     }
 }
 
-/// In Redis, shared by every host that shares the dedup store, through the
-/// same kind of reconnecting async connection as the dedup store's.
+/// In Redis, shared by every host that shares the dedup store, under
+/// `<key_prefix>kv:`, through the same kind of reconnecting async connection
+/// as the dedup store's (which writes them: [`crate::dedup::redis`]).
 pub struct RedisKv {
     connection: redis::aio::ConnectionManager,
     prefix: String,
@@ -237,15 +316,6 @@ impl RedisKv {
 impl KvStore for RedisKv {
     async fn get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.run(redis::cmd("GET").arg(self.key(handler, key))).await
-    }
-    async fn set(&self, handler: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.run(redis::cmd("SET").arg(self.key(handler, key)).arg(value)).await
-    }
-    async fn delete(&self, handler: &str, key: &str) -> Result<(), String> {
-        self.run::<i64>(redis::cmd("DEL").arg(self.key(handler, key))).await.map(|_| ())
-    }
-    async fn increment(&self, handler: &str, key: &str, delta: i64) -> Result<i64, String> {
-        self.run(redis::cmd("INCRBY").arg(self.key(handler, key)).arg(delta)).await
     }
     /// SCAN (which never blocks Redis, unlike KEYS) for the prefix, then one
     /// MGET for the first `limit` in key order; a key deleted in between is
@@ -293,109 +363,110 @@ fn glob_escaped(text: &str) -> String {
 mod tests {
     use super::*;
 
-    /// The contract every store keeps. Keys are unique per call, so stores
-    /// shared between tests (one Redis) are fine.
-    async fn contract(label: &str, store: &dyn KvStore) {
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let (a, b) = (format!("a-{run}"), format!("b-{run}"));
-        assert_eq!(store.get(&a, "k").await.unwrap(), None, "{label}: absent key");
-        store.set(&a, "k", b"v1").await.unwrap();
-        assert_eq!(store.get(&a, "k").await.unwrap().as_deref(), Some(&b"v1"[..]), "{label}: set then get");
-        assert_eq!(store.get(&b, "k").await.unwrap(), None, "{label}: handlers do not see each other's keys");
-        assert_eq!(store.get(&format!("{a}:"), "k").await.unwrap(), None, "{label}: scoping cannot be forged");
-        store.set(&a, "k", b"v2").await.unwrap();
-        assert_eq!(store.get(&a, "k").await.unwrap().as_deref(), Some(&b"v2"[..]), "{label}: overwrite");
-        store.delete(&a, "k").await.unwrap();
-        assert_eq!(store.get(&a, "k").await.unwrap(), None, "{label}: deleted");
-        store.delete(&a, "never-set").await.unwrap();
-
-        assert_eq!(store.increment(&a, "n", 2).await.unwrap(), 2, "{label}: a counter starts at 0");
-        assert_eq!(store.increment(&a, "n", 3).await.unwrap(), 5);
-        assert_eq!(store.increment(&a, "n", -6).await.unwrap(), -1);
-        assert_eq!(store.get(&a, "n").await.unwrap().as_deref(), Some(&b"-1"[..]), "{label}: counters are text");
-        store.set(&a, "text", b"hello").await.unwrap();
-        assert!(store.increment(&a, "text", 1).await.is_err(), "{label}: not a counter");
-        store.set(&a, "max", i64::MAX.to_string().as_bytes()).await.unwrap();
-        assert!(store.increment(&a, "max", 1).await.is_err(), "{label}: overflow is an error");
-
-        // Concurrent increments from many tasks all count.
-        let increments = (0..50).map(|_| store.increment(&a, "shared", 1));
-        let results = futures::future::join_all(increments).await;
-        let mut seen: Vec<i64> = results.into_iter().map(Result::unwrap).collect();
-        seen.sort_unstable();
-        assert_eq!(seen, (1..=50).collect::<Vec<_>>(), "{label}: every increment saw its own value");
-
-        listing(label, store, &run).await;
+    fn stored(entries: &[(&str, &str)]) -> MemoryKv {
+        let store = MemoryKv::default();
+        for (key, value) in entries {
+            store.0.insert(scoped("h", key), value.as_bytes().to_vec());
+        }
+        store
     }
 
-    /// `list`: the handler's keys under a prefix, in key order, with their values.
-    async fn listing(label: &str, store: &dyn KvStore, run: &str) {
-        let (c, longer) = (format!("c-{run}"), format!("c-{run}x"));
-        assert!(store.list(&c, "", 10).await.unwrap().is_empty(), "{label}: nothing written, nothing listed");
-        for key in ["trail/0002", "trail/0010", "trail/0001", "trail", "trails/1", "tr*il/1", "other"] {
-            store.set(&c, key, key.as_bytes()).await.unwrap();
-        }
-        store.set(&c, "trail/bytes", &[0xff, 0x00, 0x80]).await.unwrap();
-        store.set(&longer, "trail/0000", b"not c's").await.unwrap();
-        store.set(&format!("c-{run}"), "trail/0003", b"three").await.unwrap();
-        store.delete(&c, "trail/0003").await.unwrap();
+    fn value(text: &str) -> Option<Vec<u8>> {
+        Some(text.as_bytes().to_vec())
+    }
 
-        let keys = |entries: Vec<KeyValue>| entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        let trail = store.list(&c, "trail/", 10).await.unwrap();
+    #[tokio::test]
+    async fn a_run_reads_its_own_writes_and_the_store_sees_none_of_them() {
+        let store = stored(&[("kept", "old"), ("gone", "x")]);
+        let mut run = KvWrites::new("h".into());
+        assert_eq!(run.get(&store, "kept").await, Ok(value("old")), "untouched keys read the store");
+        run.set("kept", b"new".to_vec()).unwrap();
+        run.delete("gone").unwrap();
+        run.set("fresh", b"1".to_vec()).unwrap();
+        assert_eq!(run.get(&store, "kept").await, Ok(value("new")));
+        assert_eq!(run.get(&store, "gone").await, Ok(None));
+        assert_eq!(run.get(&store, "fresh").await, Ok(value("1")));
+        assert_eq!(store.get("h", "kept").await.unwrap(), value("old"), "nothing reaches the store before the record");
+        assert_eq!(store.get("h", "fresh").await.unwrap(), None);
+        let writes: Vec<(String, Write)> = run.scoped().map(|(key, write)| (key, write.clone())).collect();
         assert_eq!(
-            trail,
+            writes,
             vec![
-                ("trail/0001".to_owned(), b"trail/0001".to_vec()),
-                ("trail/0002".to_owned(), b"trail/0002".to_vec()),
-                ("trail/0010".to_owned(), b"trail/0010".to_vec()),
-                ("trail/bytes".to_owned(), vec![0xff, 0x00, 0x80]),
-            ],
-            "{label}: the prefix's keys in key order, values as stored, deleted keys gone, no other handler's"
+                ("1:hfresh".to_owned(), Write::Set(b"1".to_vec())),
+                ("1:hgone".to_owned(), Write::Delete),
+                ("1:hkept".to_owned(), Write::Set(b"new".to_vec())),
+            ]
         );
-        assert_eq!(keys(store.list(&c, "trail/", 2).await.unwrap()), ["trail/0001", "trail/0002"], "{label}: limit");
-        assert_eq!(keys(store.list(&c, "tr*", 10).await.unwrap()), ["tr*il/1"], "{label}: a prefix is literal");
-        assert_eq!(
-            keys(store.list(&c, "", 100).await.unwrap()),
-            ["other", "tr*il/1", "trail", "trail/0001", "trail/0002", "trail/0010", "trail/bytes", "trails/1"],
-            "{label}: the empty prefix lists every key of the handler"
-        );
-        assert!(store.list(&c, "nothing/", 10).await.unwrap().is_empty(), "{label}: no match");
     }
 
     #[tokio::test]
-    async fn memory_keeps_the_contract() {
-        contract("memory", &MemoryKv::default()).await;
+    async fn increments_answer_the_store_plus_the_runs_deltas_and_are_held_as_one_delta() {
+        let store = stored(&[("n", "10"), ("text", "hello")]);
+        let mut run = KvWrites::new("h".into());
+        assert_eq!(run.increment(&store, "n", 2).await, Ok(12));
+        assert_eq!(run.increment(&store, "n", 3).await, Ok(15));
+        assert_eq!(run.get(&store, "n").await, Ok(value("15")));
+        // Another run is recorded meanwhile: this one's deltas go on top of it.
+        store.0.insert(scoped("h", "n"), b"100".to_vec());
+        assert_eq!(run.get(&store, "n").await, Ok(value("105")));
+        assert_eq!(run.increment(&store, "absent", -4).await, Ok(-4), "a counter starts at 0");
+        let held: Vec<Write> = run.scoped().map(|(_, write)| write.clone()).collect();
+        assert_eq!(held, vec![Write::Add(-4), Write::Add(5)], "deltas, not values: concurrent runs all count");
+        assert!(matches!(run.increment(&store, "text", 1).await, Err(Refused::Store(_))), "not a counter");
+        assert!(run.scoped().all(|(key, _)| key != "1:htext"), "a refused increment holds nothing");
+        store.0.insert(scoped("h", "max"), i64::MAX.to_string().into_bytes());
+        assert!(run.increment(&store, "max", 1).await.is_err(), "overflow is an error");
+        assert!(run.increment(&store, "min", i64::MIN).await.is_err(), "a delta a store could not undo");
     }
 
     #[tokio::test]
-    async fn embedded_keeps_the_contract_and_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = EmbeddedKv::open(dir.path()).unwrap();
-            contract("embedded", &store).await;
-            store.set("a", "kept", b"yes").await.unwrap();
+    async fn after_a_runs_own_set_or_delete_an_increment_is_a_known_value() {
+        let store = stored(&[("n", "10")]);
+        let mut run = KvWrites::new("h".into());
+        run.set("n", b"7".to_vec()).unwrap();
+        assert_eq!(run.increment(&store, "n", 1).await, Ok(8));
+        run.delete("m").unwrap();
+        assert_eq!(run.increment(&store, "m", 5).await, Ok(5), "deleted: from 0, not from the store");
+        run.set("text", b"x".to_vec()).unwrap();
+        assert!(run.increment(&store, "text", 1).await.is_err());
+        let held: Vec<Write> = run.scoped().map(|(_, write)| write.clone()).collect();
+        assert_eq!(held, vec![Write::Set(b"5".to_vec()), Write::Set(b"8".to_vec()), Write::Set(b"x".to_vec())]);
+        run.increment(&store, "n", 1).await.unwrap();
+        run.set("n", b"0".to_vec()).unwrap();
+        assert_eq!(run.get(&store, "n").await, Ok(value("0")), "the last write wins");
+    }
+
+    #[test]
+    fn a_run_holds_a_bounded_amount() {
+        let mut run = KvWrites::new("h".into());
+        for i in 0..MAX_RUN_WRITES / MAX_VALUE - 1 {
+            run.set(&format!("k{i}"), vec![0; MAX_VALUE]).unwrap();
         }
-        let store = EmbeddedKv::open(dir.path()).unwrap();
-        assert_eq!(store.get("a", "kept").await.unwrap().as_deref(), Some(&b"yes"[..]));
+        // Overwriting a key frees what it held.
+        run.set("k0", vec![0; MAX_VALUE]).unwrap();
+        assert_eq!(run.set("one-more", vec![0; MAX_VALUE]), Err(Refused::TooLarge));
+        run.delete("k0").unwrap();
+        run.set("one-more", vec![0; MAX_VALUE]).unwrap();
     }
 
-    #[tokio::test]
-    async fn redis_keeps_the_contract_and_shares_keys_between_hosts() {
-        let redis = crate::dedup::redis::test_server::test_redis();
-        let prefix = format!("gridfn-test:kv:{}:", uuid::Uuid::new_v4().simple());
-        let store = RedisKv::connect(&redis.url, &prefix).await.unwrap();
-        contract("redis", &store).await;
+    #[test]
+    fn writes_apply_to_stored_values() {
+        assert_eq!(Write::Set(b"v".to_vec()).applied_to(Some(b"old")), Ok(Some(b"v".to_vec())));
+        assert_eq!(Write::Delete.applied_to(Some(b"old")), Ok(None));
+        assert_eq!(Write::Add(2).applied_to(None), Ok(Some(b"2".to_vec())));
+        assert_eq!(Write::Add(-2).applied_to(Some(b"5")), Ok(Some(b"3".to_vec())));
+        assert!(Write::Add(1).applied_to(Some(b"text")).is_err());
+        assert!(Write::Add(1).applied_to(Some(i64::MAX.to_string().as_bytes())).is_err());
+    }
 
-        // A second host (its own connection, the same prefix) sees the same
-        // keys, and the values sit in Redis under the prefix.
-        let other = RedisKv::connect(&redis.url, &prefix).await.unwrap();
-        store.set("h", "k", b"from one").await.unwrap();
-        assert_eq!(other.get("h", "k").await.unwrap().as_deref(), Some(&b"from one"[..]));
-        assert_eq!(other.increment("h", "n", 7).await.unwrap(), 7);
-        let mut raw =
-            redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        let stored: Option<String> =
-            redis::cmd("GET").arg(format!("{prefix}1:hn")).query_async(&mut raw).await.unwrap();
-        assert_eq!(stored.as_deref(), Some("7"));
+    #[test]
+    fn a_calls_writes_go_to_one_pair_only() {
+        let mut writes = KvWrites::new("h".into());
+        writes.set("k", b"v".to_vec()).unwrap();
+        let shared = RunWrites::new(writes.clone());
+        let other = shared.clone();
+        assert_eq!(shared.take(), Some(writes));
+        assert_eq!(other.take(), None);
+        assert_eq!(RunWrites::new(KvWrites::new("h".into())).take(), None, "nothing written, nothing to apply");
     }
 }

@@ -34,6 +34,7 @@ use crate::admission::{DeliveryGate, QueueFull};
 use crate::deadletter::{DeadLetterStore, Rejection};
 use crate::dedup::{Claim, Dedup, DedupKey, Lease};
 use crate::event::{DeliveryInfo, Event, SUBSCRIPTION_DELETED_EVENT};
+use crate::kv::{KvWrites, RunWrites};
 use crate::metrics::{Destination, Metrics, PairOutcome};
 use crate::publish::{MAX_LOCAL_DEPTH, Published, Topic};
 use crate::registry::{Registry, Route};
@@ -289,12 +290,13 @@ impl Pipeline {
     ) -> PairRun {
         let handler = route.handler();
         let trace = pair_span(&event, delivery.traceparent);
-        let lease = match self.claim(index, &event, &handler, delivery).await {
+        let mut lease = match self.claim(index, &event, &handler, delivery).await {
             Ok(lease) => lease,
             Err(not_run) => return not_run,
         };
-        let (Invocation { outcome, mut published, .. }, delivery) =
+        let (Invocation { outcome, mut published, writes, .. }, delivery) =
             self.run_with_local_retries(route, gate, &handler, &event, delivery, received).await;
+        lease.attach_writes(RunWrites::new(writes));
         current_pair().record("attempt", delivery.attempt + 1);
         published.iter_mut().for_each(|event| event.traceparent = Some(trace));
         let outcome = match outcome {
@@ -336,10 +338,13 @@ impl Pipeline {
             .map(|call| self.run_call_with_local_retries(route, gate, &handler, call, delivery, received));
         let outcomes = join_all(calls).await.into_iter().flatten();
         let handler = &handler;
-        let finished = claimed.into_iter().zip(outcomes).map(|((index, event, lease), (outcome, reruns))| async move {
-            let seen = DeliveryInfo { attempt: delivery.attempt + reruns, ..delivery.clone() };
-            self.conclude(index, &event, handler, outcome, lease, &seen, received).await
-        });
+        let finished = claimed.into_iter().zip(outcomes).map(
+            |((index, event, mut lease), (outcome, reruns, writes))| async move {
+                lease.attach_writes(writes);
+                let seen = DeliveryInfo { attempt: delivery.attempt + reruns, ..delivery.clone() };
+                self.conclude(index, &event, handler, outcome, lease, &seen, received).await
+            },
+        );
         runs.extend(join_all(finished).await);
         runs
     }
@@ -436,7 +441,9 @@ impl Pipeline {
 
     /// [`Pipeline::run_with_local_retries`] for a call of `handle-batch`:
     /// calls again with only the events whose outcome was a retry. Each
-    /// event's last outcome, and how many times it ran again locally.
+    /// event's last outcome, how many times it ran again locally, and the kv
+    /// writes of the call that gave it (shared by that call's events: they
+    /// are applied with the first of them recorded done).
     async fn run_call_with_local_retries(
         &self,
         route: &Route,
@@ -445,19 +452,20 @@ impl Pipeline {
         events: &[&Event],
         delivery: &DeliveryInfo,
         received: &Received,
-    ) -> Vec<(Outcome, u32)> {
+    ) -> Vec<(Outcome, u32, RunWrites)> {
         let mut delivery = delivery.clone();
-        let mut last: Vec<Option<(Outcome, u32)>> = vec![None; events.len()];
+        let mut last: Vec<Option<(Outcome, u32, RunWrites)>> = vec![None; events.len()];
         let mut pending: Vec<usize> = (0..events.len()).collect();
         let mut runs = 1;
         loop {
             let call: Vec<&Event> = pending.iter().map(|&i| events[i]).collect();
-            let outcomes = self.invoke_batch(gate, handler, &call, &delivery).await;
+            let (outcomes, writes) = self.invoke_batch(gate, handler, &call, &delivery).await;
+            let writes = RunWrites::new(writes);
             for (&i, outcome) in pending.iter().zip(outcomes) {
-                last[i] = Some((outcome, runs - 1));
+                last[i] = Some((outcome, runs - 1, writes.clone()));
             }
             let retry_after = |i: &usize| match &last[*i] {
-                Some((Outcome::Retry { after, .. }, _)) => Some(*after),
+                Some((Outcome::Retry { after, .. }, _, _)) => Some(*after),
                 _ => None,
             };
             pending.retain(|i| retry_after(i).is_some());
@@ -494,20 +502,21 @@ impl Pipeline {
         }
     }
 
-    /// Runs `handle-batch` once for `events`: an outcome per event.
+    /// Runs `handle-batch` once for `events`: an outcome per event, and the
+    /// call's kv writes.
     async fn invoke_batch(
         &self,
         gate: &DeliveryGate<'_>,
         handler: &Arc<LoadedHandler>,
         events: &[&Event],
         delivery: &DeliveryInfo,
-    ) -> Vec<Outcome> {
+    ) -> (Vec<Outcome>, KvWrites) {
         match self.admitted(gate, handler, handler.invoke_batch(events, delivery)).await {
-            Ok(BatchInvocation { outcomes, instantiation }) => {
+            Ok(BatchInvocation { outcomes, writes, instantiation }) => {
                 self.observe_instantiation(handler, instantiation);
-                outcomes
+                (outcomes, writes)
             }
-            Err(outcome) => vec![outcome; events.len()],
+            Err(outcome) => (vec![outcome; events.len()], KvWrites::default()),
         }
     }
 
@@ -654,8 +663,9 @@ impl Pipeline {
         }
     }
 
-    /// Records every done pair in one durable write (releasing the rest), and
-    /// counts each pair's outcome. If the write fails, no pair is done.
+    /// Records every done pair, with its run's kv writes, in one durable write
+    /// (releasing the rest, whose writes are dropped), and counts each pair's
+    /// outcome. If the write fails, no pair is done and nothing is written.
     async fn record(&self, mut runs: Vec<PairRun>) -> Vec<PairRun> {
         let (mut done, mut not_done) = (Vec::new(), Vec::new());
         for run in &mut runs {

@@ -57,7 +57,7 @@ use bindings::gridfn::handler::{
     config as config_capability, kv as kv_capability, log, publish as publish_capability, types as wit,
 };
 
-use crate::kv::{self, KvStore};
+use crate::kv::{self, KvStore, KvWrites};
 use crate::outbound::{AllowedHost, OutboundPolicy};
 use crate::publish::{Draft, Outbox, Published, Refused};
 
@@ -94,6 +94,9 @@ pub enum Outcome {
 pub struct Invocation {
     pub outcome: Outcome,
     pub published: Vec<Published>,
+    /// Its kv writes, to apply when the pair is recorded; empty unless the
+    /// outcome is final (success or rejection): a retried run leaves none.
+    pub writes: KvWrites,
     /// How long creating a fresh instance took; `None` when a warm one ran
     /// it (or none could be created).
     pub instantiation: Option<Duration>,
@@ -102,7 +105,7 @@ pub struct Invocation {
 impl Invocation {
     /// A call that never got to run the handler.
     pub fn failed(outcome: Outcome) -> Self {
-        Invocation { outcome, published: Vec::new(), instantiation: None }
+        Invocation { outcome, published: Vec::new(), writes: KvWrites::default(), instantiation: None }
     }
 }
 
@@ -110,6 +113,10 @@ impl Invocation {
 #[derive(Debug)]
 pub struct BatchInvocation {
     pub outcomes: Vec<Outcome>,
+    /// The call's kv writes, to apply with the first of its events that is
+    /// recorded done; empty when the call ended without outcomes (trap,
+    /// timeout, a wrong number of them).
+    pub writes: KvWrites,
     /// How long creating its fresh instance took; `None` when none could be.
     pub instantiation: Option<Duration>,
 }
@@ -119,7 +126,7 @@ impl BatchInvocation {
     /// is retried, for the same `reason`.
     pub fn failed(events: usize, reason: String, instantiation: Option<Duration>) -> Self {
         let retry = Outcome::Retry { reason, after: None };
-        BatchInvocation { outcomes: vec![retry; events], instantiation }
+        BatchInvocation { outcomes: vec![retry; events], writes: KvWrites::default(), instantiation }
     }
 }
 
@@ -409,11 +416,13 @@ impl LoadedHandler {
         let published = std::mem::take(&mut instance.store.data_mut().outbox.events);
         let published = if outcome == Outcome::Success { published } else { Vec::new() };
         let healthy = matches!(outcome, Outcome::Success | Outcome::Reject { .. });
+        let writes = std::mem::take(&mut instance.store.data_mut().writes);
+        let writes = if healthy { writes } else { KvWrites::default() };
         if healthy && instance.served < self.reuse {
             instance.store.data_mut().outbox = Outbox::default();
             self.warm.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
         }
-        Invocation { outcome, published, instantiation }
+        Invocation { outcome, published, writes, instantiation }
     }
 
     /// Runs `events` in one call of `handle-batch`, in a fresh instance, with
@@ -444,9 +453,11 @@ impl LoadedHandler {
         let result = handler.call_handle_batch(&mut store, &wit_events, &self.to_wit_delivery(delivery)).await;
         output.flush_to_log(&store.data().log);
         match result {
-            Ok(outcomes) if outcomes.len() == events.len() => {
-                BatchInvocation { outcomes: outcomes.into_iter().map(from_wit_outcome).collect(), instantiation }
-            }
+            Ok(outcomes) if outcomes.len() == events.len() => BatchInvocation {
+                outcomes: outcomes.into_iter().map(from_wit_outcome).collect(),
+                writes: std::mem::take(&mut store.data_mut().writes),
+                instantiation,
+            },
             Ok(outcomes) => {
                 let reason = format!("handle-batch answered {} outcomes for {} events", outcomes.len(), events.len());
                 tracing::error!(handler = %self.name, "{reason}; every event of the call will be retried");
@@ -499,6 +510,7 @@ impl LoadedHandler {
                 deadline: Instant::now() + self.timeout,
             },
             outbox: Outbox::default(),
+            writes: KvWrites::new(self.name.clone()),
             deadline: Instant::now() + self.timeout,
             grants: self.grants.clone(),
         };
@@ -585,6 +597,8 @@ struct HostState {
     http: WasiHttpCtx,
     outbound: OutboundPolicy,
     outbox: Outbox,
+    /// The current run's kv writes, applied only when its pair is recorded.
+    writes: KvWrites,
     /// When the current event's time is up.
     deadline: Instant,
     grants: Arc<Grants>,
@@ -595,6 +609,7 @@ impl HostState {
     /// deadline (for the epoch check and for outbound requests).
     fn start_event(&mut self, event_id: &str, deadline: Instant) {
         self.log.start_event(event_id);
+        self.writes = KvWrites::new(self.log.handler.clone());
         self.deadline = deadline;
         self.outbound.deadline = deadline;
     }
@@ -736,41 +751,50 @@ impl HostState {
     }
 }
 
-/// Waits for a kv store call, but not past the event's deadline: the epoch
-/// check that enforces it fires only while the handler's code runs, not while
-/// its instance waits here.
+/// Waits for a kv read, but not past the event's deadline: the epoch check
+/// that enforces it fires only while the handler's code runs, not while its
+/// instance waits here.
 async fn until_deadline<T>(
     deadline: Instant,
-    call: impl std::future::Future<Output = Result<T, String>>,
+    call: impl std::future::Future<Output = Result<T, kv::Refused>>,
 ) -> Result<T, kv_capability::Error> {
     match tokio::time::timeout_at(deadline.into(), call).await {
-        Ok(result) => result.map_err(kv_capability::Error::Store),
+        Ok(result) => result.map_err(refused),
         Err(_) => Err(kv_capability::Error::Store("the handler's deadline passed during the kv call".into())),
     }
 }
 
+fn refused(refused: kv::Refused) -> kv_capability::Error {
+    match refused {
+        kv::Refused::TooLarge => kv_capability::Error::TooLarge,
+        kv::Refused::Store(reason) => kv_capability::Error::Store(reason),
+    }
+}
+
+/// Reads go to the store through the run's own writes; writes stay with the
+/// run until its pair is recorded ([`crate::kv`]).
 impl kv_capability::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv_capability::Error> {
         let store = self.kv(&key)?;
-        until_deadline(self.deadline, store.get(&self.log.handler, &key)).await
+        until_deadline(self.deadline, self.writes.get(&*store, &key)).await
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv_capability::Error> {
         if value.len() > kv::MAX_VALUE {
             return Err(kv_capability::Error::TooLarge);
         }
-        let store = self.kv(&key)?;
-        until_deadline(self.deadline, store.set(&self.log.handler, &key, &value)).await
+        self.kv(&key)?;
+        self.writes.set(&key, value).map_err(refused)
     }
 
     async fn delete(&mut self, key: String) -> Result<(), kv_capability::Error> {
-        let store = self.kv(&key)?;
-        until_deadline(self.deadline, store.delete(&self.log.handler, &key)).await
+        self.kv(&key)?;
+        self.writes.delete(&key).map_err(refused)
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv_capability::Error> {
         let store = self.kv(&key)?;
-        until_deadline(self.deadline, store.increment(&self.log.handler, &key, delta)).await
+        until_deadline(self.deadline, self.writes.increment(&*store, &key, delta)).await
     }
 }
 

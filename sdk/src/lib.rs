@@ -252,6 +252,11 @@ pub mod config {
 /// A key-value store scoped to this handler, granted by
 /// `[handler.capabilities] kv = true`; it survives restarts with gridfn's
 /// embedded store and is shared by hosts with its Redis store.
+///
+/// Writes take effect with the run's outcome: gridfn holds them until it
+/// records the event done (success or dead-lettered rejection) and writes
+/// them in the same atomic write as that record; a run that is retried,
+/// traps or dies with its host leaves none. A run reads its own writes.
 pub mod kv {
     use crate::bindings::gridfn::handler::kv as host;
     pub use crate::bindings::gridfn::handler::kv::Error;
@@ -268,7 +273,10 @@ pub mod kv {
         host::delete(key)
     }
 
-    /// Adds `delta` to the counter at `key` (0 when absent) and returns it.
+    /// Adds `delta` to the counter at `key` (0 when absent) and returns it as
+    /// this run sees it (the recorded value plus this run's increments; runs
+    /// in flight together may see the same value). Every recorded run's
+    /// increment counts.
     pub fn increment(key: &str, delta: i64) -> Result<i64, Error> {
         host::increment(key, delta)
     }

@@ -1,7 +1,7 @@
 //! Logs every event it receives and, when the manifest grants `kv`, keeps an
 //! audit trail of them: a count per event type (`count/<type>`) and one entry
-//! per event (`trail/<seq>`), so the trail of everything that reached gridfn
-//! can be listed while it runs (`gridfn kv list audit-log --prefix trail/`).
+//! per event (`trail/<seq>/<id>`), so the trail of everything that reached
+//! gridfn can be listed while it runs (`gridfn kv list audit-log --prefix trail/`).
 //! Also the smallest complete handler to start from.
 //!
 //! Each trail entry is JSON: `seq`, `id`, `type`, `source`, `subject`, `time`
@@ -9,9 +9,12 @@
 //! the audit log's: an entry is written only on the way to `success` (a store
 //! failure retries the event instead), so what the other handlers made of the
 //! event is in gridfn's metrics and dead-letter store, not here. `seq` comes
-//! from one atomic counter, zero-padded in the key so that key order is
-//! arrival order; a retried event may leave a gap, never a duplicate, since
-//! gridfn runs an event that succeeded only once.
+//! from one counter, zero-padded in the key so that key order is the order
+//! in which gridfn recorded the events. gridfn applies a run's kv writes only
+//! when it records the run, so the counter counts each event exactly once,
+//! and a run's `increment` answers the count recorded before it plus one:
+//! events running at the same time (one delivery's) share a `seq`, and the
+//! event id after it keeps their entries apart.
 
 use gridfn_sdk::{Delivery, Event, Outcome, export_handler, kv, log};
 
@@ -50,7 +53,7 @@ fn record(event: &Event, delivery: &Delivery) -> Result<Option<String>, kv::Erro
         Err(kv::Error::Denied) => return Ok(None),
         Err(err) => return Err(err),
     };
-    let key = format!("trail/{seq:010}");
+    let key = format!("trail/{seq:010}/{}", event.id());
     let entry = serde_json::json!({
         "seq": seq,
         "id": event.id(),

@@ -4,13 +4,16 @@
 //! append to a write-ahead journal plus one `fdatasync`, whatever the key order, so 100 random keys cost
 //! about what 1 does, where B-tree engines rewrite a page per key).
 //!
-//! Layout: the store's path is a folder holding one fjall database with two keyspaces, written together
-//! in one atomic batch:
+//! Layout: the store's path is a folder holding one fjall database with three keyspaces, written
+//! together in one atomic batch:
 //! - `records`: storage key → expiry (unix millis, big-endian u64), followed by `R` when the pair was
 //!   done by a rejection (a replay may run it again); records written before that byte existed are
 //!   successes, which never run again;
 //! - `expiry`: expiry (big-endian u64) ++ storage key → nothing, so `sweep` reads expired records in
-//!   expiry order instead of scanning every record.
+//!   expiry order instead of scanning every record;
+//! - `kv`: the handlers' kv ([`crate::kv::scoped`] key → value). A commit applies its runs' kv writes
+//!   in the batch that writes their records, so both survive a crash, or neither. Earlier versions kept
+//!   kv in a database of its own (`<state_dir>/kv`); [`EmbeddedStore::take_in_legacy_kv`] moves it in.
 //!
 //! All writes go through one writer thread that owns the write side. Group commit: every `commit` that
 //! arrives while the writer is busy (writing and syncing the last group) waits in its queue, and the
@@ -26,6 +29,7 @@
 //! commit is answered once it is in the operating system's page cache (it survives the process being
 //! killed) and the journal is synced once a second (a power loss or kernel crash can lose the last
 //! second's records, whose events then run again when Event Grid redelivers them).
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -35,8 +39,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::oneshot;
 
-use super::{Begin, DedupKey, DedupStore, StoreError};
+use super::{Begin, DedupKey, DedupStore, Done, StoreError};
 use crate::config::DedupSync;
+use crate::kv::{EmbeddedKv, Write};
 
 /// Most keys one group-commit write carries; later callers wait for the next write.
 const MAX_KEYS_PER_WRITE: usize = 8192;
@@ -54,8 +59,13 @@ const MAX_MEMTABLE_BYTES: u64 = 16 << 20;
 /// The marker after a rejected pair's expiry.
 const REJECTED: u8 = b'R';
 
-/// One record to write: storage key, expiry, done by a rejection.
-type Entry = (Vec<u8>, u64, bool);
+/// One record to write, and the kv writes of its run (stored key, write).
+struct Entry {
+    key: Vec<u8>,
+    expiry: u64,
+    rejected: bool,
+    writes: Vec<(Vec<u8>, Write)>,
+}
 
 enum Op {
     Commit { entries: Vec<Entry>, done: oneshot::Sender<Result<(), String>> },
@@ -90,6 +100,9 @@ pub fn stats() -> Stats {
 pub struct EmbeddedStore {
     path: PathBuf,
     records: Keyspace,
+    /// The handlers' kv, read by their runs; only the writer writes it.
+    kv: Keyspace,
+    db: Database,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -110,6 +123,11 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 fn decode_expiry(value: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+/// A record's expiry, and whether it was done by a rejection.
+fn decode_record(value: &[u8]) -> Option<(u64, bool)> {
+    Some((decode_expiry(value)?, value.get(8) == Some(&REJECTED)))
 }
 
 fn expiry_key(expiry: u64, key: &[u8]) -> Vec<u8> {
@@ -156,13 +174,69 @@ impl EmbeddedStore {
         };
         let records = keyspace("records")?;
         let by_expiry = keyspace("expiry")?;
+        let kv = keyspace("kv")?;
         let (ops, rx) = mpsc::channel();
-        let writer = Writer { db, records: records.clone(), by_expiry, sync, unsynced: false, hook };
+        let writer =
+            Writer { db: db.clone(), records: records.clone(), by_expiry, kv: kv.clone(), sync, unsynced: false, hook };
         let writer = std::thread::Builder::new()
             .name("dedup-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError(format!("{shown}: cannot start writer thread: {e}")))?;
-        Ok(Self { path: path.to_owned(), records, ops: Some(ops), writer: Some(writer) })
+        Ok(Self { path: path.to_owned(), records, kv, db, ops: Some(ops), writer: Some(writer) })
+    }
+
+    /// The handlers' kv, as their runs and the admin API read it.
+    pub fn kv(&self) -> EmbeddedKv {
+        EmbeddedKv { values: self.kv.clone() }
+    }
+
+    /// Moves the kv that an earlier gridfn kept in a database of its own at `legacy` (its keyspace
+    /// `values`) into this store, synced, then renames that folder to `<legacy>.moved-into-dedup` so it
+    /// is taken in once. A key this store already holds keeps its value (a crash between the two
+    /// steps takes the same keys in again). Nothing there: nothing to do. Call it before serving.
+    pub fn take_in_legacy_kv(&self, legacy: &Path) -> Result<(), StoreError> {
+        if !legacy.is_dir() {
+            return Ok(());
+        }
+        let shown = legacy.display();
+        let moved = legacy.with_extension("moved-into-dedup");
+        let refuse = |what: String| {
+            StoreError(format!(
+                "{shown} holds the handlers' kv from an earlier gridfn, which now lives in the dedup store {};                  {what}. Move it aside to start without it (its keys are then lost)",
+                self.path.display()
+            ))
+        };
+        if moved.exists() {
+            return Err(refuse(format!("cannot take it in: {} exists already", moved.display())));
+        }
+        let (taken, kept) = (|| -> Result<(usize, usize), String> {
+            let old = Database::builder(legacy).open().map_err(|e| e.to_string())?;
+            let values = old.keyspace("values", KeyspaceCreateOptions::default).map_err(|e| e.to_string())?;
+            let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+            let (mut taken, mut kept) = (0, 0);
+            for item in values.iter() {
+                let (key, value) = item.into_inner().map_err(|e| e.to_string())?;
+                if self.kv.contains_key(&key).map_err(|e| e.to_string())? {
+                    kept += 1;
+                } else {
+                    batch.insert(&self.kv, key, value);
+                    taken += 1;
+                }
+            }
+            batch.commit().map_err(|e| e.to_string())?;
+            self.db.persist(PersistMode::SyncData).map_err(|e| e.to_string())?;
+            Ok((taken, kept))
+        })()
+        .map_err(|e| refuse(format!("reading or moving it failed: {e}")))?;
+        std::fs::rename(legacy, &moved)
+            .map_err(|e| refuse(format!("renaming it to {} failed: {e}", moved.display())))?;
+        tracing::warn!(
+            "moved the handlers' kv from {shown} into the dedup store {} ({taken} keys; {kept} it already held kept \
+             their value); the old folder is now {} and can be deleted",
+            self.path.display(),
+            moved.display()
+        );
+        Ok(())
     }
 
     /// The folder this store lives in.
@@ -219,13 +293,20 @@ impl DedupStore for EmbeddedStore {
         })
     }
 
-    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
-        if succeeded.is_empty() && rejected.is_empty() {
+    async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError> {
+        if done.is_empty() {
             return Ok(());
         }
         let expiry = now_ms().saturating_add(ttl_ms(ttl));
-        let entry = |was_rejected: bool| move |k: &DedupKey| (k.storage_key().into_bytes(), expiry, was_rejected);
-        let entries = succeeded.iter().map(entry(false)).chain(rejected.iter().map(entry(true))).collect();
+        let entries = done
+            .iter()
+            .map(|pair| Entry {
+                key: pair.key.storage_key().into_bytes(),
+                expiry,
+                rejected: pair.rejected,
+                writes: pair.writes.scoped().map(|(key, write)| (key.into_bytes(), write.clone())).collect(),
+            })
+            .collect();
         let (done, rx) = oneshot::channel();
         self.send(Op::Commit { entries, done })?;
         rx.await.map_err(|e| self.failed("commit", e))?.map_err(|e| self.failed("commit", e))
@@ -256,6 +337,7 @@ struct Writer {
     db: Database,
     records: Keyspace,
     by_expiry: Keyspace,
+    kv: Keyspace,
     sync: DedupSync,
     /// `DedupSync::Interval` wrote something the last sync does not cover.
     unsynced: bool,
@@ -334,17 +416,18 @@ impl Writer {
     /// answers each once it is durable. Returns an operation taken from the queue that is not a commit.
     fn group_commit(
         &mut self,
-        mut entries: Vec<Entry>,
+        entries: Vec<Entry>,
         done: oneshot::Sender<Result<(), String>>,
         rx: &mpsc::Receiver<Op>,
     ) -> Option<Op> {
-        let mut waiting = vec![done];
+        let mut count = entries.len();
+        let mut commits = vec![(entries, done)];
         let mut other = None;
-        while entries.len() < MAX_KEYS_PER_WRITE {
+        while count < MAX_KEYS_PER_WRITE {
             match rx.try_recv() {
-                Ok(Op::Commit { entries: more, done }) => {
-                    entries.extend(more);
-                    waiting.push(done);
+                Ok(Op::Commit { entries, done }) => {
+                    count += entries.len();
+                    commits.push((entries, done));
                 }
                 Ok(op) => {
                     other = Some(op);
@@ -354,44 +437,100 @@ impl Writer {
             }
         }
         if let Some(hook) = &self.hook {
-            hook(waiting.len());
+            hook(commits.len());
         }
-        let result = self.commit(&entries).map_err(|e| e.to_string());
-        if result.is_ok() {
-            WRITES.fetch_add(1, Ordering::Relaxed);
-            COMMITS.fetch_add(waiting.len() as u64, Ordering::Relaxed);
-            match self.sync {
-                DedupSync::Always => drop(SYNCS.fetch_add(1, Ordering::Relaxed)),
-                DedupSync::Interval => self.unsynced = true,
+        let (entries, waiting): (Vec<Vec<Entry>>, Vec<_>) = commits.into_iter().unzip();
+        let results = match self.commit(&entries) {
+            Ok(results) => {
+                WRITES.fetch_add(1, Ordering::Relaxed);
+                COMMITS.fetch_add(waiting.len() as u64, Ordering::Relaxed);
+                match self.sync {
+                    DedupSync::Always => drop(SYNCS.fetch_add(1, Ordering::Relaxed)),
+                    DedupSync::Interval => self.unsynced = true,
+                }
+                results
             }
-        }
-        for done in waiting {
-            let _ = done.send(result.clone());
+            Err(e) => vec![Err(e.to_string()); waiting.len()],
+        };
+        for (done, result) in waiting.into_iter().zip(results) {
+            let _ = done.send(result);
         }
         other
     }
 
-    /// One atomic batch over both keyspaces: `fdatasync`ed before it returns (`DedupSync::Always`), or
-    /// handed to the operating system (`DedupSync::Interval`).
-    fn commit(&self, entries: &[Entry]) -> fjall::Result<()> {
+    /// One atomic batch over the keyspaces for every commit given: `fdatasync`ed before it returns
+    /// (`DedupSync::Always`), or handed to the operating system (`DedupSync::Interval`). Each commit's
+    /// pairs are recorded with their kv writes, except pairs already recorded as a success (kept, their
+    /// writes dropped); a commit whose kv writes cannot apply (an increment of a value that is no
+    /// counter) is left out of the batch whole, and answered with why.
+    fn commit(&self, commits: &[Vec<Entry>]) -> fjall::Result<Vec<Result<(), String>>> {
         let mode = match self.sync {
             DedupSync::Always => PersistMode::SyncData,
             DedupSync::Interval => PersistMode::Buffer,
         };
+        let now = now_ms();
+        // What the batch will hold, read through by later commits of the same batch.
+        let mut records: HashMap<&[u8], (u64, bool)> = HashMap::new();
+        let mut kv: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
+        let mut results = Vec::with_capacity(commits.len());
+        for entries in commits {
+            let mut staged_kv: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
+            let mut staged: Vec<&Entry> = Vec::new();
+            let mut failed = None;
+            'entries: for entry in entries {
+                let current = match records.get(entry.key.as_slice()) {
+                    Some(record) => Some(*record),
+                    None => self.records.get(&entry.key)?.as_deref().and_then(decode_record),
+                };
+                if current.is_some_and(|(expiry, rejected)| expiry > now && !rejected) {
+                    continue;
+                }
+                for (key, write) in &entry.writes {
+                    let value = match staged_kv.get(key.as_slice()).or_else(|| kv.get(key.as_slice())) {
+                        Some(value) => value.clone(),
+                        None => self.kv.get(key)?.map(|v| v.to_vec()),
+                    };
+                    match write.applied_to(value.as_deref()) {
+                        Ok(value) => drop(staged_kv.insert(key, value)),
+                        Err(e) => {
+                            failed = Some(format!("kv key {}: {e}", String::from_utf8_lossy(key)));
+                            break 'entries;
+                        }
+                    }
+                }
+                staged.push(entry);
+            }
+            if let Some(why) = failed {
+                results.push(Err(why));
+                continue;
+            }
+            for entry in staged {
+                records.insert(&entry.key, (entry.expiry, entry.rejected));
+            }
+            kv.extend(staged_kv);
+            results.push(Ok(()));
+        }
         let mut batch = self.db.batch().durability(Some(mode));
-        for (key, expiry, rejected) in entries {
+        for (key, (expiry, rejected)) in records {
             // Only this thread writes, so the old expiry read here is still current.
             if let Some(old) = self.records.get(key)?.as_deref().and_then(decode_expiry) {
                 batch.remove(&self.by_expiry, expiry_key(old, key));
             }
             let mut value = expiry.to_be_bytes().to_vec();
-            if *rejected {
+            if rejected {
                 value.push(REJECTED);
             }
-            batch.insert(&self.records, key.as_slice(), value);
-            batch.insert(&self.by_expiry, expiry_key(*expiry, key), []);
+            batch.insert(&self.records, key, value);
+            batch.insert(&self.by_expiry, expiry_key(expiry, key), []);
         }
-        batch.commit()
+        for (key, value) in kv {
+            match value {
+                Some(value) => batch.insert(&self.kv, key, value),
+                None => batch.remove(&self.kv, key),
+            }
+        }
+        batch.commit()?;
+        Ok(results)
     }
 
     /// Deletes up to `SWEEP_SLICE` records that expired at or before `now`, oldest first.
@@ -421,6 +560,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::kv::{KvStore, KvWrites};
 
     const CRASH_DIR_ENV: &str = "GRIDFN_DEDUP_CRASH_TEST_DIR";
     const CRASH_INTERVAL_ENV: &str = "GRIDFN_DEDUP_CRASH_TEST_INTERVAL";
@@ -449,6 +589,72 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("dedup")).unwrap();
         crate::dedup::contract::check("embedded", &store).await;
+        crate::dedup::contract::check_kv("embedded", &store, &store.kv()).await;
+    }
+
+    /// Runs recorded in one group write (many deliveries at once) that count the same key all count,
+    /// and their kv survives reopening.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kv_writes_of_a_group_write_all_apply_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedup");
+        {
+            let store = Arc::new(EmbeddedStore::open(&path).unwrap());
+            let tasks: Vec<_> = (0..32)
+                .map(|t| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let mut writes = KvWrites::new(Arc::from("h"));
+                        writes.increment(&store.kv(), "n", 1).await.unwrap();
+                        writes.set(&format!("run/{t}"), b"ran".to_vec()).unwrap();
+                        let done = Done { key: key("h", "/s", &t.to_string()), rejected: false, writes };
+                        store.record(&[done], DAY).await.unwrap();
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+        let kv = EmbeddedStore::open(&path).unwrap().kv();
+        assert_eq!(kv.get("h", "n").await.unwrap(), Some(b"32".to_vec()));
+        assert_eq!(kv.list("h", "run/", 100).await.unwrap().len(), 32);
+    }
+
+    /// Writes a kv folder as gridfn 0.x did: its own fjall database, keyspace `values`.
+    fn legacy_kv(path: &Path, entries: &[(&str, &str)]) {
+        let db = Database::builder(path).open().unwrap();
+        let values = db.keyspace("values", KeyspaceCreateOptions::default).unwrap();
+        for (key, value) in entries {
+            values.insert(crate::kv::scoped("h", key), *value).unwrap();
+        }
+        db.persist(PersistMode::SyncAll).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_earlier_kv_folder_is_taken_in_once_and_never_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("kv");
+        legacy_kv(&legacy, &[("kept", "old"), ("count", "7")]);
+        let path = dir.path().join("dedup");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            let mut writes = KvWrites::new(Arc::from("h"));
+            writes.set("kept", b"newer".to_vec()).unwrap();
+            store.record(&[Done { key: key("h", "/s", "1"), rejected: false, writes }], DAY).await.unwrap();
+            store.take_in_legacy_kv(&legacy).unwrap();
+            let kv = store.kv();
+            assert_eq!(kv.get("h", "count").await.unwrap(), Some(b"7".to_vec()), "taken in");
+            assert_eq!(kv.get("h", "kept").await.unwrap(), Some(b"newer".to_vec()), "the store's own value wins");
+        }
+        assert!(!legacy.exists() && dir.path().join("kv.moved-into-dedup").is_dir(), "renamed, not deleted");
+        let store = EmbeddedStore::open(&path).unwrap();
+        store.take_in_legacy_kv(&legacy).unwrap();
+        assert_eq!(store.kv().get("h", "count").await.unwrap(), Some(b"7".to_vec()), "and kept on reopen");
+        // A second old folder beside the renamed one: refused, with what to do.
+        legacy_kv(&legacy, &[("other", "1")]);
+        let err = store.take_in_legacy_kv(&legacy).unwrap_err().to_string();
+        assert!(err.contains(&legacy.display().to_string()) && err.contains("exists already"), "{err}");
     }
 
     #[tokio::test]
@@ -494,9 +700,9 @@ mod tests {
         let long = key("h", "/s", "keep");
         store.commit(&short, Duration::from_millis(20)).await.unwrap();
         store.commit(std::slice::from_ref(&long), DAY).await.unwrap();
-        // Re-committing with a longer ttl moves the record: the sweep must not delete it.
-        store.commit(&short[..5], DAY).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
+        // Recording an expired pair again, with a longer ttl, moves the record: the sweep must not delete it.
+        store.commit(&short[..5], DAY).await.unwrap();
         assert_eq!(store.sweep_at(now_ms()).await.unwrap(), 15);
         assert_eq!(store.sweep_at(now_ms()).await.unwrap(), 0);
         store.sweep().await.unwrap();

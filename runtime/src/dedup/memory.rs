@@ -1,6 +1,8 @@
 //! The in-memory store: fastest, per process, forgotten on restart. Bounded:
 //! when full, the oldest records are forgotten first (their events would run
 //! again if redelivered: at-least-once is kept, memory is not unbounded).
+//! The handlers' kv lives beside the records, and a run's writes are applied
+//! under the same lock as its record.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -8,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::{Begin, DedupKey, DedupStore, StoreError};
+use super::{Begin, DedupKey, DedupStore, Done, StoreError};
+use crate::kv::MemoryKv;
 
 /// Every event's `begin` reads the records; once per delivery a `commit`
 /// writes them and evicts. The records are a concurrent map, so those reads
@@ -20,6 +23,9 @@ pub struct MemoryStore {
     /// rejection (which a replay may run again).
     expires: DashMap<String, Record>,
     order: Mutex<Order>,
+    /// The handlers' kv: read by their runs at any time, written only by
+    /// `record`, holding `order`.
+    kv: MemoryKv,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +45,17 @@ struct Order {
 
 impl MemoryStore {
     pub fn new(max_records: usize) -> Self {
-        MemoryStore { max_records: max_records.max(1), expires: DashMap::new(), order: Mutex::default() }
+        MemoryStore {
+            max_records: max_records.max(1),
+            expires: DashMap::new(),
+            order: Mutex::default(),
+            kv: MemoryKv::default(),
+        }
+    }
+
+    /// The handlers' kv, as their runs and the admin API read it.
+    pub fn kv(&self) -> MemoryKv {
+        self.kv.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -83,20 +99,39 @@ impl DedupStore for MemoryStore {
         }
     }
 
-    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
+    async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
         let expiry = now + ttl;
         let mut order = self.order();
-        let count = succeeded.len() + rejected.len();
-        self.evict(&mut order, now, self.max_records, count.min(self.max_records));
-        for (keys, rejected) in [(succeeded, false), (rejected, true)] {
-            for key in keys {
-                let key = key.storage_key();
-                if self.expires.insert(key.clone(), Record { expiry, rejected }).is_none() {
-                    order.records += 1;
-                }
-                order.queue.push_back((expiry, key));
+        // A pair recorded as a success meanwhile keeps its record; its late
+        // run's writes are dropped. (A rejected one is recorded again: only a
+        // replay runs it, and the replay's outcome replaces the rejection.)
+        let recorded = |key: &str| self.expires.get(key).is_some_and(|r| r.expiry > now && !r.rejected);
+        let fresh: Vec<(String, &Done)> =
+            done.iter().map(|d| (d.key.storage_key(), d)).filter(|(key, _)| !recorded(key)).collect();
+        // Every kv write is computed before any is applied: one that cannot
+        // apply fails the whole record.
+        let mut values: std::collections::HashMap<String, Option<Vec<u8>>> = std::collections::HashMap::new();
+        for (key, write) in fresh.iter().flat_map(|(_, d)| d.writes.scoped()) {
+            let current = match values.get(&key) {
+                Some(value) => value.clone(),
+                None => self.kv.0.get(&key).map(|v| v.clone()),
+            };
+            let value = write.applied_to(current.as_deref()).map_err(|e| StoreError(format!("kv {key}: {e}")))?;
+            values.insert(key, value);
+        }
+        self.evict(&mut order, now, self.max_records, fresh.len().min(self.max_records));
+        for (key, done) in fresh {
+            if self.expires.insert(key.clone(), Record { expiry, rejected: done.rejected }).is_none() {
+                order.records += 1;
             }
+            order.queue.push_back((expiry, key));
+        }
+        for (key, value) in values {
+            match value {
+                Some(value) => self.kv.0.insert(key, value),
+                None => self.kv.0.remove(&key).map(|(_, v)| v),
+            };
         }
         Ok(())
     }
@@ -125,6 +160,8 @@ mod tests {
     #[tokio::test]
     async fn keeps_the_store_contract() {
         crate::dedup::contract::check("memory", &MemoryStore::new(1000)).await;
+        let store = MemoryStore::new(1000);
+        crate::dedup::contract::check_kv("memory", &store, &store.kv()).await;
     }
 
     #[tokio::test]

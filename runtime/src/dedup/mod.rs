@@ -17,6 +17,13 @@
 //! loss; and a copy counts as a duplicate only once the run it copies is
 //! recorded, so a 200 for a duplicate never covers a run a crash could undo.
 //!
+//! The same write applies each done run's `kv` writes ([`crate::kv`]), so the
+//! handlers' kv holds the writes of the recorded runs and of no other: a run
+//! a crash undid, or one that was retried, left nothing there. A pair already
+//! recorded when its commit arrives (another host recorded a run of it after
+//! this host's lease ran out) keeps its first record, and the late run's kv
+//! writes are dropped: first record wins, so kv counts each pair once.
+//!
 //! A done pair is remembered with how it was done. A dead-lettered
 //! (rejected) pair is done for Event Grid's redeliveries, but a replay of the
 //! dead-lettered event (`gridfn replay`) may run it again, and a success then
@@ -34,6 +41,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
+
+use crate::kv::{KvStore, KvWrites, RunWrites};
 
 /// Identifies one (handler, event) pair: the event's source and id are unique
 /// per Event Grid's contract.
@@ -71,6 +80,24 @@ pub enum Begin {
 #[error("dedup store: {0}")]
 pub struct StoreError(pub String);
 
+/// A pair to record done: how it was done, and its run's kv writes, which the
+/// store applies in the same atomic write as the record, unless the pair is
+/// already recorded (then neither changes).
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub key: DedupKey,
+    /// Dead-lettered, not succeeded: only a replay runs it again.
+    pub rejected: bool,
+    pub writes: KvWrites,
+}
+
+impl Done {
+    /// Done with no kv writes.
+    pub fn bare(key: &DedupKey, rejected: bool) -> Self {
+        Done { key: key.clone(), rejected, writes: KvWrites::default() }
+    }
+}
+
 /// Where done (handler, event) pairs are remembered, and, for stores shared
 /// by several hosts, who is running which pair right now.
 ///
@@ -86,10 +113,22 @@ pub trait DedupStore: Send + Sync + 'static {
     /// host holds a live lease, take the lease for `lease_for` (a crashed
     /// holder's lease expires after that).
     async fn begin_as(&self, key: &DedupKey, lease_for: Duration, replay: bool) -> Result<Begin, StoreError>;
-    /// Records the pairs done for `ttl`, durably, in one write: `succeeded`
-    /// for good, `rejected` so that only a replay runs them again. A pair
-    /// recorded again takes its new record.
-    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError>;
+    /// Records the pairs done for `ttl`, durably, in one atomic write with
+    /// their kv writes: a succeeded pair for good, a rejected one so that only
+    /// a replay runs it again. A pair already recorded (and not held by this
+    /// store for a replay) keeps its record and its writes are dropped. Fails,
+    /// recording nothing, when a write cannot apply (an increment of a value
+    /// that is no counter, or overflows).
+    async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError>;
+    /// [`DedupStore::record`] without kv writes.
+    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
+        let done: Vec<Done> = succeeded
+            .iter()
+            .map(|k| Done::bare(k, false))
+            .chain(rejected.iter().map(|k| Done::bare(k, true)))
+            .collect();
+        self.record(&done, ttl).await
+    }
     /// `begin_as` for a delivery that is not a replay.
     async fn begin(&self, key: &DedupKey, lease_for: Duration) -> Result<Begin, StoreError> {
         self.begin_as(key, lease_for, false).await
@@ -110,13 +149,32 @@ pub trait DedupStore: Send + Sync + 'static {
     }
 }
 
-/// Opens the store the manifest names.
-pub async fn open(config: &crate::config::DedupStore) -> anyhow::Result<Arc<dyn DedupStore>> {
+/// Opens the store the manifest names, and the handlers' kv in it (read
+/// side; the store writes it). `state_dir` is where an earlier gridfn kept
+/// the embedded kv in a database of its own (`<state_dir>/kv`), which the
+/// embedded store takes in once.
+pub async fn open(
+    config: &crate::config::DedupStore,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn DedupStore>, Arc<dyn KvStore>)> {
     use crate::config::DedupStore as Config;
     Ok(match config {
-        Config::Memory { max_records } => Arc::new(memory::MemoryStore::new(*max_records)),
-        Config::Embedded { path, sync } => Arc::new(embedded::EmbeddedStore::open_with(path, *sync)?),
-        Config::Redis { url, key_prefix } => Arc::new(redis::RedisStore::connect(url, key_prefix).await?),
+        Config::Memory { max_records } => {
+            let store = memory::MemoryStore::new(*max_records);
+            let kv = Arc::new(store.kv());
+            (Arc::new(store), kv)
+        }
+        Config::Embedded { path, sync } => {
+            let store = embedded::EmbeddedStore::open_with(path, *sync)?;
+            store.take_in_legacy_kv(&state_dir.join("kv"))?;
+            let kv = Arc::new(store.kv());
+            (Arc::new(store), kv)
+        }
+        Config::Redis { url, key_prefix } => {
+            let store = redis::RedisStore::connect(url, key_prefix).await?;
+            let kv = Arc::new(crate::kv::RedisKv::connect(url, &store.kv_prefix()).await?);
+            (Arc::new(store), kv)
+        }
     })
 }
 
@@ -161,6 +219,9 @@ pub struct Lease {
     settled: bool,
     /// Done by a rejection (dead-lettered), not a success.
     rejected: bool,
+    /// The run's kv writes: applied with the pair's record, dropped if it is
+    /// released.
+    writes: RunWrites,
 }
 
 impl Dedup {
@@ -218,7 +279,14 @@ impl Dedup {
             Entry::Vacant(free) => {
                 let (ended, receiver) = watch::channel(());
                 free.insert(receiver);
-                Ok(Lease { dedup: self.clone(), key: key.clone(), _ended: ended, settled: false, rejected: false })
+                Ok(Lease {
+                    dedup: self.clone(),
+                    key: key.clone(),
+                    _ended: ended,
+                    settled: false,
+                    rejected: false,
+                    writes: RunWrites::default(),
+                })
             }
         }
     }
@@ -227,19 +295,20 @@ impl Dedup {
         self.running.remove(key);
     }
 
-    /// Ends a delivery's leases: commits the `done` ones in one durable write,
-    /// releases the others. On a failed commit nothing is done and everything
+    /// Ends a delivery's leases: commits the `done` ones, with their runs' kv
+    /// writes, in one durable write, releases the others (whose writes are
+    /// dropped). On a failed commit nothing is done or written and everything
     /// is released; the error says why, and the caller answers with a retry.
     pub async fn settle(&self, done: Vec<Lease>, not_done: Vec<Lease>) -> Result<(), StoreError> {
-        let (rejected, succeeded): (Vec<&Lease>, Vec<&Lease>) = done.iter().partition(|l| l.rejected);
-        let keys = |leases: Vec<&Lease>| -> Vec<DedupKey> { leases.into_iter().map(|l| l.key.clone()).collect() };
-        let (succeeded, rejected) = (keys(succeeded), keys(rejected));
-        let committed =
-            if done.is_empty() { Ok(()) } else { self.store.commit_all(&succeeded, &rejected, self.ttl).await };
+        // A `handle-batch` call's writes go with the first of its pairs here.
+        let records: Vec<Done> = done
+            .iter()
+            .map(|l| Done { key: l.key.clone(), rejected: l.rejected, writes: l.writes.take().unwrap_or_default() })
+            .collect();
+        let committed = if done.is_empty() { Ok(()) } else { self.store.record(&records, self.ttl).await };
         let mut release: Vec<DedupKey> = not_done.iter().map(|l| l.key.clone()).collect();
         if committed.is_err() {
-            release.extend(succeeded);
-            release.extend(rejected);
+            release.extend(records.into_iter().map(|done| done.key));
         }
         if !release.is_empty()
             && let Err(e) = self.store.release(&release).await
@@ -272,6 +341,11 @@ impl Lease {
         self.rejected = true;
     }
 
+    /// The kv writes of the run that ended the pair, to apply with its record.
+    pub fn attach_writes(&mut self, writes: RunWrites) {
+        self.writes = writes;
+    }
+
     /// Ends the local claim without touching the store (the caller has).
     fn forget(mut self) {
         self.settled = true;
@@ -295,6 +369,7 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::KvStore;
 
     fn key(id: &str) -> DedupKey {
         DedupKey { handler: "h".into(), source: "/s".into(), id: id.into() }
@@ -334,6 +409,41 @@ mod tests {
         };
         dedup.settle(vec![replayed], vec![]).await.unwrap();
         assert!(matches!(dedup.claim_as(key("r"), Duration::ZERO, LEASE, true).await, Claim::Done));
+    }
+
+    /// A run's writes, attached to its lease, reach kv only if the pair is
+    /// recorded done; a released (retried) run leaves nothing.
+    #[tokio::test]
+    async fn only_recorded_runs_write_kv_and_a_calls_writes_apply_once() {
+        let store = Arc::new(memory::MemoryStore::new(1000));
+        let kv = store.kv();
+        let dedup = Dedup::new(store, Duration::from_secs(60));
+        let run = |id: &str| {
+            let mut writes = KvWrites::new("h".into());
+            writes.set(&format!("ran/{id}"), b"1".to_vec()).unwrap();
+            writes
+        };
+        let Claim::Run(mut done) = dedup.claim(key("done"), Duration::ZERO, LEASE).await else { panic!() };
+        let Claim::Run(mut retried) = dedup.claim(key("retried"), Duration::ZERO, LEASE).await else { panic!() };
+        done.attach_writes(RunWrites::new(run("done")));
+        retried.attach_writes(RunWrites::new(run("retried")));
+        dedup.settle(vec![done], vec![retried]).await.unwrap();
+        assert_eq!(kv.get("h", "ran/done").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.get("h", "ran/retried").await.unwrap(), None, "a retried run left no trace");
+
+        // One handle-batch call ran three events: its writes go with the first recorded one, once.
+        let mut call = KvWrites::new("h".into());
+        call.increment(&kv, "calls", 1).await.unwrap();
+        let call = RunWrites::new(call);
+        let mut leases = Vec::new();
+        for id in ["b1", "b2", "b3"] {
+            let Claim::Run(mut lease) = dedup.claim(key(id), Duration::ZERO, LEASE).await else { panic!() };
+            lease.attach_writes(call.clone());
+            leases.push(lease);
+        }
+        let first = leases.remove(0);
+        dedup.settle(leases, vec![first]).await.unwrap();
+        assert_eq!(kv.get("h", "calls").await.unwrap(), Some(b"1".to_vec()), "applied once, with b2");
     }
 
     #[tokio::test]
@@ -410,7 +520,7 @@ mod tests {
         async fn begin_as(&self, key: &DedupKey, lease_for: Duration, replay: bool) -> Result<Begin, StoreError> {
             self.0.begin_as(key, lease_for, replay).await
         }
-        async fn commit_all(&self, _: &[DedupKey], _: &[DedupKey], _: Duration) -> Result<(), StoreError> {
+        async fn record(&self, _: &[Done], _: Duration) -> Result<(), StoreError> {
             Err(StoreError("disk full".into()))
         }
         async fn release(&self, keys: &[DedupKey]) -> Result<(), StoreError> {

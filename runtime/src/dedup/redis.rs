@@ -16,6 +16,10 @@
 //!   replay is released, or its holder dies and the deadline passes, the pair is `rejected` again, so a
 //!   replay that fails never turns a rejection into a free pair that a redelivery would run.
 //!
+//! The handlers' kv is in the same Redis, one string per key, named `key_prefix + "kv:" +`
+//! [`crate::kv::scoped`]; `commit` writes a delivery's done records and its runs' kv writes in the same
+//! script call, so they take effect together or not at all.
+//!
 //! Every operation is one round trip: one `EVALSHA` of a small Lua script, which Redis runs atomically.
 //! After a Redis restart or failover has emptied the script cache, the first call of each script costs
 //! one extra `SCRIPT LOAD`.
@@ -54,7 +58,8 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Script};
 
-use super::{Begin, DedupKey, DedupStore, StoreError};
+use super::{Begin, DedupKey, DedupStore, Done, StoreError};
+use crate::kv::Write;
 
 /// The value of a pair that is done. Lease tokens start with `lease:`, so never equal it.
 const DONE: &str = "done";
@@ -126,18 +131,68 @@ end
 return 2
 ";
 
-/// KEYS = the succeeded pairs, then the rejected ones; ARGV = ttl in ms,
-/// done marker, rejected marker, how many succeeded. Returns how many pairs it wrote.
+/// KEYS = the n pairs, then each pair's kv keys in turn; ARGV = ttl in ms, done marker, rejected
+/// marker, n, then per pair `d` (succeeded) or `r` (rejected), its number of kv writes, and each of
+/// them as two values: `s` and the value, `x` and anything (delete), or `a` and the delta.
+///
+/// A pair already done or rejected keeps its record, and its writes are skipped (first record wins:
+/// only a run whose lease ran out can find its pair recorded). The other pairs' writes are applied in
+/// order, each remembered so that if an increment fails (no counter, overflow) every one is undone
+/// and the call fails having changed nothing; then their records are written. Returns how many pairs
+/// it recorded.
 const COMMIT_LUA: &str = r"
-local succeeded = tonumber(ARGV[4])
-for i = 1, #KEYS do
+local n = tonumber(ARGV[4])
+local a, k = 5, n + 1
+local fresh = {}
+local undo = {}
+local function fail(key, err)
+  for u = #undo, 1, -1 do
+    local key, old, delta = undo[u][1], undo[u][2], undo[u][3]
+    if delta then
+      redis.call('DECRBY', key, delta)
+    elseif old then
+      redis.call('SET', key, old)
+    else
+      redis.call('DEL', key)
+    end
+  end
+  return redis.error_reply('kv key ' .. key .. ': ' .. tostring(err))
+end
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  local writes = tonumber(ARGV[a + 1])
+  local apply = v ~= ARGV[2] and v ~= ARGV[3]
+  if apply then
+    fresh[#fresh + 1] = { KEYS[i], ARGV[a] }
+  end
+  for j = 0, writes - 1 do
+    local key, op, value = KEYS[k + j], ARGV[a + 2 + 2 * j], ARGV[a + 3 + 2 * j]
+    if apply and op == 'a' then
+      local added = redis.pcall('INCRBY', key, value)
+      if type(added) == 'table' and added.err then
+        return fail(key, added.err)
+      end
+      undo[#undo + 1] = { key, nil, value }
+    elseif apply then
+      undo[#undo + 1] = { key, redis.call('GET', key) }
+      if op == 's' then
+        redis.call('SET', key, value)
+      else
+        redis.call('DEL', key)
+      end
+    end
+  end
+  a = a + 2 + 2 * writes
+  k = k + writes
+end
+for _, pair in ipairs(fresh) do
   local marker = ARGV[2]
-  if i > succeeded then
+  if pair[2] == 'r' then
     marker = ARGV[3]
   end
-  redis.call('SET', KEYS[i], marker, 'PX', ARGV[1])
+  redis.call('SET', pair[1], marker, 'PX', ARGV[1])
 end
-return #KEYS
+return #fresh
 ";
 
 /// KEYS = the pairs; ARGV = token, rejected marker. Drops this store's
@@ -204,6 +259,11 @@ impl RedisStore {
         &self.token
     }
 
+    /// Where the handlers' kv keys start: `key_prefix` + `kv:`.
+    pub fn kv_prefix(&self) -> String {
+        format!("{}kv:", self.prefix)
+    }
+
     /// The Redis key of a pair: the prefix, then [`DedupKey::storage_key`].
     pub fn redis_key(&self, key: &DedupKey) -> String {
         let storage = key.storage_key();
@@ -243,24 +303,39 @@ impl DedupStore for RedisStore {
         }
     }
 
-    /// Marks every pair done (or rejected) for `ttl`, whoever holds its lease, in one atomic script call.
-    async fn commit_all(&self, succeeded: &[DedupKey], rejected: &[DedupKey], ttl: Duration) -> Result<(), StoreError> {
-        let count = succeeded.len() + rejected.len();
-        if count == 0 {
+    /// Marks every pair done (or rejected) for `ttl`, whoever holds its lease, with its kv writes, in
+    /// one atomic script call; a pair already done or rejected is left as it is, its writes skipped.
+    async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError> {
+        if done.is_empty() {
             return Ok(());
         }
         let mut invocation = COMMIT_SCRIPT.prepare_invoke();
-        for key in succeeded.iter().chain(rejected) {
-            invocation.key(self.redis_key(key));
+        for pair in done {
+            invocation.key(self.redis_key(&pair.key));
         }
-        invocation.arg(expiry_ms(ttl)).arg(DONE).arg(REJECTED).arg(succeeded.len());
+        let kv_prefix = self.kv_prefix();
+        for (key, _) in done.iter().flat_map(|pair| pair.writes.scoped()) {
+            invocation.key(format!("{kv_prefix}{key}"));
+        }
+        invocation.arg(expiry_ms(ttl)).arg(DONE).arg(REJECTED).arg(done.len());
+        for pair in done {
+            invocation.arg(if pair.rejected { "r" } else { "d" }).arg(pair.writes.scoped().count());
+            for (_, write) in pair.writes.scoped() {
+                match write {
+                    Write::Set(value) => invocation.arg("s").arg(value.as_slice()),
+                    Write::Delete => invocation.arg("x").arg(""),
+                    Write::Add(delta) => invocation.arg("a").arg(*delta),
+                };
+            }
+        }
         let mut con = self.con.clone();
-        let written: i64 = invocation.invoke_async(&mut con).await.map_err(|e| self.error("commit", e))?;
-        if written != count as i64 {
-            return Err(StoreError(format!(
-                "redis at {}: commit wrote {written} of {} records",
-                self.shown_url, count
-            )));
+        let recorded: i64 = invocation.invoke_async(&mut con).await.map_err(|e| self.error("commit", e))?;
+        if recorded < done.len() as i64 {
+            tracing::info!(
+                "{} of {} pairs were already recorded (by a run on another host after this one's lease ran out); their kv writes were dropped",
+                done.len() as i64 - recorded,
+                done.len()
+            );
         }
         Ok(())
     }
@@ -418,6 +493,7 @@ pub(crate) mod test_server {
 mod tests {
     use super::test_server::test_redis;
     use super::*;
+    use crate::kv::{KvStore, KvWrites};
     use std::collections::HashMap;
     use std::io::{Read, Write};
     use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -615,6 +691,30 @@ mod tests {
         assert!((1..=1000).contains(&left), "ttl left {left} ms");
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(s.begin(&k, LEASE).await.unwrap(), Begin::Run);
+    }
+
+    /// The kv contract, and kv shared between hosts: a second host (its own connection, the same
+    /// prefix) sees what the first recorded, and the values sit in Redis under `<prefix>kv:`.
+    #[tokio::test]
+    async fn kv_keeps_the_contract_and_is_shared_between_hosts() {
+        let redis = test_redis();
+        let p = prefix("kv");
+        let (a, b) = (store(&redis.url, &p).await, store(&redis.url, &p).await);
+        let kv_a = crate::kv::RedisKv::connect(&redis.url, &a.kv_prefix()).await.unwrap();
+        crate::dedup::contract::check_kv("redis", &a, &kv_a).await;
+        let kv_b = crate::kv::RedisKv::connect(&redis.url, &b.kv_prefix()).await.unwrap();
+        let mut writes = KvWrites::new(Arc::from("h"));
+        writes.set("k", b"from a".to_vec()).unwrap();
+        assert_eq!(writes.increment(&kv_a, "n", 7).await.unwrap(), 7);
+        a.record(&[Done { key: key("h", "src", "kv"), rejected: false, writes }], TTL).await.unwrap();
+        assert_eq!(kv_b.get("h", "k").await.unwrap().as_deref(), Some(&b"from a"[..]));
+        let mut con = raw(&redis.url).await;
+        assert_eq!(get(&mut con, &format!("{p}kv:1:hn")).await.as_deref(), Some("7"));
+        // b recording the same pair late adds nothing.
+        let mut late = KvWrites::new(Arc::from("h"));
+        late.increment(&kv_b, "n", 1).await.unwrap();
+        b.record(&[Done { key: key("h", "src", "kv"), rejected: false, writes: late }], TTL).await.unwrap();
+        assert_eq!(get(&mut con, &format!("{p}kv:1:hn")).await.as_deref(), Some("7"));
     }
 
     #[tokio::test]
