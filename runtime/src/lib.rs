@@ -46,7 +46,7 @@
 //! - [`admission`]: when an event may start an instance, and how instances share the cores.
 //! - [`sandbox`]: wasmtime engine, one pre-linked component per handler, a
 //!   fresh instance per event with a deadline and a memory cap.
-//! - [`kv`]: storage behind the handlers' `kv` capability.
+//! - [`kv`]: the handlers' `kv` capability: a run's writes, held until [`dedup`] records the run with them.
 //! - [`outbound`]: the handlers' `wasi:http` requests, allowed only to listed hosts.
 //! - [`publish`]: events handlers publish: checked, encoded, sent to an Event Grid topic.
 //! - [`deadletter`]: rejected events, written in Event Grid's dead-letter format.

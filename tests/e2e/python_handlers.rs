@@ -75,9 +75,15 @@ fn the_python_audit_log_logs_and_counts_the_labs_events() {
     ] {
         assert_eq!(gridfn.log_count(line), 1, "{line}\n{}", gridfn.log_text());
     }
-    // The second event of a type sees 2: two flagged, two approved.
-    assert_eq!(gridfn.log_count("seen=2"), 2, "{}", gridfn.log_text());
-    assert_eq!(gridfn.log_count("seen=1"), 3, "{}", gridfn.log_text());
+    // kv writes are recorded with the delivery, after all five ran side by
+    // side: each run sees the count recorded before it (none) plus its own.
+    assert_eq!(gridfn.log_count("seen=1"), 5, "{}", gridfn.log_text());
+    // The same events with new ids: the counts recorded are 2 flagged, 2
+    // approved, 1 escalated, and each run adds its own.
+    let again = String::from_utf8(lab_events()).unwrap().replace("\"mod-", "\"again-");
+    assert_eq!(post_cloudevents(&gridfn, "/api/events", again.into_bytes()).status(), 200);
+    assert_eq!(gridfn.log_count("seen=3"), 4, "{}", gridfn.log_text());
+    assert_eq!(gridfn.log_count("seen=2"), 1, "{}", gridfn.log_text());
 }
 
 #[test]
