@@ -14,11 +14,10 @@
 //!
 //! A record key is 17 bytes whatever the event's source and id ([`record_key`]): `0x01`, then the first
 //! 16 bytes of the SHA-256 of the pair's [`DedupKey::storage_key`] (a collision among 10¹² records has a
-//! probability below 10⁻¹⁴). A record is about 40 bytes on disk in each keyspace, where the storage key
-//! itself (an Azure resource path and an id: 130 bytes and more) made it 110 in all; the same holds for
-//! the memtables. Stores written before kept the storage key itself (it starts with an ASCII digit, so
-//! the two cannot be confused): while any such record is left, a lookup that misses tries that form
-//! too, and the sweep deletes them as they expire.
+//! probability below 10⁻¹⁴), where the storage key itself (an Azure resource path and an id: 130 bytes
+//! and more) was stored twice, in both keyspaces and their memtables. Stores written before kept the
+//! storage key itself (it starts with an ASCII digit, so the two cannot be confused): while any such
+//! record is left, a lookup that misses tries that form too, and the sweep deletes them as they expire.
 //!
 //! All writes go through one writer thread that owns the write side. Group commit: every `commit` that
 //! arrives while the writer is busy (writing and syncing the last group) waits in its queue, and the
