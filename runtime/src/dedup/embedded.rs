@@ -6,14 +6,21 @@
 //!
 //! Layout: the store's path is a folder holding one fjall database with three keyspaces, written
 //! together in one atomic batch:
-//! - `records`: storage key → expiry (unix millis, big-endian u64), followed by `R` when the pair was
+//! - `records`: record key → expiry (unix millis, big-endian u64), followed by `R` when the pair was
 //!   done by a rejection (a replay may run it again); records written before that byte existed are
 //!   successes, which never run again;
-//! - `expiry`: expiry (big-endian u64) ++ storage key → nothing, so `sweep` reads expired records in
+//! - `expiry`: expiry (big-endian u64) ++ record key → nothing, so `sweep` reads expired records in
 //!   expiry order instead of scanning every record;
 //! - `kv`: the handlers' kv ([`crate::kv::scoped`] key → value). A commit applies its runs' kv writes
 //!   in the batch that writes their records, so both survive a crash, or neither. Earlier versions kept
 //!   kv in a database of its own (`<state_dir>/kv`); [`EmbeddedStore::take_in_legacy_kv`] moves it in.
+//!
+//! A record key is 17 bytes whatever the event's source and id ([`record_key`]): `0x01`, then the first
+//! 16 bytes of the SHA-256 of the pair's [`DedupKey::storage_key`] (a collision among 10¹² records has a
+//! probability below 10⁻¹⁴), where the storage key itself (an Azure resource path and an id: 130 bytes
+//! and more) was stored twice, in both keyspaces and their memtables. Stores written before kept the
+//! storage key itself (it starts with an ASCII digit, so the two cannot be confused): while any such
+//! record is left, a lookup that misses tries that form too, and the sweep deletes them as they expire.
 //!
 //! All writes go through one writer thread that owns the write side. Group commit: every `commit` that
 //! arrives while the writer is busy (writing and syncing the last group) waits in its queue, and the
@@ -31,11 +38,12 @@
 //! second's records, whose events then run again when Event Grid redelivers them).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::oneshot;
 
@@ -45,23 +53,31 @@ use crate::kv::{EmbeddedKv, Write};
 
 /// Most keys one group-commit write carries; later callers wait for the next write.
 const MAX_KEYS_PER_WRITE: usize = 8192;
-/// Most expired records one `sweep` deletes.
-const MAX_SWEEP_PER_CALL: usize = 10_000;
-/// Expired records deleted per write while sweeping; queued commits go first between slices.
+/// Expired records deleted per write while sweeping; queued commits go first between slices. A sweep
+/// goes on until every record expired at its start is gone, so expiry keeps up with any commit rate.
 const SWEEP_SLICE: usize = 256;
 /// How often `DedupSync::Interval` syncs the journal (as Redis' `appendfsync everysec`).
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Bounds the journal replayed on open (and so reopen time); fjall's minimum.
 const MAX_JOURNALING_BYTES: u64 = 64 << 20;
-/// Per-keyspace write buffer; smaller than fjall's default so less journal waits to be replayed.
-const MAX_MEMTABLE_BYTES: u64 = 16 << 20;
+/// Per-keyspace write buffer (fjall's default: 64 MiB); smaller so less journal waits to be replayed
+/// and the process stays small. With 17-byte keys it holds about 150,000 records.
+const MAX_MEMTABLE_BYTES: u64 = 8 << 20;
+/// Block cache (fjall's default: 32 MiB). Lookups of new events miss: they read the bloom filters,
+/// which fjall keeps in memory for the newest tables and reads through this cache for older ones.
+const CACHE_BYTES: u64 = 8 << 20;
+
+/// First byte of a [`record_key`]; a legacy key (the storage key itself) starts with an ASCII digit.
+const HASHED: u8 = 0x01;
+/// Bytes of a [`record_key`].
+const RECORD_KEY_LEN: usize = 17;
 
 /// The marker after a rejected pair's expiry.
 const REJECTED: u8 = b'R';
 
 /// One record to write, and the kv writes of its run (stored key, write).
 struct Entry {
-    key: Vec<u8>,
+    key: [u8; RECORD_KEY_LEN],
     expiry: u64,
     rejected: bool,
     writes: Vec<(Vec<u8>, Write)>,
@@ -103,6 +119,9 @@ pub struct EmbeddedStore {
     /// The handlers' kv, read by their runs; only the writer writes it.
     kv: Keyspace,
     db: Database,
+    /// Records under legacy keys (the storage key itself) may be left: a lookup that misses tries that
+    /// key too. Cleared once a sweep finds none left.
+    legacy: AtomicBool,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -128,6 +147,26 @@ fn decode_expiry(value: &[u8]) -> Option<u64> {
 /// A record's expiry, and whether it was done by a rejection.
 fn decode_record(value: &[u8]) -> Option<(u64, bool)> {
     Some((decode_expiry(value)?, value.get(8) == Some(&REJECTED)))
+}
+
+/// The key a pair's record is stored under: [`HASHED`], then the first 16 bytes of the SHA-256 of its
+/// storage key. Fixed-size, so a record costs the same whatever the event's source and id.
+fn record_key(key: &DedupKey) -> [u8; RECORD_KEY_LEN] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.storage_key().as_bytes());
+    let mut out = [0; RECORD_KEY_LEN];
+    out[0] = HASHED;
+    out[1..].copy_from_slice(&digest[..RECORD_KEY_LEN - 1]);
+    out
+}
+
+/// Whether `records` holds records under the storage key itself, as stores written before
+/// [`record_key`] did (those keys start with an ASCII digit, after every hashed key).
+fn has_legacy_records(records: &Keyspace) -> fjall::Result<bool> {
+    match records.range(&b"0"[..]..).next() {
+        Some(item) => item.key().map(|_| true),
+        None => Ok(false),
+    }
 }
 
 fn expiry_key(expiry: u64, key: &[u8]) -> Vec<u8> {
@@ -161,20 +200,26 @@ impl EmbeddedStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError(format!("{}: cannot create folder: {e}", parent.display())))?;
         }
-        let db = Database::builder(path).max_journaling_size(MAX_JOURNALING_BYTES).open().map_err(|e| match e {
+        let builder = Database::builder(path).max_journaling_size(MAX_JOURNALING_BYTES).cache_size(CACHE_BYTES);
+        let db = builder.open().map_err(|e| match e {
             fjall::Error::Locked => {
                 StoreError(format!("{shown}: locked: another running process (or store) has it open"))
             }
             e => StoreError(format!("{shown}: cannot open (corrupt or not a dedup store?): {e}")),
         })?;
         let opts = || KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES);
-        let keyspace = |name: &str| {
+        // The expiry index is only ever scanned in order, never looked up by key: bloom filters
+        // would cost memory and disk for nothing.
+        let scanned = || opts().filter_policy(FilterPolicy::disabled());
+        let keyspace = |name: &str, opts: &dyn Fn() -> KeyspaceCreateOptions| {
             db.keyspace(name, opts)
                 .map_err(|e| StoreError(format!("{shown}: cannot open keyspace {name} (corrupt?): {e}")))
         };
-        let records = keyspace("records")?;
-        let by_expiry = keyspace("expiry")?;
-        let kv = keyspace("kv")?;
+        let records = keyspace("records", &opts)?;
+        let by_expiry = keyspace("expiry", &scanned)?;
+        let kv = keyspace("kv", &opts)?;
+        let legacy = has_legacy_records(&records)
+            .map_err(|e| StoreError(format!("{shown}: cannot read keyspace records (corrupt?): {e}")))?;
         let (ops, rx) = mpsc::channel();
         let writer =
             Writer { db: db.clone(), records: records.clone(), by_expiry, kv: kv.clone(), sync, unsynced: false, hook };
@@ -182,7 +227,15 @@ impl EmbeddedStore {
             .name("dedup-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError(format!("{shown}: cannot start writer thread: {e}")))?;
-        Ok(Self { path: path.to_owned(), records, kv, db, ops: Some(ops), writer: Some(writer) })
+        Ok(Self {
+            path: path.to_owned(),
+            records,
+            kv,
+            db,
+            legacy: AtomicBool::new(legacy),
+            ops: Some(ops),
+            writer: Some(writer),
+        })
     }
 
     /// The handlers' kv, as their runs and the admin API read it.
@@ -255,11 +308,25 @@ impl EmbeddedStore {
         StoreError(format!("{}: {what}: {e}", self.path.display()))
     }
 
-    /// Deletes up to `MAX_SWEEP_PER_CALL` records that expired before `now` (unix millis); returns how many.
+    /// Deletes every record that expired before `now` (unix millis); returns how many.
     async fn sweep_at(&self, now: u64) -> Result<usize, StoreError> {
         let (done, rx) = oneshot::channel();
         self.send(Op::Sweep { now, done })?;
-        rx.await.map_err(|e| self.failed("sweep", e))?.map_err(|e| self.failed("sweep", e))
+        let deleted = rx.await.map_err(|e| self.failed("sweep", e))?.map_err(|e| self.failed("sweep", e))?;
+        if self.legacy.load(Ordering::Relaxed)
+            && !has_legacy_records(&self.records).map_err(|e| self.failed("sweep", e))?
+        {
+            self.legacy.store(false, Ordering::Relaxed);
+        }
+        Ok(deleted)
+    }
+
+    /// The record of `key`: under its [`record_key`], or under its legacy key while there may be any.
+    fn lookup(&self, key: &DedupKey) -> fjall::Result<Option<fjall::Slice>> {
+        match self.records.get(record_key(key))? {
+            None if self.legacy.load(Ordering::Relaxed) => self.records.get(key.storage_key().as_bytes()),
+            found => Ok(found),
+        }
     }
 }
 
@@ -284,7 +351,7 @@ impl DedupStore for EmbeddedStore {
         // Read in place: a lookup is a few microseconds (recent records are in
         // the memtable and block cache, at worst a block read from an SSD),
         // cheaper than handing it to another thread for every event.
-        let found = self.records.get(key.storage_key().as_bytes()).map_err(|e| self.failed("lookup", e))?;
+        let found = self.lookup(key).map_err(|e| self.failed("lookup", e))?;
         let rejected = found.as_deref().and_then(|value| value.get(8)) == Some(&REJECTED);
         Ok(match found.as_deref().and_then(decode_expiry) {
             Some(_) if replay && rejected => Begin::Run,
@@ -301,7 +368,7 @@ impl DedupStore for EmbeddedStore {
         let entries = done
             .iter()
             .map(|pair| Entry {
-                key: pair.key.storage_key().into_bytes(),
+                key: record_key(&pair.key),
                 expiry,
                 rejected: pair.rejected,
                 writes: pair.writes.scoped().map(|(key, write)| (key.into_bytes(), write.clone())).collect(),
@@ -381,7 +448,7 @@ impl Writer {
                         match self.sweep_slice(sweep.now) {
                             Ok(deleted) => {
                                 sweep.deleted += deleted;
-                                if deleted < SWEEP_SLICE || sweep.deleted >= MAX_SWEEP_PER_CALL {
+                                if deleted < SWEEP_SLICE {
                                     let _ = sweep.done.send(Ok(sweep.deleted));
                                 } else {
                                     sweeping = Some(sweep);
@@ -480,7 +547,7 @@ impl Writer {
             'entries: for entry in entries {
                 let current = match records.get(entry.key.as_slice()) {
                     Some(record) => Some(*record),
-                    None => self.records.get(&entry.key)?.as_deref().and_then(decode_record),
+                    None => self.records.get(entry.key)?.as_deref().and_then(decode_record),
                 };
                 if current.is_some_and(|(expiry, rejected)| expiry > now && !rejected) {
                     continue;
@@ -505,7 +572,7 @@ impl Writer {
                 continue;
             }
             for entry in staged {
-                records.insert(&entry.key, (entry.expiry, entry.rejected));
+                records.insert(&entry.key[..], (entry.expiry, entry.rejected));
             }
             kv.extend(staged_kv);
             results.push(Ok(()));
@@ -838,6 +905,101 @@ mod tests {
         assert_eq!(swept.unwrap(), expired.len(), "every slice of one sweep is counted");
         assert_eq!(store.records.len().unwrap(), 1);
         assert_eq!(store.begin(&fresh, LEASE).await.unwrap(), Begin::Done);
+    }
+
+    #[tokio::test]
+    async fn one_sweep_deletes_every_expired_record_however_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("dedup")).unwrap();
+        // More than a minute's worth at a few hundred events/s: a sweep (once a minute) must not stop
+        // at a fixed count, or records would pile up faster than they expire.
+        let expired = batch(25_000);
+        store.commit(&expired, Duration::from_millis(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(store.sweep_at(now_ms()).await.unwrap(), expired.len());
+        assert!(store.records.is_empty().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_record_is_small_whatever_the_source_and_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedup");
+        let long = |i: usize| {
+            key("orders", &format!("/subscriptions/{}/x", "0".repeat(400)), &format!("{i}-{}", "e".repeat(200)))
+        };
+        let keys: Vec<_> = (0..2_000).map(long).collect();
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.commit(&keys, DAY).await.unwrap();
+            for k in keys.iter().take(10) {
+                assert_eq!(store.begin(k, LEASE).await.unwrap(), Begin::Done);
+            }
+            assert_eq!(store.begin(&long(2_000), LEASE).await.unwrap(), Begin::Run);
+            for item in store.records.iter() {
+                assert_eq!(item.key().unwrap().len(), RECORD_KEY_LEN, "a 600-byte pair is stored under a short key");
+            }
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert!(!store.legacy.load(Ordering::Relaxed));
+        assert_eq!(store.begin(&keys[1_999], LEASE).await.unwrap(), Begin::Done);
+    }
+
+    /// Issue 14: records keyed by the storage key cost 100 bytes each on disk once compacted (both
+    /// keyspaces; measured with this test's keys on the old encoding); hashed keys, under half.
+    #[tokio::test]
+    async fn a_compacted_record_costs_under_50_bytes_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedup");
+        // Event Grid's shape: a resource path as source, a random GUID as id.
+        let source = "/subscriptions/6f4c7a2e-0000-4a55-9d1c-2b7f8e1d3c44/resourceGroups/orders-prod/providers/Microsoft.Storage/storageAccounts/ordersblobs";
+        let keys: Vec<_> = (0..20_000).map(|_| key("orders", source, &uuid::Uuid::new_v4().to_string())).collect();
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            for chunk in keys.chunks(1_000) {
+                store.commit(chunk, DAY).await.unwrap();
+            }
+        }
+        let db = Database::builder(&path).open().unwrap();
+        let mut bytes = 0;
+        for name in ["records", "expiry"] {
+            let keyspace = db.keyspace(name, KeyspaceCreateOptions::default).unwrap();
+            keyspace.rotate_memtable_and_wait().unwrap();
+            keyspace.major_compact().unwrap();
+            bytes += keyspace.disk_space();
+        }
+        let per_record = bytes as f64 / keys.len() as f64;
+        assert!(per_record < 50.0, "{per_record:.1} bytes per record on disk, both keyspaces");
+    }
+
+    /// Writes a record as stores did before [`record_key`]: under the storage key itself.
+    fn write_legacy(path: &Path, k: &DedupKey, expiry: u64) {
+        let db = Database::builder(path).open().unwrap();
+        let records = db.keyspace("records", KeyspaceCreateOptions::default).unwrap();
+        let by_expiry = db.keyspace("expiry", KeyspaceCreateOptions::default).unwrap();
+        let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&records, k.storage_key().into_bytes(), expiry.to_be_bytes().to_vec());
+        batch.insert(&by_expiry, expiry_key(expiry, k.storage_key().as_bytes()), []);
+        batch.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_of_a_store_written_before_hashed_keys_are_honoured_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedup");
+        let (old, expiring) = (key("h", "/s", "old"), key("h", "/s", "expiring"));
+        write_legacy(&path, &old, now_ms() + 86_400_000);
+        write_legacy(&path, &expiring, now_ms() + 300);
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(store.begin(&old, LEASE).await.unwrap(), Begin::Done, "a legacy record still counts");
+        assert_eq!(store.begin(&expiring, LEASE).await.unwrap(), Begin::Done);
+        assert_eq!(store.begin(&key("h", "/s", "new"), LEASE).await.unwrap(), Begin::Run);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(store.begin(&expiring, LEASE).await.unwrap(), Begin::Run);
+        assert_eq!(store.sweep_at(now_ms()).await.unwrap(), 1);
+        assert!(store.legacy.load(Ordering::Relaxed), "one legacy record is left");
+        assert_eq!(store.sweep_at(u64::MAX - 1).await.unwrap(), 1);
+        assert!(!store.legacy.load(Ordering::Relaxed), "no legacy record left: lookups stop trying them");
+        assert_eq!(store.begin(&old, LEASE).await.unwrap(), Begin::Run);
     }
 
     #[tokio::test]
