@@ -257,38 +257,36 @@ pub fn decode_members(
     schema: Schema,
     members: Vec<(std::borrow::Cow<'_, str>, &RawValue)>,
 ) -> Result<Event, DecodeError> {
-    let length = members.iter().map(|(name, value)| name.len() + value.get().len() + 4).sum::<usize>() + 2;
-    let mut text = String::with_capacity(length);
-    text.push('{');
-    for (position, (name, value)) in members.iter().enumerate() {
+    for (name, value) in &members {
         serde_json::from_str::<ValidJson>(value.get()).map_err(|e| DecodeError {
             message: format!("is not valid JSON: {e}"),
             event_index: None,
             field: Some(name.to_string()),
         })?;
-        if position > 0 {
-            text.push(',');
-        }
-        match name {
-            // Borrowed from the text, so free of escapes: written as it was.
-            std::borrow::Cow::Borrowed(name) => {
-                text.push('"');
-                text.push_str(name);
-                text.push('"');
-            }
-            std::borrow::Cow::Owned(name) => text.push_str(&serde_json::to_string(name).expect("a string serialises")),
-        }
-        text.push(':');
-        text.push_str(value.get());
     }
-    text.push('}');
-    let raw = RawValue::from_string(text).map_err(|e| DecodeError::body(format!("is not valid JSON: {e}")))?;
+    // Written out, not parsed again: every value was just checked.
+    let raw = serde_json::value::to_raw_value(&Object(&members)).expect("names and raw values serialise");
     let fields = Fields { index: 0, map: members.into_iter().map(|(name, value)| (Name(name), value)).collect() };
     match schema {
         Schema::EventGrid => event_grid_event(&fields).map(|event| event(raw)),
         Schema::CloudEvents => cloud_event(&fields).map(|event| event(raw)),
     }
     .map_err(|e| DecodeError { event_index: None, ..e })
+}
+
+/// An object's members written back as one JSON object (`{"name":value,…}`,
+/// names escaped as JSON writes them, values byte for byte).
+struct Object<'m, 'a>(&'m [(std::borrow::Cow<'a, str>, &'a RawValue)]);
+
+impl serde::Serialize for Object<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name.as_ref(), value)?;
+        }
+        map.end()
+    }
 }
 
 /// The members of a JSON-format CloudEvent that are not extension attributes:
