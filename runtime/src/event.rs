@@ -198,6 +198,14 @@ fn decode_all(
 
 fn decode_event_grid_event(index: usize, raw: Box<RawValue>) -> Result<Event, DecodeError> {
     let fields = Fields::parse(index, &raw)?;
+    let event = event_grid_event(&fields)?;
+    Ok(event(raw))
+}
+
+/// An Event Grid schema event's attributes, checked: what is left to make
+/// the [`Event`] is its raw JSON (which `fields` may borrow from, so it is
+/// handed over once they are done with).
+fn event_grid_event(fields: &Fields<'_>) -> Result<impl FnOnce(Box<RawValue>) -> Event + use<>, DecodeError> {
     let id = fields.required_string("id")?;
     let event_type = fields.required_string("eventType")?;
     let source = fields.optional_string("topic")?.unwrap_or_default();
@@ -206,7 +214,7 @@ fn decode_event_grid_event(index: usize, raw: Box<RawValue>) -> Result<Event, De
     let data_version = fields.optional_string("dataVersion")?;
     let data = fields.raw("data").map(|d| d.get().as_bytes().to_vec()).unwrap_or_default();
     let data = if data == b"null" { Vec::new() } else { data };
-    Ok(Event {
+    Ok(move |raw| Event {
         id,
         event_type,
         source,
@@ -238,6 +246,49 @@ pub fn decode_json(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
     decode_all(events, if cloudevents { decode_cloud_event } else { decode_event_grid_event })
 }
 
+/// Decodes one event that arrives as an object's members, already parsed out
+/// of a larger document (a dead-letter record, its dead-letter attributes
+/// taken out): checked exactly as a pushed event of `schema` is (every value
+/// valid JSON, as [`split_batch`] checks, then the schema's own rules), with
+/// the members written back as one object for `raw`, without parsing them
+/// a second time. A problem names no event index: the caller knows where the
+/// members came from.
+pub fn decode_members(
+    schema: Schema,
+    members: Vec<(std::borrow::Cow<'_, str>, &RawValue)>,
+) -> Result<Event, DecodeError> {
+    for (name, value) in &members {
+        serde_json::from_str::<ValidJson>(value.get()).map_err(|e| DecodeError {
+            message: format!("is not valid JSON: {e}"),
+            event_index: None,
+            field: Some(name.to_string()),
+        })?;
+    }
+    // Written out, not parsed again: every value was just checked.
+    let raw = serde_json::value::to_raw_value(&Object(&members)).expect("names and raw values serialise");
+    let fields = Fields { index: 0, map: members.into_iter().map(|(name, value)| (Name(name), value)).collect() };
+    match schema {
+        Schema::EventGrid => event_grid_event(&fields).map(|event| event(raw)),
+        Schema::CloudEvents => cloud_event(&fields).map(|event| event(raw)),
+    }
+    .map_err(|e| DecodeError { event_index: None, ..e })
+}
+
+/// An object's members written back as one JSON object (`{"name":value,…}`,
+/// names escaped as JSON writes them, values byte for byte).
+struct Object<'m, 'a>(&'m [(std::borrow::Cow<'a, str>, &'a RawValue)]);
+
+impl serde::Serialize for Object<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name.as_ref(), value)?;
+        }
+        map.end()
+    }
+}
+
 /// The members of a JSON-format CloudEvent that are not extension attributes:
 /// the attributes CloudEvents 1.0 defines, and the format's two data members.
 const CLOUDEVENT_MEMBERS: [&str; 10] =
@@ -245,6 +296,14 @@ const CLOUDEVENT_MEMBERS: [&str; 10] =
 
 fn decode_cloud_event(index: usize, raw: Box<RawValue>) -> Result<Event, DecodeError> {
     let fields = Fields::parse(index, &raw)?;
+    let event = cloud_event(&fields)?;
+    Ok(event(raw))
+}
+
+/// A CloudEvent's attributes, checked; the [`Event`] is made once its raw
+/// JSON is handed over (as [`event_grid_event`]).
+fn cloud_event(fields: &Fields<'_>) -> Result<impl FnOnce(Box<RawValue>) -> Event + use<>, DecodeError> {
+    let index = fields.index;
     fields.each_name_once()?;
     let specversion = fields.required_attribute("specversion")?;
     if specversion != "1.0" {
@@ -308,7 +367,7 @@ fn decode_cloud_event(index: usize, raw: Box<RawValue>) -> Result<Event, DecodeE
     extensions.sort();
     let data_version = extensions.iter().find(|(name, _)| name == "dataversion").map(|(_, v)| v.clone());
 
-    Ok(Event {
+    Ok(move |raw| Event {
         id,
         event_type,
         source,

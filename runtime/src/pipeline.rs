@@ -140,14 +140,17 @@ impl Pipeline {
 
     /// Runs a batch through the handlers `target` names: the one entry point
     /// of every source. Fails only for a handler this gridfn does not have.
+    /// Events may come shared (a replay keeps its own reference), so they are
+    /// never copied.
     pub async fn dispatch(
         &self,
-        events: Vec<Event>,
+        events: Vec<impl Into<Arc<Event>>>,
         delivery: &DeliveryInfo,
         target: Target<'_>,
     ) -> Result<Verdict, UnknownHandler> {
         let (routes, unmatched_label) = self.routes_for(target)?;
         let received = Received { at: Instant::now(), time: Utc::now() };
+        let events = events.into_iter().map(Into::into).collect();
         Ok(self.run_batch(&routes, unmatched_label, events, delivery, &received, 0).await)
     }
 
@@ -197,7 +200,7 @@ impl Pipeline {
         &'a self,
         routes: &'a [&'a Route],
         unmatched_label: &'a str,
-        events: Vec<Event>,
+        events: Vec<Arc<Event>>,
         delivery: &'a DeliveryInfo,
         received: &'a Received,
         depth: u32,
@@ -212,7 +215,6 @@ impl Pipeline {
             // A second copy of an event in one delivery is not claimed: it
             // would wait for the first copy's record, which this delivery
             // writes only at its end. It takes the first copy's outcome.
-            let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
             let mut first_copies: HashMap<(usize, &str, &str), usize> = HashMap::new();
             let mut repeats = Vec::new();
             for (index, event) in events.iter().enumerate() {
@@ -615,7 +617,7 @@ impl Pipeline {
         let count = events.len();
         let delivery = DeliveryInfo { subscription: Some(LOCAL_TOPIC_SUBSCRIPTION.into()), ..Default::default() };
         let routes: Vec<&Route> = self.registry.routes().iter().collect();
-        let events = crate::publish::local_events(&events);
+        let events = crate::publish::local_events(&events).into_iter().map(Arc::new).collect();
         let verdict = self.run_batch(&routes, UNMATCHED_LABEL, events, &delivery, received, depth + 1).await;
         match verdict.retry.first() {
             None => Outcome::Success,

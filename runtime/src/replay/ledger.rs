@@ -159,12 +159,24 @@ pub struct LedgerAppender {
 }
 
 impl LedgerAppender {
-    /// Appends `entries`: once this returns Ok they survive the process
-    /// being killed. A sync to disk starts if the last one started
-    /// [`SYNC_EVERY`] ago and has finished; [`LedgerAppender::finish`]
-    /// syncs the rest.
-    pub fn append(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
-        write_lines(&mut self.file, &self.path, entries)?;
+    /// Appends what became of a batch that just finished: per pair (with
+    /// the replays run, this one included) its outcome, all at `at`. Once
+    /// this returns Ok the lines survive the process being killed. A sync to
+    /// disk starts if the last one started [`SYNC_EVERY`] ago and has
+    /// finished; [`LedgerAppender::finish`] syncs the rest.
+    pub fn append(&mut self, pairs: &[(Pair, u32)], outcomes: &[ReplayOutcome], at: &str) -> anyhow::Result<()> {
+        let lines: Vec<Line<'_>> = pairs
+            .iter()
+            .zip(outcomes)
+            .map(|((pair, attempts), outcome)| Line { pair, attempts: *attempts, outcome: *outcome, at })
+            .collect();
+        write_lines(&mut self.file, &self.path, &lines)?;
+        self.sync_now_and_then()
+    }
+
+    /// Starts a sync to disk if the last one started [`SYNC_EVERY`] ago and
+    /// has finished.
+    fn sync_now_and_then(&mut self) -> anyhow::Result<()> {
         if self.synced.elapsed() >= SYNC_EVERY && self.syncing.as_ref().is_none_or(|s| s.is_finished()) {
             self.wait_for_sync()?;
             let file = self.file.try_clone()?;
@@ -193,8 +205,18 @@ impl LedgerAppender {
     }
 }
 
+/// An [`Entry`] as a line of the file, borrowing what it shows.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    pair: &'a Pair,
+    attempts: u32,
+    outcome: ReplayOutcome,
+    at: &'a str,
+}
+
 /// `entries` as JSON lines, in one write.
-fn write_lines(file: &mut File, path: &Path, entries: &[Entry]) -> anyhow::Result<()> {
+fn write_lines(file: &mut File, path: &Path, entries: &[impl Serialize]) -> anyhow::Result<()> {
     if entries.is_empty() {
         return Ok(());
     }

@@ -61,7 +61,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::deadletter::azure::{AzureBlobConfig, AzureBlobDeadLetter};
-use crate::event::{DecodeError, Event, decode_cloudevents, decode_event_grid, json_kind, object_members};
+use crate::event::{DecodeError, Event, Schema, decode_members, json_kind, object_members};
 
 /// The folder archived blobs move to, under the source's root.
 pub const REPLAYED: &str = "replayed";
@@ -523,7 +523,8 @@ pub struct Record {
     pub blob: String,
     /// Its place in the blob's array (0-based); with `blob`, names the record.
     pub index: usize,
-    pub event: Event,
+    /// Shared with the batches that send it: never copied.
+    pub event: Arc<Event>,
     pub shape: Shape,
     /// The subscription folder the blob sits in (upper-case as Event Grid writes it).
     pub subscription: Option<String>,
@@ -590,7 +591,7 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
             Ok(Record {
                 blob: blob.to_string(),
                 index,
-                event,
+                event: Arc::new(event),
                 shape,
                 subscription: subscription.map(str::to_string),
                 handler: attributes.handler,
@@ -607,9 +608,10 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
 }
 
 /// One record: its event (decoded without the dead-letter attributes), the
-/// layout it was in, and the attributes.
+/// layout it was in, and the attributes. The record is parsed once: the
+/// event is decoded from its members, less the attributes.
 fn parse_record(raw: &RawValue) -> Result<(Event, Shape, Attributes), String> {
-    let members = members(raw)?;
+    let members = object_members(raw)?;
     let wrapped = !members.iter().any(|(name, _)| name == "id")
         && members.iter().any(|(name, value)| name == "event" && value.get().starts_with('{'));
     let mut attributes = Attributes::default();
@@ -622,7 +624,7 @@ fn parse_record(raw: &RawValue) -> Result<(Event, Shape, Attributes), String> {
                 attributes.take(&name, value)?;
             }
         }
-        (self::members(event.expect("checked above"))?, Shape::Namespace)
+        (object_members(event.expect("checked above"))?, Shape::Namespace)
     } else {
         let cloudevent = members.iter().any(|(name, _)| name == "specversion")
             || (members.iter().any(|(name, _)| name == "type") && !members.iter().any(|(name, _)| name == "eventType"));
@@ -634,37 +636,21 @@ fn parse_record(raw: &RawValue) -> Result<(Event, Shape, Attributes), String> {
             kept.push((name, value));
         }
     }
-    let mut event = String::with_capacity(raw.get().len());
-    event.push('{');
-    for (position, (name, value)) in kept.iter().enumerate() {
-        if position > 0 {
-            event.push(',');
-        }
-        event.push_str(&serde_json::to_string(name).expect("a string serialises"));
-        event.push(':');
-        event.push_str(value.get());
-    }
-    event.push('}');
-    let decoded = match shape {
-        Shape::EventGrid => decode_event_grid(event.as_bytes()),
-        Shape::CloudEvents | Shape::Namespace => decode_cloudevents(event.as_bytes()),
+    let schema = match shape {
+        Shape::EventGrid => Schema::EventGrid,
+        Shape::CloudEvents | Shape::Namespace => Schema::CloudEvents,
     };
-    let mut events = decoded.map_err(|e| problem(&e))?;
-    Ok((events.pop().expect("one object decodes to one event"), shape, attributes))
+    let event = decode_members(schema, kept).map_err(|e| problem(&e))?;
+    Ok((event, shape, attributes))
 }
 
-/// A decoder's complaint about the one event it was given, without its
-/// "event 0" (the record's index is the place that means something here).
+/// A decoder's complaint about the one event it was given (the record's
+/// index is the place that means something here).
 fn problem(error: &DecodeError) -> String {
     match &error.field {
         Some(field) => format!("{field}: {}", error.message),
         None => error.message.clone(),
     }
-}
-
-/// An object's members in order, values still raw.
-fn members(raw: &RawValue) -> Result<Vec<(String, &RawValue)>, String> {
-    Ok(object_members(raw)?.into_iter().map(|(name, value)| (name.into_owned(), value)).collect())
 }
 
 /// The dead-letter attributes of one record.
@@ -690,29 +676,67 @@ impl Attributes {
             Ok(text) => Ok(text),
             Err(_) => Err(format!("{name}: must be a string, found {}", json_kind(value.get()))),
         };
-        let lower = name.to_ascii_lowercase();
-        match lower.as_str() {
-            "deadletterreason" => self.reason = text(value)?,
-            "deadletterdescription" => self.description = text(value)?,
-            "lastdeliveryoutcome" | "deliveryresult" => self.outcome = text(value)?,
-            "gridfnhandler" => self.handler = text(value)?,
-            "deliveryattempts" => self.attempts = number(name, value)?,
-            "lasthttpstatuscode" => self.http_status = number(name, value)?,
-            "publishtime" | "publishutc" => self.publish_time = time(name, value)?,
-            "lastdeliveryattempttime" | "deliveryattemptutc" => self.last_attempt_time = time(name, value)?,
-            "deadletterproperties" | "brokerproperties" => {
-                for (inner, value) in members(value).map_err(|e| format!("{name}: {e}"))? {
+        // Every member of every record comes here: no lower-cased copy of its name.
+        let Some(attribute) = ATTRIBUTE_NAMES.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)) else {
+            return Ok(false);
+        };
+        match attribute.1 {
+            Attribute::Reason => self.reason = text(value)?,
+            Attribute::Description => self.description = text(value)?,
+            Attribute::Outcome => self.outcome = text(value)?,
+            Attribute::Handler => self.handler = text(value)?,
+            Attribute::Attempts => self.attempts = number(name, value)?,
+            Attribute::HttpStatus => self.http_status = number(name, value)?,
+            Attribute::PublishTime => self.publish_time = time(name, value)?,
+            Attribute::LastAttemptTime => self.last_attempt_time = time(name, value)?,
+            Attribute::Properties => {
+                for (inner, value) in object_members(value).map_err(|e| format!("{name}: {e}"))? {
                     // Unknown properties are Event Grid's to add; they are not the event's.
                     self.take(&inner, value).map_err(|e| format!("{name}.{e}"))?;
                 }
             }
             // Headers the subscription added to its deliveries, not part of the event.
-            "customdeliveryproperties" => {}
-            _ => return Ok(false),
+            Attribute::CustomDeliveryProperties => {}
         }
         Ok(true)
     }
 }
+
+/// Which dead-letter attribute a member is.
+#[derive(Clone, Copy)]
+enum Attribute {
+    Reason,
+    Description,
+    Outcome,
+    Handler,
+    Attempts,
+    HttpStatus,
+    PublishTime,
+    LastAttemptTime,
+    /// An object holding more of them.
+    Properties,
+    CustomDeliveryProperties,
+}
+
+/// The dead-letter attributes' names, lower case (matched ignoring case):
+/// Event Grid's camelCase, the CloudEvents lower case, and the namespace
+/// properties' names.
+const ATTRIBUTE_NAMES: [(&str, Attribute); 14] = [
+    ("deadletterreason", Attribute::Reason),
+    ("deadletterdescription", Attribute::Description),
+    ("lastdeliveryoutcome", Attribute::Outcome),
+    ("deliveryresult", Attribute::Outcome),
+    ("gridfnhandler", Attribute::Handler),
+    ("deliveryattempts", Attribute::Attempts),
+    ("lasthttpstatuscode", Attribute::HttpStatus),
+    ("publishtime", Attribute::PublishTime),
+    ("publishutc", Attribute::PublishTime),
+    ("lastdeliveryattempttime", Attribute::LastAttemptTime),
+    ("deliveryattemptutc", Attribute::LastAttemptTime),
+    ("deadletterproperties", Attribute::Properties),
+    ("brokerproperties", Attribute::Properties),
+    ("customdeliveryproperties", Attribute::CustomDeliveryProperties),
+];
 
 /// A whole number (JSON number, or digits in a string as some tools write
 /// them); null is absent.

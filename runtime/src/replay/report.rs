@@ -164,6 +164,15 @@ pub struct Summary {
     pub starting_seconds: f64,
     /// Events replayed per second, reading included, starting the handlers not.
     pub rate: f64,
+    /// From sending the first batch to the last answer (later blobs are
+    /// still read meanwhile; listing, the first reads and starting the
+    /// handlers are not in it).
+    pub sending_seconds: f64,
+    /// Events replayed per second of `sending_seconds`.
+    pub sending_rate: f64,
+    /// CPU time (user + system) the replay used in `sending_seconds`; absent
+    /// where the OS does not say.
+    pub sending_cpu_seconds: Option<f64>,
     /// What the embedded dedup store did during the run (in-process
     /// replays): commits (one per batch), group writes and `fdatasync`s.
     pub dedup: crate::dedup::embedded::Stats,
@@ -193,6 +202,9 @@ impl Summary {
             reading_seconds: ran.reading_seconds,
             starting_seconds: ran.starting_seconds,
             rate: 0.0,
+            sending_seconds: ran.sending_seconds,
+            sending_rate: 0.0,
+            sending_cpu_seconds: ran.sending_cpu_seconds,
             dedup: ran.dedup,
         };
         for (index, item) in plan.items.iter().enumerate() {
@@ -211,6 +223,7 @@ impl Summary {
             }
         }
         summary.rate = summary.total.replayed as f64 / (ran.seconds - ran.starting_seconds).max(1e-3);
+        summary.sending_rate = summary.total.replayed as f64 / ran.sending_seconds.max(1e-3);
         summary
     }
 

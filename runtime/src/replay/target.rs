@@ -24,7 +24,8 @@ pub struct Batch {
     /// Delivery attempts before the replay (from the dead-letter record).
     pub attempt: u32,
     pub schema: Schema,
-    pub events: Vec<Event>,
+    /// Shared with the plan's records, not copied.
+    pub events: Vec<Arc<Event>>,
     /// The plan items the events stand for, in the same order.
     pub items: Vec<usize>,
     /// Bytes of the events' JSON, for the `--to` body limit.
