@@ -131,7 +131,7 @@ impl<'a> Admitted<'a> {
     /// Runs `future` (the handler's call), holding a CPU slot only while it
     /// is polled.
     pub fn run<F: Future + Send + 'a>(&self, future: F) -> OnCpu<'a, F> {
-        OnCpu { slots: self.on_cpu, waiting: None, future: Box::pin(future) }
+        OnCpu { slots: self.on_cpu, waiting: None, future }
     }
 }
 
@@ -167,32 +167,36 @@ impl Drop for QueuePlace<'_> {
 
 type Acquire<'a> = Pin<Box<dyn Future<Output = Result<SemaphorePermit<'a>, AcquireError>> + Send + 'a>>;
 
-/// The future of [`Admitted::run`].
-pub struct OnCpu<'a, F> {
-    slots: &'a Semaphore,
-    /// Set while queued for a slot (FIFO: a task that yielded goes behind
-    /// the ones already waiting).
-    waiting: Option<Acquire<'a>>,
-    future: Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// The future of [`Admitted::run`]. The handler's call is held in place,
+    /// not boxed: it is large, and this runs once per event. `waiting` is set
+    /// while queued for a slot (FIFO: a task that yielded goes behind the
+    /// ones already waiting).
+    pub struct OnCpu<'a, F> {
+        slots: &'a Semaphore,
+        waiting: Option<Acquire<'a>>,
+        #[pin]
+        future: F,
+    }
 }
 
 impl<F: Future> Future for OnCpu<'_, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
+        let this = self.project();
         let permit = if this.waiting.is_none()
             && let Ok(permit) = this.slots.try_acquire()
         {
             permit
         } else {
-            let slots = this.slots;
+            let slots = *this.slots;
             let acquire = this.waiting.get_or_insert_with(|| Box::pin(slots.acquire()));
             let permit = ready!(acquire.as_mut().poll(cx)).expect("CPU slots are never closed");
-            this.waiting = None;
+            *this.waiting = None;
             permit
         };
-        let output = this.future.as_mut().poll(cx);
+        let output = this.future.poll(cx);
         drop(permit);
         output
     }

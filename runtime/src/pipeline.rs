@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
+use futures::StreamExt;
 use futures::future::{BoxFuture, join_all};
+use futures::stream::FuturesOrdered;
 use serde::{Deserialize, Serialize};
 
 use crate::admission::{DeliveryGate, QueueFull};
@@ -35,7 +37,7 @@ use crate::deadletter::{DeadLetterStore, Rejection};
 use crate::dedup::{Claim, Dedup, DedupKey, Lease};
 use crate::event::{DeliveryInfo, Event, SUBSCRIPTION_DELETED_EVENT};
 use crate::kv::{KvWrites, RunWrites};
-use crate::metrics::{Destination, Metrics, PairOutcome};
+use crate::metrics::{Destination, HandlerMetrics, Metrics, PairOutcome};
 use crate::publish::{MAX_LOCAL_DEPTH, Published, Topic};
 use crate::registry::{Registry, Route};
 use crate::sandbox::{BatchInvocation, Invocation, LoadedHandler, Outcome};
@@ -207,8 +209,11 @@ impl Pipeline {
     ) -> BoxFuture<'a, Verdict> {
         async move {
             // Each handler's way in for this delivery, beside its route.
-            let gates: Vec<DeliveryGate> = routes.iter().map(|route| route.admission.for_delivery()).collect();
-            let mut pairs = Vec::new();
+            let lanes: Vec<Lane> = routes.iter().map(|route| self.lane(route)).collect();
+            // Each pair's future goes straight where it is polled: a pair's
+            // future is large (it holds the sandbox call's), and every move
+            // of it is a copy.
+            let mut pairs = FuturesOrdered::new();
             // Per route, the events a handler that takes batches wants.
             let mut batches: Vec<Vec<(usize, Arc<Event>)>> = routes.iter().map(|_| Vec::new()).collect();
             let mut unmatched = Vec::new();
@@ -234,7 +239,7 @@ impl Pipeline {
                     }
                     first_copies.insert((r, &event.source, &event.id), index);
                     match route.config.batch {
-                        None => pairs.push(self.run_pair(index, event.clone(), route, &gates[r], delivery, received, depth)),
+                        None => pairs.push_back(self.run_pair(index, event.clone(), &lanes[r], delivery, received, depth)),
                         Some(_) => batches[r].push((index, event.clone())),
                     }
                 }
@@ -243,13 +248,13 @@ impl Pipeline {
                     self.metrics.count(unmatched_label, PairOutcome::Unmatched);
                 }
             }
-            let batched = (routes.iter().zip(&gates).zip(batches))
+            let batched = (lanes.iter().zip(batches))
                 .filter(|(_, events)| !events.is_empty())
-                .map(|((route, gate), events)| self.run_batched(events, route, gate, delivery, received));
-            let (pairs, batched) = tokio::join!(join_all(pairs), join_all(batched));
+                .map(|(lane, events)| self.run_batched(events, lane, delivery, received));
+            let (pairs, batched) = tokio::join!(pairs.collect::<Vec<_>>(), join_all(batched));
             let mut pairs = self.record(pairs.into_iter().chain(batched.into_iter().flatten()).collect()).await;
             for (index, first, handler) in repeats {
-                let first = pairs.iter().find(|run| run.index == first && run.handler == handler.as_str());
+                let first = pairs.iter().find(|run| run.index == first && *run.handler == **handler);
                 let repeat = first.expect("a first copy runs before its repeats").repeated_at(index);
                 self.metrics.count(&repeat.handler, counted(repeat.outcome.as_ref()));
                 pairs.push(repeat);
@@ -275,7 +280,7 @@ impl Pipeline {
     /// off unless `gridfn::spans` is enabled at debug (see `main.rs`).
     #[tracing::instrument(name = "pair", target = "gridfn::spans", level = "debug", skip_all, fields(
         event_id = %event.id, event_type = %event.event_type, subject = event.subject.as_deref(),
-        handler = %route.config.name, delivery_count = delivery.attempt, attempt = tracing::field::Empty,
+        handler = %lane.route.config.name, delivery_count = delivery.attempt, attempt = tracing::field::Empty,
         outcome = tracing::field::Empty, trace_id = tracing::field::Empty, span_id = tracing::field::Empty,
         parent_id = tracing::field::Empty,
     ))]
@@ -284,30 +289,36 @@ impl Pipeline {
         &self,
         index: usize,
         event: Arc<Event>,
-        route: &Route,
-        gate: &DeliveryGate<'_>,
+        lane: &Lane<'_>,
         delivery: &DeliveryInfo,
         received: &Received,
         depth: u32,
     ) -> PairRun {
-        let handler = route.handler();
-        let trace = pair_span(&event, delivery.traceparent);
-        let mut lease = match self.claim(index, &event, &handler, delivery).await {
+        let handler = lane.route.handler();
+        // The pair's trace ids are needed only by its span, when spans are
+        // on, and by the events it publishes: made then, not per event.
+        let span = current_pair();
+        let mut trace = (!span.is_none()).then(|| pair_span(&event, delivery.traceparent));
+        let mut lease = match self.claim(index, &event, &handler, lane, delivery).await {
             Ok(lease) => lease,
             Err(not_run) => return not_run,
         };
         let (Invocation { outcome, mut published, writes, .. }, delivery) =
-            self.run_with_local_retries(route, gate, &handler, &event, delivery, received).await;
+            Box::pin(self.run_with_local_retries(lane, &handler, &event, delivery, received)).await;
         lease.attach_writes(RunWrites::new(writes));
-        current_pair().record("attempt", delivery.attempt + 1);
-        published.iter_mut().for_each(|event| event.traceparent = Some(trace));
+        span.record("attempt", delivery.attempt + 1);
+        if !published.is_empty() {
+            let trace = *trace.get_or_insert_with(|| pair_span(&event, delivery.traceparent));
+            published.iter_mut().for_each(|event| event.traceparent = Some(trace));
+        }
         let outcome = match outcome {
+            // Boxed, as in `conclude`: rare, and large futures.
             Outcome::Success if !published.is_empty() => {
-                self.publish(route, &handler, published, received, depth).await
+                Box::pin(self.publish(lane, &handler, published, received, depth)).await
             }
             other => other,
         };
-        self.conclude(index, &event, &handler, outcome, lease, &delivery, received).await
+        self.conclude(index, &event, &handler, lane, outcome, lease, &delivery, received).await
     }
 
     /// The events of a delivery for a handler that takes batches: claims
@@ -318,13 +329,13 @@ impl Pipeline {
     async fn run_batched(
         &self,
         events: Vec<(usize, Arc<Event>)>,
-        route: &Route,
-        gate: &DeliveryGate<'_>,
+        lane: &Lane<'_>,
         delivery: &DeliveryInfo,
         received: &Received,
     ) -> Vec<PairRun> {
-        let handler = route.handler();
-        let claims = join_all(events.iter().map(|(index, event)| self.claim(*index, event, &handler, delivery))).await;
+        let handler = lane.route.handler();
+        let claims =
+            join_all(events.iter().map(|(index, event)| self.claim(*index, event, &handler, lane, delivery))).await;
         let mut runs = Vec::new();
         let mut claimed = Vec::new();
         for ((index, event), claim) in events.into_iter().zip(claims) {
@@ -333,18 +344,17 @@ impl Pipeline {
                 Err(not_run) => runs.push(not_run),
             }
         }
-        let size = route.config.batch.unwrap_or(1);
+        let size = lane.route.config.batch.unwrap_or(1);
         let to_run: Vec<&Event> = claimed.iter().map(|(_, event, _)| &**event).collect();
-        let calls = to_run
-            .chunks(size)
-            .map(|call| self.run_call_with_local_retries(route, gate, &handler, call, delivery, received));
+        let calls =
+            to_run.chunks(size).map(|call| self.run_call_with_local_retries(lane, &handler, call, delivery, received));
         let outcomes = join_all(calls).await.into_iter().flatten();
         let handler = &handler;
         let finished = claimed.into_iter().zip(outcomes).map(
             |((index, event, mut lease), (outcome, reruns, writes))| async move {
                 lease.attach_writes(writes);
                 let seen = DeliveryInfo { attempt: delivery.attempt + reruns, ..delivery.clone() };
-                self.conclude(index, &event, handler, outcome, lease, &seen, received).await
+                self.conclude(index, &event, handler, lane, outcome, lease, &seen, received).await
             },
         );
         runs.extend(join_all(finished).await);
@@ -358,6 +368,7 @@ impl Pipeline {
         index: usize,
         event: &Event,
         handler: &LoadedHandler,
+        lane: &Lane<'_>,
         delivery: &DeliveryInfo,
     ) -> Result<Lease, PairRun> {
         let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
@@ -367,7 +378,7 @@ impl Pipeline {
         let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
         // A replay may run a pair that was dead-lettered (never one that succeeded).
         let claim = self.dedup.claim_as(key, wait, lease_for, delivery.replay).await;
-        self.metrics.handler(&handler.name).claimed(&claim);
+        lane.metrics.claimed(&claim);
         let retry = |reason: String| Some(Outcome::Retry { reason, after: None });
         match claim {
             Claim::Run(lease) => Ok(lease),
@@ -392,6 +403,7 @@ impl Pipeline {
         index: usize,
         event: &Event,
         handler: &LoadedHandler,
+        lane: &Lane<'_>,
         outcome: Outcome,
         mut lease: Lease,
         delivery: &DeliveryInfo,
@@ -404,7 +416,10 @@ impl Pipeline {
                 tracing::warn!(handler = %handler.name, event_id = %event.id, "replayed event rejected again: {reason}");
                 Outcome::Reject { reason }
             }
-            Outcome::Reject { reason } => self.dead_letter(event, handler, delivery, &reason, received).await,
+            // Boxed: a dead-letter write's future is large, and rare.
+            Outcome::Reject { reason } => {
+                Box::pin(self.dead_letter(event, handler, lane, delivery, &reason, received)).await
+            }
             other => other,
         };
         if let Outcome::Reject { .. } = outcome {
@@ -418,8 +433,7 @@ impl Pipeline {
     /// the last run and the delivery as that run saw it (its attempt count).
     async fn run_with_local_retries(
         &self,
-        route: &Route,
-        gate: &DeliveryGate<'_>,
+        lane: &Lane<'_>,
         handler: &Arc<LoadedHandler>,
         event: &Event,
         delivery: &DeliveryInfo,
@@ -428,13 +442,13 @@ impl Pipeline {
         let mut delivery = delivery.clone();
         let mut runs = 1;
         loop {
-            let run = self.invoke(gate, handler, event, &delivery).await;
+            let run = self.invoke(lane, handler, event, &delivery).await;
             let Outcome::Retry { after, reason } = &run.outcome else { return (run, delivery) };
-            let Some(delay) = local_retry_delay(route, handler, received, runs + 1, *after) else {
+            let Some(delay) = local_retry_delay(lane.route, handler, received, runs + 1, *after) else {
                 return (run, delivery);
             };
             tracing::info!(handler = %handler.name, event_id = %event.id, "retrying locally in {delay:?}: {reason}");
-            self.metrics.handler(&handler.name).retried_locally();
+            lane.metrics.retried_locally();
             tokio::time::sleep(delay).await;
             runs += 1;
             delivery.attempt += 1;
@@ -448,8 +462,7 @@ impl Pipeline {
     /// are applied with the first of them recorded done).
     async fn run_call_with_local_retries(
         &self,
-        route: &Route,
-        gate: &DeliveryGate<'_>,
+        lane: &Lane<'_>,
         handler: &Arc<LoadedHandler>,
         events: &[&Event],
         delivery: &DeliveryInfo,
@@ -461,7 +474,7 @@ impl Pipeline {
         let mut runs = 1;
         loop {
             let call: Vec<&Event> = pending.iter().map(|&i| events[i]).collect();
-            let (outcomes, writes) = self.invoke_batch(gate, handler, &call, &delivery).await;
+            let (outcomes, writes) = self.invoke_batch(lane, handler, &call, &delivery).await;
             let writes = RunWrites::new(writes);
             for (&i, outcome) in pending.iter().zip(outcomes) {
                 last[i] = Some((outcome, runs - 1, writes.clone()));
@@ -474,12 +487,12 @@ impl Pipeline {
             let asked = pending.iter().filter_map(|i| retry_after(i).flatten()).max();
             let delay = match pending.is_empty() {
                 true => None,
-                false => local_retry_delay(route, handler, received, runs + 1, asked),
+                false => local_retry_delay(lane.route, handler, received, runs + 1, asked),
             };
             let Some(delay) = delay else { break };
             let count = pending.len();
             tracing::info!(handler = %handler.name, "retrying {count} events of a batch locally in {delay:?}");
-            (0..count).for_each(|_| self.metrics.handler(&handler.name).retried_locally());
+            (0..count).for_each(|_| lane.metrics.retried_locally());
             tokio::time::sleep(delay).await;
             runs += 1;
             delivery.attempt += 1;
@@ -490,14 +503,14 @@ impl Pipeline {
     /// Runs the handler once for one event.
     async fn invoke(
         &self,
-        gate: &DeliveryGate<'_>,
+        lane: &Lane<'_>,
         handler: &Arc<LoadedHandler>,
         event: &Event,
         delivery: &DeliveryInfo,
     ) -> Invocation {
-        match self.admitted(gate, handler, handler.invoke(event, delivery)).await {
+        match self.admitted(lane, handler, handler.invoke(event, delivery)).await {
             Ok(invocation) => {
-                self.observe_instantiation(handler, invocation.instantiation);
+                observe_instantiation(lane, invocation.instantiation);
                 invocation
             }
             Err(outcome) => Invocation::failed(outcome),
@@ -508,14 +521,14 @@ impl Pipeline {
     /// call's kv writes.
     async fn invoke_batch(
         &self,
-        gate: &DeliveryGate<'_>,
+        lane: &Lane<'_>,
         handler: &Arc<LoadedHandler>,
         events: &[&Event],
         delivery: &DeliveryInfo,
     ) -> (Vec<Outcome>, KvWrites) {
-        match self.admitted(gate, handler, handler.invoke_batch(events, delivery)).await {
+        match self.admitted(lane, handler, handler.invoke_batch(events, delivery)).await {
             Ok(BatchInvocation { outcomes, writes, instantiation }) => {
-                self.observe_instantiation(handler, instantiation);
+                observe_instantiation(lane, instantiation);
                 (outcomes, writes)
             }
             Err(outcome) => (vec![outcome; events.len()], KvWrites::default()),
@@ -528,13 +541,13 @@ impl Pipeline {
     /// panicked (which must not take the connection down with it).
     async fn admitted<T>(
         &self,
-        gate: &DeliveryGate<'_>,
+        lane: &Lane<'_>,
         handler: &LoadedHandler,
         call: impl Future<Output = T> + Send,
     ) -> Result<T, Outcome> {
-        let metrics = self.metrics.handler(&handler.name);
+        let metrics = lane.metrics;
         let queued = metrics.queued();
-        let admitted = match gate.admit().await {
+        let admitted = match lane.gate.admit().await {
             Ok(admitted) => admitted,
             Err(QueueFull { queue }) => {
                 let reason = format!("{} is at max_concurrency and its queue of {queue} is full", handler.name);
@@ -559,10 +572,10 @@ impl Pipeline {
         }
     }
 
-    fn observe_instantiation(&self, handler: &LoadedHandler, instantiation: Option<Duration>) {
-        if let Some(instantiation) = instantiation {
-            self.metrics.handler(&handler.name).observe_instantiation(instantiation.as_secs_f64());
-        }
+    /// A handler's way into the pipeline for one delivery: its route, its
+    /// admission gate, and its metric handles, found once per delivery.
+    fn lane<'r>(&'r self, route: &'r Route) -> Lane<'r> {
+        Lane { route, gate: route.admission.for_delivery(), metrics: self.metrics.handler(&route.config.name) }
     }
 
     /// Sends the events a handler published after it succeeded: to the local
@@ -572,15 +585,15 @@ impl Pipeline {
     /// drops what got through.
     async fn publish(
         &self,
-        route: &Route,
+        lane: &Lane<'_>,
         handler: &LoadedHandler,
         events: Vec<Published>,
         received: &Received,
         depth: u32,
     ) -> Outcome {
         let count = events.len();
-        let metrics = self.metrics.handler(&handler.name);
-        match &route.config.capabilities.publish {
+        let metrics = lane.metrics;
+        match &lane.route.config.capabilities.publish {
             None => unreachable!("a handler without the publish grant cannot publish"),
             Some(Topic::Local) => {
                 metrics.published(Destination::Local, count);
@@ -640,6 +653,7 @@ impl Pipeline {
         &self,
         event: &Event,
         handler: &LoadedHandler,
+        lane: &Lane<'_>,
         delivery: &DeliveryInfo,
         reason: &str,
         received: &Received,
@@ -652,7 +666,7 @@ impl Pipeline {
             received: received.time,
         };
         let written = self.deadletter.write(event, &rejection).await;
-        self.metrics.handler(&handler.name).dead_lettered(written.is_ok());
+        lane.metrics.dead_lettered(written.is_ok());
         match written {
             Ok(location) => {
                 tracing::warn!(handler = %handler.name, event_id = %event.id, blob = %location, "event rejected and dead-lettered: {reason}");
@@ -742,6 +756,21 @@ fn local_retry_delay(
     (received.at.elapsed() + delay + handler.timeout() <= LOCAL_RETRY_BUDGET).then_some(delay)
 }
 
+fn observe_instantiation(lane: &Lane<'_>, instantiation: Option<Duration>) {
+    if let Some(instantiation) = instantiation {
+        lane.metrics.observe_instantiation(instantiation.as_secs_f64());
+    }
+}
+
+/// One handler's way in for one delivery ([`Pipeline::lane`]).
+struct Lane<'a> {
+    route: &'a Route,
+    /// Its events wait here for an instance.
+    gate: DeliveryGate<'a>,
+    /// Its series, looked up once per delivery rather than per event.
+    metrics: &'a HandlerMetrics,
+}
+
 /// A pair's outcome as metrics and spans count it (`None`: done before).
 fn counted(outcome: Option<&Outcome>) -> PairOutcome {
     match outcome {
@@ -767,7 +796,8 @@ struct Received {
 struct PairRun {
     index: usize,
     event_id: String,
-    handler: String,
+    /// The handler's own name, shared (no copy per pair).
+    handler: Arc<str>,
     /// `None`: done before, not run again.
     outcome: Option<Outcome>,
     /// Held until the batch's outcomes are recorded.
@@ -784,7 +814,7 @@ impl PairRun {
     ) -> Self {
         // The pair's span (current here) says how it ended.
         current_pair().record("outcome", counted(outcome.as_ref()).label());
-        PairRun { index, event_id: event.id.clone(), handler: handler.name.to_string(), outcome, lease }
+        PairRun { index, event_id: event.id.clone(), handler: handler.name.clone(), outcome, lease }
     }
 
     /// A second copy of this pair's event in the same delivery: a duplicate
@@ -815,7 +845,7 @@ impl Verdict {
                     Some(Outcome::Reject { .. }) => ReplayOutcome::Rejected,
                     Some(Outcome::Retry { .. }) => ReplayOutcome::Failed,
                 };
-                let handler = pair.handler.clone();
+                let handler = pair.handler.to_string();
                 verdict.outcomes.push(EventOutcome { event_index: pair.index, handler, outcome });
             }
             match pair.outcome {
@@ -829,7 +859,7 @@ impl Verdict {
                     verdict.retry.push(RetryItem {
                         event_index: pair.index,
                         id: pair.event_id,
-                        handler: pair.handler,
+                        handler: pair.handler.to_string(),
                         reason,
                     });
                 }

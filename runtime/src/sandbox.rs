@@ -18,7 +18,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentType, Func, HasSelf, Linker, Lower, ResourceTable, TypedFunc,
+};
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
@@ -182,6 +184,10 @@ pub struct LoadedHandler {
     grants: Arc<Grants>,
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     pre: bindings::HandlerPre<HostState>,
+    /// Its `handle` export, called with the event borrowed ([`EventRef`]).
+    handle: ComponentExportIndex,
+    /// Its `handle-batch` export, when `batch` is set.
+    handle_batch: Option<ComponentExportIndex>,
     /// The same component seen as a `batch-handler`, when the manifest sets
     /// `batch` (loading fails if it does not export `handle-batch`).
     batch: Option<bindings::batch::BatchHandlerPre<HostState>>,
@@ -202,7 +208,8 @@ pub struct LoadedHandler {
 /// A live instance and what it needs between calls.
 struct Instance {
     store: Store<HostState>,
-    handler: bindings::Handler,
+    /// Its `handle`, type-checked against [`Handle`] when instantiated.
+    handle: Func,
     output: CapturedOutput,
     served: u32,
 }
@@ -307,6 +314,9 @@ impl Sandbox {
                 )
             })?),
         };
+        let export = |name: &str| component.get_export_index(None, name);
+        let handle = export("handle").expect("HandlerPre::new below checks that `handle` is exported");
+        let handle_batch = batch.as_ref().and_then(|_| export("handle-batch"));
         let pre = bindings::HandlerPre::new(instance_pre).map_err(|e| {
             anyhow!("handler {}: {source} does not export `handle` from gridfn:handler@0.1: {e:#}", handler.name)
         })?;
@@ -325,6 +335,8 @@ impl Sandbox {
             loaded_at: chrono::Utc::now(),
             contract: contract_of(&self.engine, &component),
             pre,
+            handle,
+            handle_batch,
             batch,
             timeout: handler.timeout,
             memory: handler.memory,
@@ -400,10 +412,12 @@ impl LoadedHandler {
         if let Some(fuel) = self.fuel {
             instance.store.set_fuel(fuel).expect("fuel is enabled when a handler sets it");
         }
-        let result = instance
-            .handler
-            .call_handle(&mut instance.store, &to_wit_event(event), &self.to_wit_delivery(delivery))
-            .await;
+        // SAFETY: `instantiate` checked `handle` against this very type.
+        let handle: Handle<'_> = unsafe { TypedFunc::new_unchecked(instance.handle) };
+        let result = handle
+            .call_async(&mut instance.store, (EventRef::from(event), self.delivery_ref(delivery)))
+            .await
+            .map(|(outcome,)| outcome);
         instance.output.flush_to_log(&instance.store.data().log);
         instance.served += 1;
         let outcome = match result {
@@ -449,8 +463,13 @@ impl LoadedHandler {
             // `fuel` is per event.
             store.set_fuel(fuel.saturating_mul(events.len() as u64)).expect("fuel is enabled when a handler sets it");
         }
-        let wit_events: Vec<wit::Event> = events.iter().map(|event| to_wit_event(event)).collect();
-        let result = handler.call_handle_batch(&mut store, &wit_events, &self.to_wit_delivery(delivery)).await;
+        let events_ref: Vec<EventRef> = events.iter().map(|event| EventRef::from(*event)).collect();
+        // SAFETY: `instantiate_batch` checked `handle_batch` against this very type.
+        let handler: HandleBatch<'_> = unsafe { TypedFunc::new_unchecked(handler) };
+        let result = handler
+            .call_async(&mut store, (&events_ref, self.delivery_ref(delivery)))
+            .await
+            .map(|(outcomes,)| outcomes);
         output.flush_to_log(&store.data().log);
         match result {
             Ok(outcomes) if outcomes.len() == events.len() => BatchInvocation {
@@ -475,17 +494,22 @@ impl LoadedHandler {
     async fn instantiate_batch(
         &self,
         pre: &bindings::batch::BatchHandlerPre<HostState>,
-    ) -> wasmtime::Result<(Store<HostState>, CapturedOutput, bindings::batch::BatchHandler)> {
+    ) -> wasmtime::Result<(Store<HostState>, CapturedOutput, Func)> {
         let (mut store, output) = self.new_store()?;
-        let handler = pre.instantiate_async(&mut store).await?;
-        Ok((store, output, handler))
+        let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+        let index = self.handle_batch.as_ref().expect("found at load for a handler with `batch`");
+        // The type check that makes `invoke_batch`'s unchecked `HandleBatch` sound.
+        let handle_batch: HandleBatch<'_> = instance.get_typed_func(&mut store, index)?;
+        Ok((store, output, *handle_batch.func()))
     }
 
     /// A fresh instance of `handle`'s world.
     async fn instantiate(&self) -> wasmtime::Result<Instance> {
         let (mut store, output) = self.new_store()?;
-        let handler = self.pre.instantiate_async(&mut store).await?;
-        Ok(Instance { store, handler, output, served: 0 })
+        let instance = self.pre.instance_pre().instantiate_async(&mut store).await?;
+        // The type check that makes `invoke`'s unchecked `Handle` sound.
+        let handle: Handle<'_> = instance.get_typed_func(&mut store, &self.handle)?;
+        Ok(Instance { store, handle: *handle.func(), output, served: 0 })
     }
 
     /// A fresh store: WASI with nothing granted, stdout and stderr captured
@@ -544,11 +568,11 @@ impl LoadedHandler {
         }
     }
 
-    fn to_wit_delivery(&self, delivery: &DeliveryInfo) -> wit::Delivery {
-        wit::Delivery {
+    fn delivery_ref<'a>(&'a self, delivery: &'a DeliveryInfo) -> DeliveryRef<'a> {
+        DeliveryRef {
             attempt: delivery.attempt,
-            handler: self.name.to_string(),
-            subscription: delivery.subscription.clone(),
+            handler: &*self.name,
+            subscription: delivery.subscription.as_deref(),
             replay: delivery.replay,
         }
     }
@@ -563,19 +587,58 @@ fn batch_label(events: &[&Event]) -> String {
     }
 }
 
-fn to_wit_event(event: &Event) -> wit::Event {
-    wit::Event {
-        id: event.id.clone(),
-        event_type: event.event_type.clone(),
-        source: event.source.clone(),
-        subject: event.subject.clone(),
-        time: event.time.clone(),
-        data_content_type: event.data_content_type.clone(),
-        data_version: event.data_version.clone(),
-        data: event.data.clone(),
-        extensions: event.extensions.clone(),
+/// `gridfn:handler/types.event`, borrowed from the host's [`Event`]: the
+/// call lowers it into the instance's memory straight from there, with no
+/// owned copy per call. Field for field the WIT record (wasmtime checks the
+/// names and types against the component's at each instantiation).
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct EventRef<'a> {
+    id: &'a str,
+    #[component(name = "event-type")]
+    event_type: &'a str,
+    source: &'a str,
+    subject: Option<&'a str>,
+    time: Option<&'a str>,
+    #[component(name = "data-content-type")]
+    data_content_type: Option<&'a str>,
+    #[component(name = "data-version")]
+    data_version: Option<&'a str>,
+    data: &'a [u8],
+    extensions: &'a [(String, String)],
+}
+
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(event: &'a Event) -> Self {
+        EventRef {
+            id: &event.id,
+            event_type: &event.event_type,
+            source: &event.source,
+            subject: event.subject.as_deref(),
+            time: event.time.as_deref(),
+            data_content_type: event.data_content_type.as_deref(),
+            data_version: event.data_version.as_deref(),
+            data: &event.data,
+            extensions: &event.extensions,
+        }
     }
 }
+
+/// `gridfn:handler/types.delivery`, borrowed like [`EventRef`].
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct DeliveryRef<'a> {
+    attempt: u32,
+    handler: &'a str,
+    subscription: Option<&'a str>,
+    replay: bool,
+}
+
+/// `handle: func(event, delivery) -> outcome`, with borrowed arguments.
+type Handle<'a> = TypedFunc<(EventRef<'a>, DeliveryRef<'a>), (wit::Outcome,)>;
+
+/// `handle-batch: func(list<event>, delivery) -> list<outcome>`, likewise.
+type HandleBatch<'a> = TypedFunc<(&'a [EventRef<'a>], DeliveryRef<'a>), (Vec<wit::Outcome>,)>;
 
 fn from_wit_outcome(outcome: wit::Outcome) -> Outcome {
     match outcome {
