@@ -536,18 +536,22 @@ impl Writer {
             DedupSync::Interval => PersistMode::Buffer,
         };
         let now = now_ms();
-        // What the batch will hold, read through by later commits of the same batch.
-        let mut records: HashMap<&[u8], (u64, bool)> = HashMap::new();
+        // What the batch will hold, read through by later commits of the same batch: each record's
+        // new expiry and rejection, and the expiry the store holds for it now (its index entry to remove).
+        let mut records: HashMap<&[u8], (u64, bool, Option<u64>)> = HashMap::new();
         let mut kv: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
         let mut results = Vec::with_capacity(commits.len());
         for entries in commits {
             let mut staged_kv: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
-            let mut staged: Vec<&Entry> = Vec::new();
+            let mut staged: Vec<(&Entry, Option<u64>)> = Vec::new();
             let mut failed = None;
             'entries: for entry in entries {
-                let current = match records.get(entry.key.as_slice()) {
-                    Some(record) => Some(*record),
-                    None => self.records.get(entry.key)?.as_deref().and_then(decode_record),
+                let (current, stored) = match records.get(entry.key.as_slice()) {
+                    Some(&(expiry, rejected, stored)) => (Some((expiry, rejected)), stored),
+                    None => {
+                        let current = self.records.get(entry.key)?.as_deref().and_then(decode_record);
+                        (current, current.map(|(expiry, _)| expiry))
+                    }
                 };
                 if current.is_some_and(|(expiry, rejected)| expiry > now && !rejected) {
                     continue;
@@ -565,22 +569,22 @@ impl Writer {
                         }
                     }
                 }
-                staged.push(entry);
+                staged.push((entry, stored));
             }
             if let Some(why) = failed {
                 results.push(Err(why));
                 continue;
             }
-            for entry in staged {
-                records.insert(&entry.key[..], (entry.expiry, entry.rejected));
+            for (entry, stored) in staged {
+                records.insert(&entry.key[..], (entry.expiry, entry.rejected, stored));
             }
             kv.extend(staged_kv);
             results.push(Ok(()));
         }
         let mut batch = self.db.batch().durability(Some(mode));
-        for (key, (expiry, rejected)) in records {
-            // Only this thread writes, so the old expiry read here is still current.
-            if let Some(old) = self.records.get(key)?.as_deref().and_then(decode_expiry) {
+        for (key, (expiry, rejected, stored)) in records {
+            // Only this thread writes, so the stored expiry read above is still current.
+            if let Some(old) = stored {
                 batch.remove(&self.by_expiry, expiry_key(old, key));
             }
             let mut value = expiry.to_be_bytes().to_vec();
