@@ -117,7 +117,11 @@ export async function run(handle, event = {}, options = {}) {
   globalThis.fetch = sandboxedFetch(allowedHosts, server);
   try {
     const raw = rawEvent(event);
+    const recorded = store && new Map(store);
     const outcome = await outcomeOf(handle, raw, { attempt, handler, subscription, replay });
+    // gridfn applies a run's kv writes only with its record (success or
+    // rejection): a retried run leaves none.
+    if (outcome.kind === 'retry') restore(store, recorded);
     const published =
       outcome.kind === 'success' ? call.queued.map((queued, n) => outgoing(queued, `${raw.id}:${handler}:${n}`, handler)) : [];
     return { outcome, logs: call.logs, published, kv: store };
@@ -143,7 +147,12 @@ export async function runBatch(handleBatch, events = [{}], options = {}) {
   globalThis.fetch = sandboxedFetch(allowedHosts, server);
   try {
     const raw = events.map((event, n) => rawEvent({ id: `evt-${n + 1}`, ...event }));
+    const recorded = store && new Map(store);
     const outcomes = await outcomesOf(handleBatch, raw, { attempt, handler, subscription, replay });
+    // As gridfn: the call's kv writes go with the first of its events recorded
+    // (succeeded or rejected); a call whose events all retry (an answer of the
+    // wrong length retries them all) leaves none.
+    if (outcomes.length !== raw.length || outcomes.every((outcome) => outcome.kind === 'retry')) restore(store, recorded);
     return { outcomes, logs: call.logs, kv: store };
   } finally {
     globalThis.fetch = realFetch;
@@ -165,4 +174,11 @@ function outgoing(event, defaultId, handler) {
     dataContentType: event.dataContentType,
     data: /[/+]json(;|$)/.test(type) ? JSON.parse(text) : text,
   };
+}
+
+/** Puts `store` (the Map a test passed, kept between runs) back to `recorded`. */
+function restore(store, recorded) {
+  if (!store) return;
+  store.clear();
+  for (const [key, value] of recorded) store.set(key, value);
 }

@@ -120,3 +120,17 @@ test('a batch of one answered with another number of outcomes is a retry', async
     val: { reason: 'the batch handler answered 0 outcomes for one event', afterMs: undefined },
   });
 });
+
+test("a batch call's kv writes are kept only when one of its events is recorded", async () => {
+  const store = new Map();
+  const counting = (answers) => (events) => {
+    kv.increment('seen', events.length);
+    return answers;
+  };
+  const seen = () => new TextDecoder().decode(store.get('seen') ?? new Uint8Array());
+  await runBatch(counting([retry('a'), retry('b')]), [{}, {}], { kv: store });
+  await runBatch(counting([success()]), [{}, {}], { kv: store });
+  assert.equal(seen(), '', 'all retried, or the wrong length: nothing');
+  await runBatch(counting([retry('a'), success()]), [{}, {}], { kv: store });
+  assert.equal(seen(), '2', "one recorded: the call's writes go with it");
+});

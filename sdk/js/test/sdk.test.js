@@ -145,3 +145,17 @@ test('allowed hosts follow gridfn rules: scheme, host, port, wildcards', () => {
 test('capabilities used outside a call say how to test them', () => {
   assert.throws(() => config.get('a'), /outside a handler call; in tests, call the handler through run\(\)/);
 });
+
+test('kv writes of a retried run are dropped, as gridfn drops them', async () => {
+  const store = new Map();
+  const counting = (answer) => () => {
+    const seen = kv.increment('seen');
+    assert.equal(kv.getText('seen'), String(seen), 'a run reads its own writes');
+    return answer;
+  };
+  await run(counting(success()), {}, { kv: store });
+  await run(counting(retry('later')), {}, { kv: store });
+  assert.equal(new TextDecoder().decode(store.get('seen')), '1', 'the retried run left nothing');
+  await run(counting(reject('no')), {}, { kv: store });
+  assert.equal(new TextDecoder().decode(store.get('seen')), '2', 'a rejection is recorded with its writes');
+});

@@ -74,6 +74,35 @@ def test_kv_counts_as_text_and_log_fields_are_text():
     assert host.logs == [testing.LogLine("warn", "slow", [("took_ms", "1200")])]
 
 
+def test_kv_writes_of_a_retried_run_are_dropped_as_gridfn_drops_them():
+    def counting(answer):
+        def handle(event, delivery):
+            seen = kv.increment("seen")
+            assert kv.get("seen") == str(seen).encode(), "a run reads its own writes"
+            return answer
+        return handle
+
+    host = testing.Host(kv=True)
+    assert host.run(counting(Success()), testing.event("Contoso.T")) == Success()
+    assert host.run(counting(Retry("later")), testing.event("Contoso.T")) == Retry("later")
+    assert host.kv_data == {"seen": b"1"}, "the retried run left nothing"
+    assert host.run(counting(Reject("no")), testing.event("Contoso.T")) == Reject("no")
+    assert host.kv_data == {"seen": b"2"}, "a rejection is recorded with its writes"
+
+    def batch(answers):
+        def handle_batch(events, delivery):
+            kv.increment("seen", len(events))
+            return answers
+        return handle_batch
+
+    two = [testing.event("Contoso.T"), testing.event("Contoso.T")]
+    host.run_batch(batch([Retry("a"), Retry("b")]), two)
+    host.run_batch(batch([Success()]), two)
+    assert host.kv_data == {"seen": b"2"}, "all retried, or the wrong length: nothing"
+    host.run_batch(batch([Retry("a"), Success()]), two)
+    assert host.kv_data == {"seen": b"4"}, "one recorded: the call's writes go with it"
+
+
 def test_handler_defines_the_wit_world_componentize_py_exports():
     module = types.ModuleType("one_handler")
     sys.modules["one_handler"] = module

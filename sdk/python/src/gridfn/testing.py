@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import Delivery, Event, Outcome, Success, _host, call, call_batch, http, kv, publish
+from . import Delivery, Event, Outcome, Retry, Success, _host, call, call_batch, http, kv, publish
 
 #: Answers one outbound request.
 Responder = Callable[[http.Request], http.Response]
@@ -102,9 +102,14 @@ class Host:
     def run(self, fn: Callable[[Event, Delivery], Outcome], event: Event, delivery: Delivery | None = None) -> Outcome:
         """Runs ``fn`` on ``event`` as gridfn would, with this host's grants."""
         self._queued = []
+        recorded = dict(self.kv_data)
         with self:
             outcome = call(fn, event, delivery or Delivery(handler=self.handler))
         self.published = self._queued if outcome == Success() else []
+        if isinstance(outcome, Retry):
+            # gridfn applies a run's kv writes only with its record (success
+            # or rejection): a retried run leaves none.
+            self.kv_data = recorded
         return outcome
 
     def run_batch(
@@ -119,11 +124,18 @@ class Host:
         returned as it is, so a test sees a list of the wrong length, which
         gridfn would retry as a whole."""
         self._queued, self.published, self._batch = [], [], True
+        recorded = dict(self.kv_data)
         try:
             with self:
-                return call_batch(fn, events, delivery or Delivery(handler=self.handler))
+                outcomes = call_batch(fn, events, delivery or Delivery(handler=self.handler))
         finally:
             self._batch = False
+        # As gridfn: the call's kv writes go with the first of its events
+        # recorded (succeeded or rejected); a call whose events all retry (an
+        # answer of the wrong length retries them all) leaves none.
+        if len(outcomes) != len(events) or all(isinstance(outcome, Retry) for outcome in outcomes):
+            self.kv_data = recorded
+        return outcomes
 
     def messages(self, level: str | None = None) -> list[str]:
         """The logged messages, of ``level`` only when given."""
