@@ -67,6 +67,11 @@ const MAX_MEMTABLE_BYTES: u64 = 8 << 20;
 /// which fjall keeps in memory for the newest tables and reads through this cache for older ones.
 const CACHE_BYTES: u64 = 8 << 20;
 
+/// fjall's flush and compaction threads (its default: one per core, up to 4). One: with more, the
+/// first leaves compactions to the others by sending each back to the shared queue, so while one
+/// compacts the first spins on that queue, a core's worth of CPU under load on a 2-core machine.
+const BACKGROUND_THREADS: usize = 1;
+
 /// First byte of a [`record_key`]; a legacy key (the storage key itself) starts with an ASCII digit.
 const HASHED: u8 = 0x01;
 /// Bytes of a [`record_key`].
@@ -200,7 +205,10 @@ impl EmbeddedStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError(format!("{}: cannot create folder: {e}", parent.display())))?;
         }
-        let builder = Database::builder(path).max_journaling_size(MAX_JOURNALING_BYTES).cache_size(CACHE_BYTES);
+        let builder = Database::builder(path)
+            .max_journaling_size(MAX_JOURNALING_BYTES)
+            .cache_size(CACHE_BYTES)
+            .worker_threads(BACKGROUND_THREADS);
         let db = builder.open().map_err(|e| match e {
             fjall::Error::Locked => {
                 StoreError(format!("{shown}: locked: another running process (or store) has it open"))
