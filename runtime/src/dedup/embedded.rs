@@ -22,6 +22,14 @@
 //! storage key itself (it starts with an ASCII digit, so the two cannot be confused): while any such
 //! record is left, a lookup that misses tries that form too, and the sweep deletes them as they expire.
 //!
+//! The writer reads a pair's current record only when it may have one: when the pair's `begin`
+//! found a record and still let it run (a replay of a rejection, or a record expired but not swept
+//! yet: the store notes these in [`Revisits`]), or when its run wrote kv (whose first record wins).
+//! A pair whose `begin` found nothing has nothing at its commit: the database is this process's alone
+//! (fjall locks it) and the coordinator ([`super::Dedup`]) lets one copy of a pair run at a time, from
+//! its `begin` to its commit or release. So the commit of a new event, nearly every commit, writes
+//! blind, instead of looking the key up a second time, as costly as the first.
+//!
 //! All writes go through one writer thread that owns the write side. Group commit: every `commit` that
 //! arrives while the writer is busy (writing and syncing the last group) waits in its queue, and the
 //! next write takes all of them: one journal append and one `fdatasync` for the lot, each caller
@@ -39,10 +47,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashSet;
 use fjall::config::{FilterPolicy, PinningPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::oneshot;
@@ -63,8 +72,8 @@ const MAX_JOURNALING_BYTES: u64 = 64 << 20;
 /// Per-keyspace write buffer (fjall's default: 64 MiB); smaller so less journal waits to be replayed
 /// and the process stays small. With 17-byte keys it holds about 150,000 records.
 const MAX_MEMTABLE_BYTES: u64 = 8 << 20;
-/// Block cache (fjall's default: 32 MiB). Lookups of new events miss: they read the bloom filters,
-/// which fjall keeps in memory for the newest tables and reads through this cache for older ones.
+/// Block cache (fjall's default: 32 MiB), for data blocks: lookups of new events miss, and a miss
+/// is answered by the bloom filters, which are pinned in memory beside it (see `start`).
 const CACHE_BYTES: u64 = 8 << 20;
 
 /// fjall's flush and compaction threads (its default: one per core, up to 4). One: with more, the
@@ -76,6 +85,11 @@ const BACKGROUND_THREADS: usize = 1;
 const HASHED: u8 = 0x01;
 /// Bytes of a [`record_key`].
 const RECORD_KEY_LEN: usize = 17;
+
+/// Pairs whose `begin` found a record and let them run anyway (a replay of a rejection, an expired
+/// record not swept yet), until their commit or release: the only pairs without kv writes whose
+/// commit must read the record it replaces (for its expiry index entry).
+type Revisits = Arc<DashSet<[u8; RECORD_KEY_LEN]>>;
 
 /// The marker after a rejected pair's expiry.
 const REJECTED: u8 = b'R';
@@ -127,6 +141,7 @@ pub struct EmbeddedStore {
     /// Records under legacy keys (the storage key itself) may be left: a lookup that misses tries that
     /// key too. Cleared once a sweep finds none left.
     legacy: AtomicBool,
+    revisits: Revisits,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -239,8 +254,17 @@ impl EmbeddedStore {
         let legacy = has_legacy_records(&records)
             .map_err(|e| StoreError(format!("{shown}: cannot read keyspace records (corrupt?): {e}")))?;
         let (ops, rx) = mpsc::channel();
-        let writer =
-            Writer { db: db.clone(), records: records.clone(), by_expiry, kv: kv.clone(), sync, unsynced: false, hook };
+        let revisits = Revisits::default();
+        let writer = Writer {
+            db: db.clone(),
+            records: records.clone(),
+            by_expiry,
+            kv: kv.clone(),
+            revisits: revisits.clone(),
+            sync,
+            unsynced: false,
+            hook,
+        };
         let writer = std::thread::Builder::new()
             .name("dedup-writer".into())
             .spawn(move || writer.run(rx))
@@ -251,6 +275,7 @@ impl EmbeddedStore {
             kv,
             db,
             legacy: AtomicBool::new(legacy),
+            revisits,
             ops: Some(ops),
             writer: Some(writer),
         })
@@ -371,11 +396,15 @@ impl DedupStore for EmbeddedStore {
         // cheaper than handing it to another thread for every event.
         let found = self.lookup(key).map_err(|e| self.failed("lookup", e))?;
         let rejected = found.as_deref().and_then(|value| value.get(8)) == Some(&REJECTED);
-        Ok(match found.as_deref().and_then(decode_expiry) {
+        let begin = match found.as_deref().and_then(decode_expiry) {
             Some(_) if replay && rejected => Begin::Run,
             Some(expiry) if expiry > now_ms() => Begin::Done,
             _ => Begin::Run,
-        })
+        };
+        if begin == Begin::Run && found.is_some() {
+            self.revisits.insert(record_key(key));
+        }
+        Ok(begin)
     }
 
     async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError> {
@@ -397,7 +426,10 @@ impl DedupStore for EmbeddedStore {
         rx.await.map_err(|e| self.failed("commit", e))?.map_err(|e| self.failed("commit", e))
     }
 
-    async fn release(&self, _keys: &[DedupKey]) -> Result<(), StoreError> {
+    async fn release(&self, keys: &[DedupKey]) -> Result<(), StoreError> {
+        for key in keys {
+            self.revisits.remove(&record_key(key));
+        }
         Ok(())
     }
 
@@ -423,6 +455,7 @@ struct Writer {
     records: Keyspace,
     by_expiry: Keyspace,
     kv: Keyspace,
+    revisits: Revisits,
     sync: DedupSync,
     /// `DedupSync::Interval` wrote something the last sync does not cover.
     unsynced: bool,
@@ -567,7 +600,11 @@ impl Writer {
                 let (current, stored) = match records.get(entry.key.as_slice()) {
                     Some(&(expiry, rejected, stored)) => (Some((expiry, rejected)), stored),
                     None => {
-                        let current = self.records.get(entry.key)?.as_deref().and_then(decode_record);
+                        let may_exist = self.revisits.remove(&entry.key).is_some() || !entry.writes.is_empty();
+                        let current = match may_exist {
+                            true => self.records.get(entry.key)?.as_deref().and_then(decode_record),
+                            false => None,
+                        };
                         (current, current.map(|(expiry, _)| expiry))
                     }
                 };
@@ -790,8 +827,13 @@ mod tests {
         store.commit(&short, Duration::from_millis(20)).await.unwrap();
         store.commit(std::slice::from_ref(&long), DAY).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
-        // Recording an expired pair again, with a longer ttl, moves the record: the sweep must not delete it.
+        // Running an expired pair again (its begin finds the record, and lets it run) and recording it
+        // with a longer ttl moves the record: the sweep must not delete it.
+        for k in &short[..5] {
+            assert_eq!(store.begin(k, LEASE).await.unwrap(), Begin::Run);
+        }
         store.commit(&short[..5], DAY).await.unwrap();
+        assert!(store.revisits.is_empty(), "a commit ends its pairs' revisits");
         assert_eq!(store.sweep_at(now_ms()).await.unwrap(), 15);
         assert_eq!(store.sweep_at(now_ms()).await.unwrap(), 0);
         store.sweep().await.unwrap();
