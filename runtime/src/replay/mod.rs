@@ -265,12 +265,23 @@ fn selection(options: &Options) -> anyhow::Result<Selection> {
 }
 
 /// The manifest's `subscriptions`: each (upper-case) subscription name to
-/// the handlers that list it, in manifest order.
+/// the handlers that list it, in manifest order; then the push subscriptions
+/// of the namespace gridfn serves, each to the handler it runs (their
+/// dead-letter records are the namespace's, which name no handler).
 fn subscription_handlers(manifest: &Manifest) -> HashMap<String, Vec<String>> {
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
     for handler in &manifest.handlers {
         for subscription in &handler.subscriptions {
             map.entry(subscription.as_str().to_owned()).or_default().push(handler.name.to_string());
+        }
+    }
+    let namespace_subscriptions = manifest.namespace.iter().flat_map(|ns| &ns.topics).flat_map(|t| &t.subscriptions);
+    for subscription in namespace_subscriptions {
+        if let crate::namespace::config::Delivery::Push { handler } = &subscription.delivery {
+            let handlers = map.entry(subscription.name.as_str().to_ascii_uppercase()).or_default();
+            if !handlers.contains(handler) {
+                handlers.push(handler.clone());
+            }
         }
     }
     map

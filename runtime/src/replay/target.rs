@@ -74,6 +74,7 @@ impl Target {
                     attempt: batch.attempt,
                     subscription: batch.subscription.clone(),
                     replay: true,
+                    source_keeps_rejected: true,
                     traceparent: None,
                 };
                 let target = PipelineTarget::Handler(&batch.destination);
