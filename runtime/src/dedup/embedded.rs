@@ -234,7 +234,8 @@ impl EmbeddedStore {
         // most lookups are of new events, which miss, and a miss that had to read a deeper level's
         // filter through the block cache read and checksummed the whole filter, megabytes, per
         // lookup once the store outgrew the cache. Pinned, a miss costs a few hash probes; the price
-        // is about 1.3 bytes of memory per record.
+        // is about 1.3 bytes of memory per record. (fjall keeps a keyspace's options from its
+        // creation: a store created before this keeps the default pinning.)
         let opts = || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(MAX_MEMTABLE_BYTES)
