@@ -69,7 +69,7 @@ fn main() {
 
     let body = std::fs::read(root.join("tests/vectors/eventgrid/StorageBlobCreatedEvent.json")).unwrap();
     let event = decode_event_grid(&body).unwrap().remove(0);
-    let delivery = DeliveryInfo::default();
+    let delivery = DeliveryInfo { attempt: 0, subscription: None, replay: false, traceparent: None };
     // Handlers run on async tasks; here, one task on a one-thread runtime.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let run = |handler: &LoadedHandler| runtime.block_on(handler.invoke(&event, &delivery)).outcome;

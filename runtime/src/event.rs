@@ -95,11 +95,6 @@ pub struct DeliveryInfo {
     pub subscription: Option<String>,
     /// Whether it is a replay of a dead-lettered event.
     pub replay: bool,
-    /// The source keeps what a handler rejects, so the pipeline writes no
-    /// dead-letter record of its own (a second record would be replayed
-    /// twice): a replay leaves its record where it is, and the namespace
-    /// this gridfn serves dead-letters into gridfn's own store itself.
-    pub source_keeps_rejected: bool,
     /// The request's W3C `traceparent`, the parent of each pair's span
     /// unless the event carries its own ([`crate::trace`]).
     pub traceparent: Option<crate::trace::TraceParent>,

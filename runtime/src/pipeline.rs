@@ -410,12 +410,10 @@ impl Pipeline {
         received: &Received,
     ) -> PairRun {
         let outcome = match outcome {
-            // The source keeps it (a replayed record stays where it is, the
-            // replay's ledger notes it; the namespace dead-letters it): a
-            // second record would be replayed twice.
-            Outcome::Reject { reason } if delivery.source_keeps_rejected => {
-                let again = if delivery.replay { "replayed event rejected again" } else { "event rejected; its source dead-letters it" };
-                tracing::warn!(handler = %handler.name, event_id = %event.id, "{again}: {reason}");
+            // A replayed record that is rejected again stays where it is (the
+            // replay's ledger notes it): a second blob would replay it twice.
+            Outcome::Reject { reason } if delivery.replay => {
+                tracing::warn!(handler = %handler.name, event_id = %event.id, "replayed event rejected again: {reason}");
                 Outcome::Reject { reason }
             }
             // Boxed: a dead-letter write's future is large, and rare.

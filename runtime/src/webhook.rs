@@ -331,12 +331,10 @@ pub const REPLAY_HEADER: &str = "gridfn-replay";
 
 /// The delivery metadata Event Grid sends in headers (and `gridfn replay`'s).
 pub fn delivery_info(headers: &HeaderMap) -> DeliveryInfo {
-    let replay = header_text(headers, REPLAY_HEADER) == Some("true");
     DeliveryInfo {
         attempt: header_text(headers, "aeg-delivery-count").and_then(|n| n.parse().ok()).unwrap_or(0),
         subscription: header_text(headers, "aeg-subscription-name").map(str::to_owned),
-        replay,
-        source_keeps_rejected: replay,
+        replay: header_text(headers, REPLAY_HEADER) == Some("true"),
         traceparent: crate::trace::TraceParent::from_headers(headers),
     }
 }

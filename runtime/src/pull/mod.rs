@@ -9,11 +9,8 @@
 //! - to retry → `:release`, delayed by the allowed delay (0, 10, 60, 600 or
 //!   3600 s) nearest the handler's `after`, or, when it gave none, by the
 //!   source's `release_schedule` entry for the event's `deliveryCount`;
-//! - rejected → `:reject` (the subscription dead-letters it). For a namespace
-//!   over HTTP the pipeline first writes it to gridfn's own dead-letter store
-//!   (Azure dead-letters only where the subscription has a destination); the
-//!   namespace this gridfn serves writes its record into that same store, so
-//!   there the pipeline writes none (one record per rejection, not two).
+//! - rejected → `:reject` (the subscription dead-letters it), after the
+//!   pipeline wrote it to gridfn's own dead-letter store.
 //!
 //! `brokerProperties.deliveryCount` becomes `delivery.attempt` as attempts
 //! before this one (`deliveryCount - 1`, so a first delivery is attempt 0 as
@@ -255,7 +252,6 @@ impl Consumer {
                     attempt: delivery_count.saturating_sub(1),
                     subscription: Some(self.settings.subscription.clone()),
                     replay: false,
-                    source_keeps_rejected: self.source.dead_letters_into_our_store(),
                     // Each event's own `traceparent` extension is its parent.
                     traceparent: None,
                 };

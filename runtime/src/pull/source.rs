@@ -20,13 +20,6 @@ pub enum Source {
 }
 
 impl Source {
-    /// Whether what this source is told to reject is dead-lettered into gridfn's own dead-letter
-    /// store by the source itself: the namespace gridfn serves does it (as its subscription's
-    /// `deadletter` says); a namespace over HTTP dead-letters elsewhere, if anywhere.
-    pub fn dead_letters_into_our_store(&self) -> bool {
-        matches!(self, Source::Local { .. })
-    }
-
     /// Up to `max_events` events, after waiting up to `max_wait` for the first.
     pub async fn receive(&self, max_events: u32, max_wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         match self {

@@ -74,7 +74,6 @@ impl Target {
                     attempt: batch.attempt,
                     subscription: batch.subscription.clone(),
                     replay: true,
-                    source_keeps_rejected: true,
                     traceparent: None,
                 };
                 let target = PipelineTarget::Handler(&batch.destination);
