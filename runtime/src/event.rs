@@ -692,6 +692,54 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
     }
 }
 
+/// An object's members, in order, as [`object_members`] reads them; or, when
+/// the value is not an object, what it is instead. An array of these is read
+/// in one pass over the text (dead-letter blobs: records and their members at
+/// once, no raw copy of each record first).
+pub(crate) struct MaybeMembers<'a>(pub Result<Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>, &'static str>);
+
+impl<'de> serde::Deserialize<'de> for MaybeMembers<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = MaybeMembers<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MaybeMembers<'de>, A::Error> {
+                let mut members = Vec::with_capacity(20);
+                while let Some((Name(name), value)) = map.next_entry::<Name, &RawValue>()? {
+                    members.push((name, value));
+                }
+                Ok(MaybeMembers(Ok(members)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeMembers<'de>, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeMembers(Err("an array")))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<MaybeMembers<'de>, E> {
+                Ok(MaybeMembers(Err("a string")))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeMembers<'de>, E> {
+                Ok(MaybeMembers(Err("a boolean")))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeMembers<'de>, E> {
+                Ok(MaybeMembers(Err("null")))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeMembers<'de>, E> {
+                Ok(MaybeMembers(Err("a number")))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeMembers<'de>, E> {
+                Ok(MaybeMembers(Err("a number")))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeMembers<'de>, E> {
+                Ok(MaybeMembers(Err("a number")))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 impl<'a> Fields<'a> {
     fn parse(index: usize, raw: &'a RawValue) -> Result<Self, DecodeError> {
         let Members(map) = serde_json::from_str(raw.get()).map_err(|_| DecodeError {

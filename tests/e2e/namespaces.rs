@@ -519,8 +519,8 @@ fn a_push_subscription_runs_its_handler_retries_by_schedule_and_dead_letters() {
         .arg(gridfn.dir.path().join("gridfn.toml"))
         .output()
         .unwrap();
-    let plan: Value = serde_json::from_slice(&dry.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&dry.stderr)));
+    let plan: Value =
+        serde_json::from_slice(&dry.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&dry.stderr)));
     let rows = plan["rows"].as_array().unwrap();
     assert!(rows.iter().all(|row| row["action"] == "replay" && row["destination"] == "scripted"), "{plan:#}");
     let mut ids: Vec<&str> = rows.iter().map(|row| row["id"].as_str().unwrap()).collect();

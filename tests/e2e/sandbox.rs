@@ -334,7 +334,9 @@ fn a_steady_handler_keeps_its_latency_while_hostile_handlers_run() {
             (under_load, attackers.into_iter().map(|a| a.join().unwrap()).sum::<usize>())
         });
         assert!(hostile_sent >= 8, "the hostile handler kept running meanwhile ({hostile_sent} deliveries)");
-        eprintln!("steady's median latency: {baseline:?} alone, {under_load:?} beside {hostile_sent} hostile deliveries");
+        eprintln!(
+            "steady's median latency: {baseline:?} alone, {under_load:?} beside {hostile_sent} hostile deliveries"
+        );
         tries.push((baseline, under_load));
         if under_load <= baseline * 2 {
             break;

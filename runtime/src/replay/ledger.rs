@@ -168,7 +168,14 @@ impl LedgerAppender {
         let lines: Vec<Line<'_>> = pairs
             .iter()
             .zip(outcomes)
-            .map(|((pair, attempts), outcome)| Line { pair, attempts: *attempts, outcome: *outcome, at })
+            .map(|((pair, attempts), outcome)| Line {
+                blob: &pair.blob,
+                index: pair.index,
+                destination: &pair.destination,
+                attempts: *attempts,
+                outcome: *outcome,
+                at,
+            })
             .collect();
         write_lines(&mut self.file, &self.path, &lines)?;
         self.sync_now_and_then()
@@ -205,11 +212,14 @@ impl LedgerAppender {
     }
 }
 
-/// An [`Entry`] as a line of the file, borrowing what it shows.
+/// An [`Entry`] as a line of the file, borrowing what it shows. The pair's
+/// fields are spelled out, not flattened: a line is written per replayed
+/// event, and serde's flattening goes the slow way (a map of unknown length).
 #[derive(Serialize)]
 struct Line<'a> {
-    #[serde(flatten)]
-    pair: &'a Pair,
+    blob: &'a str,
+    index: usize,
+    destination: &'a str,
     attempts: u32,
     outcome: ReplayOutcome,
     at: &'a str,

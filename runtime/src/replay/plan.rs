@@ -10,11 +10,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::ledger::{Ledger, Pair};
 use super::read::{BadRecord, Record, Selection, Source};
+use crate::event::Event;
 
 /// Where events go: the handlers of a manifest, or one URL.
 pub enum Destinations {
@@ -78,11 +80,37 @@ pub struct Item {
     pub via: Via,
 }
 
+/// What the plan keeps of a record: all but the event itself, which goes to
+/// the batches that send it and is freed once they are sent, so a replay of
+/// millions of records holds the events in flight, not every one it read.
+#[derive(Debug)]
+pub struct Planned {
+    pub id: String,
+    pub event_type: String,
+    /// The subscription folder its blob sits in.
+    pub subscription: Option<String>,
+    /// `gridfnHandler`: the handler that rejected it, in gridfn's own records.
+    pub handler: Option<String>,
+    /// `deadLetterReason`.
+    pub reason: Option<String>,
+    /// `deliveryAttempts`.
+    pub delivery_attempts: Option<u32>,
+}
+
+impl Planned {
+    fn of(record: Record) -> Planned {
+        let Record { event, subscription, handler, reason, delivery_attempts, .. } = record;
+        let id = event.id.clone();
+        let event_type = event.event_type.clone();
+        Planned { id, event_type, subscription, handler, reason, delivery_attempts }
+    }
+}
+
 /// Everything a replay read, and what it will do with it.
 #[derive(Default)]
 pub struct Plan {
     pub blobs: Vec<String>,
-    pub records: Vec<Record>,
+    pub records: Vec<Planned>,
     pub invalid: Vec<BadRecord>,
     pub items: Vec<Item>,
     /// Records with at least one destination to replay to, for `--limit`.
@@ -125,25 +153,33 @@ impl Plan {
     }
 
     /// Decides the fate of one blob's records (in the order they come);
-    /// returns the indices of the items it added.
+    /// returns the items to replay, in order, each with its event (the plan
+    /// keeps no events).
     pub fn add_blob(
         &mut self,
         blob: &str,
         records: Vec<Result<Record, BadRecord>>,
         choice: &Choice<'_>,
         ledger: &Ledger,
-    ) -> Range<usize> {
-        let first = self.items.len();
+    ) -> Vec<(usize, Arc<Event>)> {
+        let mut to_replay = Vec::new();
         for record in records {
             match record {
-                Ok(record) => self.add_record(blob, record, choice, ledger),
+                Ok(record) => {
+                    let event = record.event.clone();
+                    let added = self.add_record(blob, record, choice, ledger);
+                    let replays = added.filter(|index| matches!(self.items[*index].action, Action::Replay));
+                    to_replay.extend(replays.map(|index| (index, event.clone())));
+                }
                 Err(bad) => self.invalid.push(bad),
             }
         }
-        first..self.items.len()
+        to_replay
     }
 
-    fn add_record(&mut self, blob: &str, record: Record, choice: &Choice<'_>, ledger: &Ledger) {
+    /// Plans one record; returns the indices of the items it added.
+    fn add_record(&mut self, blob: &str, record: Record, choice: &Choice<'_>, ledger: &Ledger) -> Range<usize> {
+        let first = self.items.len();
         let record_index = self.records.len();
         // `--handler` is not in the selection: `destinations_of` applies it.
         let chosen = match choice.selection.skip_reason(&record) {
@@ -156,8 +192,8 @@ impl Plan {
                 let pair = Pair { blob: blob.to_owned(), index: record.index, destination: String::new() };
                 let action = Action::Skip { why };
                 self.items.push(Item { pair, record: record_index, action, attempts: 0, via: Via::None });
-                self.records.push(record);
-                return;
+                self.records.push(Planned::of(record));
+                return first..self.items.len();
             }
         };
         let limited = choice.limit.is_some_and(|limit| self.replaying >= limit);
@@ -184,7 +220,8 @@ impl Plan {
             self.items.push(Item { pair, record: record_index, action, attempts, via });
         }
         self.replaying += usize::from(replays_any);
-        self.records.push(record);
+        self.records.push(Planned::of(record));
+        first..self.items.len()
     }
 
     /// The items to replay now.

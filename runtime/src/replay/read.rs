@@ -50,6 +50,7 @@
 //! whose event does not decode, or whose dead-letter attributes have the
 //! wrong type, is a [`BadRecord`] naming its blob and index.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -61,7 +62,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::deadletter::azure::{AzureBlobConfig, AzureBlobDeadLetter};
-use crate::event::{DecodeError, Event, Schema, decode_members, json_kind, object_members};
+use crate::event::{DecodeError, Event, MaybeMembers, Schema, decode_members, json_kind, object_members};
 
 /// The folder archived blobs move to, under the source's root.
 pub const REPLAYED: &str = "replayed";
@@ -573,9 +574,10 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
         Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
         Err(e) => return vec![Err(bad(None, format!("the blob is not UTF-8 text: {e}")))],
     };
+    // One pass reads the records and their members (not a raw copy of each first).
     let items = match text.trim_start().as_bytes().first() {
-        Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(text),
-        Some(b'{') => serde_json::from_str::<&RawValue>(text).map(|one| vec![one]),
+        Some(b'[') => serde_json::from_str::<Vec<MaybeMembers>>(text),
+        Some(b'{') => serde_json::from_str::<MaybeMembers>(text).map(|one| vec![one]),
         _ => return vec![Err(bad(None, "the blob is not a JSON array of dead-letter records".to_string()))],
     };
     let items = match items {
@@ -586,8 +588,10 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
     items
         .into_iter()
         .enumerate()
-        .map(|(index, raw)| {
-            let (event, shape, attributes) = parse_record(raw).map_err(|problem| bad(Some(index), problem))?;
+        .map(|(index, MaybeMembers(members))| {
+            let members = members.map_err(|kind| format!("expected a JSON object, found {kind}"));
+            let (event, shape, attributes) =
+                members.and_then(parse_record).map_err(|problem| bad(Some(index), problem))?;
             Ok(Record {
                 blob: blob.to_string(),
                 index,
@@ -607,11 +611,10 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
         .collect()
 }
 
-/// One record: its event (decoded without the dead-letter attributes), the
-/// layout it was in, and the attributes. The record is parsed once: the
-/// event is decoded from its members, less the attributes.
-fn parse_record(raw: &RawValue) -> Result<(Event, Shape, Attributes), String> {
-    let members = object_members(raw)?;
+/// One record, from its members: its event (decoded without the dead-letter
+/// attributes), the layout it was in, and the attributes. The record is
+/// parsed once: the event is decoded from its members, less the attributes.
+fn parse_record(members: Vec<(Cow<'_, str>, &RawValue)>) -> Result<(Event, Shape, Attributes), String> {
     let wrapped = !members.iter().any(|(name, _)| name == "id")
         && members.iter().any(|(name, value)| name == "event" && value.get().starts_with('{'));
     let mut attributes = Attributes::default();

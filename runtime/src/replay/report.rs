@@ -355,8 +355,8 @@ pub fn dry_run_rows(plan: &Plan) -> Vec<DryRunRow<'_>> {
             DryRunRow {
                 blob: &item.pair.blob,
                 index: item.pair.index,
-                id: &record.event.id,
-                event_type: &record.event.event_type,
+                id: &record.id,
+                event_type: &record.event_type,
                 reason: record.reason.as_deref(),
                 destination: &item.pair.destination,
                 via: item.via,

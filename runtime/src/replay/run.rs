@@ -26,6 +26,7 @@ use super::plan::{Action, Choice, Plan};
 use super::read::Source;
 use super::report::Progress;
 use super::target::{Batch, MAX_BODY, Sent, Target};
+use crate::event::Event;
 use crate::pipeline::ReplayOutcome;
 
 /// Blobs read (and parsed) ahead of the one being planned.
@@ -210,15 +211,11 @@ pub async fn execute(
             }
             blob = blobs_in.recv(), if read_more => match blob {
                 Some((name, Ok(records))) => {
-                    let added = plan.add_blob(&name, records, choice, &ledger);
-                    let mut replays = 0u64;
-                    for index in added {
-                        if matches!(plan.items[index].action, Action::Replay) {
-                            replays += 1;
-                            ready.extend(batcher.add(&plan, index).into_iter().map(|batch| job(&plan, batch)));
-                        }
+                    let to_replay = plan.add_blob(&name, records, choice, &ledger);
+                    progress.grow(to_replay.len() as u64);
+                    for (index, event) in to_replay {
+                        ready.extend(batcher.add(&plan, index, event).into_iter().map(|batch| job(&plan, batch)));
                     }
-                    progress.grow(replays);
                 }
                 Some((name, Err(error))) => {
                     read_error = Some(error.context(format!("reading {name} (what was sent before is in the ledger; the next run resumes)")));
@@ -333,18 +330,19 @@ impl Batcher {
         Batcher { open: Vec::new(), events: pace.batch.max(1), bounded_bytes: pace.bounded_bytes }
     }
 
-    /// Adds the plan's item `index`; returns the batches that are full now.
-    fn add(&mut self, plan: &Plan, index: usize) -> Vec<Batch> {
+    /// Adds the plan's item `index`, which sends `event`; returns the
+    /// batches that are full now.
+    fn add(&mut self, plan: &Plan, index: usize, event: Arc<Event>) -> Vec<Batch> {
         let mut full = Vec::new();
         let item = &plan.items[index];
         let record = &plan.records[item.record];
         let attempt = record.delivery_attempts.unwrap_or(0);
-        let size = record.event.raw.get().len() + 1;
+        let size = event.raw.get().len() + 1;
         let position = self.open.iter().position(|batch| {
             batch.destination == item.pair.destination
                 && batch.subscription == record.subscription
                 && batch.attempt == attempt
-                && batch.schema == record.event.schema
+                && batch.schema == event.schema
         });
         let position = match position {
             Some(position) if self.bounded_bytes && self.open[position].bytes + size > MAX_BODY => {
@@ -358,7 +356,7 @@ impl Batcher {
                 destination: item.pair.destination.clone(),
                 subscription: record.subscription.clone(),
                 attempt,
-                schema: record.event.schema,
+                schema: event.schema,
                 events: Vec::with_capacity(self.events),
                 items: Vec::with_capacity(self.events),
                 bytes: 0,
@@ -366,7 +364,7 @@ impl Batcher {
             self.open.len() - 1
         });
         let batch = &mut self.open[position];
-        batch.events.push(record.event.clone());
+        batch.events.push(event);
         batch.items.push(index);
         batch.bytes += size;
         if batch.events.len() >= self.events {
@@ -435,13 +433,13 @@ fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::ledger::Pair;
-    use crate::replay::plan::Item;
-    use crate::replay::read::parse_records;
+    use crate::replay::plan::Destinations;
+    use crate::replay::read::{Selection, parse_records};
 
     /// `count` gridfn records for handler `h`, `attempts` delivery attempts
-    /// each, with `padding` bytes of data.
-    fn plan(count: usize, attempts: impl Fn(usize) -> u32, padding: usize) -> Plan {
+    /// each, with `padding` bytes of data, planned as a run plans them; with
+    /// the items to replay and their events.
+    fn plan(count: usize, attempts: impl Fn(usize) -> u32, padding: usize) -> (Plan, Vec<(usize, Arc<Event>)>) {
         let records: Vec<String> = (0..count)
             .map(|i| {
                 format!(
@@ -451,27 +449,31 @@ mod tests {
                 )
             })
             .collect();
+        let name = "S/2026/1/1/0/b.json";
         let blob = format!("[{}]", records.join(","));
-        let records: Vec<_> =
-            parse_records("S/2026/1/1/0/b.json", Some("S"), blob.as_bytes()).into_iter().map(Result::unwrap).collect();
-        let items = (0..count)
-            .map(|i| Item {
-                pair: Pair { blob: "S/2026/1/1/0/b.json".into(), index: i, destination: "h".into() },
-                record: i,
-                action: Action::Replay,
-                attempts: 0,
-                via: crate::replay::plan::Via::Record,
-            })
-            .collect();
-        Plan { records, items, ..Plan::new(vec!["S/2026/1/1/0/b.json".into()]) }
+        let selection = Selection::default();
+        let destinations = Destinations::Handlers(["h".to_owned()].into());
+        let choice = Choice {
+            selection: &selection,
+            handlers: &[],
+            subscriptions: &HashMap::new(),
+            destinations: &destinations,
+            max_replays: 5,
+            limit: None,
+        };
+        let ledger = Ledger::read_only(std::path::Path::new("/nonexistent/ledger.jsonl")).unwrap();
+        let mut plan = Plan::new(vec![name.into()]);
+        let to_replay = plan.add_blob(name, parse_records(name, Some("S"), blob.as_bytes()), &choice, &ledger);
+        assert_eq!(to_replay.len(), count);
+        (plan, to_replay)
     }
 
-    /// Every item of the plan through a [`Batcher`], as a run adds them.
-    fn batches(plan: &Plan, pace: &Pace) -> Vec<Batch> {
+    /// Every item to replay through a [`Batcher`], as a run adds them.
+    fn batches((plan, to_replay): &(Plan, Vec<(usize, Arc<Event>)>), pace: &Pace) -> Vec<Batch> {
         let mut batcher = Batcher::new(pace);
         let mut out = Vec::new();
-        for index in 0..plan.items.len() {
-            out.extend(batcher.add(plan, index));
+        for (index, event) in to_replay {
+            out.extend(batcher.add(plan, *index, event.clone()));
         }
         out.extend(batcher.flush());
         out
@@ -488,7 +490,8 @@ mod tests {
         assert_eq!(batches.iter().map(|b| b.events.len()).sum::<usize>(), 250);
         assert!(batches.iter().all(|b| b.events.len() <= 100));
         for batch in &batches {
-            let attempts: Vec<u32> = batch.items.iter().map(|i| plan.records[*i].delivery_attempts.unwrap()).collect();
+            let attempts: Vec<u32> =
+                batch.items.iter().map(|i| plan.0.records[*i].delivery_attempts.unwrap()).collect();
             assert!(
                 attempts.iter().all(|a| *a == batch.attempt),
                 "{attempts:?} in a batch for attempt {}",
