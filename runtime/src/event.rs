@@ -266,7 +266,7 @@ pub fn decode_members(
     }
     // Written out, not parsed again: every value was just checked.
     let raw = serde_json::value::to_raw_value(&Object(&members)).expect("names and raw values serialise");
-    let fields = Fields { index: 0, map: members.into_iter().map(|(name, value)| (Name(name), value)).collect() };
+    let fields = Fields { index: 0, map: members };
     match schema {
         Schema::EventGrid => event_grid_event(&fields).map(|event| event(raw)),
         Schema::CloudEvents => cloud_event(&fields).map(|event| event(raw)),
@@ -356,7 +356,7 @@ fn cloud_event(fields: &Fields<'_>) -> Result<impl FnOnce(Box<RawValue>) -> Even
     };
 
     let mut extensions = Vec::new();
-    for (Name(name), value) in &fields.map {
+    for (name, value) in &fields.map {
         if CLOUDEVENT_MEMBERS.contains(&name.as_ref()) {
             continue;
         }
@@ -644,7 +644,7 @@ struct Fields<'a> {
     index: usize,
     /// In document order. A handful of names: a scan beats hashing, and names
     /// without escapes are borrowed, not copied (this runs for every event).
-    map: Vec<(Name<'a>, &'a RawValue)>,
+    map: Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>,
 }
 
 /// An attribute name: borrowed from the body unless it had escapes.
@@ -669,33 +669,11 @@ impl<'de> serde::Deserialize<'de> for Name<'de> {
     }
 }
 
-/// An object's members, in order.
-struct Members<'a>(Vec<(Name<'a>, &'a RawValue)>);
-
-impl<'de> serde::Deserialize<'de> for Members<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(10));
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
-                }
-                Ok(Members(members))
-            }
-        }
-        deserializer.deserialize_map(Visitor)
-    }
-}
-
-/// An object's members, in order, as [`object_members`] reads them; or, when
-/// the value is not an object, what it is instead. An array of these is read
-/// in one pass over the text (dead-letter blobs: records and their members at
-/// once, no raw copy of each record first).
+/// An object's members, in order, values still raw, names borrowed from the
+/// text unless they had escapes; or, when the value is not an object, what
+/// it is instead. An array of these is read in one pass over the text
+/// (dead-letter blobs: records and their members at once, no raw copy of
+/// each record first).
 pub(crate) struct MaybeMembers<'a>(pub Result<Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>, &'static str>);
 
 impl<'de> serde::Deserialize<'de> for MaybeMembers<'de> {
@@ -742,18 +720,15 @@ impl<'de> serde::Deserialize<'de> for MaybeMembers<'de> {
 
 impl<'a> Fields<'a> {
     fn parse(index: usize, raw: &'a RawValue) -> Result<Self, DecodeError> {
-        let Members(map) = serde_json::from_str(raw.get()).map_err(|_| DecodeError {
-            message: format!("expected a JSON object, found {}", json_kind(raw.get())),
-            event_index: Some(index),
-            field: None,
-        })?;
+        let map =
+            object_members(raw).map_err(|message| DecodeError { message, event_index: Some(index), field: None })?;
         Ok(Fields { index, map })
     }
 
     /// The attribute's raw value; the last one wins if a name repeats (as in
     /// any JSON object parsed into a map).
     fn raw(&self, name: &str) -> Option<&'a RawValue> {
-        self.map.iter().rev().find(|(n, _)| n.0 == name).map(|(_, value)| *value)
+        self.map.iter().rev().find(|(n, _)| n == name).map(|(_, value)| *value)
     }
 
     fn optional_string(&self, name: &str) -> Result<Option<String>, DecodeError> {
@@ -805,8 +780,8 @@ impl<'a> Fields<'a> {
     /// events keep the JSON habit: the last one wins.)
     fn each_name_once(&self) -> Result<(), DecodeError> {
         let mut seen = std::collections::HashSet::with_capacity(self.map.len());
-        match self.map.iter().find(|(Name(name), _)| !seen.insert(name.as_ref())) {
-            Some((Name(name), _)) => {
+        match self.map.iter().find(|(name, _)| !seen.insert(name.as_ref())) {
+            Some((name, _)) => {
                 Err(DecodeError::field(self.index, name, "appears twice; each attribute may appear at most once"))
             }
             None => Ok(()),
@@ -818,9 +793,11 @@ impl<'a> Fields<'a> {
 /// text unless they had escapes. For readers of envelopes around events
 /// (dead-letter records), so every reader parses objects one way.
 pub(crate) fn object_members(raw: &RawValue) -> Result<Vec<(std::borrow::Cow<'_, str>, &RawValue)>, String> {
-    serde_json::from_str::<Members>(raw.get())
-        .map(|Members(members)| members.into_iter().map(|(Name(name), value)| (name, value)).collect())
-        .map_err(|_| format!("expected a JSON object, found {}", json_kind(raw.get())))
+    match serde_json::from_str::<MaybeMembers>(raw.get()) {
+        Ok(MaybeMembers(Ok(members))) => Ok(members),
+        Ok(MaybeMembers(Err(kind))) => Err(format!("expected a JSON object, found {kind}")),
+        Err(_) => Err(format!("expected a JSON object, found {}", json_kind(raw.get()))),
+    }
 }
 
 /// Names the kind of a JSON value, for error messages.
