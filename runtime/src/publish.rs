@@ -242,7 +242,8 @@ mod tests {
     fn drafts_that_break_the_cloudevents_rules_are_refused_not_published() {
         // `local_events` decodes what was kept and would panic on a refusal.
         let mut outbox = Outbox::default();
-        let cases: [(fn(&mut Draft), &str); 3] = [
+        type Spoil = fn(&mut Draft);
+        let cases: [(Spoil, &str); 3] = [
             (|d| d.source = Some("not a uri".into()), "source"),
             (|d| d.data_content_type = Some("nonsense".into()), "datacontenttype"),
             (|d| d.subject = Some("line\nbreak".into()), "subject"),

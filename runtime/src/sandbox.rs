@@ -508,7 +508,7 @@ impl LoadedHandler {
         let (mut store, output) = self.new_store()?;
         let instance = self.pre.instance_pre().instantiate_async(&mut store).await?;
         // The type check that makes `invoke`'s unchecked `Handle` sound.
-        let handle: Handle<'_> = instance.get_typed_func(&mut store, &self.handle)?;
+        let handle: Handle<'_> = instance.get_typed_func(&mut store, self.handle)?;
         Ok(Instance { store, handle: *handle.func(), output, served: 0 })
     }
 
@@ -571,7 +571,7 @@ impl LoadedHandler {
     fn delivery_ref<'a>(&'a self, delivery: &'a DeliveryInfo) -> DeliveryRef<'a> {
         DeliveryRef {
             attempt: delivery.attempt,
-            handler: &*self.name,
+            handler: &self.name,
             subscription: delivery.subscription.as_deref(),
             replay: delivery.replay,
         }

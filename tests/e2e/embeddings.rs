@@ -497,8 +497,11 @@ fn the_refreshed_event_carries_the_documents_figures() {
 /// keeps its headers (lower-cased) and body.
 struct Topic {
     url: String,
-    received: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
 }
+
+/// A request's headers (as text) and body.
+type Request = (String, Vec<u8>);
 
 impl Topic {
     fn start() -> Topic {

@@ -31,7 +31,7 @@ enum Authorization {
     /// `SharedAccessKey KEY`, always the same.
     Key(String),
     /// `Bearer <token>`, the token cached until near its expiry.
-    Entra(TokenSource),
+    Entra(Box<TokenSource>),
 }
 
 /// One received event.
@@ -81,7 +81,7 @@ impl Client {
             base: format!("{endpoint}/topics/{}/eventsubscriptions/{}", pull.topic, pull.subscription),
             authorization: match &pull.credential {
                 Credential::Key(key) => Authorization::Key(format!("SharedAccessKey {key}")),
-                Credential::Entra(credentials) => Authorization::Entra(TokenSource::new(credentials)),
+                Credential::Entra(credentials) => Authorization::Entra(Box::new(TokenSource::new(credentials))),
             },
         }
     }

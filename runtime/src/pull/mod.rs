@@ -144,7 +144,7 @@ pub fn start(
             concurrency: pull.concurrency,
             release_schedule: pull.release_schedule.clone(),
         };
-        start(settings, Source::Remote(Client::new(pull)));
+        start(settings, Source::Remote(Box::new(Client::new(pull))));
     }
     for (subscription, handler) in namespace.into_iter().flat_map(|b| b.push_subscriptions()) {
         tracing::info!(source = %subscription.label(), "pushing namespace events to handler {handler}");

@@ -11,7 +11,7 @@ use super::client::{BrokerProperties, Client, Delivery, ErrorDetail, FailedLockT
 use crate::namespace::broker::{Broker, Settle, Subscription};
 
 pub enum Source {
-    Remote(Client),
+    Remote(Box<Client>),
     /// A push subscription of the namespace gridfn serves.
     Local {
         broker: Arc<Broker>,

@@ -90,7 +90,7 @@ pub enum Source {
     File(PathBuf),
     /// An Azure Storage container; `prefix` is the folder inside it that the
     /// store's names are relative to.
-    Azure { store: AzureBlobDeadLetter, prefix: String },
+    Azure { store: Box<AzureBlobDeadLetter>, prefix: String },
 }
 
 /// Credentials for an Azure source, from the command line (or environment).
@@ -168,7 +168,7 @@ impl Source {
             .join("/");
         let config = AzureBlobConfig { prefix: Some(prefix.clone()), create_container: false, ..config.clone() };
         let store = AzureBlobDeadLetter::new(&config)?;
-        Ok(Source::Azure { store, prefix })
+        Ok(Source::Azure { store: Box::new(store), prefix })
     }
 
     /// Blob names (relative to the source root, '/'-separated), sorted.
@@ -341,10 +341,8 @@ fn container_url(text: &str, auth: &AzureAuth) -> anyhow::Result<(AzureBlobConfi
     let url = url::Url::parse(text).map_err(|e| anyhow::anyhow!("{}: not a URL ({e})", redact_query(text)))?;
     let shown = redact_query(text);
     let host = url.host_str().unwrap_or_default().to_string();
-    let mut segments: Vec<String> = url
-        .path_segments()
-        .map(|s| s.filter(|s| !s.is_empty()).map(|s| percent_decode(s)).collect())
-        .unwrap_or_default();
+    let mut segments: Vec<String> =
+        url.path_segments().map(|s| s.filter(|s| !s.is_empty()).map(percent_decode).collect()).unwrap_or_default();
     let origin = match url.port() {
         Some(port) => format!("{}://{host}:{port}", url.scheme()),
         None => format!("{}://{host}", url.scheme()),
