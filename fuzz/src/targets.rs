@@ -9,14 +9,15 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::event::{self, Event, Schema};
-use crate::{config, webhook};
+use crate::{config, replay, webhook};
 
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, fn(&[u8])); 6] = [
     ("event-grid", event_grid),
     ("cloudevents", cloudevents),
     ("binary", binary),
     ("webhook", webhook),
     ("manifest", manifest),
+    ("deadletter", deadletter),
 ];
 
 /// Event Grid schema bodies.
@@ -69,6 +70,30 @@ fn webhook(input: &[u8]) {
                 Schema::EventGrid => check_event(event),
             }
         }
+    }
+}
+
+/// Dead-letter blobs, as `gridfn replay` reads them: every record is an
+/// event or a reported problem, and an event is what a push of it would
+/// have been, its dead-letter attributes gone.
+fn deadletter(blob: &[u8]) {
+    let records = replay::read::parse_records("SUB/2026/1/1/0/b.json", Some("SUB"), blob);
+    assert!(!records.is_empty(), "a blob reads as records or one problem");
+    for record in records {
+        let Ok(record) = record else { continue };
+        let event = &record.event;
+        match event.schema {
+            Schema::CloudEvents => check_cloudevent(event),
+            Schema::EventGrid => check_event(event),
+        }
+        let raw: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(event.raw.get()).expect("raw is one JSON object");
+        let left = raw.keys().find(|name| {
+            ["deadletterreason", "deliveryattempts", "lastdeliveryoutcome", "publishtime", "gridfnhandler"]
+                .iter()
+                .any(|attribute| name.eq_ignore_ascii_case(attribute))
+        });
+        assert!(left.is_none(), "the dead-letter attribute {left:?} reached the event: {}", event.raw.get());
     }
 }
 
