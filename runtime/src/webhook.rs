@@ -68,10 +68,12 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, RequestErr
     }
     let content_type = match headers.get(header::CONTENT_TYPE) {
         None => None,
-        Some(value) => Some(str::trim(value.to_str().map_err(|_| {
-            RequestError::UnsupportedMediaType(String::from_utf8_lossy(value.as_bytes()).into_owned())
-        })?))
-        .filter(|t| !t.is_empty()),
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                RequestError::UnsupportedMediaType(String::from_utf8_lossy(value.as_bytes()).into_owned())
+            })?;
+            Some(text.trim()).filter(|t| !t.is_empty())
+        }
     };
     let essence = content_type.map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     let mut events = match essence.as_deref() {

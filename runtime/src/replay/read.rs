@@ -572,10 +572,9 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
         Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
         Err(e) => return vec![Err(bad(None, format!("the blob is not UTF-8 text: {e}")))],
     };
-    // One pass reads the records and their members (not a raw copy of each first).
     let items = match text.trim_start().as_bytes().first() {
-        Some(b'[') => serde_json::from_str::<Vec<MaybeMembers>>(text),
-        Some(b'{') => serde_json::from_str::<MaybeMembers>(text).map(|one| vec![one]),
+        Some(b'[') => members_of_records(text),
+        Some(b'{') => serde_json::from_str::<&RawValue>(text).map(|one| vec![object_members(one)]),
         _ => return vec![Err(bad(None, "the blob is not a JSON array of dead-letter records".to_string()))],
     };
     let items = match items {
@@ -586,8 +585,7 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
     items
         .into_iter()
         .enumerate()
-        .map(|(index, MaybeMembers(members))| {
-            let members = members.map_err(|kind| format!("expected a JSON object, found {kind}"));
+        .map(|(index, members)| {
             let (event, shape, attributes) =
                 members.and_then(parse_record).map_err(|problem| bad(Some(index), problem))?;
             Ok(Record {
@@ -609,10 +607,29 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
         .collect()
 }
 
+/// The members of each record of a blob's array, or why a record is not an
+/// object. One pass reads the records and their members together (not a raw
+/// copy of each record first); a record that would fail that pass for the
+/// whole blob, though it fails only itself (a number out of range where an
+/// object should be), sends the blob the slower way: split into records,
+/// then each record read alone.
+fn members_of_records(text: &str) -> serde_json::Result<Vec<Result<Members<'_>, String>>> {
+    let not_object = |kind| format!("expected a JSON object, found {kind}");
+    match serde_json::from_str::<Vec<MaybeMembers>>(text) {
+        Ok(records) => Ok(records.into_iter().map(|MaybeMembers(members)| members.map_err(not_object)).collect()),
+        Err(_) => {
+            serde_json::from_str::<Vec<&RawValue>>(text).map(|raws| raws.into_iter().map(object_members).collect())
+        }
+    }
+}
+
+/// An object's members in order, values still raw.
+type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
 /// One record, from its members: its event (decoded without the dead-letter
 /// attributes), the layout it was in, and the attributes. The record is
 /// parsed once: the event is decoded from its members, less the attributes.
-fn parse_record(members: Vec<(Cow<'_, str>, &RawValue)>) -> Result<(Event, Shape, Attributes), String> {
+fn parse_record(members: Members<'_>) -> Result<(Event, Shape, Attributes), String> {
     let wrapped = !members.iter().any(|(name, _)| name == "id")
         && members.iter().any(|(name, value)| name == "event" && value.get().starts_with('{'));
     let mut attributes = Attributes::default();
@@ -1130,6 +1147,7 @@ mod tests {
             (b"[{\"id\": ", None, "not valid JSON"),
             (b"[]", None, "empty array"),
             (b"[42]", Some(0), "expected a JSON object, found a number"),
+            (br#"[1e400,{"id":"1","eventType":"T"}]"#, Some(0), "expected a JSON object, found a number"),
             (br#"[{"id":"1","eventType":"T"},{"id":"2"}]"#, Some(1), "eventType: is required"),
             (br#"[{"specversion":"0.3","id":"1","source":"/s","type":"T"}]"#, Some(0), "specversion:"),
             (br#"[{"id":"1","type":"T","source":"/s","deadletterreason":"x"}]"#, Some(0), "specversion: is required"),
@@ -1150,6 +1168,9 @@ mod tests {
         // The good record beside a bad one is still there.
         let records = parse_records("b.json", None, br#"[{"id":"1","eventType":"T"},{"id":"2"}]"#);
         assert!(records[0].is_ok() && records[1].is_err());
+        // Also beside one that is not even an object, and fails reading the blob in one pass.
+        let records = parse_records("b.json", None, br#"[1e400,{"id":"1","eventType":"T"}]"#);
+        assert!(records[0].is_err() && records[1].is_ok(), "{records:?}");
     }
 
     #[test]
