@@ -11,7 +11,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use crate::event::{self, Event, Schema};
 use crate::{config, replay, webhook};
 
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A target: one input, a panic on a bug.
+pub type Target = fn(&[u8]);
+
+pub const TARGETS: [(&str, Target); 6] = [
     ("event-grid", event_grid),
     ("cloudevents", cloudevents),
     ("binary", binary),
@@ -79,6 +82,16 @@ fn webhook(input: &[u8]) {
 fn deadletter(blob: &[u8]) {
     let records = replay::read::parse_records("SUB/2026/1/1/0/b.json", Some("SUB"), blob);
     assert!(!records.is_empty(), "a blob reads as records or one problem");
+    // Every element of a JSON array is a record or a problem of its own: none
+    // is lost to a problem of the whole blob.
+    // (A blob that is not UTF-8 text is one problem, whatever its array holds.)
+    if let Ok(text) = std::str::from_utf8(blob)
+        && let Ok(elements) =
+            serde_json::from_str::<Vec<serde::de::IgnoredAny>>(text.strip_prefix('\u{feff}').unwrap_or(text))
+        && !elements.is_empty()
+    {
+        assert_eq!(records.len(), elements.len(), "{records:?}");
+    }
     for record in records {
         let Ok(record) = record else { continue };
         let event = &record.event;
