@@ -253,10 +253,7 @@ pub fn decode_json(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
 /// the members written back as one object for `raw`, without parsing them
 /// a second time. A problem names no event index: the caller knows where the
 /// members came from.
-pub fn decode_members(
-    schema: Schema,
-    members: Vec<(std::borrow::Cow<'_, str>, &RawValue)>,
-) -> Result<Event, DecodeError> {
+pub fn decode_members(schema: Schema, members: Members<'_>) -> Result<Event, DecodeError> {
     for (name, value) in &members {
         serde_json::from_str::<ValidJson>(value.get()).map_err(|e| DecodeError {
             message: format!("is not valid JSON: {e}"),
@@ -644,7 +641,7 @@ struct Fields<'a> {
     index: usize,
     /// In document order. A handful of names: a scan beats hashing, and names
     /// without escapes are borrowed, not copied (this runs for every event).
-    map: Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>,
+    map: Members<'a>,
 }
 
 /// An attribute name: borrowed from the body unless it had escapes.
@@ -670,11 +667,13 @@ impl<'de> serde::Deserialize<'de> for Name<'de> {
 }
 
 /// An object's members, in order, values still raw, names borrowed from the
-/// text unless they had escapes; or, when the value is not an object, what
-/// it is instead. An array of these is read in one pass over the text
-/// (dead-letter blobs: records and their members at once, no raw copy of
-/// each record first).
-pub(crate) struct MaybeMembers<'a>(pub Result<Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>, &'static str>);
+/// text unless they had escapes.
+pub(crate) type Members<'a> = Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>;
+
+/// An object's [`Members`]; or, when the value is not an object, what it is
+/// instead. An array of these is read in one pass over the text (dead-letter
+/// blobs: records and their members at once, no raw copy of each first).
+pub(crate) struct MaybeMembers<'a>(pub Result<Members<'a>, &'static str>);
 
 impl<'de> serde::Deserialize<'de> for MaybeMembers<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -789,10 +788,9 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// An object's members in order, values still raw; names borrowed from the
-/// text unless they had escapes. For readers of envelopes around events
+/// An object's [`Members`]: for events and for the envelopes around them
 /// (dead-letter records), so every reader parses objects one way.
-pub(crate) fn object_members(raw: &RawValue) -> Result<Vec<(std::borrow::Cow<'_, str>, &RawValue)>, String> {
+pub(crate) fn object_members(raw: &RawValue) -> Result<Members<'_>, String> {
     match serde_json::from_str::<MaybeMembers>(raw.get()) {
         Ok(MaybeMembers(Ok(members))) => Ok(members),
         Ok(MaybeMembers(Err(kind))) => Err(format!("expected a JSON object, found {kind}")),

@@ -50,7 +50,6 @@
 //! whose event does not decode, or whose dead-letter attributes have the
 //! wrong type, is a [`BadRecord`] naming its blob and index.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -62,7 +61,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::deadletter::azure::{AzureBlobConfig, AzureBlobDeadLetter};
-use crate::event::{DecodeError, Event, MaybeMembers, Schema, decode_members, json_kind, object_members};
+use crate::event::{DecodeError, Event, MaybeMembers, Members, Schema, decode_members, json_kind, object_members};
 
 /// The folder archived blobs move to, under the source's root.
 pub const REPLAYED: &str = "replayed";
@@ -622,9 +621,6 @@ fn members_of_records(text: &str) -> serde_json::Result<Vec<Result<Members<'_>, 
         }
     }
 }
-
-/// An object's members in order, values still raw.
-type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
 /// One record, from its members: its event (decoded without the dead-letter
 /// attributes), the layout it was in, and the attributes. The record is
