@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,11 +35,12 @@ pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// One record's replay to one destination: the ledger's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Pair {
-    pub blob: String,
+    /// Shared by the pairs of one blob (a plan holds a pair per record).
+    pub blob: Arc<str>,
     pub index: usize,
     /// The handler (in-process, or substituted into `--to`), or `*` for a
-    /// `--to` endpoint that takes every event.
-    pub destination: String,
+    /// `--to` endpoint that takes every event; shared like `blob`.
+    pub destination: Arc<str>,
 }
 
 /// What the replays of one pair came to so far.

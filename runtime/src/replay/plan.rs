@@ -83,26 +83,50 @@ pub struct Item {
 /// What the plan keeps of a record: all but the event itself, which goes to
 /// the batches that send it and is freed once they are sent, so a replay of
 /// millions of records holds the events in flight, not every one it read.
+///
+/// Names that repeat from record to record (types, subscriptions, handlers,
+/// reasons) are shared, one copy per plan.
 #[derive(Debug)]
 pub struct Planned {
     pub id: String,
-    pub event_type: String,
+    pub event_type: Arc<str>,
     /// The subscription folder its blob sits in.
-    pub subscription: Option<String>,
+    pub subscription: Option<Arc<str>>,
     /// `gridfnHandler`: the handler that rejected it, in gridfn's own records.
-    pub handler: Option<String>,
+    pub handler: Option<Arc<str>>,
     /// `deadLetterReason`.
-    pub reason: Option<String>,
+    pub reason: Option<Arc<str>>,
     /// `deliveryAttempts`.
     pub delivery_attempts: Option<u32>,
 }
 
 impl Planned {
-    fn of(record: Record) -> Planned {
-        let Record { event, subscription, handler, reason, delivery_attempts, .. } = record;
-        let id = event.id.clone();
-        let event_type = event.event_type.clone();
-        Planned { id, event_type, subscription, handler, reason, delivery_attempts }
+    fn of(record: Record, names: &mut Names) -> Planned {
+        let event_type = names.intern(&record.event.event_type);
+        let mut share = |name: Option<String>| name.map(|name| names.intern(&name));
+        Planned {
+            event_type,
+            subscription: share(record.subscription),
+            handler: share(record.handler),
+            reason: share(record.reason),
+            id: record.event.id.clone(),
+            delivery_attempts: record.delivery_attempts,
+        }
+    }
+}
+
+/// One shared copy of each name a plan holds many times.
+#[derive(Default)]
+pub struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = name.into();
+        self.0.insert(shared.clone());
+        shared
     }
 }
 
@@ -113,6 +137,7 @@ pub struct Plan {
     pub records: Vec<Planned>,
     pub invalid: Vec<BadRecord>,
     pub items: Vec<Item>,
+    names: Names,
     /// Records with at least one destination to replay to, for `--limit`.
     pub replaying: usize,
 }
@@ -162,12 +187,13 @@ impl Plan {
         choice: &Choice<'_>,
         ledger: &Ledger,
     ) -> Vec<(usize, Arc<Event>)> {
+        let blob: Arc<str> = blob.into();
         let mut to_replay = Vec::new();
         for record in records {
             match record {
                 Ok(record) => {
                     let event = record.event.clone();
-                    let added = self.add_record(blob, record, choice, ledger);
+                    let added = self.add_record(&blob, record, choice, ledger);
                     let replays = added.filter(|index| matches!(self.items[*index].action, Action::Replay));
                     to_replay.extend(replays.map(|index| (index, event.clone())));
                 }
@@ -178,7 +204,7 @@ impl Plan {
     }
 
     /// Plans one record; returns the indices of the items it added.
-    fn add_record(&mut self, blob: &str, record: Record, choice: &Choice<'_>, ledger: &Ledger) -> Range<usize> {
+    fn add_record(&mut self, blob: &Arc<str>, record: Record, choice: &Choice<'_>, ledger: &Ledger) -> Range<usize> {
         let first = self.items.len();
         let record_index = self.records.len();
         // `--handler` is not in the selection: `destinations_of` applies it.
@@ -189,17 +215,17 @@ impl Plan {
         let (destinations, via) = match chosen {
             Ok(chosen) => chosen,
             Err(why) => {
-                let pair = Pair { blob: blob.to_owned(), index: record.index, destination: String::new() };
+                let pair = Pair { blob: blob.clone(), index: record.index, destination: self.names.intern("") };
                 let action = Action::Skip { why };
                 self.items.push(Item { pair, record: record_index, action, attempts: 0, via: Via::None });
-                self.records.push(Planned::of(record));
+                self.records.push(Planned::of(record, &mut self.names));
                 return first..self.items.len();
             }
         };
         let limited = choice.limit.is_some_and(|limit| self.replaying >= limit);
         let mut replays_any = false;
         for destination in destinations {
-            let pair = Pair { blob: blob.to_owned(), index: record.index, destination };
+            let pair = Pair { blob: blob.clone(), index: record.index, destination: self.names.intern(&destination) };
             let (action, attempts) = match ledger.get(&pair) {
                 Some(entry) if entry.is_done() => {
                     (Action::AlreadyDone { outcome: entry.outcome, at: entry.at.clone() }, entry.attempts)
@@ -220,7 +246,7 @@ impl Plan {
             self.items.push(Item { pair, record: record_index, action, attempts, via });
         }
         self.replaying += usize::from(replays_any);
-        self.records.push(Planned::of(record));
+        self.records.push(Planned::of(record, &mut self.names));
         first..self.items.len()
     }
 

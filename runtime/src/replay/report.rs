@@ -210,11 +210,11 @@ impl Summary {
         for (index, item) in plan.items.iter().enumerate() {
             let record = &plan.records[item.record];
             let outcome = ran.outcomes.get(&index).copied();
-            let handler = match item.pair.destination.as_str() {
-                "" => record.handler.clone().unwrap_or_else(|| "-".into()),
+            let handler = match &*item.pair.destination {
+                "" => record.handler.as_deref().unwrap_or("-").to_owned(),
                 destination => destination.to_owned(),
             };
-            let reason = record.reason.clone().unwrap_or_else(|| "-".into());
+            let reason = record.reason.as_deref().unwrap_or("-").to_owned();
             summary.total.add(&item.action, outcome);
             summary.per_handler.entry(handler).or_default().add(&item.action, outcome);
             summary.per_reason.entry(reason).or_default().add(&item.action, outcome);

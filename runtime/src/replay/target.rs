@@ -19,8 +19,8 @@ pub const MAX_BODY: usize = 1 << 20;
 /// Events for one destination that arrived the same way (one subscription,
 /// one attempt count, one schema): what one dispatch or one POST carries.
 pub struct Batch {
-    pub destination: String,
-    pub subscription: Option<String>,
+    pub destination: Arc<str>,
+    pub subscription: Option<Arc<str>>,
     /// Delivery attempts before the replay (from the dead-letter record).
     pub attempt: u32,
     pub schema: Schema,
@@ -72,7 +72,7 @@ impl Target {
                 let count = batch.events.len();
                 let delivery = DeliveryInfo {
                     attempt: batch.attempt,
-                    subscription: batch.subscription.clone(),
+                    subscription: batch.subscription.as_deref().map(str::to_owned),
                     replay: true,
                     traceparent: None,
                 };
@@ -144,7 +144,7 @@ impl HttpTarget {
             .header(REPLAY_HEADER, "true")
             .body(body);
         if let Some(subscription) = &batch.subscription {
-            request = request.header("aeg-subscription-name", subscription);
+            request = request.header("aeg-subscription-name", &**subscription);
         }
         if let Some(key) = &self.key {
             request = request.header("aeg-sas-key", key);
