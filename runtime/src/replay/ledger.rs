@@ -130,7 +130,9 @@ impl Ledger {
     /// survive a crash.
     pub fn append(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
         let Some(file) = &mut self.file else { anyhow::bail!("the ledger was opened read-only") };
-        write_lines(file, &self.path, &entries)?;
+        let lines: Vec<Line<'_>> =
+            entries.iter().map(|entry| Line::new(&entry.pair, entry.attempts, entry.outcome, &entry.at)).collect();
+        write_lines(file, &self.path, &lines)?;
         file.sync_data().map_err(|e| anyhow::anyhow!("cannot sync the replay ledger {}: {e}", self.path.display()))?;
         for entry in entries {
             self.entries.insert(entry.pair.clone(), entry);
@@ -170,14 +172,7 @@ impl LedgerAppender {
         let lines: Vec<Line<'_>> = pairs
             .iter()
             .zip(outcomes)
-            .map(|((pair, attempts), outcome)| Line {
-                blob: &pair.blob,
-                index: pair.index,
-                destination: &pair.destination,
-                attempts: *attempts,
-                outcome: *outcome,
-                at,
-            })
+            .map(|((pair, attempts), outcome)| Line::new(pair, *attempts, *outcome, at))
             .collect();
         write_lines(&mut self.file, &self.path, &lines)?;
         self.sync_now_and_then()
@@ -227,8 +222,14 @@ struct Line<'a> {
     at: &'a str,
 }
 
+impl<'a> Line<'a> {
+    fn new(pair: &'a Pair, attempts: u32, outcome: ReplayOutcome, at: &'a str) -> Line<'a> {
+        Line { blob: &pair.blob, index: pair.index, destination: &pair.destination, attempts, outcome, at }
+    }
+}
+
 /// `entries` as JSON lines, in one write.
-fn write_lines(file: &mut File, path: &Path, entries: &[impl Serialize]) -> anyhow::Result<()> {
+fn write_lines(file: &mut File, path: &Path, entries: &[Line<'_>]) -> anyhow::Result<()> {
     if entries.is_empty() {
         return Ok(());
     }

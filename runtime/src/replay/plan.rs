@@ -117,7 +117,7 @@ impl Planned {
 
 /// One shared copy of each name a plan holds many times.
 #[derive(Default)]
-pub struct Names(HashSet<Arc<str>>);
+struct Names(HashSet<Arc<str>>);
 
 impl Names {
     fn intern(&mut self, name: &str) -> Arc<str> {
