@@ -210,9 +210,9 @@ impl Pipeline {
         async move {
             // Each handler's way in for this delivery, beside its route.
             let lanes: Vec<Lane> = routes.iter().map(|route| self.lane(route)).collect();
-            // Each pair's future goes straight where it is polled: a pair's
-            // future is large (it holds the sandbox call's), and every move
-            // of it is a copy.
+            // Each pair's future goes straight where it is polled: every move
+            // of one is a copy, and a delivery may hold thousands. (It is
+            // small while it waits: `admitted` makes the sandbox call's.)
             let mut pairs = FuturesOrdered::new();
             // Per route, the events a handler that takes batches wants.
             let mut batches: Vec<Vec<(usize, Arc<Event>)>> = routes.iter().map(|_| Vec::new()).collect();
@@ -304,7 +304,7 @@ impl Pipeline {
             Err(not_run) => return not_run,
         };
         let (Invocation { outcome, mut published, writes, .. }, delivery) =
-            Box::pin(self.run_with_local_retries(lane, &handler, &event, delivery, received)).await;
+            self.run_with_local_retries(lane, &handler, &event, delivery, received).await;
         lease.attach_writes(RunWrites::new(writes));
         span.record("attempt", delivery.attempt + 1);
         if !published.is_empty() {
@@ -508,7 +508,7 @@ impl Pipeline {
         event: &Event,
         delivery: &DeliveryInfo,
     ) -> Invocation {
-        match self.admitted(lane, handler, handler.invoke(event, delivery)).await {
+        match self.admitted(lane, handler, || handler.invoke(event, delivery)).await {
             Ok(invocation) => {
                 observe_instantiation(lane, invocation.instantiation);
                 invocation
@@ -526,7 +526,7 @@ impl Pipeline {
         events: &[&Event],
         delivery: &DeliveryInfo,
     ) -> (Vec<Outcome>, KvWrites) {
-        match self.admitted(lane, handler, handler.invoke_batch(events, delivery)).await {
+        match self.admitted(lane, handler, || handler.invoke_batch(events, delivery)).await {
             Ok(BatchInvocation { outcomes, writes, instantiation }) => {
                 observe_instantiation(lane, instantiation);
                 (outcomes, writes)
@@ -539,12 +539,16 @@ impl Pipeline {
     /// taking turns on the CPU with the others. The outcome to retry with
     /// when it could not run: the queue was full, or gridfn's own host code
     /// panicked (which must not take the connection down with it).
-    async fn admitted<T>(
+    ///
+    /// The call's future is made, and boxed, only once admitted: it is large
+    /// (the sandbox's instantiate and call), and every event waiting in a
+    /// queue would otherwise hold one (a delivery of 5,000 events, 5,000).
+    async fn admitted<F: Future + Send>(
         &self,
         lane: &Lane<'_>,
         handler: &LoadedHandler,
-        call: impl Future<Output = T> + Send,
-    ) -> Result<T, Outcome> {
+        call: impl FnOnce() -> F,
+    ) -> Result<F::Output, Outcome> {
         let metrics = lane.metrics;
         let queued = metrics.queued();
         let admitted = match lane.gate.admit().await {
@@ -558,7 +562,8 @@ impl Pipeline {
         let _in_flight = metrics.in_flight();
         let started = Instant::now();
         // The handler runs right here, on this task.
-        match admitted.run(AssertUnwindSafe(call).catch_unwind()).await {
+        let running = Box::pin(admitted.run(AssertUnwindSafe(call()).catch_unwind()));
+        match running.await {
             Ok(ran) => {
                 metrics.observe_run(started.elapsed().as_secs_f64());
                 Ok(ran)
@@ -866,5 +871,34 @@ impl Verdict {
             }
         }
         verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `make` returns, without calling it.
+    fn future_size<F>(_make: impl FnOnce() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every event of a delivery has its pair's future from the start, and
+    /// waits in it for admission: a delivery of 5,000 events holds 5,000.
+    /// The sandbox call's future (instantiate and call, the largest part)
+    /// is made only once admitted, so a waiting pair must not contain one.
+    #[test]
+    #[allow(unreachable_code, clippy::diverging_sub_expression)]
+    fn a_waiting_pair_holds_no_sandbox_call() {
+        let pair = future_size(|| {
+            let (pipeline, lane, event, delivery, received): (&Pipeline, &Lane, Arc<Event>, &DeliveryInfo, &Received) =
+                unreachable!();
+            pipeline.run_pair(0, event, lane, delivery, received, 0)
+        });
+        let call = future_size(|| {
+            let (handler, event, delivery): (&LoadedHandler, &Event, &DeliveryInfo) = unreachable!();
+            handler.invoke(event, delivery)
+        });
+        assert!(pair < call, "a pair's future is {pair} bytes, the sandbox call's {call}");
     }
 }

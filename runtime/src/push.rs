@@ -117,6 +117,9 @@ impl Webhook {
             }
             RequestKind::Notification => {
                 let events = webhook::decode(headers, &body)?;
+                // The events hold copies of what they need: the body's buffer
+                // goes back to the connection now, not when the delivery ends.
+                drop(body);
                 let delivery = webhook::delivery_info(headers);
                 describe_span(&delivery, events.len());
                 let verdict = self.pipeline.dispatch(events, &delivery, target).await?;
