@@ -52,6 +52,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashSet;
+use fjall::compaction::Leveled;
 use fjall::config::{FilterPolicy, PinningPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::oneshot;
@@ -70,12 +71,17 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Bounds the journal replayed on open (and so reopen time); fjall's minimum.
 const MAX_JOURNALING_BYTES: u64 = 64 << 20;
 /// Per-keyspace write buffer (fjall's default: 64 MiB); smaller so less journal waits to be replayed
-/// and the process stays small. With 17-byte keys it holds about 75,000 records. Each keyspace can
+/// and the process stays small. With 17-byte keys it holds about 37,000 records. Each keyspace can
 /// hold its active memtable and up to four sealed ones waiting for a flush, and a memtable's skiplist
 /// takes 2-3 times its nominal size: at 8 MiB the memtables were ~20 MiB of gridfn's peak RSS at
-/// batch 100 (115 MB; 90 MB at 4 MiB, with the same throughput). Like the pinning below, fjall keeps
-/// the size a keyspace was created with.
-const MAX_MEMTABLE_BYTES: u64 = 4 << 20;
+/// batch 100 (115 MB in a 10 s run; 90 MB at 4 MiB, with the same throughput; 2 MiB saved another
+/// 5-8 MB in 30 s runs, still with the same throughput). Like the pinning below, fjall keeps the
+/// size a keyspace was created with.
+const MAX_MEMTABLE_BYTES: u64 = 2 << 20;
+/// Size of the tables compaction writes (fjall's default: 64 MiB). Writing a table keeps a hash of
+/// each of its keys for its bloom filter until the table is done: 8 bytes (16 while the buffer
+/// grows) per record, so 64 MiB tables of 30-byte records held tens of megabytes for a moment.
+const TABLE_TARGET_BYTES: u64 = 8 << 20;
 /// Block cache (fjall's default: 32 MiB), for data blocks: lookups of new events miss, and a miss
 /// is answered by the bloom filters, which are pinned in memory beside it (see `start`).
 const CACHE_BYTES: u64 = 8 << 20;
@@ -243,6 +249,7 @@ impl EmbeddedStore {
         let opts = || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(MAX_MEMTABLE_BYTES)
+                .compaction_strategy(Arc::new(Leveled::default().with_table_target_size(TABLE_TARGET_BYTES)))
                 .filter_block_pinning_policy(PinningPolicy::all(true))
                 .index_block_pinning_policy(PinningPolicy::all(true))
         };
