@@ -70,14 +70,27 @@ const SWEEP_SLICE: usize = 256;
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Bounds the journal replayed on open (and so reopen time); fjall's minimum.
 const MAX_JOURNALING_BYTES: u64 = 64 << 20;
-/// Per-keyspace write buffer (fjall's default: 64 MiB); smaller so less journal waits to be replayed
-/// and the process stays small. With 17-byte keys it holds about 37,000 records. Each keyspace can
-/// hold its active memtable and up to four sealed ones waiting for a flush, and a memtable's skiplist
-/// takes 2-3 times its nominal size: at 8 MiB the memtables were ~20 MiB of gridfn's peak RSS at
-/// batch 100 (115 MB in a 10 s run; 90 MB at 4 MiB, with the same throughput; 2 MiB saved another
-/// 5-8 MB in 30 s runs, still with the same throughput). Like the pinning below, fjall keeps the
-/// size a keyspace was created with.
-const MAX_MEMTABLE_BYTES: u64 = 2 << 20;
+/// Items (inserts and removals, every keyspace together) the writer puts in the memtables before
+/// it rotates `records`' and `expiry`'s ([`Writer::rotate_full_memtables`]): about 32,000 records,
+/// 2-3 MiB of each memtable as fjall counts it.
+///
+/// gridfn rotates them itself because fjall's own rotation can deadlock with one background thread
+/// (fjall 3.1.13, fjall-rs/fjall#323): once a memtable is over its size, every commit sends the
+/// worker another rotation request on its bounded queue (1,000); while the worker compacts, they
+/// fill it, and when it then rotates, it blocks sending itself the flush, on its own full queue.
+/// Nothing is flushed again: the memtables and the journal grow without bound (seen in a soak at
+/// 30,000 events/s: 1.5 GB RSS after 4 minutes). Rotated here, once per 32,000 records, no memtable
+/// reaches fjall's size, so fjall never floods its queue.
+///
+/// Smaller memtables also keep gridfn small: each keyspace holds its active memtable and up to four
+/// sealed ones waiting for a flush, and a memtable's skiplist takes 2-3 times its nominal size. At
+/// 8 MiB they were ~20 MiB of gridfn's peak RSS at batch 100 (115 MB in a 10 s run; 90 MB at half
+/// that, and 5-8 MB less again at 2 MiB; throughput the same).
+const MEMTABLE_ITEMS: usize = 65_536;
+/// fjall's own rotation threshold per keyspace (its default: 64 MiB): reached only by `kv` (which
+/// the writer leaves to fjall: its writes are rare) or if the writer's rotation fails. Like the
+/// pinning below, fjall keeps the size a keyspace was created with.
+const MAX_MEMTABLE_BYTES: u64 = 8 << 20;
 /// Size of the tables compaction writes (fjall's default: 64 MiB). Writing a table keeps a hash of
 /// each of its keys for its bloom filter until the table is done: 8 bytes (16 while the buffer
 /// grows) per record, so 64 MiB tables of 30-byte records held tens of megabytes for a moment.
@@ -275,6 +288,7 @@ impl EmbeddedStore {
             revisits: revisits.clone(),
             sync,
             unsynced: false,
+            unrotated: Default::default(),
             hook,
         };
         let writer = std::thread::Builder::new()
@@ -471,6 +485,8 @@ struct Writer {
     sync: DedupSync,
     /// `DedupSync::Interval` wrote something the last sync does not cover.
     unsynced: bool,
+    /// Items written to the memtables since the writer last rotated them ([`MEMTABLE_ITEMS`]).
+    unrotated: std::cell::Cell<usize>,
     hook: Option<WriteHook>,
 }
 
@@ -667,8 +683,25 @@ impl Writer {
                 None => batch.remove(&self.kv, key),
             }
         }
-        batch.commit()?;
+        self.commit_batch(batch)?;
         Ok(results)
+    }
+
+    /// Commits `batch`, then rotates the memtables if they are full ([`MEMTABLE_ITEMS`]).
+    fn commit_batch(&self, batch: fjall::OwnedWriteBatch) -> fjall::Result<()> {
+        let items = batch.len();
+        batch.commit()?;
+        self.unrotated.set(self.unrotated.get() + items);
+        if self.unrotated.get() >= MEMTABLE_ITEMS {
+            self.unrotated.set(0);
+            for keyspace in [&self.records, &self.by_expiry] {
+                // Failing only costs memory until fjall's own rotation: not worth failing a commit.
+                if let Err(e) = keyspace.rotate_memtable() {
+                    tracing::warn!("dedup store: rotating the memtable of {} failed: {e}", keyspace.name());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes up to `SWEEP_SLICE` records that expired at or before `now`, oldest first.
@@ -688,7 +721,7 @@ impl Writer {
             batch.remove(&self.by_expiry, index_key.to_vec());
             count += 1;
         }
-        batch.commit()?;
+        self.commit_batch(batch)?;
         Ok(count)
     }
 }
@@ -1045,6 +1078,24 @@ mod tests {
         }
         let per_record = bytes as f64 / keys.len() as f64;
         assert!(per_record < 50.0, "{per_record:.1} bytes per record on disk, both keyspaces");
+    }
+
+    /// The writer rotates the memtables itself, every [`MEMTABLE_ITEMS`] items, long before fjall's
+    /// own threshold, whose per-commit rotation requests can deadlock fjall's one worker (see
+    /// [`MEMTABLE_ITEMS`]): 40,000 records are a few MiB of memtable, under `MAX_MEMTABLE_BYTES`, so
+    /// only the writer's rotation can have flushed them to a table.
+    #[tokio::test]
+    async fn the_writer_rotates_memtables_before_fjall_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with(&dir.path().join("dedup"), DedupSync::Interval).unwrap();
+        for chunk in batch(40_000).chunks(1_000) {
+            store.commit(chunk, DAY).await.unwrap();
+        }
+        let flushed = Instant::now();
+        while store.records.table_count() == 0 {
+            assert!(flushed.elapsed() < Duration::from_secs(30), "40,000 records and no memtable flushed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Writes a record as stores did before [`record_key`]: under the storage key itself.
