@@ -71,7 +71,7 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Bounds the journal replayed on open (and so reopen time); fjall's minimum.
 const MAX_JOURNALING_BYTES: u64 = 64 << 20;
 /// Items (inserts and removals, every keyspace together) the writer puts in the memtables before
-/// it rotates `records`' and `expiry`'s ([`Writer::rotate_full_memtables`]): about 32,000 records,
+/// it rotates `records`' and `expiry`'s (`Writer::commit_batch`): about 32,000 records,
 /// 2-3 MiB of each memtable as fjall counts it.
 ///
 /// gridfn rotates them itself because fjall's own rotation can deadlock with one background thread
