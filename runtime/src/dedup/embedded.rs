@@ -288,7 +288,7 @@ impl EmbeddedStore {
             revisits: revisits.clone(),
             sync,
             unsynced: false,
-            unrotated: Default::default(),
+            unrotated: 0,
             hook,
         };
         let writer = std::thread::Builder::new()
@@ -486,7 +486,7 @@ struct Writer {
     /// `DedupSync::Interval` wrote something the last sync does not cover.
     unsynced: bool,
     /// Items written to the memtables since the writer last rotated them ([`MEMTABLE_ITEMS`]).
-    unrotated: std::cell::Cell<usize>,
+    unrotated: usize,
     hook: Option<WriteHook>,
 }
 
@@ -609,7 +609,7 @@ impl Writer {
     /// pairs are recorded with their kv writes, except pairs already recorded as a success (kept, their
     /// writes dropped); a commit whose kv writes cannot apply (an increment of a value that is no
     /// counter) is left out of the batch whole, and answered with why.
-    fn commit(&self, commits: &[Vec<Entry>]) -> fjall::Result<Vec<Result<(), String>>> {
+    fn commit(&mut self, commits: &[Vec<Entry>]) -> fjall::Result<Vec<Result<(), String>>> {
         let mode = match self.sync {
             DedupSync::Always => PersistMode::SyncData,
             DedupSync::Interval => PersistMode::Buffer,
@@ -688,12 +688,12 @@ impl Writer {
     }
 
     /// Commits `batch`, then rotates the memtables if they are full ([`MEMTABLE_ITEMS`]).
-    fn commit_batch(&self, batch: fjall::OwnedWriteBatch) -> fjall::Result<()> {
+    fn commit_batch(&mut self, batch: fjall::OwnedWriteBatch) -> fjall::Result<()> {
         let items = batch.len();
         batch.commit()?;
-        self.unrotated.set(self.unrotated.get() + items);
-        if self.unrotated.get() >= MEMTABLE_ITEMS {
-            self.unrotated.set(0);
+        self.unrotated += items;
+        if self.unrotated >= MEMTABLE_ITEMS {
+            self.unrotated = 0;
             for keyspace in [&self.records, &self.by_expiry] {
                 // Failing only costs memory until fjall's own rotation: not worth failing a commit.
                 if let Err(e) = keyspace.rotate_memtable() {
@@ -706,7 +706,7 @@ impl Writer {
 
     /// Deletes up to `SWEEP_SLICE` records that expired at or before `now`, oldest first.
     /// Not synced: a sweep lost in a crash only leaves expired records that `begin` already ignores.
-    fn sweep_slice(&self, now: u64) -> fjall::Result<usize> {
+    fn sweep_slice(&mut self, now: u64) -> fjall::Result<usize> {
         let end = expiry_key(now.saturating_add(1), &[]);
         let mut batch = self.db.batch();
         let mut count = 0;
