@@ -115,17 +115,70 @@ pub fn split_batch(body: &[u8]) -> Result<Vec<Box<RawValue>>, DecodeError> {
         serde_json::from_str::<Box<RawValue>>(text).map(|one| vec![one])
     }
     .map_err(|e| DecodeError::body(format!("body is not valid JSON: {e}")))?;
-    // Splitting skims over what it does not split (a `\u12` escape inside
-    // `data`, a lone surrogate): parse each event fully, or a broken `raw`
-    // would reach filters, handlers and dead-letter records.
+    // Splitting skims over what it does not split (a lone surrogate in a
+    // `\u` escape inside `data`, a number out of range): check each event,
+    // or a broken `raw` would reach filters, handlers and dead-letter records.
     for (index, event) in events.iter().enumerate() {
-        serde_json::from_str::<ValidJson>(event.get()).map_err(|e| DecodeError {
+        check_skimmed(event).map_err(|e| DecodeError {
             message: format!("is not valid JSON: {e}"),
             event_index: Some(index),
             field: None,
         })?;
     }
     Ok(events)
+}
+
+/// Checks what reading a value as a [`RawValue`] skims over. That reading
+/// checks JSON's syntax, but not what a value means: a `\u` escape may be a
+/// lone surrogate, a number may be out of `f64`'s range (an exponent, or 309
+/// digits), and arrays may nest deeper than serde_json parses (128 levels),
+/// which would fail a filter, a handler's SDK or a dead-letter record later.
+/// A value where none of these can occur is not parsed again: one scan finds
+/// no backslash, and outside strings no exponent, no long run of digits and
+/// few brackets. Most events pass it, and it costs a fraction of the parse.
+fn check_skimmed(value: &RawValue) -> serde_json::Result<()> {
+    if may_skim_a_problem(value.get().as_bytes()) {
+        serde_json::from_str::<ValidJson>(value.get())?;
+    }
+    Ok(())
+}
+
+/// Whether JSON text that reads as a [`RawValue`] could still fail
+/// [`ValidJson`]; false only when it certainly cannot. Without a backslash
+/// every `"` opens or closes a string, so strings are skipped whole (they
+/// are most of an event: ids, URLs, hex digests, where `0e5` is no exponent).
+fn may_skim_a_problem(text: &[u8]) -> bool {
+    // Well inside the limits: 300 digits are < 1e300; 100 brackets nest < 128 deep.
+    const MAX_DIGITS: usize = 300;
+    const MAX_OPENINGS: usize = 100;
+    let (mut digits, mut openings) = (0usize, 0usize);
+    let mut at = 0;
+    while let Some(&byte) = text.get(at) {
+        at += 1;
+        match byte {
+            b'"' => match memchr::memchr2(b'"', b'\\', &text[at..]) {
+                Some(end) if text[at + end] == b'"' => at += end + 1,
+                _ => return true,
+            },
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > MAX_DIGITS {
+                    return true;
+                }
+                continue;
+            }
+            b'e' | b'E' if digits > 0 => return true,
+            b'[' | b'{' => {
+                openings += 1;
+                if openings > MAX_OPENINGS {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        digits = 0;
+    }
+    false
 }
 
 /// Deserializes any JSON value, keeping nothing: a check that every string
@@ -255,7 +308,7 @@ pub fn decode_json(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
 /// members came from.
 pub fn decode_members(schema: Schema, members: Members<'_>) -> Result<Event, DecodeError> {
     for (name, value) in &members {
-        serde_json::from_str::<ValidJson>(value.get()).map_err(|e| DecodeError {
+        check_skimmed(value).map_err(|e| DecodeError {
             message: format!("is not valid JSON: {e}"),
             event_index: None,
             field: Some(name.to_string()),
@@ -1340,5 +1393,74 @@ mod tests {
         let request = ValidationRequest::from_event(&events[0]).unwrap();
         assert_eq!(request.code, "512d38b6-c7b8-40c8-89fe-f46f9e9622b6");
         assert!(request.url.unwrap().starts_with("https://rp-eastus2.eventgrid.azure.net"));
+    }
+
+    /// What reading a value as a `RawValue` skims over is caught whether or
+    /// not the value looks ordinary elsewhere: each problem in `data`, in an
+    /// event that is otherwise plain.
+    #[test]
+    fn what_splitting_skims_over_is_still_refused() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let digits = "9".repeat(400);
+        for (data, says) in [
+            (r#""\udead""#, "lone leading surrogate"),
+            ("1e400", "number out of range"),
+            ("-2.5E+999", "number out of range"),
+            (digits.as_str(), "number out of range"),
+            (deep.as_str(), "recursion limit"),
+        ] {
+            let body = format!(
+                r#"[{{"id":"1","topic":"/t","subject":"s","eventType":"T","eventTime":"2026-01-01T00:00:00Z","dataVersion":"1","data":{{"ok":[1,2.5,"x"],"bad":{data}}}}}]"#
+            );
+            let err = decode_event_grid(body.as_bytes()).expect_err(data);
+            assert!(err.message.contains(says), "{data:.40}: {err}");
+        }
+        // Near the limits, and things that only look suspicious, are fine.
+        let nested = format!("{}{}", "[".repeat(90), "]".repeat(90));
+        let body = format!(
+            r#"[{{"id":"1","topic":"/t","subject":"s","eventType":"T","eventTime":"2026-01-01T00:00:00Z","dataVersion":"1","data":{{"n":[1e300,{},"\"quoted\" 2e5",{nested}]}}}}]"#,
+            "9".repeat(300)
+        );
+        decode_event_grid(body.as_bytes()).unwrap();
+        // An ordinary event is scanned, not parsed a second time: hex and
+        // GUIDs (`0e37`, `2E48`) inside strings are not exponents.
+        let blob_created = br#"{"id":"6d79dbfb-0e37-4fc4-981f-442c9ca65760","eventTime":"2026-11-30T01:00:00Z",
+            "data":{"eTag":"0x8D4BCC2E4835CD0","contentLength":524288,"sequencer":"00000000000004420000000000028963",
+            "url":"https://a.blob.core.windows.net/c/1.bin","nested":[[{"a":[]}]],"ratio":-0.25,"ok":true}}"#;
+        assert!(!may_skim_a_problem(blob_created));
+    }
+
+    /// JSON text built from atoms that are fine, or fail only the full
+    /// check (lone surrogates, numbers out of range), nested at any depth.
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let atom = prop_oneof![
+            proptest::sample::select(vec![
+                "\"a\"", "\"\\ud800\"", "\"\\udc00x\"", "\"\\ud83d\\ude00\"", "\"\\u00e9\"", "\"\\n\\\\\"", "0", "-1.5",
+                "1e5", "1E400", "-2.5e-999", "1.7976931348623157e308", "null", "true", "\"e5\"",
+            ])
+            .prop_map(str::to_owned),
+            (1usize..420).prop_map(|n| "9".repeat(n)),
+            (1usize..200).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n))),
+        ];
+        atom.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec(inner, 0..8).prop_map(|items| {
+                    let members: Vec<String> = items.iter().enumerate().map(|(i, v)| format!("\"k{i}\":{v}")).collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The scan never passes a value the full check refuses.
+        #[test]
+        fn the_scan_never_passes_what_the_full_check_refuses(text in json_text()) {
+            let raw = serde_json::from_str::<&RawValue>(&text).expect("the strategy writes JSON text");
+            let full = serde_json::from_str::<ValidJson>(raw.get()).is_ok();
+            proptest::prop_assert!(full || may_skim_a_problem(raw.get().as_bytes()), "{text:.200}");
+        }
     }
 }
