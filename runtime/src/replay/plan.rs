@@ -78,6 +78,9 @@ pub struct Item {
     pub attempts: u32,
     /// Who chose the destination.
     pub via: Via,
+    /// What this run's replay came to; `None` until its batch is answered
+    /// (or if it never is: skipped, interrupted).
+    pub outcome: Option<crate::pipeline::ReplayOutcome>,
 }
 
 /// What the plan keeps of a record: all but the event itself, which goes to
@@ -217,7 +220,7 @@ impl Plan {
             Err(why) => {
                 let pair = Pair { blob: blob.clone(), index: record.index, destination: self.names.intern("") };
                 let action = Action::Skip { why };
-                self.items.push(Item { pair, record: record_index, action, attempts: 0, via: Via::None });
+                self.items.push(Item { pair, record: record_index, action, attempts: 0, via: Via::None, outcome: None });
                 self.records.push(Planned::of(record, &mut self.names));
                 return first..self.items.len();
             }
@@ -243,7 +246,7 @@ impl Plan {
                     }
                 }
             };
-            self.items.push(Item { pair, record: record_index, action, attempts, via });
+            self.items.push(Item { pair, record: record_index, action, attempts, via, outcome: None });
         }
         self.replaying += usize::from(replays_any);
         self.records.push(Planned::of(record, &mut self.names));

@@ -690,7 +690,11 @@ impl Attributes {
             Ok(text) => Ok(text),
             Err(_) => Err(format!("{name}: must be a string, found {}", json_kind(value.get()))),
         };
-        // Every member of every record comes here: no lower-cased copy of its name.
+        // Every member of every record comes here: no lower-cased copy of its
+        // name, and most (the event's own) are ruled out by their length.
+        if name.len() >= 64 || ATTRIBUTE_NAME_LENGTHS & (1 << name.len()) == 0 {
+            return Ok(false);
+        }
         let Some(attribute) = ATTRIBUTE_NAMES.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)) else {
             return Ok(false);
         };
@@ -751,6 +755,16 @@ const ATTRIBUTE_NAMES: [(&str, Attribute); 14] = [
     ("brokerproperties", Attribute::Properties),
     ("customdeliveryproperties", Attribute::CustomDeliveryProperties),
 ];
+
+/// Bit `n` is set when a name in [`ATTRIBUTE_NAMES`] is `n` bytes long.
+const ATTRIBUTE_NAME_LENGTHS: u64 = {
+    let (mut bits, mut i) = (0u64, 0);
+    while i < ATTRIBUTE_NAMES.len() {
+        bits |= 1 << ATTRIBUTE_NAMES[i].0.len();
+        i += 1;
+    }
+    bits
+};
 
 /// A whole number (JSON number, or digits in a string as some tools write
 /// them); null is absent.

@@ -111,6 +111,15 @@ pub struct Counts {
     pub not_sent: usize,
 }
 
+/// The counts kept under `key`, new ones if none yet (a key is copied
+/// once per map, not once per record).
+fn counts<'m>(map: &'m mut BTreeMap<String, Counts>, key: &str) -> &'m mut Counts {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), Counts::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
 impl Counts {
     fn add(&mut self, action: &Action, outcome: Option<ReplayOutcome>) {
         match (action, outcome) {
@@ -207,17 +216,17 @@ impl Summary {
             sending_cpu_seconds: ran.sending_cpu_seconds,
             dedup: ran.dedup,
         };
-        for (index, item) in plan.items.iter().enumerate() {
+        for item in &plan.items {
             let record = &plan.records[item.record];
-            let outcome = ran.outcomes.get(&index).copied();
+            let outcome = item.outcome;
             let handler = match &*item.pair.destination {
-                "" => record.handler.as_deref().unwrap_or("-").to_owned(),
-                destination => destination.to_owned(),
+                "" => record.handler.as_deref().unwrap_or("-"),
+                destination => destination,
             };
-            let reason = record.reason.as_deref().unwrap_or("-").to_owned();
+            let reason = record.reason.as_deref().unwrap_or("-");
             summary.total.add(&item.action, outcome);
-            summary.per_handler.entry(handler).or_default().add(&item.action, outcome);
-            summary.per_reason.entry(reason).or_default().add(&item.action, outcome);
+            counts(&mut summary.per_handler, handler).add(&item.action, outcome);
+            counts(&mut summary.per_reason, reason).add(&item.action, outcome);
             if let Action::Skip { why } = &item.action {
                 *summary.skipped_because.entry(why.clone()).or_default() += 1;
             }

@@ -27,7 +27,6 @@ use super::read::Source;
 use super::report::Progress;
 use super::target::{Batch, MAX_BODY, Sent, Target};
 use crate::event::Event;
-use crate::pipeline::ReplayOutcome;
 
 /// Blobs read (and parsed) ahead of the one being planned.
 const READ_AHEAD: usize = 8;
@@ -72,8 +71,6 @@ pub enum Starter {
 /// What a run did.
 #[derive(Default)]
 pub struct Ran {
-    /// Per plan item sent: its outcome.
-    pub outcomes: HashMap<usize, ReplayOutcome>,
     /// Why batches failed, with how many events each reason covered.
     pub errors: HashMap<String, usize>,
     pub archived: usize,
@@ -233,7 +230,9 @@ pub async fn execute(
                         *ran.errors.entry(error).or_default() += sent.outcomes.iter().filter(|o| !is_done(**o)).count();
                     }
                     progress.advance(items.len() as u64);
-                    ran.outcomes.extend(items.into_iter().zip(sent.outcomes));
+                    for (index, outcome) in items.into_iter().zip(sent.outcomes) {
+                        plan.items[index].outcome = Some(outcome);
+                    }
                 }
                 Some(Err(error)) => {
                     failed.get_or_insert(error);
@@ -391,11 +390,11 @@ async fn finish_blobs(plan: &Plan, source: &Source, on_success: OnSuccess, ran: 
     let invalid: BTreeSet<&str> = plan.invalid.iter().map(|bad| bad.blob.as_str()).collect();
     let mut open: BTreeSet<&str> = invalid;
     let mut seen: BTreeSet<&str> = BTreeSet::new();
-    for (index, item) in plan.items.iter().enumerate() {
+    for item in &plan.items {
         seen.insert(&item.pair.blob);
         let done = match &item.action {
             Action::AlreadyDone { .. } => true,
-            Action::Replay => ran.outcomes.get(&index).is_some_and(|outcome| is_done(*outcome)),
+            Action::Replay => item.outcome.is_some_and(is_done),
             Action::Skip { .. } | Action::GaveUp { .. } => false,
         };
         if !done {
