@@ -8,7 +8,7 @@
 //! `subscriptions = [...]` on each handler. Nothing is ever broadcast to every
 //! handler.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -120,15 +120,33 @@ impl Planned {
 
 /// One shared copy of each name a plan holds many times.
 #[derive(Default)]
-struct Names(HashSet<Arc<str>>);
+struct Names {
+    all: HashSet<Arc<str>>,
+    /// The last few names looked up, checked before hashing: a record's
+    /// names (type, subscription, handler, reason, destination) are nearly
+    /// always the ones the record before it had.
+    recent: VecDeque<Arc<str>>,
+}
 
 impl Names {
+    const RECENT: usize = 8;
+
     fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(shared) = self.0.get(name) {
+        if let Some(shared) = self.recent.iter().find(|recent| ***recent == *name) {
             return shared.clone();
         }
-        let shared: Arc<str> = name.into();
-        self.0.insert(shared.clone());
+        let shared = match self.all.get(name) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = name.into();
+                self.all.insert(shared.clone());
+                shared
+            }
+        };
+        if self.recent.len() == Self::RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(shared.clone());
         shared
     }
 }
@@ -312,6 +330,18 @@ mod tests {
 
     fn to(handlers: &[&str], via: Via) -> Result<(Vec<String>, Via), String> {
         Ok((handlers.iter().map(|h| (*h).to_owned()).collect(), via))
+    }
+
+    #[test]
+    fn a_name_is_shared_whether_it_was_looked_up_lately_or_long_ago() {
+        let mut names = Names::default();
+        let first = names.intern("Microsoft.Storage.BlobCreated");
+        assert!(Arc::ptr_eq(&first, &names.intern("Microsoft.Storage.BlobCreated")), "a recent name");
+        for i in 0..2 * Names::RECENT {
+            names.intern(&format!("other {i}"));
+        }
+        assert!(Arc::ptr_eq(&first, &names.intern("Microsoft.Storage.BlobCreated")), "a name no longer recent");
+        assert_eq!(names.all.len(), 1 + 2 * Names::RECENT);
     }
 
     #[test]
