@@ -18,9 +18,11 @@
 //! ([`worker_threads`]), and the CPU share is counted in those threads, not
 //! in cores: a permit given back goes to the next task waiting for it, and
 //! waking that task takes a while. With exactly a permit per core, each
-//! handoff left a core idle (at batch 100, 1.47 of 2 cores busy and 24,000
-//! events/s); with one per worker thread the kernel time-slices the threads
-//! instead (1.7 cores, 28,000 to 33,000 events/s, alternating runs).
+//! handoff left a core idle when few deliveries were in flight (a replay of
+//! 4 batches of 100 at a time: 1.47 of 2 cores busy, 24,000 events/s); with
+//! one per worker thread the kernel time-slices the threads instead (1.7
+//! cores, 28,000 to 33,000 events/s, alternating runs). With many deliveries
+//! in flight (wrk's 32 connections) it makes no difference.
 //!
 //! Handlers run on the async tasks that deliver their events, so a handler
 //! holds a core only while it is polled: between epoch ticks, or until it
@@ -28,8 +30,9 @@
 //! that, so a handler waiting a second for an API answer holds no CPU slot,
 //! and a spinning one gives its slot back at every tick (1 ms) and queues for
 //! it again behind whoever was waiting: fair, first come first served. With
-//! several handlers, one handler's share is every core but one, so no handler,
-//! however busy or hostile, can take every core from the others.
+//! several handlers, one handler's share is the worker threads of every core
+//! but one, so no handler, however busy or hostile, can take every core from
+//! the others.
 
 use std::future::Future;
 use std::pin::Pin;
