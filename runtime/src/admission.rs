@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// The async runtime's worker threads per core: two, so that the kernel can
 /// time-slice a busy handler against the other tasks, and so that a CPU
@@ -60,14 +60,14 @@ fn cores() -> usize {
 /// One handler's gates, in the order an event passes them.
 pub struct Admission {
     /// `max_concurrency` permits.
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     /// Events waiting for a permit, at most `queue`.
     waiting: AtomicUsize,
     queue: usize,
     /// Shared by every handler: the pooling allocator's instances.
     pool: Arc<Semaphore>,
     /// Instances of this handler on CPU at once.
-    on_cpu: Semaphore,
+    on_cpu: Arc<Semaphore>,
 }
 
 /// The event cannot even wait: the handler's queue is full.
@@ -82,21 +82,22 @@ impl QueueFull {
 }
 
 /// The right to run one instance; its limits are given back when dropped
-/// (also when the delivery is cancelled).
-pub struct Admitted<'a> {
-    _slot: SemaphorePermit<'a>,
-    _instance: SemaphorePermit<'a>,
-    on_cpu: &'a Semaphore,
+/// (also when the delivery is cancelled). Owned, so that the call it admits
+/// can run on a task of its own and keep it until that task ends.
+pub struct Admitted {
+    _slot: OwnedSemaphorePermit,
+    _instance: OwnedSemaphorePermit,
+    on_cpu: Arc<Semaphore>,
 }
 
 impl Admission {
     pub fn new(max_concurrency: usize, queue: usize, cpu_share: usize, pool: Arc<Semaphore>) -> Self {
         Admission {
-            slots: Semaphore::new(max_concurrency),
+            slots: Arc::new(Semaphore::new(max_concurrency)),
             waiting: AtomicUsize::new(0),
             queue,
             pool,
-            on_cpu: Semaphore::new(cpu_share),
+            on_cpu: Arc::new(Semaphore::new(cpu_share)),
         }
     }
 
@@ -110,22 +111,23 @@ impl Admission {
 
     /// Waits for one of the handler's instances (in its bounded queue), then
     /// for room in the pool.
-    pub async fn admit(&self) -> Result<Admitted<'_>, QueueFull> {
+    pub async fn admit(&self) -> Result<Admitted, QueueFull> {
         self.admit_beside(None).await
     }
 
     /// [`Admission::admit`], where `own` counts the places in the queue the
     /// caller's delivery holds, which do not count against it.
-    async fn admit_beside(&self, own: Option<&AtomicUsize>) -> Result<Admitted<'_>, QueueFull> {
-        let slot = match self.slots.try_acquire() {
+    async fn admit_beside(&self, own: Option<&AtomicUsize>) -> Result<Admitted, QueueFull> {
+        let never_closed = "admission semaphores are never closed";
+        let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
                 let _place = QueuePlace::take(&self.waiting, own, self.queue).ok_or(QueueFull { queue: self.queue })?;
-                self.slots.acquire().await.expect("admission semaphores are never closed")
+                self.slots.clone().acquire_owned().await.expect(never_closed)
             }
         };
-        let instance = self.pool.acquire().await.expect("admission semaphores are never closed");
-        Ok(Admitted { _slot: slot, _instance: instance, on_cpu: &self.on_cpu })
+        let instance = self.pool.clone().acquire_owned().await.expect(never_closed);
+        Ok(Admitted { _slot: slot, _instance: instance, on_cpu: self.on_cpu.clone() })
     }
 
     /// The gate one delivery's events (or batch calls) for this handler
@@ -148,16 +150,16 @@ pub struct DeliveryGate<'a> {
 
 impl DeliveryGate<'_> {
     /// As [`Admission::admit`], the delivery's own waiting events aside.
-    pub async fn admit(&self) -> Result<Admitted<'_>, QueueFull> {
+    pub async fn admit(&self) -> Result<Admitted, QueueFull> {
         self.admission.admit_beside(Some(&self.own)).await
     }
 }
 
-impl<'a> Admitted<'a> {
+impl Admitted {
     /// Runs `future` (the handler's call), holding a CPU slot only while it
-    /// is polled.
-    pub fn run<F: Future + Send + 'a>(&self, future: F) -> OnCpu<'a, F> {
-        OnCpu { slots: self.on_cpu, waiting: None, future }
+    /// is polled, and the admission until it is done.
+    pub fn run<F: Future + Send>(self, future: F) -> OnCpu<F> {
+        OnCpu { slots: self.on_cpu.clone(), waiting: None, _admitted: self, future }
     }
 }
 
@@ -191,37 +193,38 @@ impl Drop for QueuePlace<'_> {
     }
 }
 
-type Acquire<'a> = Pin<Box<dyn Future<Output = Result<SemaphorePermit<'a>, AcquireError>> + Send + 'a>>;
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// The future of [`Admitted::run`]. The handler's call is held in place,
     /// not boxed: it is large, and this runs once per event. `waiting` is set
     /// while queued for a slot (FIFO: a task that yielded goes behind the
     /// ones already waiting).
-    pub struct OnCpu<'a, F> {
-        slots: &'a Semaphore,
-        waiting: Option<Acquire<'a>>,
+    pub struct OnCpu<F> {
+        slots: Arc<Semaphore>,
+        waiting: Option<Acquire>,
+        _admitted: Admitted,
         #[pin]
         future: F,
     }
 }
 
-impl<F: Future> Future for OnCpu<'_, F> {
+impl<F: Future> Future for OnCpu<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let permit = if this.waiting.is_none()
+        if this.waiting.is_none()
             && let Ok(permit) = this.slots.try_acquire()
         {
-            permit
-        } else {
-            let slots = *this.slots;
-            let acquire = this.waiting.get_or_insert_with(|| Box::pin(slots.acquire()));
-            let permit = ready!(acquire.as_mut().poll(cx)).expect("CPU slots are never closed");
-            *this.waiting = None;
-            permit
-        };
+            let output = this.future.poll(cx);
+            drop(permit);
+            return output;
+        }
+        let slots = &*this.slots;
+        let acquire = this.waiting.get_or_insert_with(|| Box::pin(slots.clone().acquire_owned()));
+        let permit = ready!(acquire.as_mut().poll(cx)).expect("CPU slots are never closed");
+        *this.waiting = None;
         let output = this.future.poll(cx);
         drop(permit);
         output

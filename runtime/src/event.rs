@@ -1436,8 +1436,21 @@ mod tests {
         use proptest::prelude::*;
         let atom = prop_oneof![
             proptest::sample::select(vec![
-                "\"a\"", "\"\\ud800\"", "\"\\udc00x\"", "\"\\ud83d\\ude00\"", "\"\\u00e9\"", "\"\\n\\\\\"", "0", "-1.5",
-                "1e5", "1E400", "-2.5e-999", "1.7976931348623157e308", "null", "true", "\"e5\"",
+                "\"a\"",
+                "\"\\ud800\"",
+                "\"\\udc00x\"",
+                "\"\\ud83d\\ude00\"",
+                "\"\\u00e9\"",
+                "\"\\n\\\\\"",
+                "0",
+                "-1.5",
+                "1e5",
+                "1E400",
+                "-2.5e-999",
+                "1.7976931348623157e308",
+                "null",
+                "true",
+                "\"e5\"",
             ])
             .prop_map(str::to_owned),
             (1usize..420).prop_map(|n| "9".repeat(n)),

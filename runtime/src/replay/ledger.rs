@@ -367,9 +367,8 @@ mod tests {
                 (pair, i as u32 + 1)
             })
             .collect();
-        let outcomes: Vec<ReplayOutcome> = (0..9)
-            .map(|i| [ReplayOutcome::Succeeded, ReplayOutcome::Failed, ReplayOutcome::Rejected][i % 3])
-            .collect();
+        let outcomes: Vec<ReplayOutcome> =
+            (0..9).map(|i| [ReplayOutcome::Succeeded, ReplayOutcome::Failed, ReplayOutcome::Rejected][i % 3]).collect();
         appender.append(&pairs[..5], &outcomes[..5], "2026-12-01T04:00:00.000001Z").unwrap();
         appender.append(&pairs[5..], &outcomes[5..], "2026-12-01T04:00:01Z").unwrap();
         appender.finish().unwrap();

@@ -238,7 +238,14 @@ impl Plan {
             Err(why) => {
                 let pair = Pair { blob: blob.clone(), index: record.index, destination: self.names.intern("") };
                 let action = Action::Skip { why };
-                self.items.push(Item { pair, record: record_index, action, attempts: 0, via: Via::None, outcome: None });
+                self.items.push(Item {
+                    pair,
+                    record: record_index,
+                    action,
+                    attempts: 0,
+                    via: Via::None,
+                    outcome: None,
+                });
                 self.records.push(Planned::of(record, &mut self.names));
                 return first..self.items.len();
             }
