@@ -352,6 +352,30 @@ fn a_steady_handler_keeps_its_latency_while_hostile_handlers_run() {
 }
 
 #[test]
+fn one_deliverys_events_use_every_core() {
+    // 8 events of one delivery, each a fixed amount of CPU work, against one
+    // such event alone: 8 times as long one after another on the delivery's
+    // task; their calls run on tasks of their own, side by side on the cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        eprintln!("skipped: one core");
+        return;
+    }
+    let _alone = crate::support::alone();
+    let gridfn = scripted("max_concurrency = 8");
+    let work = |id: &str| event(id, json!({"act": "work", "ms": 100}));
+    let timed = |events: Vec<Value>| {
+        let started = std::time::Instant::now();
+        assert_eq!(gridfn.notify("/api/events/scripted", batch(&events)).status(), 200);
+        started.elapsed()
+    };
+    timed(vec![work("warm-up")]);
+    let one = timed(vec![work("alone")]);
+    let eight = timed((0..8).map(|i| work(&format!("side-by-side-{i}"))).collect());
+    assert!(eight < one * 6, "8 events took {eight:?}, one alone {one:?}, on {cores} cores");
+}
+
+#[test]
 fn handlers_waiting_on_io_do_not_hold_the_cores() {
     // 16 events that each sleep 300 ms (a stand-in for an API call): they
     // wait together, not two at a time.
