@@ -21,11 +21,12 @@
 //! handoff left a core idle when few deliveries were in flight (a replay of
 //! 4 batches of 100 at a time: 1.47 of 2 cores busy, 24,000 events/s); with
 //! one per worker thread the kernel time-slices the threads instead (1.7
-//! cores, 28,000 to 33,000 events/s, alternating runs). With many deliveries
-//! in flight (wrk's 32 connections) it makes no difference.
+//! cores, 28,000 to 33,000 events/s, alternating runs, before each call got
+//! a task of its own). With many deliveries in flight (wrk's 32 connections)
+//! it made no difference.
 //!
-//! Handlers run on the async tasks that deliver their events, so a handler
-//! holds a core only while it is polled: between epoch ticks, or until it
+//! Each admitted call runs on an async task of its own (see
+//! `Pipeline::admitted`), so a handler holds a core only while it is polled: between epoch ticks, or until it
 //! waits on I/O (an outbound request, a sleep). The CPU share counts exactly
 //! that, so a handler waiting a second for an API answer holds no CPU slot,
 //! and a spinning one gives its slot back at every tick (1 ms) and queues for
