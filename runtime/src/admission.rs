@@ -14,26 +14,25 @@
 //!   the pooling allocator has room for ([`crate::sandbox::MAX_INSTANCES`]);
 //! - the CPU share: instances of one handler being *polled* at once.
 //!
-//! The async runtime has [`WORKERS_PER_CORE`] worker threads per core
-//! ([`worker_threads`]), and the CPU share is counted in those threads, not
-//! in cores: a permit given back goes to the next task waiting for it, and
-//! waking that task takes a while. With exactly a permit per core, each
-//! handoff left a core idle when few deliveries were in flight (a replay of
-//! 4 batches of 100 at a time: 1.47 of 2 cores busy, 24,000 events/s); with
-//! one per worker thread the kernel time-slices the threads instead (1.7
-//! cores, 28,000 to 33,000 events/s, alternating runs, before each call got
-//! a task of its own). With many deliveries in flight (wrk's 32 connections)
-//! it made no difference.
+//! The async runtime has tokio's default of one worker thread per core, and
+//! the CPU share is counted in cores. (Until 2026-12-01 it had two per core,
+//! with the share counted in those threads: when a delivery's calls all ran
+//! on its own task, a permit handed back waited for that task to wake and
+//! left a core idle meanwhile. Since each call got a task of its own, the
+//! second thread per core only added context switches: side by side, one
+//! per core gave 4-15 % more events/s at batch 1 with 8-16 % less CPU per
+//! event, 2-6 % more at batch 100, the same at batch 10, and a replay of
+//! 200,000 events took 4.2 s instead of 4.7-4.9 s.)
 //!
 //! Each admitted call runs on an async task of its own (see
-//! `Pipeline::admitted`), so a handler holds a core only while it is polled: between epoch ticks, or until it
-//! waits on I/O (an outbound request, a sleep). The CPU share counts exactly
+//! `Pipeline::admitted`), so a handler holds a core only while it is
+//! polled: between epoch ticks, or until it waits on I/O (an outbound
+//! request, a sleep). The CPU share counts exactly
 //! that, so a handler waiting a second for an API answer holds no CPU slot,
 //! and a spinning one gives its slot back at every tick (1 ms) and queues for
 //! it again behind whoever was waiting: fair, first come first served. With
-//! several handlers, one handler's share is the worker threads of every core
-//! but one, so no handler, however busy or hostile, can take every core from
-//! the others.
+//! several handlers, one handler's share is every core but one, so no
+//! handler, however busy or hostile, can take every core from the others.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,16 +42,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
-
-/// The async runtime's worker threads per core: two, so that the kernel can
-/// time-slice a busy handler against the other tasks, and so that a CPU
-/// permit handed to a waking task does not leave its core idle meanwhile.
-pub const WORKERS_PER_CORE: usize = 2;
-
-/// The async runtime's worker threads (`gridfn serve` and `gridfn replay`).
-pub fn worker_threads() -> usize {
-    cores() * WORKERS_PER_CORE
-}
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -103,11 +92,10 @@ impl Admission {
     }
 
     /// The CPU share of each of `handlers` handlers on this machine, in
-    /// worker threads: every one, or every core's but one core's when other
-    /// handlers need a core too.
+    /// cores: every one, or every one but one when other handlers need a
+    /// core too.
     pub fn cpu_share(handlers: usize) -> usize {
-        let cores = if handlers > 1 { cores().saturating_sub(1).max(1) } else { cores() };
-        cores * WORKERS_PER_CORE
+        if handlers > 1 { cores().saturating_sub(1).max(1) } else { cores() }
     }
 
     /// Waits for one of the handler's instances (in its bounded queue), then

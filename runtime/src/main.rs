@@ -334,8 +334,7 @@ fn admin_request(admin: &Admin, method: reqwest::Method, path: &str, body: Vec<u
 fn serve(config: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let manifest = Manifest::load(&config)?;
     let started = std::time::Instant::now();
-    let workers = gridfn::admission::worker_threads();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let host = Arc::new(Host::start(&manifest).await?);
         let addr = listen.unwrap_or(manifest.server.listen);

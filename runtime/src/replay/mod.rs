@@ -140,8 +140,7 @@ pub struct Options {
 /// Runs `gridfn replay`; Ok(true) when everything replayed succeeded or was
 /// a duplicate (and nothing was invalid or left unsent).
 pub fn command(options: Options) -> anyhow::Result<bool> {
-    let workers = crate::admission::worker_threads();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // On a worker, not the thread that blocks on it: the loop that reads and
     // plans then wakes as cheaply as the tasks it feeds.
     runtime.block_on(async { tokio::spawn(replay(options)).await? })
