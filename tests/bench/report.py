@@ -178,7 +178,7 @@ def markdown(summary):
             lines.append(f"- Start-up to ready (`/healthz`), {what}: " + ", ".join(
                 f"{n} handler{'s' if n > 1 else ''} cold {fmt(s.get(f'handlers_{n}_cold'))} ms / warm {fmt(s.get(f'handlers_{n}_warm'))} ms"
                 for n in (1, 20) if f"handlers_{n}_cold" in s) + ".")
-    lines += ["", "## Targets (issue 7; reported, not asserted)", ""]
+    lines += ["", "## Goals (issues 7, 14 and 16; reported, not asserted)", ""]
     lines += targets(summary)
     return "\n".join(lines) + "\n"
 
@@ -212,6 +212,9 @@ def targets(summary):
     b100, w100 = ev("gridfn-batch", 100), ev("wasmtime-serve", 100)
     if b100 and w100:
         out.append(check("batch 100 handle-batch, gridfn-batch/wasmtime-serve", f"{b100 / w100:.2f}×", "≥ 1.0×", b100 / w100 >= 1.0))
+    rss100 = (get(summary, "gridfn", 100) or {}).get("rss_mb")
+    if rss100:
+        out.append(check("batch 100 fresh, peak RSS", f"{rss100:.1f} MB", "≤ 100 MB", rss100 <= 100))
     if b100 and g100:
         out.append(f"- batch 100 handle-batch vs a fresh instance per event: {b100 / g100:.1f}× ({b100:,.0f} vs {g100:,.0f} events/s)")
     if g1 and p1:
