@@ -530,10 +530,7 @@ impl Pipeline {
     ) -> (Vec<Outcome>, KvWrites) {
         let count = events.len();
         let (called, delivery) = (handler.clone(), delivery.clone());
-        let call = move || async move {
-            let events: Vec<&Event> = events.iter().map(|event| &**event).collect();
-            called.invoke_batch(&events, &delivery).await
-        };
+        let call = move || async move { called.invoke_batch(&events, &delivery).await };
         match self.admitted(lane, handler, call).await {
             Ok(BatchInvocation { outcomes, writes, instantiation }) => {
                 observe_instantiation(lane, instantiation);

@@ -444,7 +444,7 @@ impl LoadedHandler {
     /// order. A trap, a timeout, or an answer with the wrong number of
     /// outcomes retries every event of the call. Only for a handler whose
     /// manifest sets `batch`.
-    pub async fn invoke_batch(&self, events: &[&Event], delivery: &DeliveryInfo) -> BatchInvocation {
+    pub async fn invoke_batch(&self, events: &[Arc<Event>], delivery: &DeliveryInfo) -> BatchInvocation {
         let pre = self.batch.as_ref().expect("handle-batch is called only for handlers loaded with `batch`");
         let _running = self.clock.start_running();
         let started = Instant::now();
@@ -463,7 +463,7 @@ impl LoadedHandler {
             // `fuel` is per event.
             store.set_fuel(fuel.saturating_mul(events.len() as u64)).expect("fuel is enabled when a handler sets it");
         }
-        let events_ref: Vec<EventRef> = events.iter().map(|event| EventRef::from(*event)).collect();
+        let events_ref: Vec<EventRef> = events.iter().map(|event| EventRef::from(&**event)).collect();
         // SAFETY: `instantiate_batch` checked `handle_batch` against this very type.
         let handler: HandleBatch<'_> = unsafe { TypedFunc::new_unchecked(handler) };
         let result = handler
@@ -579,7 +579,7 @@ impl LoadedHandler {
 }
 
 /// How a batch call's log lines name its events: `first…last (n events)`.
-fn batch_label(events: &[&Event]) -> String {
+fn batch_label(events: &[Arc<Event>]) -> String {
     match events {
         [] => String::new(),
         [only] => only.id.clone(),
