@@ -170,10 +170,15 @@ impl LedgerAppender {
     /// this returns Ok the lines survive the process being killed. A sync to
     /// disk starts if the last one started [`SYNC_EVERY`] ago and has
     /// finished; [`LedgerAppender::finish`] syncs the rest.
-    pub fn append(&mut self, pairs: &[(Pair, u32)], outcomes: &[ReplayOutcome], at: &str) -> anyhow::Result<()> {
-        let mut lines = Lines::with_capacity(pairs.len());
-        for ((pair, attempts), outcome) in pairs.iter().zip(outcomes) {
-            lines.push(pair, *attempts, *outcome, at);
+    pub fn append<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a Pair, u32)>,
+        outcomes: &[ReplayOutcome],
+        at: &'a str,
+    ) -> anyhow::Result<()> {
+        let mut lines = Lines::with_capacity(outcomes.len());
+        for ((pair, attempts), outcome) in pairs.into_iter().zip(outcomes) {
+            lines.push(pair, attempts, *outcome, at);
         }
         lines.write_to(&mut self.file, &self.path)?;
         self.sync_now_and_then()
@@ -369,8 +374,10 @@ mod tests {
             .collect();
         let outcomes: Vec<ReplayOutcome> =
             (0..9).map(|i| [ReplayOutcome::Succeeded, ReplayOutcome::Failed, ReplayOutcome::Rejected][i % 3]).collect();
-        appender.append(&pairs[..5], &outcomes[..5], "2026-12-01T04:00:00.000001Z").unwrap();
-        appender.append(&pairs[5..], &outcomes[5..], "2026-12-01T04:00:01Z").unwrap();
+        appender
+            .append(pairs[..5].iter().map(|(p, a)| (p, *a)), &outcomes[..5], "2026-12-01T04:00:00.000001Z")
+            .unwrap();
+        appender.append(pairs[5..].iter().map(|(p, a)| (p, *a)), &outcomes[5..], "2026-12-01T04:00:01Z").unwrap();
         appender.finish().unwrap();
         let read = Ledger::read_only(&path).unwrap();
         assert_eq!(read.len(), 9);

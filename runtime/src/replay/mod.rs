@@ -36,7 +36,7 @@ use crate::host::Host;
 use ledger::{Ledger, LedgerLock};
 use plan::{Choice, Destinations, Plan};
 use read::{AzureAuth, Selection, Source};
-use report::{Progress, Summary};
+use report::{DryRunRow, Progress, Summary};
 use run::{OnSuccess, Pace, Starter};
 use target::{HttpTarget, Target};
 
@@ -187,16 +187,16 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
 
     if options.dry_run {
         let ledger = Ledger::read_only(&ledger_path)?;
-        let plan = Plan::build(&source, &choice, &ledger).await?;
-        let rows = report::dry_run_rows(&plan);
-        let summary = Summary::new(&plan, &run::Ran::default(), header(&ledger_path), true);
+        let (plan, rows) = dry_run(&source, &choice, &ledger).await?;
+        let to_replay = rows.iter().filter(|row| matches!(row.action, plan::Action::Replay)).count();
+        let summary = Summary::new(plan, &run::Ran::default(), header(&ledger_path), true);
         if options.json {
             let json = serde_json::json!({ "rows": rows, "summary": summary });
             println!("{}", serde_json::to_string_pretty(&json)?);
         } else {
             print!("{}", report::render_dry_run(&rows));
-            println!("dry run: {} to replay; nothing was sent, moved or recorded", plan.to_replay().count());
-            for bad in &plan.invalid {
+            println!("dry run: {to_replay} to replay; nothing was sent, moved or recorded");
+            for bad in &summary.invalid {
                 let at = bad.index.map_or(String::new(), |i| format!(" record {i}"));
                 println!("invalid: {}{at}: {}", bad.blob, bad.problem);
             }
@@ -227,7 +227,7 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
     let (plan, ran) =
         run::execute(source.clone(), &choice, ledger, target, &pace, options.on_success, &progress).await?;
     progress.finish();
-    let summary = Summary::new(&plan, &ran, header(&ledger_path), false);
+    let summary = Summary::new(plan, &ran, header(&ledger_path), false);
     if options.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -261,6 +261,19 @@ fn selection(options: &Options) -> anyhow::Result<Selection> {
         handlers: Vec::new(),
         ids,
     })
+}
+
+/// Reads every blob of the source (only hour folders inside the
+/// selection's window) and decides each record's fate, touching nothing:
+/// the plan and a row per (record, destination).
+async fn dry_run(source: &Source, choice: &Choice<'_>, ledger: &Ledger) -> anyhow::Result<(Plan, Vec<DryRunRow>)> {
+    let mut plan = Plan::new(source.blobs(&choice.selection.window()).await?);
+    let mut rows = Vec::new();
+    for blob in plan.blobs.clone() {
+        let records = source.read(&blob).await?;
+        rows.extend(plan.add_blob(&blob, records, choice, ledger).into_iter().map(DryRunRow::from));
+    }
+    Ok((plan, rows))
 }
 
 /// The manifest's `subscriptions`: each (upper-case) subscription name to

@@ -7,16 +7,23 @@
 //! handlers its endpoint served must be given: `--handler`, or the manifest's
 //! `subscriptions = [...]` on each handler. Nothing is ever broadcast to every
 //! handler.
+//!
+//! A plan keeps no record once its fate is known: each blob's [`Item`]s go
+//! to the batches that send them (or to the dry run's rows), and what stays
+//! is the [`Tally`] for the summary and, per blob, whether it can be archived
+//! yet. A replay of millions of records holds the events in flight, not every
+//! one it read.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ops::Range;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::ledger::{Ledger, Pair};
-use super::read::{BadRecord, Record, Selection, Source};
+use super::ledger::{Ledger, Pair, is_done};
+use super::read::{BadRecord, Record, Selection};
+use super::report::Tally;
 use crate::event::Event;
+use crate::pipeline::ReplayOutcome;
 
 /// Where events go: the handlers of a manifest, or one URL.
 pub enum Destinations {
@@ -41,13 +48,13 @@ pub enum Action {
     },
     /// The ledger says an earlier replay finished it.
     AlreadyDone {
-        outcome: crate::pipeline::ReplayOutcome,
+        outcome: ReplayOutcome,
         at: String,
     },
     /// It failed `--max-replays` times already.
     GaveUp {
         attempts: u32,
-        outcome: crate::pipeline::ReplayOutcome,
+        outcome: ReplayOutcome,
     },
 }
 
@@ -67,55 +74,57 @@ pub enum Via {
     None,
 }
 
-/// One record for one destination.
+/// One record for one destination, as planned: to send (its batch takes the
+/// event) or to show in a dry run's row.
 #[derive(Debug)]
 pub struct Item {
+    /// The ledger's key; `destination` is empty when the record goes nowhere.
     pub pair: Pair,
-    /// Index into [`Plan::records`].
-    pub record: usize,
     pub action: Action,
     /// Replays run before this one (from the ledger).
     pub attempts: u32,
     /// Who chose the destination.
     pub via: Via,
-    /// What this run's replay came to; `None` until its batch is answered
-    /// (or if it never is: skipped, interrupted).
-    pub outcome: Option<crate::pipeline::ReplayOutcome>,
-}
-
-/// What the plan keeps of a record: all but the event itself, which goes to
-/// the batches that send it and is freed once they are sent, so a replay of
-/// millions of records holds the events in flight, not every one it read.
-///
-/// Names that repeat from record to record (types, subscriptions, handlers,
-/// reasons) are shared, one copy per plan.
-#[derive(Debug)]
-pub struct Planned {
-    pub id: String,
-    pub event_type: Arc<str>,
+    /// Shared with the record it came from, never copied.
+    pub event: Arc<Event>,
     /// The subscription folder its blob sits in.
     pub subscription: Option<Arc<str>>,
-    /// `gridfnHandler`: the handler that rejected it, in gridfn's own records.
-    pub handler: Option<Arc<str>>,
     /// `deadLetterReason`.
     pub reason: Option<Arc<str>>,
+    /// `gridfnHandler`: the handler that rejected it, in gridfn's own records.
+    pub handler: Option<Arc<str>>,
     /// `deliveryAttempts`.
     pub delivery_attempts: Option<u32>,
+    /// Which blob of the plan it came from (in the order they were planned).
+    pub blob: BlobId,
 }
 
-impl Planned {
-    fn of(record: Record, names: &mut Names) -> Planned {
-        let event_type = names.intern(&record.event.event_type);
-        let mut share = |name: Option<String>| name.map(|name| names.intern(&name));
-        Planned {
-            event_type,
-            subscription: share(record.subscription),
-            handler: share(record.handler),
-            reason: share(record.reason),
-            id: record.event.id.clone(),
-            delivery_attempts: record.delivery_attempts,
+impl Item {
+    /// The handler it is counted under in the summary: its destination, or
+    /// (for a record that goes nowhere) the handler that dead-lettered it.
+    pub fn handler_label(&self) -> &str {
+        match &*self.pair.destination {
+            "" => self.handler.as_deref().unwrap_or("-"),
+            destination => destination,
         }
     }
+
+    /// The dead-letter reason it is counted under in the summary.
+    pub fn reason_label(&self) -> &str {
+        self.reason.as_deref().unwrap_or("-")
+    }
+}
+
+/// A blob's place among those a plan planned.
+pub type BlobId = usize;
+
+/// Whether a planned blob can be archived: every record of it done.
+struct BlobState {
+    name: Arc<str>,
+    /// Its items to replay whose batches have not answered yet.
+    waiting: usize,
+    /// One of its records is invalid, skipped, given up on, or failed again.
+    open: bool,
 }
 
 /// One shared copy of each name a plan holds many times.
@@ -123,7 +132,7 @@ impl Planned {
 struct Names {
     all: HashSet<Arc<str>>,
     /// The last few names looked up, checked before hashing: a record's
-    /// names (type, subscription, handler, reason, destination) are nearly
+    /// names (subscription, handler, reason, destination) are nearly
     /// always the ones the record before it had.
     recent: VecDeque<Arc<str>>,
 }
@@ -151,18 +160,6 @@ impl Names {
     }
 }
 
-/// Everything a replay read, and what it will do with it.
-#[derive(Default)]
-pub struct Plan {
-    pub blobs: Vec<String>,
-    pub records: Vec<Planned>,
-    pub invalid: Vec<BadRecord>,
-    pub items: Vec<Item>,
-    names: Names,
-    /// Records with at least one destination to replay to, for `--limit`.
-    pub replaying: usize,
-}
-
 /// The flags that decide which records replay where.
 pub struct Choice<'a> {
     pub selection: &'a Selection,
@@ -179,81 +176,122 @@ pub struct Choice<'a> {
     pub limit: Option<usize>,
 }
 
+/// What a replay read so far, and what became of it.
+#[derive(Default)]
+pub struct Plan {
+    /// Every blob the source listed (read or not yet).
+    pub blobs: Vec<String>,
+    /// Records read, valid or not.
+    pub records: usize,
+    pub invalid: Vec<BadRecord>,
+    /// What became of every (record, destination) pair planned so far.
+    pub tally: Tally,
+    /// Each blob planned, in order ([`BlobId`]).
+    planned: Vec<BlobState>,
+    names: Names,
+    /// Records with at least one destination to replay to, for `--limit`.
+    replaying: usize,
+}
+
 impl Plan {
     /// A plan for these blobs, none of them read yet.
     pub fn new(blobs: Vec<String>) -> Plan {
         Plan { blobs, ..Plan::default() }
     }
 
-    /// Lists and reads every blob of the source (only hour folders inside
-    /// the selection's window), and decides each record's fate: all a dry
-    /// run does. A replay plans each blob as it is read instead
-    /// ([`super::run::execute`]).
-    pub async fn build(source: &Source, choice: &Choice<'_>, ledger: &Ledger) -> anyhow::Result<Plan> {
-        let mut plan = Plan::new(source.blobs(&choice.selection.window()).await?);
-        for blob in plan.blobs.clone() {
-            let records = source.read(&blob).await?;
-            plan.add_blob(&blob, records, choice, ledger);
-        }
-        Ok(plan)
-    }
-
-    /// Decides the fate of one blob's records (in the order they come);
-    /// returns the items to replay, in order, each with its event (the plan
-    /// keeps no events).
+    /// Decides the fate of one blob's records (in the order they come) and
+    /// counts it: an item to replay counts as not sent until
+    /// [`Plan::answered`]. Returns every item, each with its event.
     pub fn add_blob(
         &mut self,
         blob: &str,
         records: Vec<Result<Record, BadRecord>>,
         choice: &Choice<'_>,
         ledger: &Ledger,
-    ) -> Vec<(usize, Arc<Event>)> {
-        let blob: Arc<str> = blob.into();
-        let mut to_replay = Vec::new();
+    ) -> Vec<Item> {
+        let id = self.planned.len();
+        let mut state = BlobState { name: blob.into(), waiting: 0, open: false };
+        let mut items = Vec::with_capacity(records.len());
+        self.records += records.len();
         for record in records {
             match record {
-                Ok(record) => {
-                    let event = record.event.clone();
-                    let added = self.add_record(&blob, record, choice, ledger);
-                    let replays = added.filter(|index| matches!(self.items[*index].action, Action::Replay));
-                    to_replay.extend(replays.map(|index| (index, event.clone())));
+                Ok(record) => self.add_record(&state.name, id, record, choice, ledger, &mut items),
+                Err(bad) => {
+                    state.open = true;
+                    self.invalid.push(bad);
                 }
-                Err(bad) => self.invalid.push(bad),
             }
         }
-        to_replay
+        for item in &items {
+            self.tally.planned(item.handler_label(), item.reason_label(), &item.action);
+            match item.action {
+                Action::Replay => state.waiting += 1,
+                Action::AlreadyDone { .. } => {}
+                Action::Skip { .. } | Action::GaveUp { .. } => state.open = true,
+            }
+        }
+        self.planned.push(state);
+        items
     }
 
-    /// Plans one record; returns the indices of the items it added.
-    fn add_record(&mut self, blob: &Arc<str>, record: Record, choice: &Choice<'_>, ledger: &Ledger) -> Range<usize> {
-        let first = self.items.len();
-        let record_index = self.records.len();
+    /// Counts what a replayed item's batch answered for it.
+    pub fn answered(&mut self, blob: BlobId, handler: &str, reason: &str, outcome: ReplayOutcome) {
+        self.tally.answered(handler, reason, outcome);
+        let state = &mut self.planned[blob];
+        state.waiting -= 1;
+        state.open |= !is_done(outcome);
+    }
+
+    /// The blobs planned whose every record is done, by this run or earlier
+    /// ones: none invalid, skipped, given up on, failing or not yet answered.
+    pub fn done_blobs(&self) -> impl Iterator<Item = &str> {
+        self.planned.iter().filter(|blob| blob.waiting == 0 && !blob.open).map(|blob| &*blob.name)
+    }
+
+    /// Plans one record into `items`, one item per destination.
+    fn add_record(
+        &mut self,
+        blob: &Arc<str>,
+        blob_id: BlobId,
+        record: Record,
+        choice: &Choice<'_>,
+        ledger: &Ledger,
+        items: &mut Vec<Item>,
+    ) {
         // `--handler` is not in the selection: `destinations_of` applies it.
         let chosen = match choice.selection.skip_reason(&record) {
             Some(why) => Err(why),
             None => destinations_of(&record, choice),
         };
+        let names = &mut self.names;
+        let mut share = |name: Option<String>| name.map(|name| names.intern(&name));
+        let subscription = share(record.subscription);
+        let reason = share(record.reason);
+        let handler = share(record.handler);
+        let pair_to = |destination: Arc<str>| Pair { blob: blob.clone(), index: record.index, destination };
+        let item = |pair: Pair, action: Action, attempts: u32, via: Via| Item {
+            pair,
+            action,
+            attempts,
+            via,
+            event: record.event.clone(),
+            subscription: subscription.clone(),
+            reason: reason.clone(),
+            handler: handler.clone(),
+            delivery_attempts: record.delivery_attempts,
+            blob: blob_id,
+        };
         let (destinations, via) = match chosen {
             Ok(chosen) => chosen,
             Err(why) => {
-                let pair = Pair { blob: blob.clone(), index: record.index, destination: self.names.intern("") };
-                let action = Action::Skip { why };
-                self.items.push(Item {
-                    pair,
-                    record: record_index,
-                    action,
-                    attempts: 0,
-                    via: Via::None,
-                    outcome: None,
-                });
-                self.records.push(Planned::of(record, &mut self.names));
-                return first..self.items.len();
+                items.push(item(pair_to(self.names.intern("")), Action::Skip { why }, 0, Via::None));
+                return;
             }
         };
         let limited = choice.limit.is_some_and(|limit| self.replaying >= limit);
         let mut replays_any = false;
         for destination in destinations {
-            let pair = Pair { blob: blob.clone(), index: record.index, destination: self.names.intern(&destination) };
+            let pair = pair_to(self.names.intern(&destination));
             let (action, attempts) = match ledger.get(&pair) {
                 Some(entry) if entry.is_done() => {
                     (Action::AlreadyDone { outcome: entry.outcome, at: entry.at.clone() }, entry.attempts)
@@ -271,16 +309,9 @@ impl Plan {
                     }
                 }
             };
-            self.items.push(Item { pair, record: record_index, action, attempts, via, outcome: None });
+            items.push(item(pair, action, attempts, via));
         }
         self.replaying += usize::from(replays_any);
-        self.records.push(Planned::of(record, &mut self.names));
-        first..self.items.len()
-    }
-
-    /// The items to replay now.
-    pub fn to_replay(&self) -> impl Iterator<Item = &Item> {
-        self.items.iter().filter(|item| matches!(item.action, Action::Replay))
     }
 }
 
@@ -337,6 +368,47 @@ mod tests {
 
     fn to(handlers: &[&str], via: Via) -> Result<(Vec<String>, Via), String> {
         Ok((handlers.iter().map(|h| (*h).to_owned()).collect(), via))
+    }
+
+    #[test]
+    fn a_blob_is_done_once_its_every_record_is_and_the_tally_follows_the_answers() {
+        let selection = Selection::default();
+        let known = Destinations::Handlers(["orders".to_owned()].into());
+        let none: Vec<String> = Vec::new();
+        let choice = choice(&none, &known, &selection);
+        let ledger = Ledger::read_only(std::path::Path::new("/nonexistent/ledger.jsonl")).unwrap();
+        let records = |ids: &[&str]| {
+            let one = |id: &&str| {
+                format!(
+                    r#"{{"id":"{id}","eventType":"T","subject":"s","topic":"/t","eventTime":"2026-01-01T00:00:00Z","data":{{}},"dataVersion":"1","deadLetterReason":"HandlerRejected","gridfnHandler":"orders"}}"#
+                )
+            };
+            format!("[{}]", ids.iter().map(one).collect::<Vec<_>>().join(","))
+        };
+        let mut plan = Plan::new(vec!["a".into(), "b".into(), "c".into()]);
+        let add = |plan: &mut Plan, name: &str, text: &str| {
+            plan.add_blob(name, parse_records(name, Some("SUB"), text.as_bytes()), &choice, &ledger)
+        };
+        let a = add(&mut plan, "SUB/2026/1/1/0/a.json", &records(&["a1", "a2"]));
+        let b = add(&mut plan, "SUB/2026/1/1/0/b.json", &records(&["b1"]));
+        let c = add(&mut plan, "SUB/2026/1/1/0/c.json", r#"[{"id":"c1"}]"#);
+        assert_eq!((a.len(), b.len(), c.len(), plan.records, plan.invalid.len()), (2, 1, 0, 4, 1));
+        assert_eq!(plan.tally.total.not_sent, 3, "planned to replay, not answered yet");
+        assert_eq!(plan.done_blobs().count(), 0, "nothing answered yet");
+
+        let outcomes = [ReplayOutcome::Succeeded, ReplayOutcome::Failed, ReplayOutcome::Duplicate];
+        for (item, outcome) in a.iter().chain(&b).zip(outcomes) {
+            plan.answered(item.blob, item.handler_label(), item.reason_label(), outcome);
+        }
+        // a: one record failed again; c: its record is invalid. Only b is done.
+        assert_eq!(plan.done_blobs().collect::<Vec<_>>(), ["SUB/2026/1/1/0/b.json"]);
+        let total = &plan.tally.total;
+        assert_eq!(
+            (total.replayed, total.succeeded, total.failed_again, total.duplicate, total.not_sent),
+            (3, 1, 1, 1, 0)
+        );
+        assert_eq!(plan.tally.per_handler["orders"], *total);
+        assert_eq!(plan.tally.per_reason["HandlerRejected"], *total);
     }
 
     #[test]

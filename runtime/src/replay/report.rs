@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::plan::{Action, Plan, Via};
+use super::plan::{Action, Item, Plan, Via};
 use super::read::BadRecord;
 use super::run::Ran;
 use crate::pipeline::ReplayOutcome;
@@ -111,34 +111,68 @@ pub struct Counts {
     pub not_sent: usize,
 }
 
+impl Counts {
+    /// A pair planned: counted by its action (one to replay counts as not
+    /// sent until its batch answers).
+    fn planned(&mut self, action: &Action) {
+        match action {
+            Action::Replay => self.not_sent += 1,
+            Action::Skip { .. } => self.skipped += 1,
+            Action::AlreadyDone { .. } => self.already_done += 1,
+            Action::GaveUp { .. } => self.gave_up += 1,
+        }
+    }
+
+    /// A pair sent, answered with `outcome`.
+    fn answered(&mut self, outcome: ReplayOutcome) {
+        self.not_sent -= 1;
+        self.replayed += 1;
+        match outcome {
+            ReplayOutcome::Succeeded => self.succeeded += 1,
+            ReplayOutcome::Duplicate => self.duplicate += 1,
+            ReplayOutcome::Failed => self.failed_again += 1,
+            ReplayOutcome::Rejected => self.rejected_again += 1,
+            ReplayOutcome::Unmatched => self.unmatched += 1,
+        }
+    }
+}
+
+/// What became of every (record, destination) pair, counted as the plan
+/// decides it and again as its batch answers: in all, per handler and per
+/// dead-letter reason.
+#[derive(Debug, Default, Serialize)]
+pub struct Tally {
+    pub total: Counts,
+    pub per_handler: BTreeMap<String, Counts>,
+    pub per_reason: BTreeMap<String, Counts>,
+    /// Why records were skipped, with how many each.
+    pub skipped_because: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    pub fn planned(&mut self, handler: &str, reason: &str, action: &Action) {
+        self.total.planned(action);
+        counts(&mut self.per_handler, handler).planned(action);
+        counts(&mut self.per_reason, reason).planned(action);
+        if let Action::Skip { why } = action {
+            *self.skipped_because.entry(why.clone()).or_default() += 1;
+        }
+    }
+
+    pub fn answered(&mut self, handler: &str, reason: &str, outcome: ReplayOutcome) {
+        self.total.answered(outcome);
+        counts(&mut self.per_handler, handler).answered(outcome);
+        counts(&mut self.per_reason, reason).answered(outcome);
+    }
+}
+
 /// The counts kept under `key`, new ones if none yet (a key is copied
-/// once per map, not once per record).
+/// once per map, not once per pair).
 fn counts<'m>(map: &'m mut BTreeMap<String, Counts>, key: &str) -> &'m mut Counts {
     if !map.contains_key(key) {
         map.insert(key.to_owned(), Counts::default());
     }
     map.get_mut(key).expect("inserted above")
-}
-
-impl Counts {
-    fn add(&mut self, action: &Action, outcome: Option<ReplayOutcome>) {
-        match (action, outcome) {
-            (Action::Replay, Some(outcome)) => {
-                self.replayed += 1;
-                match outcome {
-                    ReplayOutcome::Succeeded => self.succeeded += 1,
-                    ReplayOutcome::Duplicate => self.duplicate += 1,
-                    ReplayOutcome::Failed => self.failed_again += 1,
-                    ReplayOutcome::Rejected => self.rejected_again += 1,
-                    ReplayOutcome::Unmatched => self.unmatched += 1,
-                }
-            }
-            (Action::Replay, None) => self.not_sent += 1,
-            (Action::Skip { .. }, _) => self.skipped += 1,
-            (Action::AlreadyDone { .. }, _) => self.already_done += 1,
-            (Action::GaveUp { .. }, _) => self.gave_up += 1,
-        }
-    }
 }
 
 /// The end of a replay, for people (a table) and scripts (`--json`).
@@ -151,11 +185,8 @@ pub struct Summary {
     pub interrupted: bool,
     pub blobs: usize,
     pub records: usize,
-    pub total: Counts,
-    pub per_handler: BTreeMap<String, Counts>,
-    pub per_reason: BTreeMap<String, Counts>,
-    /// Why records were skipped, with how many each.
-    pub skipped_because: BTreeMap<String, usize>,
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Why batches failed, with how many events each.
     pub errors: BTreeMap<String, usize>,
     /// Records that are not valid events, with where they are.
@@ -188,59 +219,39 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn new(plan: &Plan, ran: &Ran, header: (String, String, String), dry_run: bool) -> Summary {
+    pub fn new(plan: Plan, ran: &Ran, header: (String, String, String), dry_run: bool) -> Summary {
         let (source, target, ledger) = header;
-        let mut summary = Summary {
+        let replayed = plan.tally.total.replayed as f64;
+        Summary {
             source,
             target,
             ledger,
             dry_run,
             interrupted: ran.interrupted,
             blobs: plan.blobs.len(),
-            records: plan.records.len() + plan.invalid.len(),
-            total: Counts::default(),
-            per_handler: BTreeMap::new(),
-            per_reason: BTreeMap::new(),
-            skipped_because: BTreeMap::new(),
+            records: plan.records,
+            tally: plan.tally,
             errors: ran.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            invalid: plan.invalid.clone(),
+            invalid: plan.invalid,
             archived: ran.archived,
             deleted: ran.deleted,
             blob_errors: ran.blob_errors.clone(),
             seconds: ran.seconds,
             reading_seconds: ran.reading_seconds,
             starting_seconds: ran.starting_seconds,
-            rate: 0.0,
+            rate: replayed / (ran.seconds - ran.starting_seconds).max(1e-3),
             sending_seconds: ran.sending_seconds,
-            sending_rate: 0.0,
+            sending_rate: replayed / ran.sending_seconds.max(1e-3),
             sending_cpu_seconds: ran.sending_cpu_seconds,
             dedup: ran.dedup,
-        };
-        for item in &plan.items {
-            let record = &plan.records[item.record];
-            let outcome = item.outcome;
-            let handler = match &*item.pair.destination {
-                "" => record.handler.as_deref().unwrap_or("-"),
-                destination => destination,
-            };
-            let reason = record.reason.as_deref().unwrap_or("-");
-            summary.total.add(&item.action, outcome);
-            counts(&mut summary.per_handler, handler).add(&item.action, outcome);
-            counts(&mut summary.per_reason, reason).add(&item.action, outcome);
-            if let Action::Skip { why } = &item.action {
-                *summary.skipped_because.entry(why.clone()).or_default() += 1;
-            }
         }
-        summary.rate = summary.total.replayed as f64 / (ran.seconds - ran.starting_seconds).max(1e-3);
-        summary.sending_rate = summary.total.replayed as f64 / ran.sending_seconds.max(1e-3);
-        summary
     }
 
     /// Everything replayed succeeded (or had before) and nothing selected
     /// was left unsent. Invalid records are reported, not counted: they
     /// were never replayed, and would fail every scheduled run.
     pub fn success(&self) -> bool {
-        let t = &self.total;
+        let t = &self.tally.total;
         t.failed_again == 0 && t.rejected_again == 0 && t.not_sent == 0 && !self.interrupted
     }
 
@@ -259,11 +270,11 @@ impl Summary {
             );
             return out;
         }
-        if self.total.replayed == 0 && self.total.already_done > 0 && self.total.not_sent == 0 {
+        if self.tally.total.replayed == 0 && self.tally.total.already_done > 0 && self.tally.total.not_sent == 0 {
             let _ = writeln!(
                 out,
                 "nothing to do: {} already replayed (ledger {})",
-                plural(self.total.already_done, "pair"),
+                plural(self.tally.total.already_done, "pair"),
                 self.ledger
             );
         }
@@ -272,7 +283,7 @@ impl Summary {
             "{} in {}; {} replayed in {:.1}s ({:.0} events/s)",
             plural(self.records, "record"),
             plural(self.blobs, "blob"),
-            plural(self.total.replayed, "event"),
+            plural(self.tally.total.replayed, "event"),
             self.seconds,
             self.rate
         );
@@ -305,15 +316,15 @@ impl Summary {
             row.extend(cells.iter().map(usize::to_string));
             table.row(&row.iter().map(String::as_str).collect::<Vec<_>>());
         };
-        add("total".into(), &self.total);
-        for (handler, counts) in &self.per_handler {
+        add("total".into(), &self.tally.total);
+        for (handler, counts) in &self.tally.per_handler {
             add(format!("handler {handler}"), counts);
         }
-        for (reason, counts) in &self.per_reason {
+        for (reason, counts) in &self.tally.per_reason {
             add(format!("reason {reason}"), counts);
         }
         out.push_str(&table.render());
-        for (why, count) in &self.skipped_because {
+        for (why, count) in &self.tally.skipped_because {
             let _ = writeln!(out, "skipped {count}: {why}");
         }
         for (error, count) in &self.errors {
@@ -323,8 +334,8 @@ impl Summary {
             let at = bad.index.map_or(String::new(), |i| format!(" record {i}"));
             let _ = writeln!(out, "invalid: {}{at}: {}", bad.blob, bad.problem);
         }
-        if self.total.not_sent > 0 {
-            let _ = writeln!(out, "not sent (interrupted): {}", self.total.not_sent);
+        if self.tally.total.not_sent > 0 {
+            let _ = writeln!(out, "not sent (interrupted): {}", self.tally.total.not_sent);
         }
         if self.archived > 0 {
             let _ = writeln!(out, "archived {} under replayed/", plural(self.archived, "blob"));
@@ -341,45 +352,42 @@ impl Summary {
 
 /// The dry run: one line per (record, destination), what would happen and why.
 #[derive(Serialize)]
-pub struct DryRunRow<'a> {
-    pub blob: &'a str,
+pub struct DryRunRow {
+    pub blob: Arc<str>,
     pub index: usize,
-    pub id: &'a str,
+    pub id: String,
     #[serde(rename = "type")]
-    pub event_type: &'a str,
-    pub reason: Option<&'a str>,
-    pub destination: &'a str,
+    pub event_type: String,
+    pub reason: Option<Arc<str>>,
+    pub destination: Arc<str>,
     /// Who chose the destination: the record itself, `--handler`, or the
     /// manifest's `subscriptions`.
     pub via: Via,
     #[serde(flatten)]
-    pub action: &'a Action,
+    pub action: Action,
 }
 
-pub fn dry_run_rows(plan: &Plan) -> Vec<DryRunRow<'_>> {
-    plan.items
-        .iter()
-        .map(|item| {
-            let record = &plan.records[item.record];
-            DryRunRow {
-                blob: &item.pair.blob,
-                index: item.pair.index,
-                id: &record.id,
-                event_type: &record.event_type,
-                reason: record.reason.as_deref(),
-                destination: &item.pair.destination,
-                via: item.via,
-                action: &item.action,
-            }
-        })
-        .collect()
+impl From<Item> for DryRunRow {
+    /// The row keeps the event's id and type, not the event.
+    fn from(item: Item) -> DryRunRow {
+        DryRunRow {
+            blob: item.pair.blob,
+            index: item.pair.index,
+            id: item.event.id.clone(),
+            event_type: item.event.event_type.clone(),
+            reason: item.reason,
+            destination: item.pair.destination,
+            via: item.via,
+            action: item.action,
+        }
+    }
 }
 
-pub fn render_dry_run(rows: &[DryRunRow<'_>]) -> String {
+pub fn render_dry_run(rows: &[DryRunRow]) -> String {
     let mut table = Table::default();
     table.row(&["BLOB", "#", "ID", "TYPE", "REASON", "TO", "WOULD"]);
     for row in rows {
-        let would = match row.action {
+        let would = match &row.action {
             Action::Replay => "replay".to_owned(),
             Action::Skip { why } => format!("skip: {why}"),
             Action::AlreadyDone { outcome, at } => format!("skip: already replayed ({outcome:?} at {at})"),
@@ -392,9 +400,9 @@ pub fn render_dry_run(rows: &[DryRunRow<'_>]) -> String {
         let to = match row.via {
             Via::HandlerFlag => format!("{} (--handler)", row.destination),
             Via::Manifest => format!("{} (manifest subscriptions)", row.destination),
-            Via::Record | Via::Endpoint | Via::None => row.destination.to_owned(),
+            Via::Record | Via::Endpoint | Via::None => row.destination.to_string(),
         };
-        table.row(&[row.blob, &index, row.id, row.event_type, row.reason.unwrap_or("-"), &to, &would]);
+        table.row(&[&row.blob, &index, &row.id, &row.event_type, row.reason.as_deref().unwrap_or("-"), &to, &would]);
     }
     table.render()
 }

@@ -12,7 +12,7 @@
 //! until the ledger has written it, so a killed replay leaves at most
 //! `--concurrency` batches to be sent again.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,11 +22,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::ledger::{Ledger, LedgerAppender, Pair, is_done};
-use super::plan::{Action, Choice, Plan};
+use super::plan::{Action, BlobId, Choice, Item, Plan};
 use super::read::Source;
 use super::report::Progress;
 use super::target::{Batch, MAX_BODY, Sent, Target};
-use crate::event::Event;
 
 /// Blobs read (and parsed) ahead of the one being planned.
 const READ_AHEAD: usize = 8;
@@ -97,16 +96,27 @@ pub struct Ran {
     pub dedup: crate::dedup::embedded::Stats,
 }
 
-/// A batch on its way, with what the ledger records for each of its events.
+/// A batch on its way, with what the ledger and the tally need of each of
+/// its events.
 struct Job {
     batch: Batch,
-    /// Per event: the ledger's key, and the replays run before this one.
-    pairs: Vec<(Pair, u32)>,
+    sending: Vec<Sending>,
+}
+
+/// One event of a batch on its way: what is recorded once it is answered.
+struct Sending {
+    /// The ledger's key.
+    pair: Pair,
+    /// Replays run, this one included.
+    attempts: u32,
+    /// The summary's reason label.
+    reason: Option<Arc<str>>,
+    blob: BlobId,
 }
 
 /// A batch sent and recorded in the ledger.
 struct Finished {
-    items: Vec<usize>,
+    sending: Vec<Sending>,
     sent: Sent,
 }
 
@@ -208,11 +218,13 @@ pub async fn execute(
             }
             blob = blobs_in.recv(), if read_more => match blob {
                 Some((name, Ok(records))) => {
-                    let to_replay = plan.add_blob(&name, records, choice, &ledger);
-                    progress.grow(to_replay.len() as u64);
-                    for (index, event) in to_replay {
-                        ready.extend(batcher.add(&plan, index, event).into_iter().map(|batch| job(&plan, batch)));
+                    let items = plan.add_blob(&name, records, choice, &ledger);
+                    let mut found = 0;
+                    for item in items.into_iter().filter(|item| matches!(item.action, Action::Replay)) {
+                        found += 1;
+                        ready.extend(batcher.add(item));
                     }
+                    progress.grow(found);
                 }
                 Some((name, Err(error))) => {
                     read_error = Some(error.context(format!("reading {name} (what was sent before is in the ledger; the next run resumes)")));
@@ -221,17 +233,18 @@ pub async fn execute(
                 None => {
                     reading = false;
                     ran.reading_seconds = started.elapsed().as_secs_f64();
-                    ready.extend(batcher.flush().into_iter().map(|batch| job(&plan, batch)));
+                    ready.extend(batcher.flush());
                 }
             },
             done = finished.recv(), if slots_running => match done {
-                Some(Ok(Finished { items, sent })) => {
+                Some(Ok(Finished { sending, sent })) => {
                     if let Some(error) = sent.error {
                         *ran.errors.entry(error).or_default() += sent.outcomes.iter().filter(|o| !is_done(**o)).count();
                     }
-                    progress.advance(items.len() as u64);
-                    for (index, outcome) in items.into_iter().zip(sent.outcomes) {
-                        plan.items[index].outcome = Some(outcome);
+                    progress.advance(sending.len() as u64);
+                    for (event, outcome) in sending.iter().zip(sent.outcomes) {
+                        let reason = event.reason.as_deref().unwrap_or("-");
+                        plan.answered(event.blob, &event.pair.destination, reason, outcome);
                     }
                 }
                 Some(Err(error)) => {
@@ -281,12 +294,6 @@ async fn reserve(jobs: Option<&mpsc::Sender<Job>>, due: Option<Instant>) -> Opti
     jobs?.reserve().await.ok()
 }
 
-/// A batch with its ledger keys, taken from the plan while the plan is at hand.
-fn job(plan: &Plan, batch: Batch) -> Job {
-    let pairs = batch.items.iter().map(|i| (plan.items[*i].pair.clone(), plan.items[*i].attempts + 1)).collect();
-    Job { batch, pairs }
-}
-
 /// One slot: takes the next batch, sends it, writes its outcomes to the
 /// ledger, then takes another, until the queue closes or the run stops.
 async fn slot(
@@ -297,15 +304,14 @@ async fn slot(
     stop: Arc<AtomicBool>,
 ) {
     loop {
-        let Some(Job { batch, pairs }) = jobs.lock().await.recv().await else { return };
+        let Some(Job { batch, sending }) = jobs.lock().await.recv().await else { return };
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut batch = batch;
-        let items = std::mem::take(&mut batch.items);
         let sent = target.send(batch).await;
-        let written = appender.lock().unwrap_or_else(|e| e.into_inner()).append(&pairs, &sent.outcomes, &now_rfc3339());
-        let report = written.map(|()| Finished { items, sent });
+        let pairs = sending.iter().map(|event| (&event.pair, event.attempts));
+        let written = appender.lock().unwrap_or_else(|e| e.into_inner()).append(pairs, &sent.outcomes, &now_rfc3339());
+        let report = written.map(|()| Finished { sending, sent });
         let failed = report.is_err();
         if finished.send(report).is_err() || failed {
             return;
@@ -319,7 +325,7 @@ async fn slot(
 struct Batcher {
     /// The batches being filled: a handful (one per destination, attempt
     /// count, …), so a scan finds an item's batch without building a key.
-    open: Vec<Batch>,
+    open: Vec<Job>,
     events: usize,
     bounded_bytes: bool,
 }
@@ -329,53 +335,57 @@ impl Batcher {
         Batcher { open: Vec::new(), events: pace.batch.max(1), bounded_bytes: pace.bounded_bytes }
     }
 
-    /// Adds the plan's item `index`, which sends `event`; returns the
-    /// batches that are full now.
-    fn add(&mut self, plan: &Plan, index: usize, event: Arc<Event>) -> Vec<Batch> {
+    /// Adds an item to replay; returns the batches that are full now.
+    fn add(&mut self, item: Item) -> Vec<Job> {
         let mut full = Vec::new();
-        let item = &plan.items[index];
-        let record = &plan.records[item.record];
-        let attempt = record.delivery_attempts.unwrap_or(0);
-        let size = event.raw.get().len() + 1;
-        let position = self.open.iter().position(|batch| {
+        let attempt = item.delivery_attempts.unwrap_or(0);
+        let size = item.event.raw.get().len() + 1;
+        let position = self.open.iter().position(|Job { batch, .. }| {
             batch.destination == item.pair.destination
-                && batch.subscription == record.subscription
+                && batch.subscription == item.subscription
                 && batch.attempt == attempt
-                && batch.schema == event.schema
+                && batch.schema == item.event.schema
         });
         let position = match position {
-            Some(position) if self.bounded_bytes && self.open[position].bytes + size > MAX_BODY => {
+            Some(position) if self.bounded_bytes && self.open[position].batch.bytes + size > MAX_BODY => {
                 full.push(self.open.remove(position));
                 None
             }
             position => position,
         };
         let position = position.unwrap_or_else(|| {
-            self.open.push(Batch {
-                destination: item.pair.destination.clone(),
-                subscription: record.subscription.clone(),
-                attempt,
-                schema: event.schema,
-                events: Vec::with_capacity(self.events),
-                items: Vec::with_capacity(self.events),
-                bytes: 0,
+            self.open.push(Job {
+                batch: Batch {
+                    destination: item.pair.destination.clone(),
+                    subscription: item.subscription.clone(),
+                    attempt,
+                    schema: item.event.schema,
+                    events: Vec::with_capacity(self.events),
+                    bytes: 0,
+                },
+                sending: Vec::with_capacity(self.events),
             });
             self.open.len() - 1
         });
-        let batch = &mut self.open[position];
-        batch.events.push(event);
-        batch.items.push(index);
-        batch.bytes += size;
-        if batch.events.len() >= self.events {
+        let job = &mut self.open[position];
+        job.batch.events.push(item.event);
+        job.batch.bytes += size;
+        job.sending.push(Sending {
+            pair: item.pair,
+            attempts: item.attempts + 1,
+            reason: item.reason,
+            blob: item.blob,
+        });
+        if job.sending.len() >= self.events {
             full.push(self.open.remove(position));
         }
         full
     }
 
     /// The batches not yet full, oldest first.
-    fn flush(&mut self) -> Vec<Batch> {
+    fn flush(&mut self) -> Vec<Job> {
         let mut rest = std::mem::take(&mut self.open);
-        rest.sort_by_key(|batch| batch.items[0]);
+        rest.sort_by_key(|job| (job.sending[0].blob, job.sending[0].pair.index));
         rest
     }
 }
@@ -387,21 +397,7 @@ async fn finish_blobs(plan: &Plan, source: &Source, on_success: OnSuccess, ran: 
     if on_success == OnSuccess::Keep {
         return;
     }
-    let invalid: BTreeSet<&str> = plan.invalid.iter().map(|bad| bad.blob.as_str()).collect();
-    let mut open: BTreeSet<&str> = invalid;
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
-    for item in &plan.items {
-        seen.insert(&item.pair.blob);
-        let done = match &item.action {
-            Action::AlreadyDone { .. } => true,
-            Action::Replay => item.outcome.is_some_and(is_done),
-            Action::Skip { .. } | Action::GaveUp { .. } => false,
-        };
-        if !done {
-            open.insert(&item.pair.blob);
-        }
-    }
-    for blob in seen.difference(&open) {
+    for blob in plan.done_blobs() {
         let result = match on_success {
             OnSuccess::Archive => source.archive(blob).await.map(|()| ran.archived += 1),
             OnSuccess::Delete => source.delete(blob).await.map(|()| ran.deleted += 1),
@@ -436,9 +432,8 @@ mod tests {
     use crate::replay::read::{Selection, parse_records};
 
     /// `count` gridfn records for handler `h`, `attempts` delivery attempts
-    /// each, with `padding` bytes of data, planned as a run plans them; with
-    /// the items to replay and their events.
-    fn plan(count: usize, attempts: impl Fn(usize) -> u32, padding: usize) -> (Plan, Vec<(usize, Arc<Event>)>) {
+    /// each, with `padding` bytes of data, planned as a run plans them.
+    fn items(count: usize, attempts: impl Fn(usize) -> u32, padding: usize) -> Vec<Item> {
         let records: Vec<String> = (0..count)
             .map(|i| {
                 format!(
@@ -462,17 +457,18 @@ mod tests {
         };
         let ledger = Ledger::read_only(std::path::Path::new("/nonexistent/ledger.jsonl")).unwrap();
         let mut plan = Plan::new(vec![name.into()]);
-        let to_replay = plan.add_blob(name, parse_records(name, Some("S"), blob.as_bytes()), &choice, &ledger);
-        assert_eq!(to_replay.len(), count);
-        (plan, to_replay)
+        let items = plan.add_blob(name, parse_records(name, Some("S"), blob.as_bytes()), &choice, &ledger);
+        assert_eq!(items.len(), count);
+        assert!(items.iter().all(|item| matches!(item.action, Action::Replay)));
+        items
     }
 
-    /// Every item to replay through a [`Batcher`], as a run adds them.
-    fn batches((plan, to_replay): &(Plan, Vec<(usize, Arc<Event>)>), pace: &Pace) -> Vec<Batch> {
+    /// Every item through a [`Batcher`], as a run adds them.
+    fn batches(items: Vec<Item>, pace: &Pace) -> Vec<Job> {
         let mut batcher = Batcher::new(pace);
         let mut out = Vec::new();
-        for (index, event) in to_replay {
-            out.extend(batcher.add(plan, *index, event.clone()));
+        for item in items {
+            out.extend(batcher.add(item));
         }
         out.extend(batcher.flush());
         out
@@ -484,32 +480,27 @@ mod tests {
 
     #[test]
     fn batches_hold_one_attempt_count_and_at_most_batch_events() {
-        let plan = plan(250, |i| if i % 2 == 0 { 1 } else { 7 }, 0);
-        let batches = batches(&plan, &pace(100, false));
-        assert_eq!(batches.iter().map(|b| b.events.len()).sum::<usize>(), 250);
-        assert!(batches.iter().all(|b| b.events.len() <= 100));
-        for batch in &batches {
-            let attempts: Vec<u32> =
-                batch.items.iter().map(|i| plan.0.records[*i].delivery_attempts.unwrap()).collect();
-            assert!(
-                attempts.iter().all(|a| *a == batch.attempt),
-                "{attempts:?} in a batch for attempt {}",
-                batch.attempt
-            );
+        let attempts = |i: usize| if i.is_multiple_of(2) { 1 } else { 7 };
+        let jobs = batches(items(250, attempts, 0), &pace(100, false));
+        assert_eq!(jobs.iter().map(|j| j.batch.events.len()).sum::<usize>(), 250);
+        assert!(jobs.iter().all(|j| j.batch.events.len() <= 100 && j.sending.len() == j.batch.events.len()));
+        for Job { batch, sending } in &jobs {
+            let counts: Vec<u32> = sending.iter().map(|event| attempts(event.pair.index)).collect();
+            assert!(counts.iter().all(|a| *a == batch.attempt), "{counts:?} in a batch for attempt {}", batch.attempt);
+            for (event, sent) in batch.events.iter().zip(sending) {
+                assert_eq!(event.id, format!("e{}", sent.pair.index), "an event and its ledger key stay together");
+                assert_eq!(sent.attempts, 1, "the first replay of each");
+            }
         }
-        assert_eq!(batches.len(), 4, "125 events per attempt count: 100 + 25 each");
+        assert_eq!(jobs.len(), 4, "125 events per attempt count: 100 + 25 each");
     }
 
     #[test]
     fn http_batches_stay_under_one_mebibyte() {
-        let plan = plan(40, |_| 1, 100_000);
-        let batches = batches(&plan, &pace(100, true));
-        assert!(batches.len() >= 4, "{} batches of 100 kB events", batches.len());
-        assert!(
-            batches.iter().all(|b| b.bytes <= MAX_BODY),
-            "{:?}",
-            batches.iter().map(|b| b.bytes).collect::<Vec<_>>()
-        );
-        assert_eq!(batches.iter().map(|b| b.events.len()).sum::<usize>(), 40);
+        let jobs = batches(items(40, |_| 1, 100_000), &pace(100, true));
+        assert!(jobs.len() >= 4, "{} batches of 100 kB events", jobs.len());
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.batch.bytes).collect();
+        assert!(sizes.iter().all(|bytes| *bytes <= MAX_BODY), "{sizes:?}");
+        assert_eq!(jobs.iter().map(|j| j.batch.events.len()).sum::<usize>(), 40);
     }
 }

@@ -24,10 +24,8 @@ pub struct Batch {
     /// Delivery attempts before the replay (from the dead-letter record).
     pub attempt: u32,
     pub schema: Schema,
-    /// Shared with the plan's records, not copied.
+    /// Shared with the records they were read from, not copied.
     pub events: Vec<Arc<Event>>,
-    /// The plan items the events stand for, in the same order.
-    pub items: Vec<usize>,
     /// Bytes of the events' JSON, for the `--to` body limit.
     pub bytes: usize,
 }
