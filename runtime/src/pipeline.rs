@@ -136,6 +136,19 @@ pub enum ReplayOutcome {
     Unmatched,
 }
 
+impl ReplayOutcome {
+    /// Its name as JSON has it (`succeeded`, `duplicate`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayOutcome::Succeeded => "succeeded",
+            ReplayOutcome::Duplicate => "duplicate",
+            ReplayOutcome::Rejected => "rejected",
+            ReplayOutcome::Failed => "failed",
+            ReplayOutcome::Unmatched => "unmatched",
+        }
+    }
+}
+
 impl Pipeline {
     pub fn new(registry: Arc<Registry>, dedup: Arc<Dedup>, deadletter: DeadLetterStore, metrics: Arc<Metrics>) -> Self {
         Pipeline { registry, dedup, deadletter, metrics, publisher: reqwest::Client::new() }

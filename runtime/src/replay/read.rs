@@ -50,6 +50,7 @@
 //! whose event does not decode, or whose dead-letter attributes have the
 //! wrong type, is a [`BadRecord`] naming its blob and index.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -690,8 +691,8 @@ impl Attributes {
     /// The names are Event Grid's camelCase, the CloudEvents lower case, and
     /// the namespace properties' names, matched ignoring case.
     fn take(&mut self, name: &str, value: &RawValue) -> Result<bool, String> {
-        let text = |value: &RawValue| match serde_json::from_str::<Option<String>>(value.get()) {
-            Ok(text) => Ok(text),
+        let text = |value: &RawValue| match json_string(value) {
+            Ok(text) => Ok(text.map(Cow::into_owned)),
             Err(_) => Err(format!("{name}: must be a string, found {}", json_kind(value.get()))),
         };
         // Every member of every record comes here: no lower-cased copy of its
@@ -786,12 +787,23 @@ fn number<T: TryFrom<u64>>(name: &str, value: &RawValue) -> Result<Option<T>, St
 /// An RFC 3339 time; Event Grid's seven fractional digits are fine, and a
 /// time without an offset is UTC (as in Event Grid's own quirky payloads).
 fn time(name: &str, value: &RawValue) -> Result<Option<DateTime<Utc>>, String> {
-    let text = match serde_json::from_str::<Option<String>>(value.get()) {
+    let text = match json_string(value) {
         Ok(None) => return Ok(None),
         Ok(Some(text)) => text,
         Err(_) => return Err(format!("{name}: must be a time string, found {}", json_kind(value.get()))),
     };
     parse_rfc3339(&text).map(Some).ok_or_else(|| format!("{name}: {text:?} is not an RFC 3339 time"))
+}
+
+/// A JSON string or null, read from its text: without a backslash the
+/// string is the text between the quotes (no parse, no copy); with one,
+/// serde unescapes it.
+fn json_string(value: &RawValue) -> serde_json::Result<Option<Cow<'_, str>>> {
+    let text = value.get();
+    match text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Ok(Some(Cow::Borrowed(inner))),
+        _ => serde_json::from_str::<Option<String>>(text).map(|text| text.map(Cow::Owned)),
+    }
 }
 
 fn parse_rfc3339(text: &str) -> Option<DateTime<Utc>> {
