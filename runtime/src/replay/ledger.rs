@@ -18,7 +18,7 @@
 //! running at once; the operating system releases it when the process dies,
 //! however it dies.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -78,10 +78,11 @@ pub struct Ledger {
 
 impl Ledger {
     /// Reads the ledger at `path` (none yet is an empty ledger) without
-    /// creating or changing anything: for `--dry-run`.
-    pub fn read_only(path: &Path) -> anyhow::Result<Ledger> {
+    /// creating or changing anything: for `--dry-run`. Only the entries of
+    /// `blobs` (those the source lists now) are kept.
+    pub fn read_only(path: &Path, blobs: &[String]) -> anyhow::Result<Ledger> {
         let entries = match File::open(path) {
-            Ok(file) => read_entries(file, path)?.0,
+            Ok(file) => read_entries(file, path, blobs)?.0,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => anyhow::bail!("cannot read the replay ledger {}: {e}", path.display()),
         };
@@ -89,8 +90,11 @@ impl Ledger {
     }
 
     /// Opens (or creates) the ledger for appending; a torn last line, left by
-    /// a crash mid-write, is cut off first.
-    pub fn open(path: &Path) -> anyhow::Result<Ledger> {
+    /// a crash mid-write, is cut off first. Only the entries of `blobs` (those
+    /// the source lists now) are kept in memory: a blob archived by an
+    /// earlier run, or outside this run's window, is not read again, so a
+    /// long ledger costs this run only what is still to do.
+    pub fn open(path: &Path, blobs: &[String]) -> anyhow::Result<Ledger> {
         let shown = path.display();
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
@@ -101,7 +105,7 @@ impl Ledger {
             .create(true)
             .open(path)
             .map_err(|e| anyhow::anyhow!("cannot open the replay ledger {shown}: {e}"))?;
-        let (entries, good_len) = read_entries(file.try_clone()?, path)?;
+        let (entries, good_len) = read_entries(file.try_clone()?, path, blobs)?;
         if good_len < file.metadata()?.len() {
             file.set_len(good_len)?;
             file.sync_data()?;
@@ -273,7 +277,8 @@ fn escaped<'a, 'c>(last: &'c mut Option<(&'a str, Vec<u8>)>, text: &'a str) -> &
 
 /// Every entry in `file` (the last per pair), and the length of the part
 /// made of whole, readable lines.
-fn read_entries(file: File, path: &Path) -> anyhow::Result<(HashMap<Pair, Entry>, u64)> {
+fn read_entries(file: File, path: &Path, blobs: &[String]) -> anyhow::Result<(HashMap<Pair, Entry>, u64)> {
+    let wanted: HashSet<&str> = blobs.iter().map(String::as_str).collect();
     let mut entries = HashMap::new();
     let mut good_len = 0u64;
     let mut reader = BufReader::new(file);
@@ -294,7 +299,9 @@ fn read_entries(file: File, path: &Path) -> anyhow::Result<(HashMap<Pair, Entry>
             break;
         };
         good_len += read as u64;
-        entries.insert(entry.pair.clone(), entry);
+        if wanted.contains(&*entry.pair.blob) {
+            entries.insert(entry.pair.clone(), entry);
+        }
     }
     Ok((entries, good_len))
 }
@@ -351,8 +358,15 @@ mod tests {
         ReplayOutcome::Unmatched,
     ];
 
+    const BLOB: &str = "SUB/2024/1/2/3/a.json";
+
+    /// The blobs a test's source lists.
+    fn listed(blobs: &[&str]) -> Vec<String> {
+        blobs.iter().map(|b| (*b).to_owned()).collect()
+    }
+
     fn entry(index: usize, outcome: ReplayOutcome) -> Entry {
-        let pair = Pair { blob: "SUB/2024/1/2/3/a.json".into(), index, destination: "h".into() };
+        let pair = Pair { blob: BLOB.into(), index, destination: "h".into() };
         Entry { pair, attempts: 1, outcome, at: "2026-11-30T03:00:00Z".into() }
     }
 
@@ -360,14 +374,16 @@ mod tests {
     fn entries_survive_reopening_and_the_last_one_per_pair_wins() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.jsonl");
-        let mut ledger = Ledger::open(&path).unwrap();
+        let mut ledger = Ledger::open(&path, &listed(&[BLOB])).unwrap();
         ledger.append(vec![entry(0, ReplayOutcome::Failed), entry(1, ReplayOutcome::Succeeded)]).unwrap();
         ledger.append(vec![Entry { attempts: 2, ..entry(0, ReplayOutcome::Duplicate) }]).unwrap();
         drop(ledger);
-        let ledger = Ledger::open(&path).unwrap();
+        let ledger = Ledger::open(&path, &listed(&[BLOB])).unwrap();
         assert_eq!(ledger.len(), 2);
         let first = ledger.get(&entry(0, ReplayOutcome::Failed).pair).unwrap();
         assert_eq!((first.attempts, first.outcome), (2, ReplayOutcome::Duplicate));
+        let elsewhere = Ledger::read_only(&path, &listed(&["SUB/2024/1/2/3/other.json"])).unwrap();
+        assert!(elsewhere.is_empty(), "a blob not listed (archived, or outside the window) is not kept");
     }
 
     /// The appender's hand-written lines read back as the entries they
@@ -377,7 +393,7 @@ mod tests {
     fn appended_lines_read_back_as_their_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.jsonl");
-        let mut ledger = Ledger::open(&path).unwrap();
+        let mut ledger = Ledger::open(&path, &listed(&[BLOB])).unwrap();
         let mut appender = ledger.appender().unwrap();
         let names = ["S/2026/1/1/0/a.json", "S/2026/1/1/0/\"quoted\" \\ é 😀.json", "S/2026/1/1/0/b.json"];
         let pairs: Vec<(Pair, u32)> = (0..9)
@@ -392,7 +408,7 @@ mod tests {
             .unwrap();
         appender.append(pairs[5..].iter().map(|(p, a)| (p, *a)), &outcomes[5..], "2026-12-01T04:00:01Z").unwrap();
         appender.finish().unwrap();
-        let read = Ledger::read_only(&path).unwrap();
+        let read = Ledger::read_only(&path, &listed(&names)).unwrap();
         assert_eq!(read.len(), 9);
         for (i, ((pair, attempts), outcome)) in pairs.iter().zip(&outcomes).enumerate() {
             let at = if i < 5 { "2026-12-01T04:00:00.000001Z" } else { "2026-12-01T04:00:01Z" };
@@ -405,24 +421,24 @@ mod tests {
     fn a_torn_last_line_is_dropped_and_cut_off_before_appending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.jsonl");
-        Ledger::open(&path).unwrap().append(vec![entry(0, ReplayOutcome::Succeeded)]).unwrap();
+        Ledger::open(&path, &listed(&[BLOB])).unwrap().append(vec![entry(0, ReplayOutcome::Succeeded)]).unwrap();
         let whole = std::fs::read(&path).unwrap();
         let mut torn = whole.clone();
         torn.extend_from_slice(br#"{"blob":"SUB/2024/1/2/3/a.json","ind"#);
         std::fs::write(&path, &torn).unwrap();
 
-        assert_eq!(Ledger::read_only(&path).unwrap().len(), 1, "the torn line is not an entry");
-        let mut ledger = Ledger::open(&path).unwrap();
+        assert_eq!(Ledger::read_only(&path, &listed(&[BLOB])).unwrap().len(), 1, "the torn line is not an entry");
+        let mut ledger = Ledger::open(&path, &listed(&[BLOB])).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), whole, "opening cuts the torn line");
         ledger.append(vec![entry(1, ReplayOutcome::Rejected)]).unwrap();
-        assert_eq!(Ledger::read_only(&path).unwrap().len(), 2);
+        assert_eq!(Ledger::read_only(&path, &listed(&[BLOB])).unwrap().len(), 2);
     }
 
     #[test]
     fn a_dry_run_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("replay").join("l.jsonl");
-        assert!(Ledger::read_only(&path).unwrap().is_empty());
+        assert!(Ledger::read_only(&path, &listed(&[BLOB])).unwrap().is_empty());
         assert!(!dir.path().join("replay").exists());
     }
 

@@ -186,8 +186,9 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
     let header = |ledger: &Path| (source.id(), target_name.clone(), ledger.display().to_string());
 
     if options.dry_run {
-        let ledger = Ledger::read_only(&ledger_path)?;
-        let (plan, rows) = dry_run(&source, &choice, &ledger).await?;
+        let blobs = source.blobs(&selection.window()).await?;
+        let ledger = Ledger::read_only(&ledger_path, &blobs)?;
+        let (plan, rows) = dry_run(&source, blobs, &choice, &ledger).await?;
         let to_replay = rows.iter().filter(|row| matches!(row.action, plan::Action::Replay)).count();
         let summary = Summary::new(plan, &run::Ran::default(), header(&ledger_path), true);
         if options.json {
@@ -205,7 +206,8 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
     }
 
     let _lock = LedgerLock::acquire(&ledger_path)?;
-    let ledger = Ledger::open(&ledger_path)?;
+    let blobs = source.blobs(&selection.window()).await?;
+    let ledger = Ledger::open(&ledger_path, &blobs)?;
     let target = match (&options.to, &manifest) {
         (Some(url), _) => Starter::Ready(Target::Http(HttpTarget::new(url, options.key.clone())?)),
         (None, Some(manifest)) => {
@@ -225,7 +227,7 @@ async fn replay(options: Options) -> anyhow::Result<bool> {
     };
     let progress = Progress::new(options.json);
     let (plan, ran) =
-        run::execute(source.clone(), &choice, ledger, target, &pace, options.on_success, &progress).await?;
+        run::execute(source.clone(), blobs, &choice, ledger, target, &pace, options.on_success, &progress).await?;
     progress.finish();
     let summary = Summary::new(plan, &ran, header(&ledger_path), false);
     if options.json {
@@ -263,11 +265,16 @@ fn selection(options: &Options) -> anyhow::Result<Selection> {
     })
 }
 
-/// Reads every blob of the source (only hour folders inside the
-/// selection's window) and decides each record's fate, touching nothing:
-/// the plan and a row per (record, destination).
-async fn dry_run(source: &Source, choice: &Choice<'_>, ledger: &Ledger) -> anyhow::Result<(Plan, Vec<DryRunRow>)> {
-    let mut plan = Plan::new(source.blobs(&choice.selection.window()).await?);
+/// Reads the blobs listed (only hour folders inside the selection's window)
+/// and decides each record's fate, touching nothing: the plan and a row per
+/// (record, destination).
+async fn dry_run(
+    source: &Source,
+    blobs: Vec<String>,
+    choice: &Choice<'_>,
+    ledger: &Ledger,
+) -> anyhow::Result<(Plan, Vec<DryRunRow>)> {
+    let mut plan = Plan::new(blobs);
     let mut rows = Vec::new();
     for blob in plan.blobs.clone() {
         let records = source.read(&blob).await?;

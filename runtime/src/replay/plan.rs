@@ -188,6 +188,8 @@ pub struct Plan {
     pub tally: Tally,
     /// Each blob planned, in order ([`BlobId`]).
     planned: Vec<BlobState>,
+    /// Blobs whose every record became done since [`Plan::take_done`] last ran.
+    done: Vec<Arc<str>>,
     names: Names,
     /// Records with at least one destination to replay to, for `--limit`.
     replaying: usize,
@@ -230,6 +232,9 @@ impl Plan {
                 Action::Skip { .. } | Action::GaveUp { .. } => state.open = true,
             }
         }
+        if state.waiting == 0 && !state.open {
+            self.done.push(state.name.clone());
+        }
         self.planned.push(state);
         items
     }
@@ -240,12 +245,16 @@ impl Plan {
         let state = &mut self.planned[blob];
         state.waiting -= 1;
         state.open |= !is_done(outcome);
+        if state.waiting == 0 && !state.open {
+            self.done.push(state.name.clone());
+        }
     }
 
-    /// The blobs planned whose every record is done, by this run or earlier
-    /// ones: none invalid, skipped, given up on, failing or not yet answered.
-    pub fn done_blobs(&self) -> impl Iterator<Item = &str> {
-        self.planned.iter().filter(|blob| blob.waiting == 0 && !blob.open).map(|blob| &*blob.name)
+    /// The blobs whose every record became done (by this run or earlier
+    /// ones: none invalid, skipped, given up on or failing) since the last
+    /// call: ready to archive.
+    pub fn take_done(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.done)
     }
 
     /// Plans one record into `items`, one item per destination.
@@ -376,7 +385,7 @@ mod tests {
         let known = Destinations::Handlers(["orders".to_owned()].into());
         let none: Vec<String> = Vec::new();
         let choice = choice(&none, &known, &selection);
-        let ledger = Ledger::read_only(std::path::Path::new("/nonexistent/ledger.jsonl")).unwrap();
+        let ledger = Ledger::read_only(std::path::Path::new("/nonexistent/ledger.jsonl"), &[]).unwrap();
         let records = |ids: &[&str]| {
             let one = |id: &&str| {
                 format!(
@@ -394,14 +403,15 @@ mod tests {
         let c = add(&mut plan, "SUB/2026/1/1/0/c.json", r#"[{"id":"c1"}]"#);
         assert_eq!((a.len(), b.len(), c.len(), plan.records, plan.invalid.len()), (2, 1, 0, 4, 1));
         assert_eq!(plan.tally.total.not_sent, 3, "planned to replay, not answered yet");
-        assert_eq!(plan.done_blobs().count(), 0, "nothing answered yet");
+        assert!(plan.take_done().is_empty(), "nothing answered yet");
 
         let outcomes = [ReplayOutcome::Succeeded, ReplayOutcome::Failed, ReplayOutcome::Duplicate];
         for (item, outcome) in a.iter().chain(&b).zip(outcomes) {
             plan.answered(item.blob, item.handler_label(), item.reason_label(), outcome);
         }
         // a: one record failed again; c: its record is invalid. Only b is done.
-        assert_eq!(plan.done_blobs().collect::<Vec<_>>(), ["SUB/2026/1/1/0/b.json"]);
+        assert_eq!(plan.take_done(), [Arc::from("SUB/2026/1/1/0/b.json")]);
+        assert!(plan.take_done().is_empty(), "each blob is done once");
         let total = &plan.tally.total;
         assert_eq!(
             (total.replayed, total.succeeded, total.failed_again, total.duplicate, total.not_sent),

@@ -194,10 +194,10 @@ pub struct Summary {
     pub archived: usize,
     pub deleted: usize,
     pub blob_errors: Vec<String>,
-    /// From listing the blobs to the last answer: reading, starting the
+    /// From the first read to the last answer: reading, starting the
     /// handlers and sending (reading overlaps sending).
     pub seconds: f64,
-    /// From listing the blobs to having read the last one.
+    /// From the first read to having read the last one.
     pub reading_seconds: f64,
     /// Of `seconds`, starting the handlers (compiling or loading them),
     /// while nothing is sent.

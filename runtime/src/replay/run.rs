@@ -2,8 +2,9 @@
 //! ([`Source::read_ahead`]) while the batches of earlier ones are sent; each
 //! blob planned as it arrives, its records to replay grouped into batches,
 //! sent by `--concurrency` slot tasks at most `--rate` events a second; every
-//! finished batch written to the ledger by its slot; and the blobs whose
-//! records are all done archived (or deleted) at the end.
+//! finished batch written to the ledger by its slot; and each blob archived
+//! (or deleted) as soon as its records are all done, on a task of its own,
+//! so a replay cut off leaves in place only what is still to do.
 //!
 //! What makes a cut-off replay safe to run again: a pair's success is
 //! recorded by dedup before its batch returns, and by the ledger right after;
@@ -78,9 +79,10 @@ pub struct Ran {
     pub blob_errors: Vec<String>,
     /// Ctrl-C stopped it before every batch was sent.
     pub interrupted: bool,
-    /// From listing the blobs to the last answer (archiving not included).
+    /// From the first read to the last answer (listing the blobs and the
+    /// archiving still running then not included).
     pub seconds: f64,
-    /// From listing the blobs to reading the last one (it overlaps sending).
+    /// From the first read to reading the last one (it overlaps sending).
     pub reading_seconds: f64,
     /// Of `seconds`, the time spent starting the handlers (compiling or
     /// loading them, opening the dedup store), during which nothing is sent.
@@ -120,9 +122,9 @@ struct Finished {
     sent: Sent,
 }
 
-/// Lists the source's blobs, plans and sends each as it is read, records
-/// every finished batch in the ledger, then archives the blobs that are done.
-/// Returns the plan (everything read, and what became of it) and the run.
+/// Plans and sends each of `blobs` as it is read, records every finished
+/// batch in the ledger, and archives each blob once it is done. Returns the
+/// plan (everything read, and what became of it) and the run.
 ///
 /// Sending runs on `--concurrency` slot tasks, each taking the next batch,
 /// sending it, and writing its outcomes to the ledger before taking another:
@@ -131,6 +133,7 @@ struct Finished {
 #[allow(clippy::too_many_arguments)]
 pub async fn execute(
     source: Arc<Source>,
+    blobs: Vec<String>,
     choice: &Choice<'_>,
     ledger: Ledger,
     target: Starter,
@@ -140,8 +143,10 @@ pub async fn execute(
 ) -> anyhow::Result<(Plan, Ran)> {
     let started = Instant::now();
     let mut ran = Ran::default();
-    let mut plan = Plan::new(source.blobs(&choice.selection.window()).await?);
+    let mut plan = Plan::new(blobs);
     let mut blobs_in = source.clone().read_ahead(plan.blobs.clone(), READ_AHEAD);
+    let (to_archive, archive_queue) = mpsc::unbounded_channel();
+    let archiver = tokio::spawn(archive(source.clone(), on_success, archive_queue));
     let mut reading = true;
     // A blob that could not be fetched stops the run (after the batches in
     // flight); the next run resumes from the ledger.
@@ -225,6 +230,9 @@ pub async fn execute(
                         ready.extend(batcher.add(item));
                     }
                     progress.grow(found);
+                    for blob in plan.take_done() {
+                        let _ = to_archive.send(blob);
+                    }
                 }
                 Some((name, Err(error))) => {
                     read_error = Some(error.context(format!("reading {name} (what was sent before is in the ledger; the next run resumes)")));
@@ -245,6 +253,9 @@ pub async fn execute(
                     for (event, outcome) in sending.iter().zip(sent.outcomes) {
                         let reason = event.reason.as_deref().unwrap_or("-");
                         plan.answered(event.blob, &event.pair.destination, reason, outcome);
+                    }
+                    for blob in plan.take_done() {
+                        let _ = to_archive.send(blob);
                     }
                 }
                 Some(Err(error)) => {
@@ -274,14 +285,15 @@ pub async fn execute(
     let appender = Arc::try_unwrap(appender).map_err(|_| anyhow::anyhow!("replay slots outlived the run"))?;
     let appender = appender.into_inner().unwrap_or_else(|e| e.into_inner());
     tokio::task::spawn_blocking(move || appender.finish()).await??;
+    // The blobs done so far are archived whatever stopped the run.
+    drop(to_archive);
+    let archived = archiver.await?;
+    (ran.archived, ran.deleted, ran.blob_errors) = (archived.archived, archived.deleted, archived.errors);
     if let Some(error) = failed {
         return Err(error);
     }
     if let Some(error) = read_error {
         return Err(error);
-    }
-    if !ran.interrupted {
-        finish_blobs(&plan, &source, on_success, &mut ran).await;
     }
     Ok((plan, ran))
 }
@@ -390,23 +402,31 @@ impl Batcher {
     }
 }
 
-/// Archives (or deletes) every blob whose records are all done, by this run
-/// or earlier ones; a blob with a record not selected, failing, or invalid
-/// stays.
-async fn finish_blobs(plan: &Plan, source: &Source, on_success: OnSuccess, ran: &mut Ran) {
-    if on_success == OnSuccess::Keep {
-        return;
-    }
-    for blob in plan.done_blobs() {
+/// What the archiving task did.
+#[derive(Default)]
+struct Archived {
+    archived: usize,
+    deleted: usize,
+    /// Blobs that could not be archived or deleted, and why.
+    errors: Vec<String>,
+}
+
+/// Archives (or deletes, or keeps) each blob that comes in: blobs whose
+/// records are all done, by this run or earlier ones. One at a time, on a
+/// task of its own: the run never waits for the storage.
+async fn archive(source: Arc<Source>, on_success: OnSuccess, mut done: mpsc::UnboundedReceiver<Arc<str>>) -> Archived {
+    let mut archived = Archived::default();
+    while let Some(blob) = done.recv().await {
         let result = match on_success {
-            OnSuccess::Archive => source.archive(blob).await.map(|()| ran.archived += 1),
-            OnSuccess::Delete => source.delete(blob).await.map(|()| ran.deleted += 1),
             OnSuccess::Keep => Ok(()),
+            OnSuccess::Archive => source.archive(&blob).await.map(|()| archived.archived += 1),
+            OnSuccess::Delete => source.delete(&blob).await.map(|()| archived.deleted += 1),
         };
         if let Err(e) = result {
-            ran.blob_errors.push(format!("{blob}: {e:#}"));
+            archived.errors.push(format!("{blob}: {e:#}"));
         }
     }
+    archived
 }
 
 /// The CPU time (user + system) every thread of this process has used so
@@ -455,7 +475,7 @@ mod tests {
             max_replays: 5,
             limit: None,
         };
-        let ledger = Ledger::read_only(std::path::Path::new("/nonexistent/ledger.jsonl")).unwrap();
+        let ledger = Ledger::read_only(std::path::Path::new("/nonexistent/ledger.jsonl"), &[]).unwrap();
         let mut plan = Plan::new(vec![name.into()]);
         let items = plan.add_blob(name, parse_records(name, Some("S"), blob.as_bytes()), &choice, &ledger);
         assert_eq!(items.len(), count);
