@@ -45,9 +45,40 @@ pub struct Event {
     /// CloudEvents extension attributes, values as text.
     pub extensions: Vec<(String, String)>,
     pub schema: Schema,
-    /// The event exactly as it arrived (one JSON object): dead-letter records
-    /// are written from it, and filters read it.
-    pub raw: Box<RawValue>,
+    /// The event as one JSON object: as it arrived, or (replayed) its
+    /// dead-letter record less the attributes. Dead-letter records are
+    /// written from it, filters read it, a replay's `--to` sends it.
+    pub raw: RawJson,
+}
+
+/// An event's JSON object as text, valid JSON by construction: either the
+/// slice serde_json checked while decoding, or written by gridfn from members
+/// that were each checked (a dead-letter record less its attributes). Never
+/// parsed again just to be held: serde_json's `RawValue` can only be made by
+/// parsing or serialising, which for a replayed record costs more than the
+/// rest of reading it.
+#[derive(Debug, Clone)]
+pub enum RawJson {
+    Parsed(Box<RawValue>),
+    Written(Box<str>),
+}
+
+impl RawJson {
+    pub fn get(&self) -> &str {
+        match self {
+            RawJson::Parsed(raw) => raw.get(),
+            RawJson::Written(text) => text,
+        }
+    }
+
+    /// As serde_json's `RawValue`, to embed in JSON that serde writes (a
+    /// namespace record): a copy, checked again only when gridfn wrote it.
+    pub fn to_raw_value(&self) -> Box<RawValue> {
+        match self {
+            RawJson::Parsed(raw) => raw.clone(),
+            RawJson::Written(text) => RawValue::from_string(text.to_string()).expect("gridfn writes valid JSON"),
+        }
+    }
 }
 
 /// Why a body could not be decoded; becomes a 400 that names the place.
@@ -252,13 +283,13 @@ fn decode_all(
 fn decode_event_grid_event(index: usize, raw: Box<RawValue>) -> Result<Event, DecodeError> {
     let fields = Fields::parse(index, &raw)?;
     let event = event_grid_event(&fields)?;
-    Ok(event(raw))
+    Ok(event(RawJson::Parsed(raw)))
 }
 
 /// An Event Grid schema event's attributes, checked: what is left to make
 /// the [`Event`] is its raw JSON (which `fields` may borrow from, so it is
 /// handed over once they are done with).
-fn event_grid_event(fields: &Fields<'_>) -> Result<impl FnOnce(Box<RawValue>) -> Event + use<>, DecodeError> {
+fn event_grid_event(fields: &Fields<'_>) -> Result<impl FnOnce(RawJson) -> Event + use<>, DecodeError> {
     let id = fields.required_string("id")?;
     let event_type = fields.required_string("eventType")?;
     let source = fields.optional_string("topic")?.unwrap_or_default();
@@ -315,7 +346,7 @@ pub fn decode_members(schema: Schema, members: Members<'_>) -> Result<Event, Dec
         })?;
     }
     // Written out, not parsed again: every value was just checked.
-    let raw = serde_json::value::to_raw_value(&Object(&members)).expect("names and raw values serialise");
+    let raw = RawJson::Written(object_text(&members));
     let fields = Fields { index: 0, map: members };
     match schema {
         Schema::EventGrid => event_grid_event(&fields).map(|event| event(raw)),
@@ -325,18 +356,29 @@ pub fn decode_members(schema: Schema, members: Members<'_>) -> Result<Event, Dec
 }
 
 /// An object's members written back as one JSON object (`{"name":value,…}`,
-/// names escaped as JSON writes them, values byte for byte).
-struct Object<'m, 'a>(&'m [(std::borrow::Cow<'a, str>, &'a RawValue)]);
-
-impl serde::Serialize for Object<'_, '_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (name, value) in self.0 {
-            map.serialize_entry(name.as_ref(), value)?;
+/// values byte for byte). A name serde read without copying has no escapes
+/// and goes in as it is; the text is allocated at its final length.
+fn object_text(members: &[(std::borrow::Cow<'_, str>, &RawValue)]) -> Box<str> {
+    let length = members.iter().map(|(name, value)| name.len() + value.get().len() + 4).sum::<usize>() + 1;
+    let mut text = String::with_capacity(length.max(2));
+    text.push('{');
+    for (i, (name, value)) in members.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
         }
-        map.end()
+        match name {
+            std::borrow::Cow::Borrowed(name) => {
+                text.push('"');
+                text.push_str(name);
+                text.push('"');
+            }
+            std::borrow::Cow::Owned(name) => text.push_str(&serde_json::to_string(name).expect("a string serialises")),
+        }
+        text.push(':');
+        text.push_str(value.get());
     }
+    text.push('}');
+    text.into_boxed_str()
 }
 
 /// The members of a JSON-format CloudEvent that are not extension attributes:
@@ -347,12 +389,12 @@ const CLOUDEVENT_MEMBERS: [&str; 10] =
 fn decode_cloud_event(index: usize, raw: Box<RawValue>) -> Result<Event, DecodeError> {
     let fields = Fields::parse(index, &raw)?;
     let event = cloud_event(&fields)?;
-    Ok(event(raw))
+    Ok(event(RawJson::Parsed(raw)))
 }
 
 /// A CloudEvent's attributes, checked; the [`Event`] is made once its raw
 /// JSON is handed over (as [`event_grid_event`]).
-fn cloud_event(fields: &Fields<'_>) -> Result<impl FnOnce(Box<RawValue>) -> Event + use<>, DecodeError> {
+fn cloud_event(fields: &Fields<'_>) -> Result<impl FnOnce(RawJson) -> Event + use<>, DecodeError> {
     let index = fields.index;
     fields.each_name_once()?;
     let specversion = fields.required_attribute("specversion")?;
@@ -896,6 +938,23 @@ impl ValidationRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replayed record's members, written back by hand: the same object
+    /// (an escaped name re-escaped, values byte for byte), and serde_json
+    /// accepts the text as it is.
+    #[test]
+    fn members_written_back_are_the_object_they_came_from() {
+        let text =
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext\u0061":"v","data": {"a": [1, 2.5e3]}}"#;
+        let members = object_members(serde_json::from_str::<&RawValue>(text).unwrap()).unwrap();
+        let event = decode_members(Schema::CloudEvents, members).unwrap();
+        assert!(matches!(event.raw, RawJson::Written(_)));
+        let written: serde_json::Value = serde_json::from_str(event.raw.get()).unwrap();
+        assert_eq!(written, serde_json::from_str::<serde_json::Value>(text).unwrap());
+        assert_eq!(event.extensions, [("exta".to_owned(), "v".to_owned())]);
+        assert_eq!(event.raw.to_raw_value().get(), event.raw.get());
+        assert!(event.raw.get().contains(r#""data":{"a": [1, 2.5e3]}"#), "values byte for byte: {}", event.raw.get());
+    }
 
     fn vectors(dir: &str) -> Vec<(String, Vec<u8>)> {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/");

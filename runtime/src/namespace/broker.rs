@@ -245,7 +245,7 @@ impl Broker {
                     continue;
                 }
                 let record = Record {
-                    event: event.raw.clone(),
+                    event: event.raw.to_raw_value(),
                     published,
                     deliveries: 0,
                     state: State::Available { at: published },

@@ -274,7 +274,7 @@ impl Plan {
         };
         let names = &mut self.names;
         let mut share = |name: Option<String>| name.map(|name| names.intern(&name));
-        let subscription = share(record.subscription);
+        let subscription = record.subscription;
         let reason = share(record.reason);
         let handler = share(record.handler);
         let pair_to = |destination: Arc<str>| Pair { blob: blob.clone(), index: record.index, destination };

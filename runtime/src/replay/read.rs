@@ -523,14 +523,16 @@ pub enum Shape {
 /// dead-letter attributes removed from `event` (its `raw` too) and kept here.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub blob: String,
+    /// Shared by the records of one blob.
+    pub blob: Arc<str>,
     /// Its place in the blob's array (0-based); with `blob`, names the record.
     pub index: usize,
     /// Shared with the batches that send it: never copied.
     pub event: Arc<Event>,
     pub shape: Shape,
-    /// The subscription folder the blob sits in (upper-case as Event Grid writes it).
-    pub subscription: Option<String>,
+    /// The subscription folder the blob sits in (upper-case as Event Grid
+    /// writes it); shared by the records of one blob.
+    pub subscription: Option<Arc<str>>,
     /// `gridfnHandler`: the handler that rejected it, in gridfn's own records.
     pub handler: Option<String>,
     /// `deadLetterReason`, free text (Microsoft publishes no closed list).
@@ -586,6 +588,7 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
         Ok(items) => items,
         Err(e) => return vec![Err(bad(None, format!("the blob is not valid JSON: {e}")))],
     };
+    let (name, subscription): (Arc<str>, Option<Arc<str>>) = (blob.into(), subscription.map(Arc::from));
     items
         .into_iter()
         .enumerate()
@@ -593,11 +596,11 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
             let (event, shape, attributes) =
                 members.and_then(parse_record).map_err(|problem| bad(Some(index), problem))?;
             Ok(Record {
-                blob: blob.to_string(),
+                blob: name.clone(),
                 index,
                 event: Arc::new(event),
                 shape,
-                subscription: subscription.map(str::to_string),
+                subscription: subscription.clone(),
                 handler: attributes.handler,
                 reason: attributes.reason,
                 description: attributes.description,
@@ -1630,7 +1633,7 @@ mod tests {
             }
             for result in parse_records(&name, None, &bytes) {
                 match result {
-                    Ok(record) => prop_assert_eq!(&record.blob, &name),
+                    Ok(record) => prop_assert_eq!(&*record.blob, name.as_str()),
                     Err(bad) => prop_assert_eq!(&bad.blob, &name),
                 }
             }
