@@ -18,6 +18,7 @@
 //! running at once; the operating system releases it when the process dies,
 //! however it dies.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::plan::Names;
 use crate::pipeline::ReplayOutcome;
 
 /// How often a replay's ledger is synced to disk, at most (it is written
@@ -43,7 +45,7 @@ pub struct Pair {
     pub destination: Arc<str>,
 }
 
-/// What the replays of one pair came to so far.
+/// One line of the ledger: what a replay of one pair came to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     #[serde(flatten)]
@@ -55,12 +57,40 @@ pub struct Entry {
     pub at: String,
 }
 
-impl Entry {
+/// What the replays of one pair came to so far, as the ledger keeps it in
+/// memory (its key is the [`Pair`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Replays that ran; `--max-replays` bounds it.
+    pub attempts: u32,
+    pub outcome: ReplayOutcome,
+    /// When the last one finished (RFC 3339, UTC); shared by the pairs of
+    /// one batch.
+    pub at: Arc<str>,
+}
+
+impl Recorded {
     /// Succeeded now or before (or the handler's filter does not want it):
     /// nothing more to do for this pair.
     pub fn is_done(&self) -> bool {
         is_done(self.outcome)
     }
+}
+
+/// A ledger line as read: borrowed from the line where it can be, every
+/// member by name (faster than [`Entry`]'s flattened `pair`, which serde
+/// buffers member by member).
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    blob: Cow<'a, str>,
+    index: usize,
+    #[serde(borrow)]
+    destination: Cow<'a, str>,
+    attempts: u32,
+    outcome: ReplayOutcome,
+    #[serde(borrow)]
+    at: Cow<'a, str>,
 }
 
 /// Whether a pair with this outcome needs no further replay.
@@ -71,7 +101,7 @@ pub fn is_done(outcome: ReplayOutcome) -> bool {
 /// The ledger of one source, read into memory, appended to as batches finish.
 pub struct Ledger {
     path: PathBuf,
-    entries: HashMap<Pair, Entry>,
+    entries: HashMap<Pair, Recorded>,
     /// `None` for a dry run: it reads, never writes.
     file: Option<File>,
 }
@@ -118,7 +148,7 @@ impl Ledger {
         &self.path
     }
 
-    pub fn get(&self, pair: &Pair) -> Option<&Entry> {
+    pub fn get(&self, pair: &Pair) -> Option<&Recorded> {
         self.entries.get(pair)
     }
 
@@ -140,8 +170,8 @@ impl Ledger {
         }
         lines.write_to(file, &self.path)?;
         file.sync_data().map_err(|e| anyhow::anyhow!("cannot sync the replay ledger {}: {e}", self.path.display()))?;
-        for entry in entries {
-            self.entries.insert(entry.pair.clone(), entry);
+        for Entry { pair, attempts, outcome, at } in entries {
+            self.entries.insert(pair, Recorded { attempts, outcome, at: at.into() });
         }
         Ok(())
     }
@@ -277,9 +307,12 @@ fn escaped<'a, 'c>(last: &'c mut Option<(&'a str, Vec<u8>)>, text: &'a str) -> &
 
 /// Every entry in `file` (the last per pair), and the length of the part
 /// made of whole, readable lines.
-fn read_entries(file: File, path: &Path, blobs: &[String]) -> anyhow::Result<(HashMap<Pair, Entry>, u64)> {
+fn read_entries(file: File, path: &Path, blobs: &[String]) -> anyhow::Result<(HashMap<Pair, Recorded>, u64)> {
     let wanted: HashSet<&str> = blobs.iter().map(String::as_str).collect();
     let mut entries = HashMap::new();
+    // Lines share their blob, destination and time with their neighbours:
+    // one copy of each in memory (a million entries: ~100 bytes each).
+    let mut names = Names::default();
     let mut good_len = 0u64;
     let mut reader = BufReader::new(file);
     let mut line = String::new();
@@ -294,13 +327,19 @@ fn read_entries(file: File, path: &Path, blobs: &[String]) -> anyhow::Result<(Ha
         // Only the last line can be torn (appends are sequential); a line
         // without its newline, or that does not parse, ends the ledger.
         let Some(text) = line.strip_suffix('\n') else { break };
-        let Ok(entry) = serde_json::from_str::<Entry>(text) else {
+        let Ok(entry) = serde_json::from_str::<Line>(text) else {
             tracing::warn!("{}: dropping an unreadable line and what follows it", path.display());
             break;
         };
         good_len += read as u64;
-        if wanted.contains(&*entry.pair.blob) {
-            entries.insert(entry.pair.clone(), entry);
+        if wanted.contains(&*entry.blob) {
+            let pair = Pair {
+                blob: names.intern(&entry.blob),
+                index: entry.index,
+                destination: names.intern(&entry.destination),
+            };
+            let recorded = Recorded { attempts: entry.attempts, outcome: entry.outcome, at: names.intern(&entry.at) };
+            entries.insert(pair, recorded);
         }
     }
     Ok((entries, good_len))
@@ -412,7 +451,7 @@ mod tests {
         assert_eq!(read.len(), 9);
         for (i, ((pair, attempts), outcome)) in pairs.iter().zip(&outcomes).enumerate() {
             let at = if i < 5 { "2026-12-01T04:00:00.000001Z" } else { "2026-12-01T04:00:01Z" };
-            let expected = Entry { pair: pair.clone(), attempts: *attempts, outcome: *outcome, at: at.into() };
+            let expected = Recorded { attempts: *attempts, outcome: *outcome, at: at.into() };
             assert_eq!(read.get(pair), Some(&expected));
         }
     }

@@ -49,7 +49,7 @@ pub enum Action {
     /// The ledger says an earlier replay finished it.
     AlreadyDone {
         outcome: ReplayOutcome,
-        at: String,
+        at: Arc<str>,
     },
     /// It failed `--max-replays` times already.
     GaveUp {
@@ -127,9 +127,10 @@ struct BlobState {
     open: bool,
 }
 
-/// One shared copy of each name a plan holds many times.
+/// One shared copy of each name that repeats from one record (or ledger
+/// line) to the next.
 #[derive(Default)]
-struct Names {
+pub(super) struct Names {
     all: HashSet<Arc<str>>,
     /// The last few names looked up, checked before hashing: a record's
     /// names (subscription, handler, reason, destination) are nearly
@@ -140,7 +141,7 @@ struct Names {
 impl Names {
     const RECENT: usize = 8;
 
-    fn intern(&mut self, name: &str) -> Arc<str> {
+    pub(super) fn intern(&mut self, name: &str) -> Arc<str> {
         if let Some(shared) = self.recent.iter().find(|recent| ***recent == *name) {
             return shared.clone();
         }
