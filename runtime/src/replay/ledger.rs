@@ -25,7 +25,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::plan::Names;
 use crate::pipeline::ReplayOutcome;
@@ -35,7 +35,7 @@ use crate::pipeline::ReplayOutcome;
 pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One record's replay to one destination: the ledger's key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pair {
     /// Shared by the pairs of one blob (a plan holds a pair per record).
     pub blob: Arc<str>,
@@ -45,10 +45,9 @@ pub struct Pair {
     pub destination: Arc<str>,
 }
 
-/// One line of the ledger: what a replay of one pair came to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a replay of one pair came to, as [`Ledger::append`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    #[serde(flatten)]
     pub pair: Pair,
     /// Replays that ran (this one included); `--max-replays` bounds it.
     pub attempts: u32,
@@ -77,9 +76,9 @@ impl Recorded {
     }
 }
 
-/// A ledger line as read: borrowed from the line where it can be, every
-/// member by name (faster than [`Entry`]'s flattened `pair`, which serde
-/// buffers member by member).
+/// A ledger line as read ([`Lines`] writes it): borrowed from the line
+/// where it can be, every member by name (a flattened `pair` would make
+/// serde buffer the line member by member).
 #[derive(Deserialize)]
 struct Line<'a> {
     #[serde(borrow)]

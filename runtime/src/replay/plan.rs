@@ -127,6 +127,12 @@ struct BlobState {
     open: bool,
 }
 
+impl BlobState {
+    fn is_done(&self) -> bool {
+        self.waiting == 0 && !self.open
+    }
+}
+
 /// One shared copy of each name that repeats from one record (or ledger
 /// line) to the next.
 #[derive(Default)]
@@ -233,7 +239,7 @@ impl Plan {
                 Action::Skip { .. } | Action::GaveUp { .. } => state.open = true,
             }
         }
-        if state.waiting == 0 && !state.open {
+        if state.is_done() {
             self.done.push(state.name.clone());
         }
         self.planned.push(state);
@@ -246,7 +252,7 @@ impl Plan {
         let state = &mut self.planned[blob];
         state.waiting -= 1;
         state.open |= !is_done(outcome);
-        if state.waiting == 0 && !state.open {
+        if state.is_done() {
             self.done.push(state.name.clone());
         }
     }

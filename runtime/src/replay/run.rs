@@ -177,6 +177,10 @@ pub async fn execute(
     let mut ledger = ledger;
     let appender = Arc::new(Mutex::new(ledger.appender()?));
     loop {
+        // Blobs done by the last blob planned or the last batch answered.
+        for blob in plan.take_done() {
+            let _ = to_archive.send(blob);
+        }
         let stopping = ran.interrupted || read_error.is_some() || failed.is_some();
         if stopping {
             stop.store(true, Ordering::Relaxed);
@@ -230,9 +234,6 @@ pub async fn execute(
                         ready.extend(batcher.add(item));
                     }
                     progress.grow(found);
-                    for blob in plan.take_done() {
-                        let _ = to_archive.send(blob);
-                    }
                 }
                 Some((name, Err(error))) => {
                     read_error = Some(error.context(format!("reading {name} (what was sent before is in the ledger; the next run resumes)")));
@@ -253,9 +254,6 @@ pub async fn execute(
                     for (event, outcome) in sending.iter().zip(sent.outcomes) {
                         let reason = event.reason.as_deref().unwrap_or("-");
                         plan.answered(event.blob, &event.pair.destination, reason, outcome);
-                    }
-                    for blob in plan.take_done() {
-                        let _ = to_archive.send(blob);
                     }
                 }
                 Some(Err(error)) => {
