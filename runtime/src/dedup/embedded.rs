@@ -4,16 +4,23 @@
 //! append to a write-ahead journal plus one `fdatasync`, whatever the key order, so 100 random keys cost
 //! about what 1 does, where B-tree engines rewrite a page per key).
 //!
-//! Layout: the store's path is a folder holding one fjall database with three keyspaces, written
+//! Layout: the store's path is a folder holding one fjall database with two keyspaces, written
 //! together in one atomic batch:
 //! - `records`: record key → expiry (unix millis, big-endian u64), followed by `R` when the pair was
 //!   done by a rejection (a replay may run it again); records written before that byte existed are
 //!   successes, which never run again;
-//! - `expiry`: expiry (big-endian u64) ++ record key → nothing, so `sweep` reads expired records in
-//!   expiry order instead of scanning every record;
 //! - `kv`: the handlers' kv ([`crate::kv::scoped`] key → value). A commit applies its runs' kv writes
 //!   in the batch that writes their records, so both survive a crash, or neither. Earlier versions kept
 //!   kv in a database of its own (`<state_dir>/kv`); [`EmbeddedStore::take_in_legacy_kv`] moves it in.
+//!
+//! Expiry: a lookup treats a record whose expiry has passed as absent, so records expire on time
+//! whatever is on disk; compaction ([`DropExpired`], a compaction filter on `records`) leaves them out
+//! of the tables it writes. Under writes every table is rewritten sooner or later (its level fills and
+//! spills into the next), so expired records leave the disk at the pace records arrive, with no
+//! writes of their own; a store that stops taking writes keeps its files as they were (it has stopped
+//! growing too). Earlier versions kept an expiry index (keyspace `expiry`: expiry ++ record key) and
+//! swept it every minute, deleting each expired record with two tombstones: that index doubled every
+//! commit's writes, its memtables and its compactions. A store that still has it drops it on open.
 //!
 //! A record key is 17 bytes whatever the event's source and id ([`record_key`]): `0x01`, then the first
 //! 16 bytes of the SHA-256 of the pair's [`DedupKey::storage_key`] (a collision among 10¹² records has a
@@ -22,23 +29,19 @@
 //! storage key itself (it starts with an ASCII digit, so the two cannot be confused): while any such
 //! record is left, a lookup that misses tries that form too, and the sweep deletes them as they expire.
 //!
-//! The writer reads a pair's current record only when it may have one: when the pair's `begin`
-//! found a record and still let it run (a replay of a rejection, or a record expired but not swept
-//! yet: the store notes these in [`Revisits`]), or when its run wrote kv (whose first record wins).
-//! A pair whose `begin` found nothing has nothing at its commit: the database is this process's alone
-//! (fjall locks it) and the coordinator ([`super::Dedup`]) lets one copy of a pair run at a time, from
-//! its `begin` to its commit or release. So the commit of a new event, nearly every commit, writes
-//! blind, instead of looking the key up a second time, as costly as the first.
+//! The writer reads a pair's current record only when its run wrote kv (whose first record wins).
+//! Otherwise the commit writes blind: the database is this process's alone (fjall locks it) and the
+//! coordinator ([`super::Dedup`]) lets one copy of a pair run at a time, from its `begin` to its
+//! commit or release, so what the commit replaces is what its `begin` saw and let run (nothing, a
+//! rejection being replayed, or an expired record), never a success.
 //!
 //! All writes go through one writer thread that owns the write side. Group commit: every `commit` that
 //! arrives while the writer is busy (writing and syncing the last group) waits in its queue, and the
 //! next write takes all of them: one journal append and one `fdatasync` for the lot, each caller
 //! answered only once that sync has returned. Nothing waits on purpose, so at low load each commit
 //! gets its own sync at once, and under load one sync serves as many commits as arrived during the
-//! previous one: the disk's syncs per second bound the groups, not the commits. Expired records are
-//! swept in small slices, each only while no commit is queued, so a sweep never holds a commit up
-//! for longer than one slice; fjall flushes memtables and compacts on threads of its own. Reads run
-//! in place, on the caller's thread.
+//! previous one: the disk's syncs per second bound the groups, not the commits. fjall flushes
+//! memtables and compacts on a thread of its own. Reads run in place, on the caller's thread.
 //!
 //! [`DedupSync`] chooses when a commit is durable: `always` (the default) as above, or `interval`, where a
 //! commit is answered once it is in the operating system's page cache (it survives the process being
@@ -51,9 +54,9 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dashmap::DashSet;
 use fjall::compaction::Leveled;
-use fjall::config::{FilterPolicy, PinningPolicy};
+use fjall::compaction::filter::{CompactionFilter, CompactionFilterResult, Context, Factory, ItemAccessor, Verdict};
+use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::oneshot;
 
@@ -63,16 +66,13 @@ use crate::kv::{EmbeddedKv, Write};
 
 /// Most keys one group-commit write carries; later callers wait for the next write.
 const MAX_KEYS_PER_WRITE: usize = 8192;
-/// Expired records deleted per write while sweeping; queued commits go first between slices. A sweep
-/// goes on until every record expired at its start is gone, so expiry keeps up with any commit rate.
-const SWEEP_SLICE: usize = 256;
 /// How often `DedupSync::Interval` syncs the journal (as Redis' `appendfsync everysec`).
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Bounds the journal replayed on open (and so reopen time); fjall's minimum.
 const MAX_JOURNALING_BYTES: u64 = 64 << 20;
-/// Items (inserts and removals, every keyspace together) the writer puts in the memtables before
-/// it rotates `records`' and `expiry`'s (`Writer::commit_batch`): about 32,000 records,
-/// 2-3 MiB of each memtable as fjall counts it.
+/// Items (inserts and removals, both keyspaces together) the writer puts in the memtables before it
+/// rotates `records`' (`Writer::commit_batch`): about 32,000 records, 2-3 MiB of memtable as fjall
+/// counts it.
 ///
 /// gridfn rotates them itself because fjall's own rotation can deadlock with one background thread
 /// (fjall 3.1.13, fjall-rs/fjall#323): once a memtable is over its size, every commit sends the
@@ -82,11 +82,11 @@ const MAX_JOURNALING_BYTES: u64 = 64 << 20;
 /// 30,000 events/s: 1.5 GB RSS after 4 minutes). Rotated here, once per 32,000 records, no memtable
 /// reaches fjall's size, so fjall never floods its queue.
 ///
-/// Smaller memtables also keep gridfn small: each keyspace holds its active memtable and up to four
+/// Smaller memtables also keep gridfn small: a keyspace holds its active memtable and up to four
 /// sealed ones waiting for a flush, and a memtable's skiplist takes 2-3 times its nominal size. At
 /// 8 MiB they were ~20 MiB of gridfn's peak RSS at batch 100 (115 MB in a 10 s run; 90 MB at half
 /// that, and 5-8 MB less again at 2 MiB; throughput the same).
-const MEMTABLE_ITEMS: usize = 65_536;
+const MEMTABLE_ITEMS: usize = 32_768;
 /// fjall's own rotation threshold per keyspace (its default: 64 MiB): reached only by `kv` (which
 /// the writer leaves to fjall: its writes are rare) or if the writer's rotation fails. Like the
 /// pinning below, fjall keeps the size a keyspace was created with.
@@ -104,15 +104,13 @@ const CACHE_BYTES: u64 = 8 << 20;
 /// compacts the first spins on that queue, a core's worth of CPU under load on a 2-core machine.
 const BACKGROUND_THREADS: usize = 1;
 
+/// The keyspace earlier versions kept their expiry index in; dropped on open.
+const OLD_EXPIRY_INDEX: &str = "expiry";
+
 /// First byte of a [`record_key`]; a legacy key (the storage key itself) starts with an ASCII digit.
 const HASHED: u8 = 0x01;
 /// Bytes of a [`record_key`].
 const RECORD_KEY_LEN: usize = 17;
-
-/// Pairs whose `begin` found a record and let them run anyway (a replay of a rejection, an expired
-/// record not swept yet), until their commit or release: the only pairs without kv writes whose
-/// commit must read the record it replaces (for its expiry index entry).
-type Revisits = Arc<DashSet<[u8; RECORD_KEY_LEN]>>;
 
 /// The marker after a rejected pair's expiry.
 const REJECTED: u8 = b'R';
@@ -125,9 +123,10 @@ struct Entry {
     writes: Vec<(Vec<u8>, Write)>,
 }
 
-enum Op {
-    Commit { entries: Vec<Entry>, done: oneshot::Sender<Result<(), String>> },
-    Sweep { now: u64, done: oneshot::Sender<Result<usize, String>> },
+/// A commit: its records, and who waits for them to be durable.
+struct Commit {
+    entries: Vec<Entry>,
+    done: oneshot::Sender<Result<(), String>>,
 }
 
 /// What the embedded stores of this process did since it started: how many commits were answered,
@@ -162,10 +161,9 @@ pub struct EmbeddedStore {
     kv: Keyspace,
     db: Database,
     /// Records under legacy keys (the storage key itself) may be left: a lookup that misses tries that
-    /// key too. Cleared once a sweep finds none left.
+    /// key too. Cleared once a sweep finds none left (compaction drops them as they expire).
     legacy: AtomicBool,
-    revisits: Revisits,
-    ops: Option<mpsc::Sender<Op>>,
+    commits: Option<mpsc::Sender<Commit>>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -212,11 +210,31 @@ fn has_legacy_records(records: &Keyspace) -> fjall::Result<bool> {
     }
 }
 
-fn expiry_key(expiry: u64, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&expiry.to_be_bytes());
-    k.extend_from_slice(key);
-    k
+/// The compaction filter of `records`: each compaction leaves out the records expired when it began.
+struct DropExpired;
+
+impl Factory for DropExpired {
+    fn name(&self) -> &str {
+        "gridfn-drop-expired"
+    }
+
+    fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
+        Box::new(ExpiredBy(now_ms()))
+    }
+}
+
+/// Drops records whose expiry is at or before this instant (unix millis), as `begin` ignores them.
+struct ExpiredBy(u64);
+
+impl CompactionFilter for ExpiredBy {
+    fn filter_item(&mut self, item: ItemAccessor<'_>, _: &Context) -> CompactionFilterResult {
+        // A tombstone, not a silent drop: an older version of the key in a deeper level must not
+        // come back (fjall drops the tombstone itself once it reaches the last level).
+        Ok(match decode_expiry(&item.value()?) {
+            Some(expiry) if expiry <= self.0 => Verdict::Remove,
+            _ => Verdict::Keep,
+        })
+    }
 }
 
 impl EmbeddedStore {
@@ -246,7 +264,10 @@ impl EmbeddedStore {
         let builder = Database::builder(path)
             .max_journaling_size(MAX_JOURNALING_BYTES)
             .cache_size(CACHE_BYTES)
-            .worker_threads(BACKGROUND_THREADS);
+            .worker_threads(BACKGROUND_THREADS)
+            .with_compaction_filter_factories(Arc::new(|keyspace| {
+                (keyspace == "records").then(|| Arc::new(DropExpired) as Arc<dyn Factory>)
+            }));
         let db = builder.open().map_err(|e| match e {
             fjall::Error::Locked => {
                 StoreError(format!("{shown}: locked: another running process (or store) has it open"))
@@ -266,26 +287,28 @@ impl EmbeddedStore {
                 .filter_block_pinning_policy(PinningPolicy::all(true))
                 .index_block_pinning_policy(PinningPolicy::all(true))
         };
-        // The expiry index is only ever scanned in order, never looked up by key: bloom filters
-        // would cost memory and disk for nothing.
-        let scanned = || opts().filter_policy(FilterPolicy::disabled());
-        let keyspace = |name: &str, opts: &dyn Fn() -> KeyspaceCreateOptions| {
+        let keyspace = |name: &str| {
             db.keyspace(name, opts)
                 .map_err(|e| StoreError(format!("{shown}: cannot open keyspace {name} (corrupt?): {e}")))
         };
-        let records = keyspace("records", &opts)?;
-        let by_expiry = keyspace("expiry", &scanned)?;
-        let kv = keyspace("kv", &opts)?;
+        let records = keyspace("records")?;
+        let kv = keyspace("kv")?;
+        if db.keyspace_exists(OLD_EXPIRY_INDEX) {
+            keyspace(OLD_EXPIRY_INDEX).and_then(|index| {
+                db.delete_keyspace(index)
+                    .map_err(|e| StoreError(format!("{shown}: cannot drop the old expiry index: {e}")))
+            })?;
+            tracing::info!(
+                "dedup store {shown}: dropped the expiry index of an earlier gridfn (compaction expires records now)"
+            );
+        }
         let legacy = has_legacy_records(&records)
             .map_err(|e| StoreError(format!("{shown}: cannot read keyspace records (corrupt?): {e}")))?;
-        let (ops, rx) = mpsc::channel();
-        let revisits = Revisits::default();
+        let (commits, rx) = mpsc::channel();
         let writer = Writer {
             db: db.clone(),
             records: records.clone(),
-            by_expiry,
             kv: kv.clone(),
-            revisits: revisits.clone(),
             sync,
             unsynced: false,
             unrotated: 0,
@@ -301,8 +324,7 @@ impl EmbeddedStore {
             kv,
             db,
             legacy: AtomicBool::new(legacy),
-            revisits,
-            ops: Some(ops),
+            commits: Some(commits),
             writer: Some(writer),
         })
     }
@@ -366,28 +388,15 @@ impl EmbeddedStore {
         &self.path
     }
 
-    fn send(&self, op: Op) -> Result<(), StoreError> {
-        self.ops
+    fn send(&self, commit: Commit) -> Result<(), StoreError> {
+        self.commits
             .as_ref()
-            .and_then(|ops| ops.send(op).ok())
+            .and_then(|commits| commits.send(commit).ok())
             .ok_or_else(|| StoreError(format!("{}: writer thread has stopped", self.path.display())))
     }
 
     fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError(format!("{}: {what}: {e}", self.path.display()))
-    }
-
-    /// Deletes every record that expired before `now` (unix millis); returns how many.
-    async fn sweep_at(&self, now: u64) -> Result<usize, StoreError> {
-        let (done, rx) = oneshot::channel();
-        self.send(Op::Sweep { now, done })?;
-        let deleted = rx.await.map_err(|e| self.failed("sweep", e))?.map_err(|e| self.failed("sweep", e))?;
-        if self.legacy.load(Ordering::Relaxed)
-            && !has_legacy_records(&self.records).map_err(|e| self.failed("sweep", e))?
-        {
-            self.legacy.store(false, Ordering::Relaxed);
-        }
-        Ok(deleted)
     }
 
     /// The record of `key`: under its [`record_key`], or under its legacy key while there may be any.
@@ -401,7 +410,7 @@ impl EmbeddedStore {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
-        self.ops.take();
+        self.commits.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
@@ -422,15 +431,11 @@ impl DedupStore for EmbeddedStore {
         // cheaper than handing it to another thread for every event.
         let found = self.lookup(key).map_err(|e| self.failed("lookup", e))?;
         let rejected = found.as_deref().and_then(|value| value.get(8)) == Some(&REJECTED);
-        let begin = match found.as_deref().and_then(decode_expiry) {
+        Ok(match found.as_deref().and_then(decode_expiry) {
             Some(_) if replay && rejected => Begin::Run,
             Some(expiry) if expiry > now_ms() => Begin::Done,
             _ => Begin::Run,
-        };
-        if begin == Begin::Run && found.is_some() {
-            self.revisits.insert(record_key(key));
-        }
-        Ok(begin)
+        })
     }
 
     async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError> {
@@ -448,19 +453,22 @@ impl DedupStore for EmbeddedStore {
             })
             .collect();
         let (done, rx) = oneshot::channel();
-        self.send(Op::Commit { entries, done })?;
+        self.send(Commit { entries, done })?;
         rx.await.map_err(|e| self.failed("commit", e))?.map_err(|e| self.failed("commit", e))
     }
 
-    async fn release(&self, keys: &[DedupKey]) -> Result<(), StoreError> {
-        for key in keys {
-            self.revisits.remove(&record_key(key));
-        }
+    async fn release(&self, _: &[DedupKey]) -> Result<(), StoreError> {
         Ok(())
     }
 
+    /// Compaction expires records; what is left to do is noticing that no legacy record is left.
     async fn sweep(&self) -> Result<(), StoreError> {
-        self.sweep_at(now_ms()).await.map(drop)
+        if self.legacy.load(Ordering::Relaxed)
+            && !has_legacy_records(&self.records).map_err(|e| self.failed("sweep", e))?
+        {
+            self.legacy.store(false, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -468,20 +476,11 @@ impl DedupStore for EmbeddedStore {
 /// a write back with it, to see that no commit is answered before its sync).
 type WriteHook = Box<dyn Fn(usize) + Send>;
 
-/// A sweep in progress: it deletes a slice at a time while no commit waits.
-struct Sweeping {
-    now: u64,
-    deleted: usize,
-    done: oneshot::Sender<Result<usize, String>>,
-}
-
 /// Owns the write side; runs on its own thread until every sender is gone.
 struct Writer {
     db: Database,
     records: Keyspace,
-    by_expiry: Keyspace,
     kv: Keyspace,
-    revisits: Revisits,
     sync: DedupSync,
     /// `DedupSync::Interval` wrote something the last sync does not cover.
     unsynced: bool,
@@ -491,54 +490,22 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Op>) {
-        let mut next: Option<Op> = None;
-        let mut sweeping: Option<Sweeping> = None;
+    fn run(mut self, rx: mpsc::Receiver<Commit>) {
         let mut synced = Instant::now();
         loop {
-            let op = match next.take() {
-                Some(op) => Some(op),
-                None if sweeping.is_some() => match rx.try_recv() {
-                    Ok(op) => Some(op),
-                    Err(mpsc::TryRecvError::Empty) => None,
-                    Err(mpsc::TryRecvError::Disconnected) => break,
-                },
-                None if self.unsynced => match rx.recv_timeout(SYNC_INTERVAL.saturating_sub(synced.elapsed())) {
-                    Ok(op) => Some(op),
+            let commit = match self.unsynced {
+                true => match rx.recv_timeout(SYNC_INTERVAL.saturating_sub(synced.elapsed())) {
+                    Ok(commit) => Some(commit),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 },
-                None => match rx.recv() {
-                    Ok(op) => Some(op),
+                false => match rx.recv() {
+                    Ok(commit) => Some(commit),
                     Err(_) => break,
                 },
             };
-            match op {
-                Some(Op::Sweep { now, done }) => match &mut sweeping {
-                    // One sweep at a time: a second one asked meanwhile gets the first one's count.
-                    Some(_) => {
-                        let _ = done.send(Ok(0));
-                    }
-                    None => sweeping = Some(Sweeping { now, deleted: 0, done }),
-                },
-                Some(Op::Commit { entries, done }) => next = self.group_commit(entries, done, &rx),
-                None => {
-                    if let Some(mut sweep) = sweeping.take() {
-                        match self.sweep_slice(sweep.now) {
-                            Ok(deleted) => {
-                                sweep.deleted += deleted;
-                                if deleted < SWEEP_SLICE {
-                                    let _ = sweep.done.send(Ok(sweep.deleted));
-                                } else {
-                                    sweeping = Some(sweep);
-                                }
-                            }
-                            Err(e) => {
-                                let _ = sweep.done.send(Err(e.to_string()));
-                            }
-                        }
-                    }
-                }
+            if let Some(commit) = commit {
+                self.group_commit(commit, &rx);
             }
             if self.unsynced && synced.elapsed() >= SYNC_INTERVAL {
                 synced = Instant::now();
@@ -550,37 +517,20 @@ impl Writer {
                 SYNCS.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if let Some(sweep) = sweeping {
-            let _ = sweep.done.send(Ok(sweep.deleted));
-        }
         if self.unsynced && self.db.persist(PersistMode::SyncData).is_ok() {
             SYNCS.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Writes `entries` and every commit already queued behind them (up to a bound) in one write, and
-    /// answers each once it is durable. Returns an operation taken from the queue that is not a commit.
-    fn group_commit(
-        &mut self,
-        entries: Vec<Entry>,
-        done: oneshot::Sender<Result<(), String>>,
-        rx: &mpsc::Receiver<Op>,
-    ) -> Option<Op> {
-        let mut count = entries.len();
-        let mut commits = vec![(entries, done)];
-        let mut other = None;
+    /// Writes `first` and every commit already queued behind it (up to a bound) in one write, and
+    /// answers each once it is durable.
+    fn group_commit(&mut self, first: Commit, rx: &mpsc::Receiver<Commit>) {
+        let mut count = first.entries.len();
+        let mut commits = vec![(first.entries, first.done)];
         while count < MAX_KEYS_PER_WRITE {
-            match rx.try_recv() {
-                Ok(Op::Commit { entries, done }) => {
-                    count += entries.len();
-                    commits.push((entries, done));
-                }
-                Ok(op) => {
-                    other = Some(op);
-                    break;
-                }
-                Err(_) => break,
-            }
+            let Ok(Commit { entries, done }) = rx.try_recv() else { break };
+            count += entries.len();
+            commits.push((entries, done));
         }
         if let Some(hook) = &self.hook {
             hook(commits.len());
@@ -601,7 +551,6 @@ impl Writer {
         for (done, result) in waiting.into_iter().zip(results) {
             let _ = done.send(result);
         }
-        other
     }
 
     /// One atomic batch over the keyspaces for every commit given: `fdatasync`ed before it returns
@@ -616,25 +565,20 @@ impl Writer {
         };
         let now = now_ms();
         // What the batch will hold, read through by later commits of the same batch: each record's
-        // new expiry and rejection, and the expiry the store holds for it now (its index entry to remove).
-        let mut records: HashMap<&[u8], (u64, bool, Option<u64>)> = HashMap::new();
+        // expiry and rejection.
+        let mut records: HashMap<&[u8], (u64, bool)> = HashMap::new();
         let mut kv: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
         let mut results = Vec::with_capacity(commits.len());
         for entries in commits {
             let mut staged_kv: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
-            let mut staged: Vec<(&Entry, Option<u64>)> = Vec::new();
+            let mut staged: Vec<&Entry> = Vec::new();
             let mut failed = None;
             'entries: for entry in entries {
-                let (current, stored) = match records.get(entry.key.as_slice()) {
-                    Some(&(expiry, rejected, stored)) => (Some((expiry, rejected)), stored),
-                    None => {
-                        let may_exist = self.revisits.remove(&entry.key).is_some() || !entry.writes.is_empty();
-                        let current = match may_exist {
-                            true => self.records.get(entry.key)?.as_deref().and_then(decode_record),
-                            false => None,
-                        };
-                        (current, current.map(|(expiry, _)| expiry))
-                    }
+                let current = match records.get(entry.key.as_slice()) {
+                    Some(&record) => Some(record),
+                    // Only a run with kv writes reads what the store holds (see the module's docs).
+                    None if !entry.writes.is_empty() => self.records.get(entry.key)?.as_deref().and_then(decode_record),
+                    None => None,
                 };
                 if current.is_some_and(|(expiry, rejected)| expiry > now && !rejected) {
                     continue;
@@ -652,30 +596,25 @@ impl Writer {
                         }
                     }
                 }
-                staged.push((entry, stored));
+                staged.push(entry);
             }
             if let Some(why) = failed {
                 results.push(Err(why));
                 continue;
             }
-            for (entry, stored) in staged {
-                records.insert(&entry.key[..], (entry.expiry, entry.rejected, stored));
+            for entry in staged {
+                records.insert(&entry.key[..], (entry.expiry, entry.rejected));
             }
             kv.extend(staged_kv);
             results.push(Ok(()));
         }
         let mut batch = self.db.batch().durability(Some(mode));
-        for (key, (expiry, rejected, stored)) in records {
-            // Only this thread writes, so the stored expiry read above is still current.
-            if let Some(old) = stored {
-                batch.remove(&self.by_expiry, expiry_key(old, key));
-            }
+        for (key, (expiry, rejected)) in records {
             let mut value = expiry.to_be_bytes().to_vec();
             if rejected {
                 value.push(REJECTED);
             }
             batch.insert(&self.records, key, value);
-            batch.insert(&self.by_expiry, expiry_key(expiry, key), []);
         }
         for (key, value) in kv {
             match value {
@@ -687,42 +626,19 @@ impl Writer {
         Ok(results)
     }
 
-    /// Commits `batch`, then rotates the memtables if they are full ([`MEMTABLE_ITEMS`]).
+    /// Commits `batch`, then rotates `records`' memtable if it is full ([`MEMTABLE_ITEMS`]).
     fn commit_batch(&mut self, batch: fjall::OwnedWriteBatch) -> fjall::Result<()> {
         let items = batch.len();
         batch.commit()?;
         self.unrotated += items;
         if self.unrotated >= MEMTABLE_ITEMS {
             self.unrotated = 0;
-            for keyspace in [&self.records, &self.by_expiry] {
-                // Failing only costs memory until fjall's own rotation: not worth failing a commit.
-                if let Err(e) = keyspace.rotate_memtable() {
-                    tracing::warn!("dedup store: rotating the memtable of {} failed: {e}", keyspace.name());
-                }
+            // Failing only costs memory until fjall's own rotation: not worth failing a commit.
+            if let Err(e) = self.records.rotate_memtable() {
+                tracing::warn!("dedup store: rotating the memtable of records failed: {e}");
             }
         }
         Ok(())
-    }
-
-    /// Deletes up to `SWEEP_SLICE` records that expired at or before `now`, oldest first.
-    /// Not synced: a sweep lost in a crash only leaves expired records that `begin` already ignores.
-    fn sweep_slice(&mut self, now: u64) -> fjall::Result<usize> {
-        let end = expiry_key(now.saturating_add(1), &[]);
-        let mut batch = self.db.batch();
-        let mut count = 0;
-        for item in self.by_expiry.range(..end).take(SWEEP_SLICE) {
-            let index_key = item.key()?;
-            let (Some(expiry), Some(key)) = (decode_expiry(&index_key), index_key.get(8..)) else {
-                continue;
-            };
-            if self.records.get(key)?.as_deref().and_then(decode_expiry) == Some(expiry) {
-                batch.remove(&self.records, key);
-            }
-            batch.remove(&self.by_expiry, index_key.to_vec());
-            count += 1;
-        }
-        self.commit_batch(batch)?;
-        Ok(count)
     }
 }
 
@@ -863,36 +779,51 @@ mod tests {
         assert_eq!(store.begin(&k, LEASE).await.unwrap(), Begin::Done);
     }
 
+    /// Flushes `records`' memtable and compacts every table into one, as fjall's own compactions
+    /// do bit by bit under writes.
+    fn compact(store: &EmbeddedStore) {
+        store.records.rotate_memtable_and_wait().unwrap();
+        store.records.major_compact().unwrap();
+    }
+
     #[tokio::test]
-    async fn sweep_removes_expired_only() {
+    async fn compaction_drops_expired_records_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("dedup")).unwrap();
-        let short = batch(20);
+        // More than a memtable's worth, so some are in tables before the compaction.
+        let short = batch(MEMTABLE_ITEMS + 5_000);
         let long = key("h", "/s", "keep");
-        store.commit(&short, Duration::from_millis(20)).await.unwrap();
+        store.commit(&short, Duration::from_millis(300)).await.unwrap();
         store.commit(std::slice::from_ref(&long), DAY).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         // Running an expired pair again (its begin finds the record, and lets it run) and recording it
-        // with a longer ttl moves the record: the sweep must not delete it.
+        // with a longer ttl renews the record: compaction must keep it.
         for k in &short[..5] {
             assert_eq!(store.begin(k, LEASE).await.unwrap(), Begin::Run);
         }
         store.commit(&short[..5], DAY).await.unwrap();
-        assert!(store.revisits.is_empty(), "a commit ends its pairs' revisits");
-        assert_eq!(store.sweep_at(now_ms()).await.unwrap(), 15);
-        assert_eq!(store.sweep_at(now_ms()).await.unwrap(), 0);
-        store.sweep().await.unwrap();
-        assert_eq!(store.records.len().unwrap(), 6);
+        compact(&store);
+        assert_eq!(store.records.len().unwrap(), 6, "the expired records left the disk");
         assert_eq!(store.begin(&long, LEASE).await.unwrap(), Begin::Done);
         for k in &short[..5] {
             assert_eq!(store.begin(k, LEASE).await.unwrap(), Begin::Done);
         }
-        for k in &short[5..] {
+        for k in &short[5..100] {
             assert_eq!(store.begin(k, LEASE).await.unwrap(), Begin::Run);
         }
-        // Everything expires eventually.
-        assert_eq!(store.sweep_at(u64::MAX - 1).await.unwrap(), 6);
-        assert!(store.records.is_empty().unwrap());
+    }
+
+    /// A rejection being replayed is written over, not read first: the success replaces it.
+    #[tokio::test]
+    async fn a_replayed_rejection_is_replaced_by_its_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("dedup")).unwrap();
+        let k = key("h", "/s", "rejected");
+        store.commit_all(&[], std::slice::from_ref(&k), DAY).await.unwrap();
+        assert_eq!(store.begin(&k, LEASE).await.unwrap(), Begin::Done, "a push does not run a rejection again");
+        assert_eq!(store.begin_as(&k, LEASE, true).await.unwrap(), Begin::Run, "a replay does");
+        store.commit(std::slice::from_ref(&k), DAY).await.unwrap();
+        assert_eq!(store.begin_as(&k, LEASE, true).await.unwrap(), Begin::Done, "a success is never run again");
     }
 
     #[tokio::test]
@@ -1001,35 +932,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sweep_lets_commits_through_between_slices() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("dedup")).unwrap();
-        let expired = batch(SWEEP_SLICE * 3 + 7);
-        store.commit(&expired, Duration::from_millis(1)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let fresh = key("h", "/s", "fresh");
-        let (swept, committed) =
-            tokio::join!(store.sweep_at(now_ms()), store.commit(std::slice::from_ref(&fresh), DAY));
-        committed.unwrap();
-        assert_eq!(swept.unwrap(), expired.len(), "every slice of one sweep is counted");
-        assert_eq!(store.records.len().unwrap(), 1);
-        assert_eq!(store.begin(&fresh, LEASE).await.unwrap(), Begin::Done);
-    }
-
-    #[tokio::test]
-    async fn one_sweep_deletes_every_expired_record_however_many() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("dedup")).unwrap();
-        // More than a minute's worth at a few hundred events/s: a sweep (once a minute) must not stop
-        // at a fixed count, or records would pile up faster than they expire.
-        let expired = batch(25_000);
-        store.commit(&expired, Duration::from_millis(1)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(store.sweep_at(now_ms()).await.unwrap(), expired.len());
-        assert!(store.records.is_empty().unwrap());
-    }
-
-    #[tokio::test]
     async fn a_record_is_small_whatever_the_source_and_id() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dedup");
@@ -1053,31 +955,23 @@ mod tests {
         assert_eq!(store.begin(&keys[1_999], LEASE).await.unwrap(), Begin::Done);
     }
 
-    /// Issue 14: records keyed by the storage key cost 100 bytes each on disk once compacted (both
-    /// keyspaces; measured with this test's keys on the old encoding); hashed keys, under half.
+    /// Issue 14: records keyed by the storage key cost 100 bytes each on disk once compacted (with their
+    /// expiry index; measured with this test's keys on the old encoding); hashed keys, 44; without the
+    /// expiry index, about 25.
     #[tokio::test]
-    async fn a_compacted_record_costs_under_50_bytes_on_disk() {
+    async fn a_compacted_record_costs_under_30_bytes_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dedup");
         // Event Grid's shape: a resource path as source, a random GUID as id.
         let source = "/subscriptions/6f4c7a2e-0000-4a55-9d1c-2b7f8e1d3c44/resourceGroups/orders-prod/providers/Microsoft.Storage/storageAccounts/ordersblobs";
         let keys: Vec<_> = (0..20_000).map(|_| key("orders", source, &uuid::Uuid::new_v4().to_string())).collect();
-        {
-            let store = EmbeddedStore::open(&path).unwrap();
-            for chunk in keys.chunks(1_000) {
-                store.commit(chunk, DAY).await.unwrap();
-            }
+        let store = EmbeddedStore::open(&path).unwrap();
+        for chunk in keys.chunks(1_000) {
+            store.commit(chunk, DAY).await.unwrap();
         }
-        let db = Database::builder(&path).open().unwrap();
-        let mut bytes = 0;
-        for name in ["records", "expiry"] {
-            let keyspace = db.keyspace(name, KeyspaceCreateOptions::default).unwrap();
-            keyspace.rotate_memtable_and_wait().unwrap();
-            keyspace.major_compact().unwrap();
-            bytes += keyspace.disk_space();
-        }
-        let per_record = bytes as f64 / keys.len() as f64;
-        assert!(per_record < 50.0, "{per_record:.1} bytes per record on disk, both keyspaces");
+        compact(&store);
+        let per_record = store.records.disk_space() as f64 / keys.len() as f64;
+        assert!(per_record < 30.0, "{per_record:.1} bytes per record on disk");
     }
 
     /// The writer rotates the memtables itself, every [`MEMTABLE_ITEMS`] items, long before fjall's
@@ -1098,14 +992,17 @@ mod tests {
         }
     }
 
-    /// Writes a record as stores did before [`record_key`]: under the storage key itself.
+    /// Writes a record as stores did before [`record_key`]: under the storage key itself, with its
+    /// entry in the expiry index they kept.
     fn write_legacy(path: &Path, k: &DedupKey, expiry: u64) {
         let db = Database::builder(path).open().unwrap();
         let records = db.keyspace("records", KeyspaceCreateOptions::default).unwrap();
-        let by_expiry = db.keyspace("expiry", KeyspaceCreateOptions::default).unwrap();
+        let by_expiry = db.keyspace(OLD_EXPIRY_INDEX, KeyspaceCreateOptions::default).unwrap();
         let mut batch = db.batch().durability(Some(PersistMode::SyncData));
         batch.insert(&records, k.storage_key().into_bytes(), expiry.to_be_bytes().to_vec());
-        batch.insert(&by_expiry, expiry_key(expiry, k.storage_key().as_bytes()), []);
+        let mut index_key = expiry.to_be_bytes().to_vec();
+        index_key.extend_from_slice(k.storage_key().as_bytes());
+        batch.insert(&by_expiry, index_key, []);
         batch.commit().unwrap();
     }
 
@@ -1117,16 +1014,26 @@ mod tests {
         write_legacy(&path, &old, now_ms() + 86_400_000);
         write_legacy(&path, &expiring, now_ms() + 300);
         let store = EmbeddedStore::open(&path).unwrap();
+        assert!(!store.db.keyspace_exists(OLD_EXPIRY_INDEX), "the old expiry index is dropped on open");
         assert_eq!(store.begin(&old, LEASE).await.unwrap(), Begin::Done, "a legacy record still counts");
         assert_eq!(store.begin(&expiring, LEASE).await.unwrap(), Begin::Done);
         assert_eq!(store.begin(&key("h", "/s", "new"), LEASE).await.unwrap(), Begin::Run);
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(store.begin(&expiring, LEASE).await.unwrap(), Begin::Run);
-        assert_eq!(store.sweep_at(now_ms()).await.unwrap(), 1);
+        compact(&store);
+        store.sweep().await.unwrap();
         assert!(store.legacy.load(Ordering::Relaxed), "one legacy record is left");
-        assert_eq!(store.sweep_at(u64::MAX - 1).await.unwrap(), 1);
-        assert!(!store.legacy.load(Ordering::Relaxed), "no legacy record left: lookups stop trying them");
+        assert_eq!(store.records.len().unwrap(), 1, "compaction dropped the expired one");
+        // The other one's day has passed.
+        let db = store.db.clone();
+        drop(store);
+        drop(db);
+        write_legacy(&path, &old, now_ms() - 1);
+        let store = EmbeddedStore::open(&path).unwrap();
         assert_eq!(store.begin(&old, LEASE).await.unwrap(), Begin::Run);
+        compact(&store);
+        store.sweep().await.unwrap();
+        assert!(!store.legacy.load(Ordering::Relaxed), "no legacy record left: lookups stop trying them");
     }
 
     #[tokio::test]
