@@ -27,7 +27,7 @@
 //! probability below 10⁻¹⁴), where the storage key itself (an Azure resource path and an id: 130 bytes
 //! and more) was stored twice, in both keyspaces and their memtables. Stores written before kept the
 //! storage key itself (it starts with an ASCII digit, so the two cannot be confused): while any such
-//! record is left, a lookup that misses tries that form too, and the sweep deletes them as they expire.
+//! record is left, a lookup that misses tries that form too, and compaction drops them as they expire.
 //!
 //! The writer reads a pair's current record only when its run wrote kv (whose first record wins).
 //! Otherwise the commit writes blind: the database is this process's alone (fjall locks it) and the
@@ -56,7 +56,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fjall::compaction::Leveled;
 use fjall::compaction::filter::{CompactionFilter, CompactionFilterResult, Context, Factory, ItemAccessor, Verdict};
-use fjall::config::PinningPolicy;
+use fjall::config::{PartitioningPolicy, PinningPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::oneshot;
 
@@ -274,18 +274,26 @@ impl EmbeddedStore {
             }
             e => StoreError(format!("{shown}: cannot open (corrupt or not a dedup store?): {e}")),
         })?;
-        // Every level's filter and index blocks stay in memory (fjall pins only the first levels'):
-        // most lookups are of new events, which miss, and a miss that had to read a deeper level's
-        // filter through the block cache read and checksummed the whole filter, megabytes, per
-        // lookup once the store outgrew the cache. Pinned, a miss costs a few hash probes; the price
-        // is about 1.3 bytes of memory per record. (fjall keeps a keyspace's options from its
-        // creation: a store created before this keeps the default pinning.)
+        // Lookups are mostly of new events, which miss: a miss must be answered by the filters
+        // without reading data. The first two levels (L1 holds ~1.3 M records with 8 MiB tables) keep
+        // their filter and index blocks in memory whole; deeper levels, which hold all the rest, split
+        // them into partitions behind a small pinned index, so a miss there reads one partition
+        // (a few KiB, through the block cache) instead of the level's whole filter. Pinning every
+        // level instead cost ~1.3 bytes of memory per live record, growing for the whole TTL (a day
+        // of records at 30,000/s: 3.4 GB); not pinning and not partitioning read and checksummed a
+        // deeper level's whole filter, megabytes, on every lookup once the store outgrew the cache
+        // (throughput fell tenfold). fjall keeps a keyspace's options from its creation: a store
+        // created before this keeps the pinning it had.
+        let whole_in_memory = || PinningPolicy::new([true, true, false]);
+        let partitioned = || PartitioningPolicy::new([false, false, true]);
         let opts = || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(MAX_MEMTABLE_BYTES)
                 .compaction_strategy(Arc::new(Leveled::default().with_table_target_size(TABLE_TARGET_BYTES)))
-                .filter_block_pinning_policy(PinningPolicy::all(true))
-                .index_block_pinning_policy(PinningPolicy::all(true))
+                .filter_block_pinning_policy(whole_in_memory())
+                .index_block_pinning_policy(whole_in_memory())
+                .filter_block_partitioning_policy(partitioned())
+                .index_block_partitioning_policy(partitioned())
         };
         let keyspace = |name: &str| {
             db.keyspace(name, opts)
