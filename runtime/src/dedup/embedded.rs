@@ -465,6 +465,8 @@ impl DedupStore for EmbeddedStore {
         rx.await.map_err(|e| self.failed("commit", e))?.map_err(|e| self.failed("commit", e))
     }
 
+    /// Nothing to drop: one process owns this store, and its coordinator ([`super::Dedup`]) holds
+    /// the claims.
     async fn release(&self, _: &[DedupKey]) -> Result<(), StoreError> {
         Ok(())
     }
