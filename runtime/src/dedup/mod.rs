@@ -190,7 +190,7 @@ pub struct Dedup {
     /// Every event of every delivery claims and unmarks a pair here, from
     /// many tasks at once, and no operation spans two pairs: a sharded
     /// concurrent map, so claims of different pairs rarely wait for each other.
-    running: DashMap<DedupKey, watch::Receiver<()>>,
+    running: DashMap<DedupKey, watch::Receiver<()>, foldhash::fast::RandomState>,
 }
 
 /// What [`Dedup::claim`] found.
@@ -226,7 +226,7 @@ pub struct Lease {
 
 impl Dedup {
     pub fn new(store: Arc<dyn DedupStore>, ttl: Duration) -> Arc<Self> {
-        Arc::new(Dedup { store, ttl, running: DashMap::new() })
+        Arc::new(Dedup { store, ttl, running: DashMap::default() })
     }
 
     /// Claims a pair, waiting up to `wait` for a copy already claimed here
