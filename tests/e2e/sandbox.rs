@@ -370,9 +370,20 @@ fn one_deliverys_events_use_every_core() {
         started.elapsed()
     };
     timed(vec![work("warm-up")]);
-    let one = timed(vec![work("alone")]);
-    let eight = timed((0..8).map(|i| work(&format!("side-by-side-{i}"))).collect());
-    assert!(eight < one * 6, "8 events took {eight:?}, one alone {one:?}, on {cores} cores");
+    // Up to three tries: another test's process busy on one of the two cores
+    // (an Azurite or a replay, which `alone` does not wait for) makes the
+    // eight look serial once in a while; calls that really ran one after
+    // another are 7.5x every time.
+    let mut tries = Vec::new();
+    for round in 0..3 {
+        let one = timed(vec![work(&format!("alone-{round}"))]);
+        let eight = timed((0..8).map(|i| work(&format!("side-by-side-{round}-{i}"))).collect());
+        tries.push((eight, one));
+        if eight < one * 6 {
+            return;
+        }
+    }
+    panic!("8 events took 6x one alone or more, on {cores} cores, in each try (eight, one): {tries:?}");
 }
 
 #[test]
