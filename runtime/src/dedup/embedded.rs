@@ -25,9 +25,10 @@
 //! A record key is 17 bytes whatever the event's source and id ([`record_key`]): `0x01`, then the first
 //! 16 bytes of the SHA-256 of the pair's [`DedupKey::storage_key`] (a collision among 10¹² records has a
 //! probability below 10⁻¹⁴), where the storage key itself (an Azure resource path and an id: 130 bytes
-//! and more) was stored twice, in both keyspaces and their memtables. Stores written before kept the
-//! storage key itself (it starts with an ASCII digit, so the two cannot be confused): while any such
-//! record is left, a lookup that misses tries that form too, and compaction drops them as they expire.
+//! and more) was stored twice, in the record and in the expiry index of that time, and in their memtables.
+//! Stores written before kept the storage key itself (it starts with an ASCII digit, so the two cannot
+//! be confused): while any such record is left, a lookup that misses tries that form too, and
+//! compaction drops them as they expire.
 //!
 //! The writer reads a pair's current record only when its run wrote kv (whose first record wins).
 //! Otherwise the commit writes blind: the database is this process's alone (fjall locks it) and the
