@@ -62,7 +62,9 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::deadletter::azure::{AzureBlobConfig, AzureBlobDeadLetter};
-use crate::event::{DecodeError, Event, MaybeMembers, Members, Schema, decode_members, json_kind, object_members};
+use crate::event::{
+    DecodeError, Event, MaybeMembers, Members, Schema, decode_members, json_kind, json_string, object_members,
+};
 
 /// The folder archived blobs move to, under the source's root.
 pub const REPLAYED: &str = "replayed";
@@ -796,17 +798,6 @@ fn time(name: &str, value: &RawValue) -> Result<Option<DateTime<Utc>>, String> {
         Err(_) => return Err(format!("{name}: must be a time string, found {}", json_kind(value.get()))),
     };
     parse_rfc3339(&text).map(Some).ok_or_else(|| format!("{name}: {text:?} is not an RFC 3339 time"))
-}
-
-/// A JSON string or null, read from its text: without a backslash the
-/// string is the text between the quotes (no parse, no copy); with one,
-/// serde unescapes it.
-fn json_string(value: &RawValue) -> serde_json::Result<Option<Cow<'_, str>>> {
-    let text = value.get();
-    match text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
-        Some(inner) if !inner.contains('\\') => Ok(Some(Cow::Borrowed(inner))),
-        _ => serde_json::from_str::<Option<String>>(text).map(|text| text.map(Cow::Owned)),
-    }
 }
 
 fn parse_rfc3339(text: &str) -> Option<DateTime<Utc>> {
