@@ -348,12 +348,13 @@ impl Pipeline {
         received: &Received,
     ) -> Vec<PairRun> {
         let handler = lane.route.handler();
-        let claims =
-            join_all(events.iter().map(|(index, event)| self.claim(*index, event, &handler, lane, delivery))).await;
+        let keys = events.iter().map(|(_, event)| pair_key(&handler, event)).collect();
+        let (wait, lease_for) = claim_times(&handler);
+        let claims = self.dedup.claim_all(keys, wait, lease_for, delivery.replay).await;
         let mut runs = Vec::new();
         let mut claimed = Vec::new();
         for ((index, event), claim) in events.into_iter().zip(claims) {
-            match claim {
+            match claimed_or_not(index, &event, &handler, lane, claim) {
                 Ok(lease) => claimed.push((index, event, lease)),
                 Err(not_run) => runs.push(not_run),
             }
@@ -385,27 +386,9 @@ impl Pipeline {
         lane: &Lane<'_>,
         delivery: &DeliveryInfo,
     ) -> Result<Lease, PairRun> {
-        let key = DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() };
-        // A copy already running gets as long as its deadline to finish, and a
-        // lease outlives every local attempt, so no other host starts it meanwhile.
-        let wait = handler.timeout() + Duration::from_secs(1);
-        let lease_for = LOCAL_RETRY_BUDGET + handler.timeout() * 2;
-        // A replay may run a pair that was dead-lettered (never one that succeeded).
-        let claim = self.dedup.claim_as(key, wait, lease_for, delivery.replay).await;
-        lane.metrics.claimed(&claim);
-        let retry = |reason: String| Some(Outcome::Retry { reason, after: None });
-        match claim {
-            Claim::Run(lease) => Ok(lease),
-            Claim::Done => Err(PairRun::new(index, event, handler, None, None)),
-            Claim::Busy => {
-                let reason = "another copy of this event is still running".to_owned();
-                Err(PairRun::new(index, event, handler, retry(reason), None))
-            }
-            Claim::Failed(error) => {
-                let reason = format!("could not check whether the event was handled: {error}");
-                Err(PairRun::new(index, event, handler, retry(reason), None))
-            }
-        }
+        let (wait, lease_for) = claim_times(handler);
+        let claim = self.dedup.claim_as(pair_key(handler, event), wait, lease_for, delivery.replay).await;
+        claimed_or_not(index, event, handler, lane, claim)
     }
 
     /// Ends a pair that ran: dead-letters a rejection (a replayed one stays
@@ -791,6 +774,44 @@ fn local_retry_delay(
 ) -> Option<Duration> {
     let delay = route.config.retry.delay_before(run, asked)?;
     (received.at.elapsed() + delay + handler.timeout() <= LOCAL_RETRY_BUDGET).then_some(delay)
+}
+
+/// The dedup key of `event` for `handler`.
+fn pair_key(handler: &LoadedHandler, event: &Event) -> DedupKey {
+    DedupKey { handler: handler.name.clone(), source: event.source.clone(), id: event.id.clone() }
+}
+
+/// How long a claim waits for a copy already running, and how long its lease
+/// lasts: a copy already running gets as long as its deadline to finish, and
+/// a lease outlives every local attempt, so no other host starts it meanwhile.
+fn claim_times(handler: &LoadedHandler) -> (Duration, Duration) {
+    (handler.timeout() + Duration::from_secs(1), LOCAL_RETRY_BUDGET + handler.timeout() * 2)
+}
+
+/// A pair's lease, or, when it must not run now (done before, running
+/// elsewhere, the store failed), what became of it. A replay may run a pair
+/// that was dead-lettered (never one that succeeded): dedup answers so.
+fn claimed_or_not(
+    index: usize,
+    event: &Event,
+    handler: &LoadedHandler,
+    lane: &Lane<'_>,
+    claim: Claim,
+) -> Result<Lease, PairRun> {
+    lane.metrics.claimed(&claim);
+    let retry = |reason: String| Some(Outcome::Retry { reason, after: None });
+    match claim {
+        Claim::Run(lease) => Ok(lease),
+        Claim::Done => Err(PairRun::new(index, event, handler, None, None)),
+        Claim::Busy => {
+            let reason = "another copy of this event is still running".to_owned();
+            Err(PairRun::new(index, event, handler, retry(reason), None))
+        }
+        Claim::Failed(error) => {
+            let reason = format!("could not check whether the event was handled: {error}");
+            Err(PairRun::new(index, event, handler, retry(reason), None))
+        }
+    }
 }
 
 fn observe_instantiation(lane: &Lane<'_>, instantiation: Option<Duration>) {

@@ -48,6 +48,16 @@ pub async fn check(label: &str, store: &dyn DedupStore) {
         assert_eq!(store.begin(pair, LEASE).await.unwrap(), Begin::Done, "{label}: {pair:?} of a batch commit");
     }
 
+    // A delivery's pairs asked about at once: each answered as alone, in order.
+    let half: Vec<DedupKey> = (0..10).map(|i| k("h", "/all", &i.to_string())).collect();
+    store.begin_all(&half.iter().step_by(2).collect::<Vec<_>>(), LEASE, false).await;
+    store.commit(&half.iter().step_by(2).cloned().collect::<Vec<_>>(), TTL).await.unwrap();
+    let begins: Vec<Begin> =
+        store.begin_all(&half.iter().collect::<Vec<_>>(), LEASE, false).await.into_iter().map(Result::unwrap).collect();
+    let alone: Vec<Begin> = (0..10).map(|i| if i % 2 == 0 { Begin::Done } else { Begin::Run }).collect();
+    assert_eq!(begins, alone, "{label}: begin_all");
+    store.release(&half).await.unwrap();
+
     // Empty commits and releases are fine.
     store.commit(&[], TTL).await.unwrap();
     store.release(&[]).await.unwrap();

@@ -409,6 +409,19 @@ impl EmbeddedStore {
     }
 
     /// The record of `key`: under its [`record_key`], or under its legacy key while there may be any.
+    /// What [`DedupStore::begin_as`] answers, read in place: a lookup is a few microseconds (recent
+    /// records are in the memtable and block cache, at worst a block read from an SSD), cheaper than
+    /// handing it to another thread for every event. One process owns the store: there are no leases.
+    fn begin_now(&self, key: &DedupKey, replay: bool) -> Result<Begin, StoreError> {
+        let found = self.lookup(key).map_err(|e| self.failed("lookup", e))?;
+        let rejected = found.as_deref().and_then(|value| value.get(8)) == Some(&REJECTED);
+        Ok(match found.as_deref().and_then(decode_expiry) {
+            Some(_) if replay && rejected => Begin::Run,
+            Some(expiry) if expiry > now_ms() => Begin::Done,
+            _ => Begin::Run,
+        })
+    }
+
     fn lookup(&self, key: &DedupKey) -> fjall::Result<Option<fjall::Slice>> {
         match self.records.get(record_key(key))? {
             None if self.legacy.load(Ordering::Relaxed) => self.records.get(key.storage_key().as_bytes()),
@@ -435,16 +448,11 @@ impl Drop for EmbeddedStore {
 #[async_trait::async_trait]
 impl DedupStore for EmbeddedStore {
     async fn begin_as(&self, key: &DedupKey, _lease_for: Duration, replay: bool) -> Result<Begin, StoreError> {
-        // Read in place: a lookup is a few microseconds (recent records are in
-        // the memtable and block cache, at worst a block read from an SSD),
-        // cheaper than handing it to another thread for every event.
-        let found = self.lookup(key).map_err(|e| self.failed("lookup", e))?;
-        let rejected = found.as_deref().and_then(|value| value.get(8)) == Some(&REJECTED);
-        Ok(match found.as_deref().and_then(decode_expiry) {
-            Some(_) if replay && rejected => Begin::Run,
-            Some(expiry) if expiry > now_ms() => Begin::Done,
-            _ => Begin::Run,
-        })
+        self.begin_now(key, replay)
+    }
+
+    async fn begin_all(&self, keys: &[&DedupKey], _: Duration, replay: bool) -> Vec<Result<Begin, StoreError>> {
+        keys.iter().map(|key| self.begin_now(key, replay)).collect()
     }
 
     async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError> {

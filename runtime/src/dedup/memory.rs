@@ -44,6 +44,16 @@ struct Order {
 }
 
 impl MemoryStore {
+    /// What [`DedupStore::begin_as`] answers: the store is this process's, so there are no leases.
+    fn begin_now(&self, key: &DedupKey, replay: bool) -> Begin {
+        match self.expires.get(&key.storage_key()).map(|record| *record) {
+            Some(record) if record.expiry <= Instant::now() => Begin::Run,
+            Some(record) if replay && record.rejected => Begin::Run,
+            Some(_) => Begin::Done,
+            None => Begin::Run,
+        }
+    }
+
     pub fn new(max_records: usize) -> Self {
         MemoryStore {
             max_records: max_records.max(1),
@@ -91,12 +101,11 @@ impl MemoryStore {
 #[async_trait::async_trait]
 impl DedupStore for MemoryStore {
     async fn begin_as(&self, key: &DedupKey, _lease_for: Duration, replay: bool) -> Result<Begin, StoreError> {
-        match self.expires.get(&key.storage_key()).map(|record| *record) {
-            Some(record) if record.expiry <= Instant::now() => Ok(Begin::Run),
-            Some(record) if replay && record.rejected => Ok(Begin::Run),
-            Some(_) => Ok(Begin::Done),
-            None => Ok(Begin::Run),
-        }
+        Ok(self.begin_now(key, replay))
+    }
+
+    async fn begin_all(&self, keys: &[&DedupKey], _: Duration, replay: bool) -> Vec<Result<Begin, StoreError>> {
+        keys.iter().map(|key| Ok(self.begin_now(key, replay))).collect()
     }
 
     async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError> {

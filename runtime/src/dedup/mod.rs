@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use futures::future::join_all;
 use tokio::sync::watch;
 
 use crate::kv::{KvStore, KvWrites, RunWrites};
@@ -113,6 +114,17 @@ pub trait DedupStore: Send + Sync + 'static {
     /// host holds a live lease, take the lease for `lease_for` (a crashed
     /// holder's lease expires after that).
     async fn begin_as(&self, key: &DedupKey, lease_for: Duration, replay: bool) -> Result<Begin, StoreError>;
+    /// [`DedupStore::begin_as`] for a delivery's pairs, each answered on its
+    /// own, in their order: one call per delivery, not one per pair. A store
+    /// in this process looks them up in one loop; the default asks about
+    /// each in turn.
+    async fn begin_all(&self, keys: &[&DedupKey], lease_for: Duration, replay: bool) -> Vec<Result<Begin, StoreError>> {
+        let mut begins = Vec::with_capacity(keys.len());
+        for key in keys {
+            begins.push(self.begin_as(key, lease_for, replay).await);
+        }
+        begins
+    }
     /// Records the pairs done for `ttl`, durably, in one atomic write with
     /// their kv writes: a succeeded pair for good, a rejected one so that only
     /// a replay runs it again. A pair already recorded (and not held by this
@@ -273,6 +285,54 @@ impl Dedup {
         }
     }
 
+    /// [`Dedup::claim_as`] for many pairs (a delivery's, for one handler), in
+    /// their order. The store is asked about every pair no copy of which is
+    /// claimed here in one [`DedupStore::begin_all`]; a pair that must wait
+    /// (a copy claimed here, or leased by another host) then waits on its own,
+    /// beside the others, as [`Dedup::claim_as`] does. Keys must be distinct.
+    pub async fn claim_all(
+        self: &Arc<Self>,
+        keys: Vec<DedupKey>,
+        wait: Duration,
+        lease_for: Duration,
+        replay: bool,
+    ) -> Vec<Claim> {
+        let mut claims: Vec<Option<Claim>> = keys.iter().map(|_| None).collect();
+        let (mut asking, mut waiting) = (Vec::new(), Vec::new());
+        for (at, key) in keys.iter().enumerate() {
+            match self.claim_locally(key) {
+                Ok(lease) => asking.push((at, lease)),
+                Err(_) => waiting.push(at),
+            }
+        }
+        let asked: Vec<&DedupKey> = asking.iter().map(|(_, lease)| &lease.key).collect();
+        let begins = self.store.begin_all(&asked, lease_for, replay).await;
+        for ((at, lease), begin) in asking.into_iter().zip(begins) {
+            let claim = match begin {
+                Ok(Begin::Run) => Claim::Run(lease),
+                Ok(Begin::Done) => {
+                    lease.forget();
+                    Claim::Done
+                }
+                Ok(Begin::Busy) => {
+                    lease.forget();
+                    waiting.push(at);
+                    continue;
+                }
+                Err(error) => {
+                    lease.forget();
+                    Claim::Failed(error)
+                }
+            };
+            claims[at] = Some(claim);
+        }
+        let waited = join_all(waiting.iter().map(|&at| self.claim_as(keys[at].clone(), wait, lease_for, replay))).await;
+        for (at, claim) in waiting.into_iter().zip(waited) {
+            claims[at] = Some(claim);
+        }
+        claims.into_iter().map(|claim| claim.expect("every pair claimed")).collect()
+    }
+
     fn claim_locally(self: &Arc<Self>, key: &DedupKey) -> Result<Lease, watch::Receiver<()>> {
         match self.running.entry(key.clone()) {
             Entry::Occupied(running) => Err(running.get().clone()),
@@ -409,6 +469,31 @@ mod tests {
         };
         dedup.settle(vec![replayed], vec![]).await.unwrap();
         assert!(matches!(dedup.claim_as(key("r"), Duration::ZERO, LEASE, true).await, Claim::Done));
+    }
+
+    /// A delivery's pairs claimed at once come back in order, each as if
+    /// claimed alone: one done before is a duplicate, one a copy of which
+    /// another delivery holds here waits for it (and runs once it is
+    /// released), a new one runs.
+    #[tokio::test]
+    async fn claiming_a_deliverys_pairs_at_once_answers_each_as_alone() {
+        let dedup = dedup();
+        let Claim::Run(done) = dedup.claim(key("done"), Duration::ZERO, LEASE).await else { panic!() };
+        dedup.settle(vec![done], vec![]).await.unwrap();
+        let Claim::Run(held) = dedup.claim(key("held"), Duration::ZERO, LEASE).await else { panic!() };
+        let other = dedup.clone();
+        let releasing = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            other.settle(vec![], vec![held]).await
+        });
+        let keys = vec![key("new"), key("done"), key("held")];
+        let claims = dedup.claim_all(keys, Duration::from_secs(10), LEASE, false).await;
+        assert!(matches!(claims[..], [Claim::Run(_), Claim::Done, Claim::Run(_)]), "{:?}", claims.len());
+        releasing.await.unwrap().unwrap();
+        // Without waiting, a copy held elsewhere is busy.
+        let Claim::Run(_held_again) = dedup.claim(key("again"), Duration::ZERO, LEASE).await else { panic!() };
+        let claims = dedup.claim_all(vec![key("again"), key("fresh")], Duration::ZERO, LEASE, false).await;
+        assert!(matches!(claims[..], [Claim::Busy, Claim::Run(_)]));
     }
 
     /// A run's writes, attached to its lease, reach kv only if the pair is

@@ -303,6 +303,11 @@ impl DedupStore for RedisStore {
         }
     }
 
+    /// Side by side on the one multiplexed connection, which pipelines them.
+    async fn begin_all(&self, keys: &[&DedupKey], lease_for: Duration, replay: bool) -> Vec<Result<Begin, StoreError>> {
+        futures::future::join_all(keys.iter().map(|key| self.begin_as(key, lease_for, replay))).await
+    }
+
     /// Marks every pair done (or rejected) for `ttl`, whoever holds its lease, with its kv writes, in
     /// one atomic script call; a pair already done or rejected is left as it is, its writes skipped.
     async fn record(&self, done: &[Done], ttl: Duration) -> Result<(), StoreError> {
