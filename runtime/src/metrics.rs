@@ -484,7 +484,7 @@ mod tests {
         let before = metrics.render();
         let dir = tempfile::tempdir().unwrap();
         let store = crate::dedup::embedded::EmbeddedStore::open(&dir.path().join("dedup")).unwrap();
-        let key = crate::dedup::DedupKey { handler: "a".into(), source: "/s".into(), id: "1".into() };
+        let key = crate::dedup::DedupKey::new("a", "/s", "1");
         use crate::dedup::DedupStore;
         store.commit(&[key], std::time::Duration::from_secs(60)).await.unwrap();
         let after = metrics.render();

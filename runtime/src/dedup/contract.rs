@@ -8,7 +8,7 @@ use super::{Begin, DedupKey, DedupStore, Done};
 use crate::kv::{KeyValue, KvStore, KvWrites};
 
 fn key(handler: &str, source: &str, id: &str) -> DedupKey {
-    DedupKey { handler: Arc::from(handler), source: source.to_owned(), id: id.to_owned() }
+    DedupKey::new(handler, source, id)
 }
 
 const LEASE: Duration = Duration::from_secs(30);

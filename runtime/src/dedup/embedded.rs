@@ -191,14 +191,11 @@ fn decode_record(value: &[u8]) -> Option<(u64, bool)> {
     Some((decode_expiry(value)?, value.get(8) == Some(&REJECTED)))
 }
 
-/// The key a pair's record is stored under: [`HASHED`], then the first 16 bytes of the SHA-256 of its
-/// storage key. Fixed-size, so a record costs the same whatever the event's source and id.
+/// The key a pair's record is stored under: [`HASHED`], then its [`DedupKey::digest`].
 fn record_key(key: &DedupKey) -> [u8; RECORD_KEY_LEN] {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(key.storage_key().as_bytes());
     let mut out = [0; RECORD_KEY_LEN];
     out[0] = HASHED;
-    out[1..].copy_from_slice(&digest[..RECORD_KEY_LEN - 1]);
+    out[1..].copy_from_slice(&key.digest());
     out
 }
 
@@ -672,7 +669,7 @@ mod tests {
     const CRASH_INTERVAL_ENV: &str = "GRIDFN_DEDUP_CRASH_TEST_INTERVAL";
 
     fn key(handler: &str, source: &str, id: &str) -> DedupKey {
-        DedupKey { handler: Arc::from(handler), source: source.to_owned(), id: id.to_owned() }
+        DedupKey::new(handler, source, id)
     }
 
     fn batch(n: usize) -> Vec<DedupKey> {

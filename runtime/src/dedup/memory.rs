@@ -19,9 +19,10 @@ use crate::kv::MemoryKv;
 /// map and the order in step and the bound exact.
 pub struct MemoryStore {
     max_records: usize,
-    /// Each recorded pair: when it expires, and whether it was done by a
-    /// rejection (which a replay may run again).
-    expires: DashMap<String, Record>,
+    /// Each recorded pair, by its [`DedupKey::digest`] (16 bytes, whatever
+    /// the event's source and id): when it expires, and whether it was done
+    /// by a rejection (which a replay may run again).
+    expires: DashMap<[u8; 16], Record, foldhash::fast::RandomState>,
     order: Mutex<Order>,
     /// The handlers' kv: read by their runs at any time, written only by
     /// `record`, holding `order`.
@@ -38,7 +39,7 @@ struct Record {
 /// the order in which they expire.
 #[derive(Default)]
 struct Order {
-    queue: VecDeque<(Instant, String)>,
+    queue: VecDeque<(Instant, [u8; 16])>,
     /// How many pairs `expires` holds (only writers, holding this, change it).
     records: usize,
 }
@@ -46,7 +47,7 @@ struct Order {
 impl MemoryStore {
     /// What [`DedupStore::begin_as`] answers: the store is this process's, so there are no leases.
     fn begin_now(&self, key: &DedupKey, replay: bool) -> Begin {
-        match self.expires.get(&key.storage_key()).map(|record| *record) {
+        match self.expires.get(&key.digest()).map(|record| *record) {
             Some(record) if record.expiry <= Instant::now() => Begin::Run,
             Some(record) if replay && record.rejected => Begin::Run,
             Some(_) => Begin::Done,
@@ -57,7 +58,7 @@ impl MemoryStore {
     pub fn new(max_records: usize) -> Self {
         MemoryStore {
             max_records: max_records.max(1),
-            expires: DashMap::new(),
+            expires: DashMap::default(),
             order: Mutex::default(),
             kv: MemoryKv::default(),
         }
@@ -115,9 +116,9 @@ impl DedupStore for MemoryStore {
         // A pair recorded as a success meanwhile keeps its record; its late
         // run's writes are dropped. (A rejected one is recorded again: only a
         // replay runs it, and the replay's outcome replaces the rejection.)
-        let recorded = |key: &str| self.expires.get(key).is_some_and(|r| r.expiry > now && !r.rejected);
-        let fresh: Vec<(String, &Done)> =
-            done.iter().map(|d| (d.key.storage_key(), d)).filter(|(key, _)| !recorded(key)).collect();
+        let recorded = |key: &[u8; 16]| self.expires.get(key).is_some_and(|r| r.expiry > now && !r.rejected);
+        let fresh: Vec<([u8; 16], &Done)> =
+            done.iter().map(|d| (d.key.digest(), d)).filter(|(key, _)| !recorded(key)).collect();
         // Every kv write is computed before any is applied: one that cannot
         // apply fails the whole record.
         let mut values: std::collections::HashMap<String, Option<Vec<u8>>> = std::collections::HashMap::new();
@@ -131,7 +132,7 @@ impl DedupStore for MemoryStore {
         }
         self.evict(&mut order, now, self.max_records, fresh.len().min(self.max_records));
         for (key, done) in fresh {
-            if self.expires.insert(key.clone(), Record { expiry, rejected: done.rejected }).is_none() {
+            if self.expires.insert(key, Record { expiry, rejected: done.rejected }).is_none() {
                 order.records += 1;
             }
             order.queue.push_back((expiry, key));
@@ -161,7 +162,7 @@ mod tests {
     use super::*;
 
     fn key(id: &str) -> DedupKey {
-        DedupKey { handler: "h".into(), source: "/s".into(), id: id.into() }
+        DedupKey::new("h", "/s", id)
     }
 
     const LEASE: Duration = Duration::from_secs(1);
@@ -179,8 +180,8 @@ mod tests {
         store.commit(&[key("1")], Duration::from_secs(60)).await.unwrap();
         assert_eq!(store.begin(&key("1"), LEASE).await.unwrap(), Begin::Done);
         assert_eq!(store.begin(&key("2"), LEASE).await.unwrap(), Begin::Run);
-        let other_handler = DedupKey { handler: "g".into(), ..key("1") };
-        let other_source = DedupKey { source: "/t".into(), ..key("1") };
+        let other_handler = DedupKey::new("g", "/s", "1");
+        let other_source = DedupKey::new("h", "/t", "1");
         assert_eq!(store.begin(&other_handler, LEASE).await.unwrap(), Begin::Run);
         assert_eq!(store.begin(&other_source, LEASE).await.unwrap(), Begin::Run);
     }

@@ -46,15 +46,49 @@ use tokio::sync::watch;
 use crate::kv::{KvStore, KvWrites, RunWrites};
 
 /// Identifies one (handler, event) pair: the event's source and id are unique
-/// per Event Grid's contract.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// per Event Grid's contract. Shared, not copied: a claim keeps the key in the
+/// coordinator's map, in its lease and in the record it commits.
+#[derive(Debug, Clone)]
 pub struct DedupKey {
-    pub handler: Arc<str>,
-    pub source: String,
-    pub id: String,
+    handler: Arc<str>,
+    source: Arc<str>,
+    id: Arc<str>,
+    /// [`DedupKey::digest`], made once: the claim asks the store with it, and
+    /// the commit (a clone of the lease's key) records under it.
+    digest: std::sync::OnceLock<[u8; 16]>,
+}
+
+impl PartialEq for DedupKey {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.handler, &self.source, &self.id) == (&other.handler, &other.source, &other.id)
+    }
+}
+
+impl Eq for DedupKey {}
+
+impl std::hash::Hash for DedupKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.handler, &self.source, &self.id).hash(state);
+    }
 }
 
 impl DedupKey {
+    pub fn new(handler: impl Into<Arc<str>>, source: impl Into<Arc<str>>, id: impl Into<Arc<str>>) -> Self {
+        DedupKey { handler: handler.into(), source: source.into(), id: id.into(), digest: Default::default() }
+    }
+
+    pub fn handler(&self) -> &str {
+        &self.handler
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// One unambiguous string for the pair, for stores keyed by strings:
     /// length-prefixed parts, so no choice of names can make two pairs collide.
     pub fn storage_key(&self) -> String {
@@ -62,6 +96,19 @@ impl DedupKey {
         let mut key = String::with_capacity(self.handler.len() + self.source.len() + self.id.len() + 12);
         let _ = write!(key, "{}:{}{}:{}{}", self.handler.len(), self.handler, self.source.len(), self.source, self.id);
         key
+    }
+
+    /// The first 16 bytes of the SHA-256 of the [`DedupKey::storage_key`]: a
+    /// fixed-size name for the pair, for stores that keep many (a record then
+    /// costs the same whatever the event's source and id). No two pairs share
+    /// one by chance (128 bits), and no sender can make two collide on purpose
+    /// (SHA-256), which would make gridfn skip an event as a duplicate.
+    pub fn digest(&self) -> [u8; 16] {
+        *self.digest.get_or_init(|| {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(self.storage_key().as_bytes());
+            digest[..16].try_into().expect("SHA-256 is 32 bytes")
+        })
     }
 }
 
@@ -264,7 +311,8 @@ impl Dedup {
                     continue;
                 }
             };
-            match self.store.begin_as(&key, lease_for, replay).await {
+            // The lease's copy of the key: the digest a store makes of it stays with it, for the commit.
+            match self.store.begin_as(&lease.key, lease_for, replay).await {
                 Ok(Begin::Run) => return Claim::Run(lease),
                 Ok(Begin::Done) => {
                     lease.forget();
@@ -432,7 +480,7 @@ mod tests {
     use crate::kv::KvStore;
 
     fn key(id: &str) -> DedupKey {
-        DedupKey { handler: "h".into(), source: "/s".into(), id: id.into() }
+        DedupKey::new("h", "/s", id)
     }
 
     fn dedup() -> Arc<Dedup> {
@@ -623,8 +671,8 @@ mod tests {
 
     #[test]
     fn storage_keys_cannot_collide() {
-        let a = DedupKey { handler: "h".into(), source: "a:1".into(), id: "x".into() };
-        let b = DedupKey { handler: "h".into(), source: "a".into(), id: "1:x".into() };
+        let a = DedupKey::new("h", "a:1", "x");
+        let b = DedupKey::new("h", "a", "1:x");
         assert_ne!(a.storage_key(), b.storage_key());
     }
 }

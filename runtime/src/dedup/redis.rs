@@ -515,7 +515,7 @@ mod tests {
     }
 
     fn key(handler: &str, source: &str, id: &str) -> DedupKey {
-        DedupKey { handler: Arc::from(handler), source: source.to_owned(), id: id.to_owned() }
+        DedupKey::new(handler, source, id)
     }
 
     async fn store(url: &str, prefix: &str) -> RedisStore {
@@ -936,7 +936,7 @@ mod tests {
                 for i in 0..keys.len() {
                     let k = &keys[(i + host * 13) % keys.len()];
                     if s.begin(k, LEASE).await.unwrap() == Begin::Run {
-                        runs.push(k.id.clone());
+                        runs.push(k.id.to_string());
                     }
                 }
                 runs
@@ -976,7 +976,7 @@ mod tests {
                         loop {
                             match s.begin(k, LEASE).await.unwrap() {
                                 Begin::Run => {
-                                    *runs.lock().unwrap().entry(k.id.clone()).or_default() += 1;
+                                    *runs.lock().unwrap().entry(k.id.to_string()).or_default() += 1;
                                     tokio::task::yield_now().await;
                                     s.commit(std::slice::from_ref(k), TTL).await.unwrap();
                                     break;
