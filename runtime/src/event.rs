@@ -162,27 +162,41 @@ fn batch_members(body: &[u8]) -> Result<Vec<Members<'_>>, DecodeError> {
         .collect()
 }
 
-/// Checks what reading a value as a [`RawValue`] skims over. That reading
-/// checks JSON's syntax, but not what a value means: a `\u` escape may be a
-/// lone surrogate, a number may be out of `f64`'s range (an exponent, or 309
-/// digits), and arrays may nest deeper than serde_json parses (128 levels),
-/// which would fail a filter, a handler's SDK or a dead-letter record later.
-/// A value where none of these can occur is not parsed again: one scan finds
-/// no backslash, and outside strings no exponent, no long run of digits and
-/// few brackets. Most events pass it, and it costs a fraction of the parse.
+/// Checks what reading an event's member as a [`RawValue`] skims over. That
+/// reading checks JSON's syntax, but not what a value means: a `\u` escape
+/// may be a lone surrogate, a number may be out of `f64`'s range (an
+/// exponent, or 309 digits), and arrays may nest deeper than serde_json
+/// parses (128 levels, counted from the outermost of the event, of the
+/// dead-letter blob holding it, of a namespace record around it), which would
+/// fail a filter, a handler's SDK or a replay later. A value where none of
+/// these can occur is not parsed again: one scan finds no backslash, and
+/// outside strings no exponent, no long run of digits and few brackets. Most
+/// events pass it, and it costs a fraction of the parse.
 fn check_skimmed(value: &RawValue) -> serde_json::Result<()> {
     if may_skim_a_problem(value.get().as_bytes()) {
-        serde_json::from_str::<ValidJson>(value.get())?;
+        check_fully(value.get())?;
     }
     Ok(())
 }
 
+/// Parses a member's value as [`ValidJson`], keeping nothing.
+fn check_fully(text: &str) -> serde_json::Result<()> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    serde::de::DeserializeSeed::deserialize(ValidJson { depth_left: MAX_MEMBER_DEPTH }, &mut deserializer)?;
+    deserializer.end()
+}
+
+/// How deep a member's value may nest: serde_json reads 128 levels, and a
+/// member is read inside its event, the event inside a dead-letter blob's
+/// array, and in a namespace record inside its `event`.
+const MAX_MEMBER_DEPTH: usize = 120;
+
 /// Whether JSON text that reads as a [`RawValue`] could still fail
-/// [`ValidJson`]; false only when it certainly cannot. Without a backslash
+/// [`check_fully`]; false only when it certainly cannot. Without a backslash
 /// every `"` opens or closes a string, so strings are skipped whole (they
 /// are most of an event: ids, URLs, hex digests, where `0e5` is no exponent).
 fn may_skim_a_problem(text: &[u8]) -> bool {
-    // Well inside the limits: 300 digits are < 1e300; 100 brackets nest < 128 deep.
+    // Well inside the limits: 300 digits are < 1e300; 100 brackets nest < MAX_MEMBER_DEPTH deep.
     const MAX_DIGITS: usize = 300;
     const MAX_OPENINGS: usize = 100;
     let (mut digits, mut openings) = (0usize, 0usize);
@@ -216,45 +230,62 @@ fn may_skim_a_problem(text: &[u8]) -> bool {
 }
 
 /// Deserializes any JSON value, keeping nothing: a check that every string
-/// escape and number is valid, without building the value.
-struct ValidJson;
+/// escape and number is valid, and that arrays and objects nest at most
+/// `depth_left` deep, without building the value.
+struct ValidJson {
+    depth_left: usize,
+}
 
-impl<'de> serde::Deserialize<'de> for ValidJson {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = ValidJson;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<ValidJson, E> {
-                Ok(ValidJson)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<ValidJson, E> {
-                Ok(ValidJson)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<ValidJson, E> {
-                Ok(ValidJson)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<ValidJson, E> {
-                Ok(ValidJson)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<ValidJson, E> {
-                Ok(ValidJson)
-            }
-            fn visit_unit<E>(self) -> Result<ValidJson, E> {
-                Ok(ValidJson)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ValidJson, A::Error> {
-                while seq.next_element::<ValidJson>()?.is_some() {}
-                Ok(ValidJson)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ValidJson, A::Error> {
-                while map.next_entry::<ValidJson, ValidJson>()?.is_some() {}
-                Ok(ValidJson)
-            }
+impl<'de> serde::de::DeserializeSeed<'de> for ValidJson {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl ValidJson {
+    /// The check one level down, or why there is none.
+    fn inner<E: serde::de::Error>(&self) -> Result<ValidJson, E> {
+        match self.depth_left.checked_sub(1) {
+            Some(depth_left) => Ok(ValidJson { depth_left }),
+            None => Err(E::custom(format_args!("nests deeper than {MAX_MEMBER_DEPTH} levels"))),
         }
-        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValidJson {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self.inner()?)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(self.inner()?)?.is_some() {
+            map.next_value_seed(self.inner()?)?;
+        }
+        Ok(())
     }
 }
 
@@ -998,6 +1029,21 @@ mod tests {
         assert_eq!(events[0].data, br#"{"b": 1.50, "a":"\u00e9"}"#);
     }
 
+    /// An accepted event's `raw` parses as JSON whatever its nesting: a value
+    /// nested as deep as serde_json allows on its own, but one level too deep
+    /// inside its event, is refused, not left to fail a filter or a handler.
+    #[test]
+    fn an_accepted_events_raw_parses_at_every_depth() {
+        for depth in 120..135 {
+            let data = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let body = format!(r#"[{{"id":"1","eventType":"t","subject":"s","data":{data}}}]"#);
+            if let Ok(events) = decode_event_grid(body.as_bytes()) {
+                let parsed = serde_json::from_str::<serde_json::Value>(events[0].raw.get());
+                assert!(parsed.is_ok(), "depth {depth}: accepted, but its raw does not parse: {parsed:?}");
+            }
+        }
+    }
+
     #[test]
     fn a_broken_escape_anywhere_in_an_event_is_refused() {
         // Found by fuzzing (event-grid target): the batch splitter skimmed
@@ -1466,7 +1512,7 @@ mod tests {
             ("1e400", "number out of range"),
             ("-2.5E+999", "number out of range"),
             (digits.as_str(), "number out of range"),
-            (deep.as_str(), "recursion limit"),
+            (deep.as_str(), "nests deeper than 120 levels"),
         ] {
             let body = format!(
                 r#"[{{"id":"1","topic":"/t","subject":"s","eventType":"T","eventTime":"2026-01-01T00:00:00Z","dataVersion":"1","data":{{"ok":[1,2.5,"x"],"bad":{data}}}}}]"#
@@ -1531,7 +1577,7 @@ mod tests {
         #[test]
         fn the_scan_never_passes_what_the_full_check_refuses(text in json_text()) {
             let raw = serde_json::from_str::<&RawValue>(&text).expect("the strategy writes JSON text");
-            let full = serde_json::from_str::<ValidJson>(raw.get()).is_ok();
+            let full = check_fully(raw.get()).is_ok();
             proptest::prop_assert!(full || may_skim_a_problem(raw.get().as_bytes()), "{text:.200}");
         }
     }
