@@ -129,8 +129,8 @@ pub struct DeliveryInfo {
 
 /// Reads a body's events, each as its members, in one pass: an array of
 /// events (possibly empty), or one bare event object (which Event Grid never
-/// sends but curl users do). Nothing is copied: names and values borrow the
-/// body, and each event's `raw` is written from its members once they are
+/// sends but curl users do). Values, and names without escapes, borrow the
+/// body; each event's `raw` is written from its members once they are
 /// checked ([`decode_members`]). An element that is no object is an error of
 /// that event.
 fn batch_members(body: &[u8]) -> Result<Vec<Members<'_>>, DecodeError> {

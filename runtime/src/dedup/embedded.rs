@@ -405,7 +405,6 @@ impl EmbeddedStore {
         StoreError(format!("{}: {what}: {e}", self.path.display()))
     }
 
-    /// The record of `key`: under its [`record_key`], or under its legacy key while there may be any.
     /// What [`DedupStore::begin_as`] answers, read in place: a lookup is a few microseconds (recent
     /// records are in the memtable and block cache, at worst a block read from an SSD), cheaper than
     /// handing it to another thread for every event. One process owns the store: there are no leases.
@@ -419,6 +418,7 @@ impl EmbeddedStore {
         })
     }
 
+    /// The record of `key`: under its [`record_key`], or under its legacy key while there may be any.
     fn lookup(&self, key: &DedupKey) -> fjall::Result<Option<fjall::Slice>> {
         match self.records.get(record_key(key))? {
             None if self.legacy.load(Ordering::Relaxed) => self.records.get(key.storage_key().as_bytes()),

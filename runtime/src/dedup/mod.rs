@@ -77,18 +77,6 @@ impl DedupKey {
         DedupKey { handler: handler.into(), source: source.into(), id: id.into(), digest: Default::default() }
     }
 
-    pub fn handler(&self) -> &str {
-        &self.handler
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// One unambiguous string for the pair, for stores keyed by strings:
     /// length-prefixed parts, so no choice of names can make two pairs collide.
     pub fn storage_key(&self) -> String {
