@@ -190,11 +190,13 @@ pin_project_lite::pin_project! {
     /// while queued for a slot (FIFO: a task that yielded goes behind the
     /// ones already waiting).
     pub struct OnCpu<F> {
+        // First: fields drop in order, so what the call holds (the in-flight
+        // count) is gone before the admission is given back.
+        #[pin]
+        future: F,
         slots: Arc<Semaphore>,
         waiting: Option<Acquire>,
         _admitted: Admitted,
-        #[pin]
-        future: F,
     }
 }
 

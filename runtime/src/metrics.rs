@@ -309,13 +309,16 @@ impl HandlerMetrics {
     }
 
     /// Counts an event waiting for an instance until the guard is dropped.
-    pub fn queued(&self) -> impl Drop + '_ {
-        GaugeGuard::new(&self.queued)
+    pub fn queued(&self) -> impl Drop + Send + 'static {
+        GaugeGuard::new(self.queued.clone())
     }
 
-    /// Counts a running instance until the guard is dropped.
-    pub fn in_flight(&self) -> impl Drop + '_ {
-        GaugeGuard::new(&self.in_flight)
+    /// Counts a running instance until the guard is dropped. Owned, so it can
+    /// go into the instance's task and end with the call itself, before the
+    /// task gives its admission back: the count never shows more instances
+    /// than `max_concurrency`.
+    pub fn in_flight(&self) -> impl Drop + Send + 'static {
+        GaugeGuard::new(self.in_flight.clone())
     }
 
     pub fn dead_lettered(&self, written: bool) {
@@ -395,16 +398,17 @@ fn seconds() -> Histogram {
 
 /// Holds a gauge one higher while it lives (also when the future holding it
 /// is cancelled).
-struct GaugeGuard<'a>(&'a Gauge);
+struct GaugeGuard(Gauge);
 
-impl<'a> GaugeGuard<'a> {
-    fn new(gauge: &'a Gauge) -> Self {
+impl GaugeGuard {
+    /// `gauge` is a handle on the shared count.
+    fn new(gauge: Gauge) -> Self {
         gauge.inc();
         GaugeGuard(gauge)
     }
 }
 
-impl Drop for GaugeGuard<'_> {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

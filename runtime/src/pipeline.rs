@@ -572,12 +572,19 @@ impl Pipeline {
             }
         };
         drop(queued);
-        let _in_flight = metrics.in_flight();
+        // Counted inside the task, so the count falls as the call ends, before
+        // the task gives its admission back to the next event.
+        let in_flight = metrics.in_flight();
         let started = Instant::now();
+        let call = call();
+        let counted = async move {
+            let _in_flight = in_flight;
+            call.await
+        };
         // Cancelled with the delivery: the task is aborted, and its
         // admission given back once the call is dropped.
         let mut running =
-            AbortOnDrop(tokio::spawn(admitted.run(AssertUnwindSafe(call()).catch_unwind()).in_current_span()));
+            AbortOnDrop(tokio::spawn(admitted.run(AssertUnwindSafe(counted).catch_unwind()).in_current_span()));
         let ran = (&mut running.0).await.unwrap_or_else(|e| Err(Box::new(format!("its task ended: {e}"))));
         match ran {
             Ok(ran) => {
