@@ -315,10 +315,8 @@ fn decode_all(events: Vec<Members<'_>>, schema: Schema) -> Result<Vec<Event>, De
         .collect()
 }
 
-/// An Event Grid schema event's attributes, checked: what is left to make
-/// the [`Event`] is its raw JSON (written from the members `fields` borrows,
-/// so it is handed over once they are done with).
-fn event_grid_event(fields: &Fields<'_>) -> Result<impl FnOnce(RawJson) -> Event + use<>, DecodeError> {
+/// An Event Grid schema event from its attributes, checked, and its `raw` JSON.
+fn event_grid_event(fields: &Fields<'_>, raw: RawJson) -> Result<Event, DecodeError> {
     let id = fields.required_string("id")?;
     let event_type = fields.required_string("eventType")?;
     let source = fields.optional_string("topic")?.unwrap_or_default();
@@ -327,7 +325,7 @@ fn event_grid_event(fields: &Fields<'_>) -> Result<impl FnOnce(RawJson) -> Event
     let data_version = fields.optional_string("dataVersion")?;
     let data = fields.raw("data").map(|d| d.get().as_bytes().to_vec()).unwrap_or_default();
     let data = if data == b"null" { Vec::new() } else { data };
-    Ok(move |raw| Event {
+    Ok(Event {
         id,
         event_type,
         source,
@@ -378,8 +376,8 @@ pub fn decode_members(schema: Schema, members: Members<'_>) -> Result<Event, Dec
     let raw = RawJson(object_text(&members));
     let fields = Fields { map: members };
     match schema {
-        Schema::EventGrid => event_grid_event(&fields).map(|event| event(raw)),
-        Schema::CloudEvents => cloud_event(&fields).map(|event| event(raw)),
+        Schema::EventGrid => event_grid_event(&fields, raw),
+        Schema::CloudEvents => cloud_event(&fields, raw),
     }
 }
 
@@ -414,9 +412,8 @@ fn object_text(members: &[(std::borrow::Cow<'_, str>, &RawValue)]) -> Box<str> {
 const CLOUDEVENT_MEMBERS: [&str; 10] =
     ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"];
 
-/// A CloudEvent's attributes, checked; the [`Event`] is made once its raw
-/// JSON is handed over (as [`event_grid_event`]).
-fn cloud_event(fields: &Fields<'_>) -> Result<impl FnOnce(RawJson) -> Event + use<>, DecodeError> {
+/// A CloudEvent from its attributes, checked, and its `raw` JSON.
+fn cloud_event(fields: &Fields<'_>, raw: RawJson) -> Result<Event, DecodeError> {
     fields.each_name_once()?;
     let specversion = fields.required_attribute("specversion")?;
     if specversion != "1.0" {
@@ -479,7 +476,7 @@ fn cloud_event(fields: &Fields<'_>) -> Result<impl FnOnce(RawJson) -> Event + us
     extensions.sort();
     let data_version = extensions.iter().find(|(name, _)| name == "dataversion").map(|(_, v)| v.clone());
 
-    Ok(move |raw| Event {
+    Ok(Event {
         id,
         event_type,
         source,
@@ -1053,8 +1050,7 @@ mod tests {
             let body = format!(r#"[{{"id":"1","eventType":"t"}},{{"id":"2","eventType":"t",{member}}}]"#);
             let err = decode_event_grid(body.as_bytes()).unwrap_err();
             assert_eq!((err.event_index, err.field.as_deref()), (Some(1), Some(field)), "{err}");
-            let says = "hex escape";
-            assert!(err.message.contains(says), "{err}");
+            assert!(err.message.contains("hex escape"), "{err}");
         }
     }
 
