@@ -410,10 +410,9 @@ impl EmbeddedStore {
     /// handing it to another thread for every event. One process owns the store: there are no leases.
     fn begin_now(&self, key: &DedupKey, replay: bool) -> Result<Begin, StoreError> {
         let found = self.lookup(key).map_err(|e| self.failed("lookup", e))?;
-        let rejected = found.as_deref().and_then(|value| value.get(8)) == Some(&REJECTED);
-        Ok(match found.as_deref().and_then(decode_expiry) {
-            Some(_) if replay && rejected => Begin::Run,
-            Some(expiry) if expiry > now_ms() => Begin::Done,
+        Ok(match found.as_deref().and_then(decode_record) {
+            Some((_, true)) if replay => Begin::Run,
+            Some((expiry, _)) if expiry > now_ms() => Begin::Done,
             _ => Begin::Run,
         })
     }
