@@ -22,7 +22,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// gridfn's purge delay, in milliseconds. mimalloc's default, a second, kept
 /// a second's worth of freed buffers resident: about 17 MB at batch 100
-/// (peak RSS 98-101 MB; 81-85 MB at 50 ms) and 15 MB with `handle-batch`, in
+/// (peak RSS 98-106 MB; 81-85 MB at 50 ms) and 15 MB with `handle-batch`, in
 /// alternating runs with no difference in events/s or CPU beyond noise. At 0
 /// (purge at once) it gave back a few MB more and lost a fifth of the
 /// throughput in the one run tried. `MIMALLOC_PURGE_DELAY` still overrides it.
