@@ -300,24 +300,14 @@ impl Dedup {
                 }
             };
             // The lease's copy of the key: the digest a store makes of it stays with it, for the commit.
-            match self.store.begin_as(&lease.key, lease_for, replay).await {
-                Ok(Begin::Run) => return Claim::Run(lease),
-                Ok(Begin::Done) => {
-                    lease.forget();
-                    return Claim::Done;
-                }
-                Ok(Begin::Busy) => {
-                    lease.forget();
-                    if tokio::time::Instant::now() + BUSY_POLL > deadline {
-                        return Claim::Busy;
-                    }
-                    tokio::time::sleep(BUSY_POLL).await;
-                }
-                Err(error) => {
-                    lease.forget();
-                    return Claim::Failed(error);
-                }
+            let begin = self.store.begin_as(&lease.key, lease_for, replay).await;
+            if let Some(claim) = answered(lease, begin) {
+                return claim;
             }
+            if tokio::time::Instant::now() + BUSY_POLL > deadline {
+                return Claim::Busy;
+            }
+            tokio::time::sleep(BUSY_POLL).await;
         }
     }
 
@@ -344,23 +334,10 @@ impl Dedup {
         let asked: Vec<&DedupKey> = asking.iter().map(|(_, lease)| &lease.key).collect();
         let begins = self.store.begin_all(&asked, lease_for, replay).await;
         for ((at, lease), begin) in asking.into_iter().zip(begins) {
-            let claim = match begin {
-                Ok(Begin::Run) => Claim::Run(lease),
-                Ok(Begin::Done) => {
-                    lease.forget();
-                    Claim::Done
-                }
-                Ok(Begin::Busy) => {
-                    lease.forget();
-                    waiting.push(at);
-                    continue;
-                }
-                Err(error) => {
-                    lease.forget();
-                    Claim::Failed(error)
-                }
-            };
-            claims[at] = Some(claim);
+            match answered(lease, begin) {
+                Some(claim) => claims[at] = Some(claim),
+                None => waiting.push(at),
+            }
         }
         let waited = join_all(waiting.iter().map(|&at| self.claim_as(keys[at].clone(), wait, lease_for, replay))).await;
         for (at, claim) in waiting.into_iter().zip(waited) {
@@ -460,6 +437,20 @@ impl Drop for Lease {
             runtime.spawn(async move { store.release(&[key]).await });
         }
     }
+}
+
+/// What the store's answer makes of a pair claimed here: run it (the lease
+/// kept), done before or a failure (the lease forgotten), or `None` while
+/// another host holds it (the lease forgotten; the caller waits or gives up).
+fn answered(lease: Lease, begin: Result<Begin, StoreError>) -> Option<Claim> {
+    let claim = match begin {
+        Ok(Begin::Run) => return Some(Claim::Run(lease)),
+        Ok(Begin::Done) => Some(Claim::Done),
+        Ok(Begin::Busy) => None,
+        Err(error) => Some(Claim::Failed(error)),
+    };
+    lease.forget();
+    claim
 }
 
 #[cfg(test)]
