@@ -654,18 +654,11 @@ fn parse_record(members: Members<'_>) -> Result<(Event, Shape, Attributes), Stri
             || (members.iter().any(|(name, _)| name == "type") && !members.iter().any(|(name, _)| name == "eventType"));
         (members, if cloudevent { Shape::CloudEvents } else { Shape::EventGrid })
     };
-    // The attributes leave the members in place (no second list of what is kept); the first
-    // attribute that is malformed fails the record.
-    let (mut kept, mut malformed) = (members, None);
-    kept.retain(|(name, value)| match attributes.take(name, value) {
-        Ok(taken) => !taken,
-        Err(why) => {
-            malformed.get_or_insert(why);
-            true
+    let mut kept = Vec::with_capacity(members.len());
+    for (name, value) in members {
+        if !attributes.take(&name, value)? {
+            kept.push((name, value));
         }
-    });
-    if let Some(why) = malformed {
-        return Err(why);
     }
     let schema = match shape {
         Shape::EventGrid => Schema::EventGrid,
