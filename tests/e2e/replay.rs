@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::replay_data::{Spec, generate};
 use crate::support::{Gridfn, KEY, component, event, vector};
@@ -149,6 +149,20 @@ fn the_vectors_replay_once_in_process_and_a_second_run_does_nothing() {
     for row in rows {
         assert_eq!(row["action"], "skip", "{row}");
         assert!(row["why"].as_str().unwrap().contains("pass --handler"), "{row}");
+    }
+    // Each row carries what its record says of the failure, to decide on
+    // (Event Grid's records have no description; gridfn's do).
+    let telemetry = rows.iter().find(|row| row["id"] == "c1e2d3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f").unwrap();
+    for (name, said) in [
+        ("reason", json!("TimeToLiveExceeded")),
+        ("outcome", json!("Busy")),
+        ("http_status", json!(503)),
+        ("delivery_attempts", json!(9)),
+        ("publish_time", json!("2023-12-30T23:40:00.100Z")),
+        ("last_attempt_time", json!("2023-12-31T00:05:12.345678900Z")),
+        ("description", Value::Null),
+    ] {
+        assert_eq!(telemetry[name], said, "{name}: {telemetry}");
     }
     let dry = setup.replay(&[source_arg, "--handler", "scripted", "--dry-run", "--json"]).expect(0).json();
     let replays: Vec<&str> = dry["rows"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
@@ -503,8 +517,8 @@ fn an_azure_container_is_replayed_and_archived() {
 #[test]
 fn a_rejected_event_runs_again_on_replay_and_a_succeeded_one_never() {
     let gridfn = Gridfn::start(&format!("[[handler]]\nname = \"scripted\"\nmodule = {:?}\n", component("scripted")));
-    let ok = event("dedup-ok", serde_json::json!({}));
-    let bad = event("dedup-bad", serde_json::json!({"act": "reject"}));
+    let ok = event("dedup-ok", json!({}));
+    let bad = event("dedup-bad", json!({"act": "reject"}));
     let answer: Value =
         gridfn.notify("/api/events/scripted", serde_json::to_vec(&[&ok, &bad]).unwrap()).json().unwrap();
     assert_eq!((answer["succeeded"].as_u64(), answer["rejected"].as_u64()), (Some(1), Some(1)), "{answer}");
@@ -522,6 +536,12 @@ fn a_rejected_event_runs_again_on_replay_and_a_succeeded_one_never() {
     std::fs::write(&twin, serde_json::to_vec(&record).unwrap()).unwrap();
 
     let setup = Setup::new("");
+    // The dry run shows what gridfn's record kept of the rejection: the handler's own words.
+    let dry = setup.replay(&[deadletter.to_str().unwrap(), "--dry-run", "--json"]).expect(0).json();
+    let rejected = dry["rows"].as_array().unwrap().iter().find(|row| row["id"] == "dedup-bad").unwrap();
+    assert_eq!(rejected["description"], "scripted rejection", "{rejected}");
+    assert_eq!(rejected["destination"], "scripted", "gridfn's records name their handler: {rejected}");
+
     let url = format!("{}/api/events/{{handler}}", gridfn.base);
     let replayed = setup.replay(&[deadletter.to_str().unwrap(), "--to", &url, "--key", KEY, "--json"]).expect(2);
     let total = &replayed.json()["total"];

@@ -640,8 +640,8 @@ mod tests {
         let records = parse_records(name, Some("ALL"), body);
         let record = records[0].as_ref().expect("gridfn replay reads it");
         assert_eq!((record.shape, record.event.id.as_str()), (Shape::Namespace, "e1"));
-        assert_eq!(record.reason.as_deref(), Some("MaxDeliveryCountExceeded"));
-        assert_eq!(record.delivery_attempts, Some(3));
+        assert_eq!(record.attributes.reason.as_deref(), Some("MaxDeliveryCountExceeded"));
+        assert_eq!(record.attributes.delivery_attempts, Some(3));
         drop(broker);
         // Gone from the store too: a restart does not bring it back.
         let broker = start(&dir, &namespace(3, true));

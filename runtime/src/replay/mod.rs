@@ -35,7 +35,7 @@ use crate::config::{DedupStore, Manifest};
 use crate::host::Host;
 use ledger::{Ledger, LedgerLock};
 use plan::{Choice, Destinations, Plan};
-use read::{AzureAuth, Selection, Source};
+use read::{Attributes, AzureAuth, Selection, Source};
 use report::{DryRunRow, Progress, Summary};
 use run::{OnSuccess, Pace, Starter};
 use target::{HttpTarget, Target};
@@ -103,7 +103,8 @@ pub struct Options {
     /// skipped; touches nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print JSON (the dry run's rows, or the summary) instead of tables.
+    /// Print JSON (the dry run's rows, each with its record's dead-letter
+    /// attributes, or the summary) instead of tables.
     #[arg(long)]
     pub json: bool,
 
@@ -278,7 +279,13 @@ async fn dry_run(
     let mut rows = Vec::new();
     for blob in plan.blobs.clone() {
         let records = source.read(&blob).await?;
-        rows.extend(plan.add_blob(&blob, records, choice, ledger).into_iter().map(DryRunRow::from));
+        // By the record's place in the blob, which its items keep.
+        let attributes: Vec<Option<Attributes>> =
+            records.iter().map(|record| record.as_ref().ok().map(|r| r.attributes.clone())).collect();
+        rows.extend(plan.add_blob(&blob, records, choice, ledger).into_iter().map(|item| {
+            let attributes = attributes.get(item.pair.index).cloned().flatten().unwrap_or_default();
+            DryRunRow::new(item, attributes)
+        }));
     }
     Ok((plan, rows))
 }

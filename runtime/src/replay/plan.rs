@@ -282,8 +282,8 @@ impl Plan {
         let names = &mut self.names;
         let mut share = |name: Option<String>| name.map(|name| names.intern(&name));
         let subscription = record.subscription;
-        let reason = share(record.reason);
-        let handler = share(record.handler);
+        let reason = share(record.attributes.reason);
+        let handler = share(record.attributes.handler);
         let pair_to = |destination: Arc<str>| Pair { blob: blob.clone(), index: record.index, destination };
         let item = |pair: Pair, action: Action, attempts: u32, via: Via| Item {
             pair,
@@ -294,7 +294,7 @@ impl Plan {
             subscription: subscription.clone(),
             reason: reason.clone(),
             handler: handler.clone(),
-            delivery_attempts: record.delivery_attempts,
+            delivery_attempts: record.attributes.delivery_attempts,
             blob: blob_id,
         };
         let (destinations, via) = match chosen {
@@ -334,7 +334,7 @@ impl Plan {
 /// Where a selected record goes and who chose it, or why it goes nowhere.
 fn destinations_of(record: &Record, choice: &Choice<'_>) -> Result<(Vec<String>, Via), String> {
     let named = |handler: &str| choice.handlers.is_empty() || choice.handlers.iter().any(|h| h == handler);
-    let (wanted, via): (Vec<String>, Via) = match (&record.handler, choice.destinations) {
+    let (wanted, via): (Vec<String>, Via) = match (&record.attributes.handler, choice.destinations) {
         (Some(handler), _) if !named(handler) => {
             return Err(format!("dead-lettered from handler {handler}, not a --handler"));
         }

@@ -535,22 +535,7 @@ pub struct Record {
     /// The subscription folder the blob sits in (upper-case as Event Grid
     /// writes it); shared by the records of one blob.
     pub subscription: Option<Arc<str>>,
-    /// `gridfnHandler`: the handler that rejected it, in gridfn's own records.
-    pub handler: Option<String>,
-    /// `deadLetterReason`, free text (Microsoft publishes no closed list).
-    pub reason: Option<String>,
-    /// `deadLetterDescription`: gridfn's records carry the handler's own words.
-    pub description: Option<String>,
-    /// `lastDeliveryOutcome` (namespaces: `deliveryresult`), free text.
-    pub outcome: Option<String>,
-    /// `lastHttpStatusCode`.
-    pub http_status: Option<u16>,
-    /// `deliveryAttempts`.
-    pub delivery_attempts: Option<u32>,
-    /// `publishTime` (namespaces: `publishutc`): when Event Grid (or gridfn) accepted it.
-    pub publish_time: Option<DateTime<Utc>>,
-    /// `lastDeliveryAttemptTime` (namespaces: `deliveryattemptutc`).
-    pub last_attempt_time: Option<DateTime<Utc>>,
+    pub attributes: Attributes,
 }
 
 /// A record that is not a valid event: reported with where it is, never skipped silently.
@@ -603,14 +588,7 @@ pub fn parse_records(blob: &str, subscription: Option<&str>, bytes: &[u8]) -> Ve
                 event: Arc::new(event),
                 shape,
                 subscription: subscription.clone(),
-                handler: attributes.handler,
-                reason: attributes.reason,
-                description: attributes.description,
-                outcome: attributes.outcome,
-                http_status: attributes.http_status,
-                delivery_attempts: attributes.attempts,
-                publish_time: attributes.publish_time,
-                last_attempt_time: attributes.last_attempt_time,
+                attributes,
             })
         })
         .collect()
@@ -677,17 +655,26 @@ fn problem(error: &DecodeError) -> String {
     }
 }
 
-/// The dead-letter attributes of one record.
-#[derive(Default)]
-struct Attributes {
-    reason: Option<String>,
-    description: Option<String>,
-    outcome: Option<String>,
-    handler: Option<String>,
-    attempts: Option<u32>,
-    http_status: Option<u16>,
-    publish_time: Option<DateTime<Utc>>,
-    last_attempt_time: Option<DateTime<Utc>>,
+/// The dead-letter attributes of one record, whichever layout spelled them
+/// (a dry run's `--json` rows show them under these names; absent is `null`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Attributes {
+    /// `deadLetterReason`, free text (Microsoft publishes no closed list).
+    pub reason: Option<String>,
+    /// `deadLetterDescription`: gridfn's records carry the handler's own words.
+    pub description: Option<String>,
+    /// `lastDeliveryOutcome` (namespaces: `deliveryresult`), free text.
+    pub outcome: Option<String>,
+    /// `gridfnHandler`: the handler that rejected it, in gridfn's own records.
+    pub handler: Option<String>,
+    /// `deliveryAttempts`.
+    pub delivery_attempts: Option<u32>,
+    /// `lastHttpStatusCode`.
+    pub http_status: Option<u16>,
+    /// `publishTime` (namespaces: `publishutc`): when Event Grid (or gridfn) accepted it.
+    pub publish_time: Option<DateTime<Utc>>,
+    /// `lastDeliveryAttemptTime` (namespaces: `deliveryattemptutc`).
+    pub last_attempt_time: Option<DateTime<Utc>>,
 }
 
 impl Attributes {
@@ -713,7 +700,7 @@ impl Attributes {
             Attribute::Description => self.description = text(value)?,
             Attribute::Outcome => self.outcome = text(value)?,
             Attribute::Handler => self.handler = text(value)?,
-            Attribute::Attempts => self.attempts = number(name, value)?,
+            Attribute::Attempts => self.delivery_attempts = number(name, value)?,
             Attribute::HttpStatus => self.http_status = number(name, value)?,
             Attribute::PublishTime => self.publish_time = time(name, value)?,
             Attribute::LastAttemptTime => self.last_attempt_time = time(name, value)?,
@@ -862,7 +849,7 @@ impl Selection {
         ) {
             return Some(why);
         }
-        if let Some(handler) = &record.handler
+        if let Some(handler) = &record.attributes.handler
             && !self.handlers.is_empty()
             && !self.handlers.contains(handler)
         {
@@ -870,8 +857,8 @@ impl Selection {
         }
         let event = &record.event;
         let checks = [
-            ("reason", "--reason", record.reason.as_deref(), &self.reasons),
-            ("outcome", "--outcome", record.outcome.as_deref(), &self.outcomes),
+            ("reason", "--reason", record.attributes.reason.as_deref(), &self.reasons),
+            ("outcome", "--outcome", record.attributes.outcome.as_deref(), &self.outcomes),
             ("type", "--type", Some(event.event_type.as_str()), &self.types),
         ];
         for (what, flag, value, wanted) in checks {
@@ -892,7 +879,7 @@ impl Selection {
         if window == TimeWindow::default() {
             return None;
         }
-        let Some(published) = record.publish_time else {
+        let Some(published) = record.attributes.publish_time else {
             return Some("has no publish time to compare with --since/--until".to_string());
         };
         let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
@@ -1034,7 +1021,7 @@ mod tests {
                 "eventgrid" => Shape::EventGrid,
                 _ => Shape::CloudEvents,
             };
-            let mut reasons: Vec<String> = records.iter().map(|r| r.reason.clone().unwrap()).collect();
+            let mut reasons: Vec<String> = records.iter().map(|r| r.attributes.reason.clone().unwrap()).collect();
             reasons.sort();
             reasons.dedup();
             let expected_reasons: Vec<String> =
@@ -1051,16 +1038,23 @@ mod tests {
                 assert!(stripped.len() < original.as_object().unwrap().len(), "{path}: attributes were there");
                 assert_eq!(raw_json(record), Value::Object(stripped), "{path}");
                 let attempts = original.get("deliveryAttempts").or(original.get("deliveryattempts"));
-                assert_eq!(record.delivery_attempts.map(u64::from), attempts.and_then(Value::as_u64), "{path}");
+                assert_eq!(
+                    record.attributes.delivery_attempts.map(u64::from),
+                    attempts.and_then(Value::as_u64),
+                    "{path}"
+                );
                 let published = original.get("publishTime").or(original.get("publishtime")).unwrap();
-                assert_eq!(record.publish_time, Some(utc(published.as_str().unwrap())), "{path}");
-                assert!(record.outcome.is_some() && record.handler.is_none(), "{path}");
+                assert_eq!(record.attributes.publish_time, Some(utc(published.as_str().unwrap())), "{path}");
+                assert!(record.attributes.outcome.is_some() && record.attributes.handler.is_none(), "{path}");
             }
         }
         // Spot checks against the files' text.
         let telemetry = &source.read(listed[2]).await.unwrap()[0].as_ref().unwrap().clone();
-        assert_eq!((telemetry.http_status, telemetry.outcome.as_deref()), (Some(503), Some("Busy")));
-        assert_eq!(telemetry.last_attempt_time, Some(utc("2023-12-31T00:05:12.3456789Z")));
+        assert_eq!(
+            (telemetry.attributes.http_status, telemetry.attributes.outcome.as_deref()),
+            (Some(503), Some("Busy"))
+        );
+        assert_eq!(telemetry.attributes.last_attempt_time, Some(utc("2023-12-31T00:05:12.3456789Z")));
     }
 
     #[test]
@@ -1076,8 +1070,8 @@ mod tests {
             record.event.raw.get(),
             r#"{"id":"e1","eventType":"T","subject":"/a","data":{"b": 1.50, "a":"\u00e9"},"topic":"/t"}"#
         );
-        assert_eq!(record.delivery_attempts, Some(3), "digits in a string are a number");
-        assert_eq!(record.publish_time, Some(utc("2024-01-05T09:03:00.5Z")));
+        assert_eq!(record.attributes.delivery_attempts, Some(3), "digits in a string are a number");
+        assert_eq!(record.attributes.publish_time, Some(utc("2024-01-05T09:03:00.5Z")));
     }
 
     #[test]
@@ -1089,8 +1083,11 @@ mod tests {
         let record = one(body).unwrap();
         assert_eq!(record.shape, Shape::CloudEvents);
         assert_eq!(record.event.extensions, vec![("traceparent".to_string(), "00-1".to_string())]);
-        assert_eq!((record.reason.as_deref(), record.http_status), (Some("TimeToLiveExceeded"), Some(408)));
-        assert_eq!(record.last_attempt_time, Some(utc("2024-02-09T04:00:00Z")));
+        assert_eq!(
+            (record.attributes.reason.as_deref(), record.attributes.http_status),
+            (Some("TimeToLiveExceeded"), Some(408))
+        );
+        assert_eq!(record.attributes.last_attempt_time, Some(utc("2024-02-09T04:00:00Z")));
     }
 
     #[test]
@@ -1111,10 +1108,10 @@ mod tests {
                 assert_eq!(record.shape, shape, "{key}");
                 assert_eq!(raw_json(&record), event, "{key}: only the event is left");
                 assert_eq!(record.event.data, [0, 1]);
-                assert_eq!(record.reason.as_deref(), Some("Undeliverable due to client error"));
-                assert_eq!(record.outcome.as_deref(), Some("Unauthorized"), "deliveryresult is the outcome");
-                assert_eq!(record.delivery_attempts, Some(3));
-                assert_eq!(record.publish_time, Some(utc("2023-06-19T23:28:08.3063899Z")));
+                assert_eq!(record.attributes.reason.as_deref(), Some("Undeliverable due to client error"));
+                assert_eq!(record.attributes.outcome.as_deref(), Some("Unauthorized"), "deliveryresult is the outcome");
+                assert_eq!(record.attributes.delivery_attempts, Some(3));
+                assert_eq!(record.attributes.publish_time, Some(utc("2023-06-19T23:28:08.3063899Z")));
             }
         }
         // The docs' single-object blob.
@@ -1146,14 +1143,14 @@ mod tests {
         for blob in &blobs {
             let record = source.read(blob).await.unwrap().pop().unwrap().unwrap();
             assert_eq!(record.subscription.as_deref(), Some("ORDERS-SUB"));
-            assert_eq!(record.reason.as_deref(), Some("HandlerRejected"));
-            assert_eq!(record.description.as_deref(), Some("bad order"));
-            assert_eq!(record.outcome.as_deref(), Some("Rejected"));
-            assert_eq!(record.delivery_attempts, Some(2));
+            assert_eq!(record.attributes.reason.as_deref(), Some("HandlerRejected"));
+            assert_eq!(record.attributes.description.as_deref(), Some("bad order"));
+            assert_eq!(record.attributes.outcome.as_deref(), Some("Rejected"));
+            assert_eq!(record.attributes.delivery_attempts, Some(2));
             let original = if record.event.id == "g1" { &cloud[0] } else { &grid[0] };
             assert_eq!(raw_json(&record), serde_json::from_str::<Value>(original.raw.get()).unwrap());
             assert_eq!(record.event.schema, original.schema);
-            seen.push(record.handler.unwrap());
+            seen.push(record.attributes.handler.unwrap());
         }
         seen.sort();
         assert_eq!(seen, ["h-cloud", "h-grid"]);
@@ -1338,10 +1335,10 @@ mod tests {
         let selection = Selection { handlers: vec!["audit".into()], ..Default::default() };
         assert_eq!(selection.skip_reason(&unnamed), None);
         let mut timeless = unnamed.clone();
-        timeless.publish_time = None;
+        timeless.attributes.publish_time = None;
         let selection = Selection { since: Some(utc("2024-01-01T00:00:00Z")), ..Default::default() };
         assert!(selection.skip_reason(&timeless).unwrap().contains("no publish time"));
-        timeless.reason = None;
+        timeless.attributes.reason = None;
         let selection = Selection { reasons: vec!["X".into()], ..Default::default() };
         assert_eq!(selection.skip_reason(&timeless).unwrap(), "has no reason; --reason wants X");
     }
@@ -1451,10 +1448,10 @@ mod tests {
             assert_eq!(record.event.id, expected.id);
             assert_eq!(record.event.event_type, expected.event_type);
             assert_eq!(record.event.subject.as_deref(), Some(expected.subject.as_str()));
-            assert_eq!(record.reason.as_deref(), Some(expected.reason.as_str()));
-            assert_eq!(record.outcome.as_deref(), Some(expected.outcome.as_str()));
-            assert_eq!(record.handler, expected.handler);
-            assert_eq!(record.publish_time, Some(expected.publish_time));
+            assert_eq!(record.attributes.reason.as_deref(), Some(expected.reason.as_str()));
+            assert_eq!(record.attributes.outcome.as_deref(), Some(expected.outcome.as_str()));
+            assert_eq!(record.attributes.handler, expected.handler);
+            assert_eq!(record.attributes.publish_time, Some(expected.publish_time));
             assert_eq!(record.subscription.as_deref(), Some(expected.kind.subscription()));
             let raw = record.event.raw.get().to_ascii_lowercase();
             assert!(!raw.contains("deadletter") && !raw.contains("customdelivery"), "{raw}");
@@ -1507,7 +1504,7 @@ mod tests {
         let record = source.read(telemetry).await.unwrap().pop().unwrap().unwrap();
         assert_eq!(record.subscription.as_deref(), Some("TELEMETRY-SUB"));
         assert_eq!(record.event.id, "c1e2d3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f");
-        assert_eq!(record.reason.as_deref(), Some("TimeToLiveExceeded"));
+        assert_eq!(record.attributes.reason.as_deref(), Some("TimeToLiveExceeded"));
 
         // A source one level down (the subscription in the prefix) still knows its subscription.
         let below = Source::from_azure(&key_config(&container), "eventgrid/deadletters/TELEMETRY-SUB").unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::plan::{Action, Item, Plan, Via};
-use super::read::BadRecord;
+use super::read::{Attributes, BadRecord};
 use super::run::Ran;
 use crate::pipeline::ReplayOutcome;
 
@@ -358,7 +358,10 @@ pub struct DryRunRow {
     pub id: String,
     #[serde(rename = "type")]
     pub event_type: String,
-    pub reason: Option<Arc<str>>,
+    /// What the record says of the event's failure (`--json` shows them all;
+    /// the table keeps to the reason).
+    #[serde(flatten)]
+    pub attributes: Attributes,
     pub destination: Arc<str>,
     /// Who chose the destination: the record itself, `--handler`, or the
     /// manifest's `subscriptions`.
@@ -367,15 +370,16 @@ pub struct DryRunRow {
     pub action: Action,
 }
 
-impl From<Item> for DryRunRow {
-    /// The row keeps the event's id and type, not the event.
-    fn from(item: Item) -> DryRunRow {
+impl DryRunRow {
+    /// The row keeps the event's id and type, not the event; `attributes` are
+    /// its record's (an item keeps only those it needs).
+    pub fn new(item: Item, attributes: Attributes) -> DryRunRow {
         DryRunRow {
             blob: item.pair.blob,
             index: item.pair.index,
             id: item.event.id.clone(),
             event_type: item.event.event_type.clone(),
-            reason: item.reason,
+            attributes,
             destination: item.pair.destination,
             via: item.via,
             action: item.action,
@@ -402,7 +406,15 @@ pub fn render_dry_run(rows: &[DryRunRow]) -> String {
             Via::Manifest => format!("{} (manifest subscriptions)", row.destination),
             Via::Record | Via::Endpoint | Via::None => row.destination.to_string(),
         };
-        table.row(&[&row.blob, &index, &row.id, &row.event_type, row.reason.as_deref().unwrap_or("-"), &to, &would]);
+        table.row(&[
+            &row.blob,
+            &index,
+            &row.id,
+            &row.event_type,
+            row.attributes.reason.as_deref().unwrap_or("-"),
+            &to,
+            &would,
+        ]);
     }
     table.render()
 }
