@@ -535,6 +535,7 @@ pub struct Record {
     /// The subscription folder the blob sits in (upper-case as Event Grid
     /// writes it); shared by the records of one blob.
     pub subscription: Option<Arc<str>>,
+    /// What the record said of the event's failure, beside it (and no longer in it).
     pub attributes: Attributes,
 }
 
