@@ -267,6 +267,11 @@ fn the_manifest_maps_subscriptions_to_the_handlers_they_served() {
     assert!(rows.iter().any(|r| r["action"] == "skip"), "some vectors' subscriptions are not listed");
     let table = setup.replay(&[source_arg, "--dry-run"]).expect(0);
     assert!(table.stdout.contains("scripted (manifest subscriptions)"), "{}", table.stdout);
+    // The table's OUTCOME column follows REASON: the last delivery's outcome.
+    let telemetry_line =
+        table.stdout.lines().find(|line| line.contains("c1e2d3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f")).unwrap();
+    let words: Vec<&str> = telemetry_line.split_whitespace().collect();
+    assert!(words.windows(2).any(|w| w == ["TimeToLiveExceeded", "Busy"]), "{}", table.stdout);
 
     // --handler wins: every Event Grid record goes to mirror only.
     let flagged = setup.replay(&[source_arg, "--handler", "mirror", "--dry-run", "--json"]).expect(0).json();

@@ -359,7 +359,7 @@ pub struct DryRunRow {
     #[serde(rename = "type")]
     pub event_type: String,
     /// What the record says of the event's failure (`--json` shows them all;
-    /// the table keeps to the reason).
+    /// the table its reason and the last delivery's outcome).
     #[serde(flatten)]
     pub attributes: Attributes,
     pub destination: Arc<str>,
@@ -389,7 +389,7 @@ impl DryRunRow {
 
 pub fn render_dry_run(rows: &[DryRunRow]) -> String {
     let mut table = Table::default();
-    table.row(&["BLOB", "#", "ID", "TYPE", "REASON", "TO", "WOULD"]);
+    table.row(&["BLOB", "#", "ID", "TYPE", "REASON", "OUTCOME", "TO", "WOULD"]);
     for row in rows {
         let would = match &row.action {
             Action::Replay => "replay".to_owned(),
@@ -412,6 +412,7 @@ pub fn render_dry_run(rows: &[DryRunRow]) -> String {
             &row.id,
             &row.event_type,
             row.attributes.reason.as_deref().unwrap_or("-"),
+            row.attributes.outcome.as_deref().unwrap_or("-"),
             &to,
             &would,
         ]);
