@@ -612,39 +612,66 @@ fn members_of_records(text: &str) -> serde_json::Result<Vec<Result<Members<'_>, 
 }
 
 /// One record, from its members: its event (decoded without the dead-letter
-/// attributes), the layout it was in, and the attributes. The record is
-/// parsed once: the event is decoded from its members, less the attributes.
+/// attributes), the layout it was in, and the attributes. One pass over the
+/// members takes the attributes, keeps the rest, and notes the names that
+/// tell the layouts apart; a namespace record's event is then the object
+/// under `event`, whose own members are read the same way.
 fn parse_record(members: Members<'_>) -> Result<(Event, Shape, Attributes), String> {
-    let wrapped = !members.iter().any(|(name, _)| name == "id")
-        && members.iter().any(|(name, value)| name == "event" && value.get().starts_with('{'));
     let mut attributes = Attributes::default();
-    let (members, shape) = if wrapped {
-        let mut event = None;
-        for (name, value) in members {
-            if name == "event" {
-                event = Some(value);
-            } else {
-                attributes.take(&name, value)?;
+    let mut kept = Vec::with_capacity(members.len());
+    let mut seen = Seen::default();
+    for (name, value) in members {
+        if attributes.take(&name, value)? {
+            continue;
+        }
+        match &*name {
+            "id" => seen.id = true,
+            "event" => {
+                seen.event_object |= value.get().starts_with('{');
+                seen.event = Some(value);
+            }
+            "specversion" => seen.specversion = true,
+            "type" => seen.type_ = true,
+            "eventType" => seen.event_type = true,
+            _ => {}
+        }
+        kept.push((name, value));
+    }
+    let shape = if !seen.id && seen.event_object {
+        // The record's other members are the broker's, not the event's.
+        let event = object_members(seen.event.expect("seen with it"))?;
+        kept.clear();
+        for (name, value) in event {
+            if !attributes.take(&name, value)? {
+                kept.push((name, value));
             }
         }
-        (object_members(event.expect("checked above"))?, Shape::Namespace)
+        Shape::Namespace
+    } else if seen.specversion || (seen.type_ && !seen.event_type) {
+        Shape::CloudEvents
     } else {
-        let cloudevent = members.iter().any(|(name, _)| name == "specversion")
-            || (members.iter().any(|(name, _)| name == "type") && !members.iter().any(|(name, _)| name == "eventType"));
-        (members, if cloudevent { Shape::CloudEvents } else { Shape::EventGrid })
+        Shape::EventGrid
     };
-    let mut kept = Vec::with_capacity(members.len());
-    for (name, value) in members {
-        if !attributes.take(&name, value)? {
-            kept.push((name, value));
-        }
-    }
     let schema = match shape {
         Shape::EventGrid => Schema::EventGrid,
         Shape::CloudEvents | Shape::Namespace => Schema::CloudEvents,
     };
     let event = decode_members(schema, kept).map_err(|e| problem(&e))?;
     Ok((event, shape, attributes))
+}
+
+/// The members of a record that tell its layout: a namespace record wraps
+/// its event (an object under `event`, and no `id` beside it); a CloudEvent
+/// has `specversion`, or `type` without Event Grid's `eventType`.
+#[derive(Default)]
+struct Seen<'a> {
+    id: bool,
+    /// The last `event` member, and whether any was an object.
+    event: Option<&'a RawValue>,
+    event_object: bool,
+    specversion: bool,
+    type_: bool,
+    event_type: bool,
 }
 
 /// A decoder's complaint about the one event it was given (the record's
@@ -768,11 +795,12 @@ const ATTRIBUTE_NAME_LENGTHS: u64 = {
 /// them); null is absent.
 fn number<T: TryFrom<u64>>(name: &str, value: &RawValue) -> Result<Option<T>, String> {
     let wrong = || format!("{name}: must be a whole number, found {}", value.get());
-    let parsed = match serde_json::from_str::<serde_json::Value>(value.get()).map_err(|_| wrong())? {
-        serde_json::Value::Null => return Ok(None),
-        serde_json::Value::Number(n) => n.as_u64(),
-        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
-        _ => None,
+    // serde_json has checked the text: a number, a string, null, or another kind.
+    let parsed = match value.get().as_bytes().first() {
+        Some(b'n') => return Ok(None),
+        Some(b'"') => json_string(value).ok().flatten().and_then(|text| text.trim().parse::<u64>().ok()),
+        // "1.0", "-1" and "1e3" are numbers, but not whole ones in range.
+        _ => value.get().parse::<u64>().ok(),
     };
     parsed.and_then(|n| T::try_from(n).ok()).map(Some).ok_or_else(wrong)
 }
@@ -1173,6 +1201,10 @@ mod tests {
             (br#"[{"id":"1","eventType":"T","deliveryAttempts":-1}]"#, Some(0), "deliveryAttempts: must be a whole number"),
             (br#"[{"id":"1","eventType":"T","lastHttpStatusCode":70000}]"#, Some(0), "lastHttpStatusCode: must be a whole number"),
             (br#"[{"id":"1","eventType":"T","deadLetterReason":7}]"#, Some(0), "deadLetterReason: must be a string"),
+            (br#"[{"id":"1","eventType":"T","deliveryAttempts":2.0}]"#, Some(0), "deliveryAttempts: must be a whole number"),
+            (br#"[{"id":"1","eventType":"T","deliveryAttempts":1e3}]"#, Some(0), "deliveryAttempts: must be a whole number"),
+            (br#"[{"id":"1","eventType":"T","deliveryAttempts":"two"}]"#, Some(0), "deliveryAttempts: must be a whole number"),
+            (br#"[{"id":"1","eventType":"T","deliveryAttempts":true}]"#, Some(0), "deliveryAttempts: must be a whole number"),
             (br#"[{"event":{"specversion":"1.0","source":"/s","type":"T"},"brokerProperties":{}}]"#, Some(0), "id: is required"),
             (br#"[{"event":{"specversion":"1.0","id":"1","source":"/s","type":"T"},"brokerProperties":{"publishutc":1}}]"#, Some(0), "brokerProperties.publishutc: must be a time string"),
         ];
